@@ -1,0 +1,457 @@
+//! The engine the services use: a loaded model and tokenizer, and three operations on batches
+//! of rows of different lengths (left-padded, with position ids and an attention mask):
+//! capture activations at hook points, compute logits, and generate with per-row steering.
+
+use std::ops::ControlFlow;
+use std::time::Instant;
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+use candle_nn::VarBuilder;
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::error::{ModelError, Result};
+use crate::gpt2::{Gpt2, Step};
+use crate::hooks::{Addition, Additions, Captures, HookPoint, Hooks};
+use crate::kv_cache::KvCache;
+use crate::sampler::{Sampler, SamplingParams};
+use crate::source::{HubOptions, ModelSource};
+use crate::tokenizer::Gpt2Tokenizer;
+use crate::weights;
+
+/// How to load a model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// f32 by default (the post's precision); f16 and bf16 selectable.
+    pub dtype: DType,
+    pub device: Device,
+    pub hub: HubOptions,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            dtype: DType::F32,
+            device: Device::Cpu,
+            hub: HubOptions::from_env(),
+        }
+    }
+}
+
+/// What is loaded: enough for a client to check its tensors against.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub revision: String,
+    pub n_layer: usize,
+    pub d_model: usize,
+    pub n_head: usize,
+    pub n_positions: usize,
+    pub vocab_size: usize,
+    pub dtype: String,
+}
+
+/// One row of a generation batch.
+#[derive(Debug, Clone)]
+pub struct RowRequest {
+    /// Prompt token ids (BOS already prepended if wanted).
+    pub prompt: Vec<u32>,
+    /// Steering: each added at positions 0..k-1 of the prompt, in the prefill only.
+    pub additions: Vec<Addition>,
+    pub sampling: SamplingParams,
+    pub seed: u64,
+}
+
+/// Settings shared by the rows of one generation.
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    pub max_new_tokens: usize,
+    /// Stop a row at `<|endoftext|>`.
+    pub stop_at_eos: bool,
+    /// Decode incrementally on the KV cache (true), or recompute the whole sequence every step
+    /// (false: slow, for checking the cache).
+    pub use_kv_cache: bool,
+    /// How many of the most likely tokens (with log-probabilities) to report per step.
+    pub top_logprobs: usize,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 50,
+            stop_at_eos: true,
+            use_kv_cache: true,
+            top_logprobs: 0,
+        }
+    }
+}
+
+/// One generated token of one row, as it is produced.
+#[derive(Debug, Clone)]
+pub struct TokenEvent {
+    pub row: usize,
+    /// 0 for the first generated token.
+    pub index: usize,
+    pub token: u32,
+    /// log P(token) under the model (before penalties and temperature).
+    pub logprob: f32,
+    pub top_logprobs: Vec<(u32, f32)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum FinishReason {
+    /// max_new_tokens reached.
+    Length,
+    /// `<|endoftext|>` generated.
+    Eos,
+    /// The caller stopped the generation.
+    Cancelled,
+}
+
+/// The result of one row.
+#[derive(Debug, Clone)]
+pub struct RowOutput {
+    pub tokens: Vec<u32>,
+    pub finish: FinishReason,
+    pub prefill_secs: f64,
+    pub decode_secs: f64,
+}
+
+/// A loaded GPT-2 and its tokenizer.
+pub struct Engine {
+    model: Gpt2,
+    tokenizer: Gpt2Tokenizer,
+    info: ModelInfo,
+}
+
+impl Engine {
+    /// Resolves `source` (local directory or hub) and loads it.
+    pub fn load(source: &ModelSource, opts: &LoadOptions) -> Result<Self> {
+        let files = source.resolve(&opts.hub)?;
+        let cfg = Config::from_file(&files.config)?;
+        let tokenizer = Gpt2Tokenizer::from_dir(&files.dir)?;
+        let t0 = Instant::now();
+        let tensors = weights::load(&files.weights, opts.dtype, &opts.device)?;
+        let vb = VarBuilder::from_tensors(tensors, opts.dtype, &opts.device);
+        let model = Gpt2::load(vb, &cfg).map_err(|e| ModelError::Weights {
+            path: files.weights[0].clone(),
+            message: e.to_string(),
+        })?;
+        tracing::info!(model = %source.name(), secs = t0.elapsed().as_secs_f64(), "weights loaded");
+        Ok(Self::new(model, tokenizer, source.name(), source.revision()))
+    }
+
+    pub fn new(model: Gpt2, tokenizer: Gpt2Tokenizer, name: String, revision: String) -> Self {
+        let cfg = model.config();
+        let info = ModelInfo {
+            name,
+            revision,
+            n_layer: cfg.n_layer,
+            d_model: cfg.n_embd,
+            n_head: cfg.n_head,
+            n_positions: cfg.n_positions,
+            vocab_size: cfg.vocab_size,
+            dtype: format!("{:?}", model.dtype()).to_lowercase(),
+        };
+        Self { model, tokenizer, info }
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+    pub fn model(&self) -> &Gpt2 {
+        &self.model
+    }
+    pub fn tokenizer(&self) -> &Gpt2Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Token ids of `text` (BOS first when `bos`).
+    pub fn encode(&self, text: &str, bos: bool) -> Result<Vec<u32>> {
+        self.tokenizer.encode(text, bos)
+    }
+
+    /// Activations of each prompt at each point: `out[row][point]` is `[len_row, d]` (f32).
+    /// The forward stops after the deepest point asked for.
+    pub fn capture(&self, prompts: &[Vec<u32>], points: &[HookPoint]) -> Result<Vec<Vec<Tensor>>> {
+        if points.is_empty() || prompts.is_empty() {
+            return Ok(vec![vec![]; prompts.len()]);
+        }
+        for p in points {
+            p.check(self.info.n_layer)?;
+        }
+        let layout = Layout::new(prompts, self.info.n_positions)?;
+        let mut captures = Captures::new(points.iter().copied());
+        let step = layout.prefill_step(prompts, &self.model)?;
+        let mut cache = KvCache::new(self.info.n_layer, layout.width);
+        let mut hooks = Hooks {
+            additions: None,
+            stop_after_stream: captures.last_stream(),
+            captures: Some(&mut captures),
+        };
+        self.model.forward(&step, &mut cache, &mut hooks)?;
+        prompts
+            .iter()
+            .enumerate()
+            .map(|(row, p)| {
+                points
+                    .iter()
+                    .map(|&pt| {
+                        let t = captures.get(pt).expect("captured");
+                        Ok(t.i(row)?.narrow(0, layout.offsets[row], p.len())?.to_dtype(DType::F32)?)
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Logits (f32, `[len_row, V]`) of every position of every row, with optional steering.
+    pub fn logits(&self, prompts: &[Vec<u32>], additions: &[Vec<Addition>]) -> Result<Vec<Tensor>> {
+        let layout = Layout::new(prompts, self.info.n_positions)?;
+        let adds = self.additions(&layout, additions)?;
+        let step = layout.prefill_step(prompts, &self.model)?;
+        let mut cache = KvCache::new(self.info.n_layer, layout.width);
+        let mut hooks = Hooks {
+            additions: adds.as_ref(),
+            ..Default::default()
+        };
+        let hidden = self.model.forward(&step, &mut cache, &mut hooks)?;
+        prompts
+            .iter()
+            .enumerate()
+            .map(|(row, p)| self.model.logits(&hidden.i(row)?.narrow(0, layout.offsets[row], p.len())?))
+            .collect()
+    }
+
+    fn additions(&self, layout: &Layout, per_row: &[Vec<Addition>]) -> Result<Option<Additions>> {
+        if per_row.iter().all(|a| a.is_empty()) {
+            return Ok(None);
+        }
+        if per_row.len() != layout.offsets.len() {
+            return Err(ModelError::invalid("additions", "one list of additions per row"));
+        }
+        for (row, adds) in per_row.iter().enumerate() {
+            for a in adds {
+                self.check_addition(a, layout.width - layout.offsets[row])?;
+            }
+        }
+        let rows: Vec<&[Addition]> = per_row.iter().map(|a| a.as_slice()).collect();
+        Additions::build(&rows, &layout.offsets, layout.width, self.info.d_model, self.model.dtype(), self.model.device())
+    }
+
+    /// A steering tensor must name a real layer, be `[k, d_model]` with k <= prompt length, and be finite.
+    pub fn check_addition(&self, a: &Addition, prompt_len: usize) -> Result<()> {
+        a.hook.check(self.info.n_layer)?;
+        let dims = a.tensor.dims();
+        if dims.len() != 2 || dims[1] != self.info.d_model {
+            return Err(ModelError::invalid(
+                "tensor.shape",
+                format!("{dims:?}: expected [k, {}] (d_model)", self.info.d_model),
+            ));
+        }
+        if dims[0] > prompt_len {
+            return Err(ModelError::invalid(
+                "tensor.shape",
+                format!(
+                    "the prompt ({prompt_len} tokens) is shorter than the steering tensor ({} positions) at {}",
+                    dims[0], a.hook
+                ),
+            ));
+        }
+        let finite = a.tensor.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?.iter().all(|x| x.is_finite());
+        if !finite {
+            return Err(ModelError::invalid("tensor.data", format!("NaN or Inf in the steering tensor at {}", a.hook)));
+        }
+        Ok(())
+    }
+
+    /// Generates for all rows in one batch: one prefill (with each row's additions), then
+    /// decoding on the KV cache. `on_token` sees every token as it is chosen; returning
+    /// `ControlFlow::Break` stops the generation (rows finish as `Cancelled`).
+    pub fn generate(
+        &self,
+        rows: &[RowRequest],
+        opts: &GenerateOptions,
+        mut on_token: impl FnMut(&TokenEvent) -> ControlFlow<()>,
+    ) -> Result<Vec<RowOutput>> {
+        if rows.is_empty() {
+            return Ok(vec![]);
+        }
+        for (i, r) in rows.iter().enumerate() {
+            if r.prompt.is_empty() {
+                return Err(ModelError::invalid("prompt", format!("row {i}: empty prompt")));
+            }
+            r.sampling.validate()?;
+        }
+        let mut seqs: Vec<Vec<u32>> = rows.iter().map(|r| r.prompt.clone()).collect();
+        let layout = Layout::new(&seqs, self.info.n_positions)?;
+        if layout.width + opts.max_new_tokens > self.info.n_positions {
+            return Err(ModelError::invalid(
+                "max_new_tokens",
+                format!(
+                    "prompt ({}) + new tokens ({}) exceed the model's {} positions",
+                    layout.width, opts.max_new_tokens, self.info.n_positions
+                ),
+            ));
+        }
+        let per_row: Vec<Vec<Addition>> = rows.iter().map(|r| r.additions.clone()).collect();
+        let additions = self.additions(&layout, &per_row)?;
+        let mut samplers: Vec<Sampler> =
+            rows.iter().map(|r| Sampler::new(r.sampling.clone(), r.seed, &r.prompt)).collect();
+        let mut outputs: Vec<RowOutput> = rows
+            .iter()
+            .map(|_| RowOutput { tokens: vec![], finish: FinishReason::Length, prefill_secs: 0.0, decode_secs: 0.0 })
+            .collect();
+        let mut done = vec![false; rows.len()];
+        let eos = self.tokenizer.bos_id();
+        let b = rows.len();
+        let mut cache = KvCache::new(self.info.n_layer, layout.width + opts.max_new_tokens);
+        let t_start = Instant::now();
+        let mut prefill_secs = 0.0;
+
+        for index in 0..opts.max_new_tokens {
+            // Forward: the prefill (or, without the cache, the whole sequence every time).
+            let last_hidden = if index == 0 || !opts.use_kv_cache {
+                let layout = Layout::new(&seqs, self.info.n_positions)?;
+                let step = layout.prefill_step(&seqs, &self.model)?;
+                if !opts.use_kv_cache {
+                    cache = KvCache::new(self.info.n_layer, layout.width);
+                }
+                let mut hooks = Hooks { additions: additions.as_ref(), ..Default::default() };
+                let hidden = self.model.forward(&step, &mut cache, &mut hooks)?;
+                hidden.i((.., layout.width - 1, ..))?
+            } else {
+                let last: Vec<u32> = seqs.iter().map(|s| *s.last().unwrap()).collect();
+                let step = layout.decode_step(&last, cache.len(), &self.model)?;
+                let hidden = self.model.forward(&step, &mut cache, &mut Hooks::default())?;
+                hidden.i((.., 0, ..))?
+            };
+            let logits = self.model.logits(&last_hidden)?.to_vec2::<f32>()?; // [B, V]
+            if index == 0 {
+                prefill_secs = t_start.elapsed().as_secs_f64();
+            }
+            let mut stop = false;
+            for (row, mut l) in logits.into_iter().enumerate() {
+                if done[row] {
+                    seqs[row].push(eos); // keeps the batch rectangular; never reported
+                    continue;
+                }
+                let raw = l.clone();
+                let (logprob_of, top) = log_probs(&raw, opts.top_logprobs);
+                let token = samplers[row].sample(&mut l);
+                seqs[row].push(token);
+                outputs[row].tokens.push(token);
+                let ev = TokenEvent { row, index, token, logprob: logprob_of(token), top_logprobs: top };
+                if on_token(&ev).is_break() {
+                    stop = true;
+                }
+                if opts.stop_at_eos && token == eos {
+                    done[row] = true;
+                    outputs[row].finish = FinishReason::Eos;
+                }
+            }
+            if stop {
+                for (row, out) in outputs.iter_mut().enumerate() {
+                    if !done[row] {
+                        out.finish = FinishReason::Cancelled;
+                    }
+                }
+                break;
+            }
+            if done.iter().all(|&d| d) {
+                break;
+            }
+        }
+        let total = t_start.elapsed().as_secs_f64();
+        for out in outputs.iter_mut() {
+            out.prefill_secs = prefill_secs;
+            out.decode_secs = total - prefill_secs;
+        }
+        tracing::debug!(rows = b, prefill_secs, total, "generated");
+        Ok(outputs)
+    }
+}
+
+/// log-softmax of raw logits: a lookup for any token, and the `n` most likely.
+fn log_probs(logits: &[f32], n: usize) -> (impl Fn(u32) -> f32 + '_, Vec<(u32, f32)>) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = max + logits.iter().map(|&l| ((l - max) as f64).exp()).sum::<f64>().ln() as f32;
+    let top = if n == 0 {
+        vec![]
+    } else {
+        let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
+        let n = n.min(idx.len());
+        idx.select_nth_unstable_by(n - 1, |&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
+        let mut top: Vec<(u32, f32)> = idx[..n].iter().map(|&i| (i, logits[i as usize] - lse)).collect();
+        top.sort_by(|a, b| b.1.total_cmp(&a.1));
+        top
+    };
+    (move |t: u32| logits[t as usize] - lse, top)
+}
+
+/// Left padding of a batch: row b's tokens sit at `offsets[b]..width`.
+#[derive(Debug, Clone)]
+struct Layout {
+    width: usize,
+    offsets: Vec<usize>,
+}
+
+impl Layout {
+    fn new(seqs: &[Vec<u32>], n_positions: usize) -> Result<Self> {
+        let width = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
+        if width > n_positions {
+            return Err(ModelError::invalid("prompt", format!("{width} tokens exceed the model's {n_positions} positions")));
+        }
+        if let Some(i) = seqs.iter().position(|s| s.is_empty()) {
+            return Err(ModelError::invalid("prompt", format!("row {i}: empty prompt")));
+        }
+        Ok(Self { width, offsets: seqs.iter().map(|s| width - s.len()).collect() })
+    }
+
+    /// The whole (left-padded) sequences: causal mask that also hides padding keys.
+    fn prefill_step(&self, seqs: &[Vec<u32>], model: &Gpt2) -> Result<Step> {
+        let (b, t) = (seqs.len(), self.width);
+        let mut ids = vec![0u32; b * t];
+        let mut pos = vec![0u32; b * t];
+        let mut mask = vec![0f32; b * t * t];
+        for (row, s) in seqs.iter().enumerate() {
+            let off = self.offsets[row];
+            for (j, &tok) in s.iter().enumerate() {
+                ids[row * t + off + j] = tok;
+                pos[row * t + off + j] = j as u32;
+            }
+            for q in 0..t {
+                for k in 0..t {
+                    let visible = k <= q && (k >= off || k == q);
+                    if !visible {
+                        mask[(row * t + q) * t + k] = f32::NEG_INFINITY;
+                    }
+                }
+            }
+        }
+        self.step(ids, pos, mask, (b, t, t), model)
+    }
+
+    /// One new token per row after `cached` positions.
+    fn decode_step(&self, last: &[u32], cached: usize, model: &Gpt2) -> Result<Step> {
+        let b = last.len();
+        let s = cached + 1;
+        let pos: Vec<u32> = self.offsets.iter().map(|&off| (cached - off) as u32).collect();
+        let mut mask = vec![0f32; b * s];
+        for (row, &off) in self.offsets.iter().enumerate() {
+            for k in 0..off {
+                mask[row * s + k] = f32::NEG_INFINITY;
+            }
+        }
+        self.step(last.to_vec(), pos, mask, (b, 1, s), model)
+    }
+
+    fn step(&self, ids: Vec<u32>, pos: Vec<u32>, mask: Vec<f32>, (b, t, s): (usize, usize, usize), model: &Gpt2) -> Result<Step> {
+        let dev = model.device();
+        Ok(Step {
+            ids: Tensor::from_vec(ids, (b, t), dev)?,
+            positions: Tensor::from_vec(pos, (b, t), dev)?,
+            mask: Tensor::from_vec(mask, (b, 1, t, s), dev)?.to_dtype(model.dtype())?,
+        })
+    }
+}

@@ -1,0 +1,220 @@
+//! Where a model comes from: a local directory, or a Hugging Face hub repository through
+//! `hf-hub`, honouring `HF_HOME` (cache location) and `HF_HUB_OFFLINE` (cache only, no network).
+
+use std::path::{Path, PathBuf};
+
+use hf_hub::{Repo, RepoType};
+
+use crate::error::{ModelError, Result};
+use crate::weights;
+
+pub const DEFAULT_REPO: &str = "openai-community/gpt2-xl";
+pub const DEFAULT_REVISION: &str = "main";
+
+/// A model to load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    /// A directory with config.json, model.safetensors and the tokenizer files.
+    Dir(PathBuf),
+    /// A hub repository at a revision (branch, tag or commit).
+    Hub { repo: String, revision: String },
+}
+
+impl Default for ModelSource {
+    fn default() -> Self {
+        ModelSource::Hub {
+            repo: DEFAULT_REPO.into(),
+            revision: DEFAULT_REVISION.into(),
+        }
+    }
+}
+
+impl ModelSource {
+    /// An existing directory (or anything that looks like a path) is a `Dir`; anything else a
+    /// hub repo id.
+    pub fn parse(spec: &str, revision: Option<&str>) -> Self {
+        let p = Path::new(spec);
+        if p.is_dir() || spec.starts_with('.') || spec.starts_with('/') || spec.starts_with('~') {
+            ModelSource::Dir(p.to_path_buf())
+        } else {
+            ModelSource::Hub {
+                repo: spec.to_string(),
+                revision: revision.unwrap_or(DEFAULT_REVISION).to_string(),
+            }
+        }
+    }
+
+    /// A short name for logs and model info: the repo id, or the directory.
+    pub fn name(&self) -> String {
+        match self {
+            ModelSource::Dir(d) => d.display().to_string(),
+            ModelSource::Hub { repo, .. } => repo.clone(),
+        }
+    }
+
+    pub fn revision(&self) -> String {
+        match self {
+            ModelSource::Dir(_) => "local".into(),
+            ModelSource::Hub { revision, .. } => revision.clone(),
+        }
+    }
+
+    /// Finds (downloading if allowed) the checkpoint's files.
+    pub fn resolve(&self, opts: &HubOptions) -> Result<ModelFiles> {
+        match self {
+            ModelSource::Dir(dir) => ModelFiles::in_dir(dir),
+            ModelSource::Hub { repo, revision } => {
+                if opts.offline {
+                    resolve_from_cache(&opts.cache_dir(), repo, revision)
+                } else {
+                    resolve_online(opts, repo, revision)
+                }
+            }
+        }
+    }
+}
+
+/// How to reach the hub.
+#[derive(Debug, Clone)]
+pub struct HubOptions {
+    /// Only read the local cache (`HF_HUB_OFFLINE=1`).
+    pub offline: bool,
+    /// The hub cache (`$HF_HOME/hub`, default `~/.cache/huggingface/hub`).
+    pub cache_dir: Option<PathBuf>,
+    /// Show download progress bars.
+    pub progress: bool,
+}
+
+impl Default for HubOptions {
+    fn default() -> Self {
+        Self::from_env()
+    }
+}
+
+impl HubOptions {
+    pub fn from_env() -> Self {
+        let offline = std::env::var("HF_HUB_OFFLINE")
+            .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+            .unwrap_or(false);
+        Self {
+            offline,
+            cache_dir: None,
+            progress: false,
+        }
+    }
+
+    pub fn cache_dir(&self) -> PathBuf {
+        self.cache_dir
+            .clone()
+            .unwrap_or_else(|| hf_hub::Cache::from_env().path().clone())
+    }
+}
+
+/// The files of one checkpoint, all in `dir`.
+#[derive(Debug, Clone)]
+pub struct ModelFiles {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub weights: Vec<PathBuf>,
+}
+
+impl ModelFiles {
+    pub fn in_dir(dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(ModelError::NotFound(format!("model directory {} does not exist", dir.display())));
+        }
+        let config = dir.join("config.json");
+        if !config.exists() {
+            return Err(ModelError::NotFound(format!("no config.json in {}", dir.display())));
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            config,
+            weights: weights::weight_files(dir)?,
+        })
+    }
+}
+
+/// Hub cache layout: `models--ORG--NAME/refs/REV` holds a commit, `snapshots/COMMIT/FILE`.
+fn resolve_from_cache(cache: &Path, repo: &str, revision: &str) -> Result<ModelFiles> {
+    let hub_repo = Repo::with_revision(repo.to_string(), RepoType::Model, revision.to_string());
+    let repo_dir = cache.join(hub_repo.folder_name());
+    let not_found = |what: String| {
+        ModelError::NotFound(format!(
+            "{repo}@{revision}: {what} in the Hugging Face cache {} (HF_HUB_OFFLINE is set, so nothing is downloaded)",
+            repo_dir.display()
+        ))
+    };
+    let commit = match std::fs::read_to_string(repo_dir.join("refs").join(revision)) {
+        Ok(c) => c.trim().to_string(),
+        Err(_) if repo_dir.join("snapshots").join(revision).is_dir() => revision.to_string(),
+        Err(_) => return Err(not_found(format!("no refs/{revision} and no snapshots/{revision}"))),
+    };
+    let snapshot = repo_dir.join("snapshots").join(&commit);
+    if !snapshot.join("config.json").exists() {
+        return Err(not_found(format!("no snapshots/{commit}/config.json")));
+    }
+    ModelFiles::in_dir(&snapshot).map_err(|e| not_found(e.to_string()))
+}
+
+fn resolve_online(opts: &HubOptions, repo: &str, revision: &str) -> Result<ModelFiles> {
+    let hub_err = |file: &str, e: hf_hub::api::sync::ApiError| ModelError::Hub {
+        repo: repo.into(),
+        revision: revision.into(),
+        file: file.into(),
+        message: e.to_string(),
+    };
+    let mut builder = hf_hub::api::sync::ApiBuilder::from_env().with_progress(opts.progress);
+    if let Some(dir) = &opts.cache_dir {
+        builder = builder.with_cache_dir(dir.clone());
+    }
+    let api = builder.build().map_err(|e| hub_err("(api)", e))?;
+    let r = api.repo(Repo::with_revision(repo.into(), RepoType::Model, revision.into()));
+    let config = r.get("config.json").map_err(|e| hub_err("config.json", e))?;
+    let weights = match r.get("model.safetensors") {
+        Ok(p) => vec![p],
+        Err(single) => {
+            let index = r
+                .get("model.safetensors.index.json")
+                .map_err(|_| hub_err("model.safetensors", single))?;
+            let shards = weights::shards_of(&index)?;
+            for s in &shards {
+                let name = s.file_name().unwrap().to_string_lossy().to_string();
+                r.get(&name).map_err(|e| hub_err(&name, e))?;
+            }
+            shards
+        }
+    };
+    if r.get("tokenizer.json").is_err() {
+        r.get("vocab.json").map_err(|e| hub_err("vocab.json", e))?;
+        r.get("merges.txt").map_err(|e| hub_err("merges.txt", e))?;
+    }
+    let dir = config.parent().unwrap().to_path_buf();
+    Ok(ModelFiles { dir, config, weights })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_tells_paths_from_repo_ids() {
+        assert_eq!(
+            ModelSource::parse("openai-community/gpt2-xl", None),
+            ModelSource::Hub { repo: "openai-community/gpt2-xl".into(), revision: "main".into() }
+        );
+        assert_eq!(ModelSource::parse("./m", None), ModelSource::Dir("./m".into()));
+        let t = tempfile::tempdir().unwrap();
+        let s = t.path().to_string_lossy().to_string();
+        assert_eq!(ModelSource::parse(&s, None), ModelSource::Dir(t.path().into()));
+    }
+
+    #[test]
+    fn offline_miss_names_what_and_where() {
+        let t = tempfile::tempdir().unwrap();
+        let err = resolve_from_cache(t.path(), "openai-community/gpt2-xl", "main").unwrap_err().to_string();
+        assert!(err.contains("openai-community/gpt2-xl@main"), "{err}");
+        assert!(err.contains("models--openai-community--gpt2-xl"), "{err}");
+        assert!(err.contains("HF_HUB_OFFLINE"), "{err}");
+    }
+}
