@@ -295,7 +295,7 @@ impl Engine {
             ));
         }
         let per_row: Vec<Vec<Addition>> = rows.iter().map(|r| r.additions.clone()).collect();
-        let additions = self.additions(&layout, &per_row)?;
+        let mut additions = self.additions(&layout, &per_row)?;
         let mut samplers: Vec<Sampler> =
             rows.iter().map(|r| Sampler::new(r.sampling.clone(), r.seed, &r.prompt)).collect();
         let mut outputs: Vec<RowOutput> = rows
@@ -314,8 +314,10 @@ impl Engine {
             let last_hidden = if index == 0 || !opts.use_kv_cache {
                 let layout = Layout::new(&seqs, self.info.n_positions)?;
                 let step = layout.prefill_step(&seqs, &self.model)?;
-                if !opts.use_kv_cache {
+                if index > 0 {
+                    // Recomputing from scratch: same additions, on the longer sequences.
                     cache = KvCache::new(self.info.n_layer, layout.width);
+                    additions = self.additions(&layout, &per_row)?;
                 }
                 let mut hooks = Hooks { additions: additions.as_ref(), ..Default::default() };
                 let hidden = self.model.forward(&step, &mut cache, &mut hooks)?;
