@@ -11,105 +11,132 @@ use rayon::prelude::*;
 pub const SMALL_M_MAX: usize = 16;
 
 /// Column tile (floats) one task works on: 4 weight rows of it stay in L1.
-const TILE: usize = 256;
+const TILE: usize = 1024;
 
 /// `y[m, n] = x[m, k] . w[k, n] (+ bias[n])`, all row-major f32; `w` in GPT-2's Conv1D layout.
+///
+/// The weight rows are split into one contiguous slab per thread, so that each core streams its
+/// slab front to back (the access pattern hardware prefetchers serve best); each thread keeps a
+/// partial `[m, n]` sum in cache, and the partials are added at the end.
 pub fn small_m_matmul(x: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, k: usize, n: usize) -> Vec<f32> {
     assert_eq!(x.len(), m * k, "x shape");
     assert_eq!(w.len(), k * n, "w shape");
     if let Some(b) = bias {
         assert_eq!(b.len(), n, "bias shape");
     }
-    // Column blocks, each owned by one task: contiguous output, strided-but-long weight reads.
     let threads = rayon::current_num_threads().max(1);
-    let block = {
-        let per_thread = n.div_ceil(threads * 4);
-        per_thread.div_ceil(TILE).max(1) * TILE
-    };
-    let n_blocks = n.div_ceil(block);
-    let mut blocks: Vec<Vec<f32>> = (0..n_blocks)
-        .into_par_iter()
-        .map(|bi| {
-            let c0 = bi * block;
-            let c1 = (c0 + block).min(n);
-            let width = c1 - c0;
-            let mut acc = vec![0f32; m * width];
-            if let Some(b) = bias {
-                for r in 0..m {
-                    acc[r * width..(r + 1) * width].copy_from_slice(&b[c0..c1]);
-                }
-            }
-            column_block(x, w, &mut acc, m, k, n, c0, width);
+    // Slabs of whole 4-row groups, at least 64 rows each so tiny matrices stay on one thread.
+    let rows_per = k.div_ceil(threads).div_ceil(4).max(16) * 4;
+    let slabs: Vec<(usize, usize)> = (0..k).step_by(rows_per).map(|i0| (i0, (i0 + rows_per).min(k))).collect();
+    let mut partials: Vec<Vec<f32>> = slabs
+        .par_iter()
+        .map(|&(i0, i1)| {
+            let mut acc = vec![0f32; m * n];
+            row_slab(x, w, &mut acc, m, k, n, i0, i1);
             acc
         })
         .collect();
-    if n_blocks == 1 {
-        return blocks.pop().unwrap();
+    let mut y = partials.swap_remove(0);
+    for p in &partials {
+        for (a, b) in y.iter_mut().zip(p) {
+            *a += b;
+        }
     }
-    let mut y = vec![0f32; m * n];
-    for (bi, acc) in blocks.iter().enumerate() {
-        let c0 = bi * block;
-        let width = acc.len() / m;
-        for r in 0..m {
-            y[r * n + c0..r * n + c0 + width].copy_from_slice(&acc[r * width..(r + 1) * width]);
+    if let Some(b) = bias {
+        for row in y.chunks_exact_mut(n) {
+            for (a, b) in row.iter_mut().zip(b) {
+                *a += b;
+            }
         }
     }
     y
 }
 
 #[allow(clippy::too_many_arguments)]
-fn column_block(x: &[f32], w: &[f32], acc: &mut [f32], m: usize, k: usize, n: usize, c0: usize, width: usize) {
+fn row_slab(x: &[f32], w: &[f32], acc: &mut [f32], m: usize, k: usize, n: usize, i0: usize, i1: usize) {
     #[cfg(target_arch = "x86_64")]
     {
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the feature was just detected on this CPU.
+            unsafe { row_slab_avx512(x, w, acc, m, k, n, i0, i1) };
+            return;
+        }
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             // SAFETY: the features were just detected on this CPU.
-            unsafe { column_block_avx2(x, w, acc, m, k, n, c0, width) };
+            unsafe { row_slab_avx2(x, w, acc, m, k, n, i0, i1) };
             return;
         }
     }
-    column_block_generic(x, w, acc, m, k, n, c0, width)
+    row_slab_generic(x, w, acc, m, k, n, i0, i1)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn column_block_avx2(x: &[f32], w: &[f32], acc: &mut [f32], m: usize, k: usize, n: usize, c0: usize, width: usize) {
-    column_block_generic(x, w, acc, m, k, n, c0, width)
+unsafe fn row_slab_avx2(x: &[f32], w: &[f32], acc: &mut [f32], m: usize, k: usize, n: usize, i0: usize, i1: usize) {
+    row_slab_generic(x, w, acc, m, k, n, i0, i1)
 }
 
-/// Accumulates 4 weight rows at a time into each output row, tile by tile.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn row_slab_avx512(x: &[f32], w: &[f32], acc: &mut [f32], m: usize, k: usize, n: usize, i0: usize, i1: usize) {
+    row_slab_generic(x, w, acc, m, k, n, i0, i1)
+}
+
+/// Adds weight rows i0..i1 into `acc` ([m, n]): 4 rows at a time, column tile by column tile,
+/// so each weight element is loaded from memory once and used for all m rows from L1.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn column_block_generic(x: &[f32], w: &[f32], acc: &mut [f32], m: usize, k: usize, n: usize, c0: usize, width: usize) {
-    let mut t0 = 0;
-    while t0 < width {
-        let tw = TILE.min(width - t0);
-        let mut i = 0;
-        while i + 4 <= k {
-            let row = |j: usize| &w[(i + j) * n + c0 + t0..(i + j) * n + c0 + t0 + tw];
+fn row_slab_generic(x: &[f32], w: &[f32], acc: &mut [f32], m: usize, k: usize, n: usize, i0: usize, i1: usize) {
+    let mut i = i0;
+    while i + 4 <= i1 {
+        let mut t0 = 0;
+        while t0 < n {
+            let tw = TILE.min(n - t0);
+            let row = |j: usize| &w[(i + j) * n + t0..(i + j) * n + t0 + tw];
             let (w0, w1, w2, w3) = (row(0), row(1), row(2), row(3));
-            for r in 0..m {
+            // Three input rows per pass: each weight vector loaded from L1 feeds 3 FMAs.
+            let mut r = 0;
+            while r + 3 <= m {
+                let xa = &x[r * k + i..r * k + i + 4];
+                let xb = &x[(r + 1) * k + i..(r + 1) * k + i + 4];
+                let xc = &x[(r + 2) * k + i..(r + 2) * k + i + 4];
+                let (oa, rest) = acc[r * n..].split_at_mut(n);
+                let (ob, rest) = rest.split_at_mut(n);
+                let oa = &mut oa[t0..t0 + tw];
+                let ob = &mut ob[t0..t0 + tw];
+                let oc = &mut rest[t0..t0 + tw];
+                for c in 0..tw {
+                    let (v0, v1, v2, v3) = (w0[c], w1[c], w2[c], w3[c]);
+                    oa[c] = v3.mul_add(xa[3], v2.mul_add(xa[2], v1.mul_add(xa[1], v0.mul_add(xa[0], oa[c]))));
+                    ob[c] = v3.mul_add(xb[3], v2.mul_add(xb[2], v1.mul_add(xb[1], v0.mul_add(xb[0], ob[c]))));
+                    oc[c] = v3.mul_add(xc[3], v2.mul_add(xc[2], v1.mul_add(xc[1], v0.mul_add(xc[0], oc[c]))));
+                }
+                r += 3;
+            }
+            for r in r..m {
                 let xr = &x[r * k + i..r * k + i + 4];
                 let (a0, a1, a2, a3) = (xr[0], xr[1], xr[2], xr[3]);
-                let out = &mut acc[r * width + t0..r * width + t0 + tw];
+                let out = &mut acc[r * n + t0..r * n + t0 + tw];
                 for c in 0..tw {
                     out[c] = w3[c].mul_add(a3, w2[c].mul_add(a2, w1[c].mul_add(a1, w0[c].mul_add(a0, out[c]))));
                 }
             }
-            i += 4;
+            t0 += tw;
         }
-        while i < k {
-            let w0 = &w[i * n + c0 + t0..i * n + c0 + t0 + tw];
-            for r in 0..m {
-                let a0 = x[r * k + i];
-                let out = &mut acc[r * width + t0..r * width + t0 + tw];
-                for c in 0..tw {
-                    out[c] = w0[c].mul_add(a0, out[c]);
-                }
+        i += 4;
+    }
+    while i < i1 {
+        let w0 = &w[i * n..(i + 1) * n];
+        for r in 0..m {
+            let a0 = x[r * k + i];
+            let out = &mut acc[r * n..(r + 1) * n];
+            for c in 0..n {
+                out[c] = w0[c].mul_add(a0, out[c]);
             }
-            i += 1;
         }
-        t0 += tw;
+        i += 1;
     }
 }
 

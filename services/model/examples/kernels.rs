@@ -1,0 +1,58 @@
+//! Bandwidth of the decode kernels on GPT-2-XL shapes: `cargo run --release --example kernels`.
+
+use std::time::Instant;
+
+use steer_model::kernels::{rows_dot, small_m_matmul};
+
+fn main() {
+    for &(k, n) in &[(1600usize, 6400usize), (6400, 1600), (1600, 4800), (1600, 1600)] {
+        let w: Vec<f32> = (0..k * n).map(|i| (i % 97) as f32 * 1e-3).collect();
+        for &m in &[1usize, 6, 9] {
+            let x: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 1e-2).collect();
+            let mut best = f64::MAX;
+            for _ in 0..20 {
+                let t = Instant::now();
+                std::hint::black_box(small_m_matmul(&x, &w, None, m, k, n));
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            println!(
+                "small_m_matmul m={m} k={k} n={n}: {:.3} ms, {:.1} GB/s, {:.1} GFLOP/s",
+                best * 1e3,
+                (k * n * 4) as f64 / best / 1e9,
+                (2 * m * k * n) as f64 / best / 1e9
+            );
+        }
+    }
+    // Weights that do not fit in cache: 32 distinct 1600x6400 matrices (1.3 GB), as in a forward.
+    let (k, n, count) = (1600usize, 6400usize, 32usize);
+    let ws: Vec<Vec<f32>> = (0..count).map(|j| (0..k * n).map(|i| ((i + j) % 97) as f32 * 1e-3).collect()).collect();
+    for &m in &[1usize, 6, 9] {
+        let x: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 1e-2).collect();
+        let mut best = f64::MAX;
+        for _ in 0..3 {
+            let t = Instant::now();
+            for w in &ws {
+                std::hint::black_box(small_m_matmul(&x, w, None, m, k, n));
+            }
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        let bytes = (count * k * n * 4) as f64;
+        println!(
+            "uncached m={m}: {:.1} GB/s, {:.1} GFLOP/s",
+            bytes / best / 1e9,
+            (2 * m * k * n * count) as f64 / best / 1e9
+        );
+    }
+    let (v, d) = (50257usize, 1600usize);
+    let w: Vec<f32> = (0..v * d).map(|i| (i % 97) as f32 * 1e-3).collect();
+    for &m in &[1usize, 6] {
+        let h: Vec<f32> = (0..m * d).map(|i| (i % 13) as f32 * 1e-2).collect();
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            let t = Instant::now();
+            std::hint::black_box(rows_dot(&h, &w, m, d, v));
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        println!("rows_dot m={m} lm_head: {:.2} ms, {:.1} GB/s", best * 1e3, (v * d * 4) as f64 / best / 1e9);
+    }
+}
