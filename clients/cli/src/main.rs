@@ -1,6 +1,10 @@
 //! `steer`: the command-line program.
 
 mod bench;
+mod commands;
+
+use commands::{DemoArgs, RunArgs, ServeArgs};
+use steer_cli::server::Role;
 
 use std::path::PathBuf;
 
@@ -21,7 +25,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Load a model and generate a completion of a prompt (optionally steered).
+    /// Steer: unsteered and steered completions side by side (the seed's experiment).
+    Run(RunArgs),
+    /// Run a named preset: love-hate, weddings, eiffel (ARENA) or post-N (the post's table).
+    Demo(DemoArgs),
+    /// Serve both services in one process (the embedded default).
+    Serve(ServeArgs),
+    /// Serve the ActivationService only.
+    ActivationWorker(ServeArgs),
+    /// Serve the GenerationService only.
+    GenerationWorker(ServeArgs),
+    /// Load a model and generate a completion of a prompt in-process (engine only, no gRPC).
     Generate(GenerateArgs),
     /// Write a GPT-2 checkpoint with random weights in the hub layout.
     RandomModel(RandomModelArgs),
@@ -114,6 +128,11 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
+        Command::Run(a) => commands::runtime()?.block_on(commands::run(a)),
+        Command::Demo(a) => commands::runtime()?.block_on(commands::demo(a)),
+        Command::Serve(a) => commands::runtime()?.block_on(commands::serve(a, Role::Both)),
+        Command::ActivationWorker(a) => commands::runtime()?.block_on(commands::serve(a, Role::Activation)),
+        Command::GenerationWorker(a) => commands::runtime()?.block_on(commands::serve(a, Role::Generation)),
         Command::Generate(a) => generate(a),
         Command::RandomModel(a) => random_model(a),
         Command::Bench(a) => bench::run(a),

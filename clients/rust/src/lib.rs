@@ -1,0 +1,254 @@
+//! `steer-client`: orchestrates the two services. It asks the ActivationService for the
+//! steering tensors of a list of activation additions, streams them to a GenerationService
+//! (chosen round-robin among the endpoints given), and returns or streams the unsteered and
+//! steered completions. `calculate_and_apply_steering_vector` mirrors the ARENA function.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use futures::StreamExt;
+use steer_proto::v1::activation_service_client::ActivationServiceClient;
+use steer_proto::v1::generation_service_client::GenerationServiceClient;
+use steer_proto::v1::{
+    generate_request, generate_response, steering_response, ActivationAddition, GenerateRequest, GenerateResponse,
+    GenerateSetup, GetModelInfoRequest, Hook, ModelInfo, SamplingParameters, SteeringRequest, TensorChunk, TensorHeader,
+};
+use steer_proto::wire::TensorAssembler;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Status;
+
+pub use steer_proto::v1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server's status, code kept.
+    #[error("{}: {}", .0.code(), .0.message())]
+    Status(#[from] Status),
+    #[error("cannot connect to {endpoint}: {message}")]
+    Connect { endpoint: String, message: String },
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+/// One term of a steering vector: `coeff * activation(prompt)` at `layer`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdditionSpec {
+    pub layer: u32,
+    pub coeff: f64,
+    pub prompt: String,
+}
+
+impl AdditionSpec {
+    pub fn new(layer: u32, coeff: f64, prompt: impl Into<String>) -> Self {
+        Self { layer, coeff, prompt: prompt.into() }
+    }
+}
+
+/// Everything about a run but the prompt and the additions. Defaults: the post's settings.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub hook: Hook,
+    pub use_bos: bool,
+    pub n_tokens: u32,
+    pub n_comparisons: u32,
+    pub seed: u64,
+    pub sampling: SamplingParameters,
+    pub strict_lengths: bool,
+    pub top_logprobs: u32,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            hook: Hook::ResidPre,
+            use_bos: true,
+            n_tokens: 50,
+            n_comparisons: 3,
+            seed: 0,
+            sampling: SamplingParameters {
+                temperature: 1.0,
+                top_p: Some(0.3),
+                top_k: 0,
+                repetition_penalty: 1.0,
+                frequency_penalty: 1.0,
+                presence_penalty: 0.0,
+            },
+            strict_lengths: false,
+            top_logprobs: 0,
+        }
+    }
+}
+
+/// A steering tensor as received: its header (hook point, shape) and values.
+#[derive(Debug, Clone)]
+pub struct SteeringTensor {
+    pub header: TensorHeader,
+    pub values: Vec<f32>,
+    chunks: Vec<TensorChunk>,
+}
+
+impl SteeringTensor {
+    /// L2 norm of each position's vector.
+    pub fn position_norms(&self) -> Vec<f32> {
+        let d = self.header.shape.get(1).copied().unwrap_or(1).max(1) as usize;
+        self.values.chunks(d).map(|r| r.iter().map(|x| x * x).sum::<f32>().sqrt()).collect()
+    }
+}
+
+/// One finished completion.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    pub row: u32,
+    pub steered: bool,
+    pub text: String,
+    pub token_ids: Vec<u32>,
+    pub finish_reason: v1::FinishReason,
+    pub seed: u64,
+}
+
+/// The result of `calculate_and_apply_steering_vector`.
+#[derive(Debug, Clone)]
+pub struct Comparison {
+    pub unsteered: Vec<Completion>,
+    pub steered: Vec<Completion>,
+}
+
+/// Connections to one activation worker and one or more generation workers.
+pub struct SteerClient {
+    activation: ActivationServiceClient<Channel>,
+    generation: Vec<GenerationServiceClient<Channel>>,
+    next: AtomicUsize,
+}
+
+async fn channel(url: &str) -> Result<Channel> {
+    let err = |e: tonic::transport::Error| ClientError::Connect { endpoint: url.to_string(), message: e.to_string() };
+    let ep = Endpoint::from_shared(url.to_string()).map_err(err)?;
+    ep.connect().await.map_err(err)
+}
+
+impl SteerClient {
+    /// `activation_url` and each of `generation_urls` as `http://host:port`.
+    pub async fn connect(activation_url: &str, generation_urls: &[String]) -> Result<Self> {
+        if generation_urls.is_empty() {
+            return Err(ClientError::Protocol("at least one generation endpoint".into()));
+        }
+        let max = 64 << 20;
+        let activation = ActivationServiceClient::new(channel(activation_url).await?).max_decoding_message_size(max);
+        let mut generation = vec![];
+        for u in generation_urls {
+            generation.push(GenerationServiceClient::new(channel(u).await?).max_decoding_message_size(max));
+        }
+        Ok(Self { activation, generation, next: AtomicUsize::new(0) })
+    }
+
+    pub async fn activation_info(&self) -> Result<ModelInfo> {
+        Ok(self.activation.clone().get_model_info(GetModelInfoRequest {}).await?.into_inner())
+    }
+
+    pub async fn generation_info(&self) -> Result<ModelInfo> {
+        Ok(self.pick().get_model_info(GetModelInfoRequest {}).await?.into_inner())
+    }
+
+    fn pick(&self) -> GenerationServiceClient<Channel> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.generation.len();
+        self.generation[i].clone()
+    }
+
+    /// The steering tensor of each layer for `additions`.
+    pub async fn steering_tensors(&self, additions: &[AdditionSpec], opts: &RunOptions) -> Result<Vec<SteeringTensor>> {
+        let req = SteeringRequest {
+            additions: additions
+                .iter()
+                .map(|a| ActivationAddition { prompt: a.prompt.clone(), coeff: a.coeff, layer: a.layer })
+                .collect(),
+            hook: opts.hook as i32,
+            use_bos: opts.use_bos,
+            strict_lengths: opts.strict_lengths,
+        };
+        let mut stream = self.activation.clone().get_steering_tensors(req).await?.into_inner();
+        let mut out = vec![];
+        let mut current: Option<(TensorAssembler, Vec<TensorChunk>)> = None;
+        while let Some(msg) = stream.next().await {
+            match msg?.event {
+                Some(steering_response::Event::Header(h)) => {
+                    let asm = TensorAssembler::new(h).map_err(|e| ClientError::Protocol(e.to_string()))?;
+                    current = Some((asm, vec![]));
+                }
+                Some(steering_response::Event::Chunk(c)) => {
+                    let (asm, chunks) = current.as_mut().ok_or_else(|| ClientError::Protocol("chunk before header".into()))?;
+                    asm.push(&c).map_err(|e| ClientError::Protocol(e.to_string()))?;
+                    chunks.push(c);
+                }
+                _ => {}
+            }
+            if current.as_ref().is_some_and(|(a, _)| a.is_complete()) {
+                let (asm, chunks) = current.take().unwrap();
+                let (header, _, values) = asm.finish_f32().map_err(|e| ClientError::Protocol(e.to_string()))?;
+                out.push(SteeringTensor { header, values, chunks });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Starts a generation with the given tensors; yields the server's events as they come.
+    pub async fn generate_stream(
+        &self,
+        prompt: &str,
+        tensors: &[SteeringTensor],
+        opts: &RunOptions,
+    ) -> Result<tonic::Streaming<GenerateResponse>> {
+        let setup = GenerateSetup {
+            prompt: prompt.to_string(),
+            use_bos: opts.use_bos,
+            sampling: Some(opts.sampling),
+            n_comparisons: opts.n_comparisons,
+            max_new_tokens: opts.n_tokens,
+            seed: opts.seed,
+            n_tensors: tensors.len() as u32,
+            top_logprobs: opts.top_logprobs,
+            ..Default::default()
+        };
+        let mut msgs = vec![GenerateRequest { msg: Some(generate_request::Msg::Setup(setup)) }];
+        for t in tensors {
+            msgs.push(GenerateRequest { msg: Some(generate_request::Msg::Tensor(t.header.clone())) });
+            msgs.extend(t.chunks.iter().map(|c| GenerateRequest { msg: Some(generate_request::Msg::Chunk(c.clone())) }));
+        }
+        Ok(self.pick().generate(tokio_stream::iter(msgs)).await?.into_inner())
+    }
+
+    /// The seed's `calculate_and_apply_steering_vector`: unsteered and steered completions.
+    pub async fn calculate_and_apply_steering_vector(
+        &self,
+        prompt: &str,
+        additions: &[AdditionSpec],
+        opts: &RunOptions,
+    ) -> Result<Comparison> {
+        let tensors = self.steering_tensors(additions, opts).await?;
+        let stream = self.generate_stream(prompt, &tensors, opts).await?;
+        collect(stream).await
+    }
+}
+
+/// Drains a generation stream into its finished rows.
+pub async fn collect(mut stream: tonic::Streaming<GenerateResponse>) -> Result<Comparison> {
+    let mut cmp = Comparison { unsteered: vec![], steered: vec![] };
+    while let Some(msg) = stream.next().await {
+        if let Some(generate_response::Event::Finished(f)) = msg?.event {
+            let c = Completion {
+                row: f.row,
+                steered: f.steered,
+                text: f.text,
+                token_ids: f.token_ids,
+                finish_reason: v1::FinishReason::try_from(f.reason).unwrap_or_default(),
+                seed: f.seed,
+            };
+            if c.steered {
+                cmp.steered.push(c);
+            } else {
+                cmp.unsteered.push(c);
+            }
+        }
+    }
+    Ok(cmp)
+}

@@ -1,0 +1,8 @@
+//! The `steer.v1` contract, generated from `proto/steer/v1/*.proto`, and the helpers that move
+//! tensors over it in chunks of at most 1 MiB.
+
+pub mod v1 {
+    tonic::include_proto!("steer.v1");
+}
+
+pub mod wire;

@@ -1,0 +1,16 @@
+//! Limits and sizes of the activation worker.
+
+/// Configuration with defaults sized for GPT-2-XL on a small machine.
+#[derive(Debug, Clone)]
+pub struct ActivationConfig {
+    /// Bytes of activations the cache may hold before evicting the least recently used.
+    pub cache_bytes: usize,
+    /// Most prompts (or additions) in one request.
+    pub max_prompts: usize,
+}
+
+impl Default for ActivationConfig {
+    fn default() -> Self {
+        Self { cache_bytes: 512 << 20, max_prompts: 64 }
+    }
+}

@@ -1,0 +1,61 @@
+//! The `steer.v1.GenerationService` implementation.
+
+use std::sync::Arc;
+
+use steer_model::Engine;
+use steer_proto::v1::generation_service_server::{GenerationService, GenerationServiceServer};
+use steer_proto::v1::{GenerateRequest, GenerateResponse, GetModelInfoRequest, ModelInfo};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::batcher::Batcher;
+use crate::config::GenerationConfig;
+use crate::validation;
+
+/// Generates unsteered and steered completions with one loaded model.
+#[derive(Clone)]
+pub struct GenerationWorker {
+    engine: Arc<Engine>,
+    batcher: Arc<Batcher>,
+    config: GenerationConfig,
+}
+
+impl GenerationWorker {
+    pub fn new(engine: Arc<Engine>, config: GenerationConfig) -> Self {
+        let batcher = Arc::new(Batcher::new(engine.clone(), config.slots, config.max_queue));
+        Self { engine, batcher, config }
+    }
+
+    pub fn into_server(self) -> GenerationServiceServer<Self> {
+        GenerationServiceServer::new(self)
+    }
+
+    pub fn queue_depth(&self) -> usize {
+        self.batcher.depth()
+    }
+}
+
+#[tonic::async_trait]
+impl GenerationService for GenerationWorker {
+    type GenerateStream = ReceiverStream<Result<GenerateResponse, Status>>;
+
+    #[tracing::instrument(skip(self, request), fields(model = %self.engine.info().name))]
+    async fn generate(&self, request: Request<Streaming<GenerateRequest>>) -> Result<Response<Self::GenerateStream>, Status> {
+        let stream = request.into_inner();
+        let valid = validation::read_request(&self.engine, &self.config, stream).await?;
+        tracing::info!(rows = valid.rows.len(), max_new = valid.max_new_tokens, prompt_tokens = valid.prompt_tokens, "queued");
+        // Enough room for a step of every row, so the engine rarely waits on the network.
+        let (tx, rx) = mpsc::channel(2 * valid.rows.len() + 8);
+        self.batcher.submit(valid, tx)?;
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    #[tracing::instrument(skip(self, _request))]
+    async fn get_model_info(&self, _request: Request<GetModelInfoRequest>) -> Result<Response<ModelInfo>, Status> {
+        let mut info = steer_activation::service::model_info(&self.engine);
+        info.max_new_tokens = self.config.max_new_tokens as u32;
+        info.max_comparisons = self.config.max_comparisons as u32;
+        Ok(Response::new(info))
+    }
+}
