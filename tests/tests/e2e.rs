@@ -1,0 +1,277 @@
+//! End to end over real gRPC on loopback (ephemeral ports), with the tiny random GPT-2.
+
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use steer_cli::presets;
+use steer_cli::server::{LocalServer, ServeConfig};
+use steer_client::v1::activation_service_client::ActivationServiceClient;
+use steer_client::v1::generation_service_client::GenerationServiceClient;
+use steer_client::v1::{
+    generate_request, generate_response, GenerateRequest, GenerateSetup, GetActivationsRequest, GetModelInfoRequest, Hook,
+    HookPoint as PHook, SamplingParameters, ShortPrompt,
+};
+use steer_client::{AdditionSpec, RunOptions, SteerClient};
+use steer_model::{Addition, Engine, GenerateOptions, HookPoint, LoadOptions, ModelSource, RowRequest, SamplingParams};
+use steer_proto::wire;
+use tonic::Code;
+
+fn engine() -> Arc<Engine> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/tiny-gpt2");
+    Arc::new(Engine::load(&ModelSource::Dir(dir), &LoadOptions::default()).unwrap())
+}
+
+async fn start(engine: Arc<Engine>) -> (LocalServer, SteerClient) {
+    let server = LocalServer::start(engine, ServeConfig::default()).await.unwrap();
+    let client = SteerClient::connect(&server.url(), &[server.url()]).await.unwrap();
+    (server, client)
+}
+
+fn short(mut o: RunOptions, tokens: u32) -> RunOptions {
+    o.n_tokens = tokens;
+    o
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seeds_three_examples_produce_paired_completions() {
+    let (server, client) = start(engine()).await;
+    for name in ["love-hate", "weddings", "eiffel"] {
+        let mut p = presets::find(name).unwrap();
+        presets::scale_layers(&mut p, 48, 4);
+        let opts = short(p.options.clone(), 12);
+        let cmp = client.calculate_and_apply_steering_vector(p.prompt, &p.additions, &opts).await.unwrap();
+        assert_eq!(cmp.unsteered.len(), 3, "{name}");
+        assert_eq!(cmp.steered.len(), 3, "{name}");
+        for (u, s) in cmp.unsteered.iter().zip(&cmp.steered) {
+            assert_eq!(u.seed, s.seed, "{name}: row i of each side shares its seed");
+            assert_eq!(u.token_ids.len(), 12);
+        }
+        let differs = cmp.unsteered.iter().zip(&cmp.steered).any(|(u, s)| u.token_ids != s.token_ids);
+        assert!(differs, "{name}: steering changed nothing");
+        // Same seed + same request = same tokens.
+        let again = client.calculate_and_apply_steering_vector(p.prompt, &p.additions, &opts).await.unwrap();
+        assert_eq!(again.steered, cmp.steered, "{name}");
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_coefficient_gives_the_unsteered_completions() {
+    let (server, client) = start(engine()).await;
+    let adds = [AdditionSpec::new(2, 0.0, "Love "), AdditionSpec::new(2, -0.0, "Hate")];
+    let cmp = client.calculate_and_apply_steering_vector("I hate you because", &adds, &short(RunOptions::default(), 10)).await.unwrap();
+    for (u, s) in cmp.unsteered.iter().zip(&cmp.steered) {
+        assert_eq!(u.token_ids, s.token_ids);
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greedy_steered_output_equals_the_in_process_engine() {
+    let e = engine();
+    let (server, client) = start(e.clone()).await;
+    let adds = [AdditionSpec::new(2, 8.0, "Love "), AdditionSpec::new(2, -8.0, "Hate")];
+    let mut opts = short(RunOptions::default(), 15);
+    opts.sampling = SamplingParameters { temperature: 0.0, ..opts.sampling };
+    opts.n_comparisons = 1;
+    let cmp = client.calculate_and_apply_steering_vector("I hate you because", &adds, &opts).await.unwrap();
+
+    let hook = HookPoint::ResidPre(2);
+    let acts = e.capture(&[e.encode("Love ", true).unwrap(), e.encode("Hate", true).unwrap()], &[hook]).unwrap();
+    let steer = ((&acts[0][0] - &acts[1][0]).unwrap() * 8.0).unwrap();
+    let sampling = SamplingParams { temperature: 0.0, ..SamplingParams::default() };
+    let row = RowRequest {
+        prompt: e.encode("I hate you because", true).unwrap(),
+        additions: vec![Addition { hook, tensor: steer }],
+        sampling,
+        seed: 0,
+    };
+    let gen = GenerateOptions { max_new_tokens: 15, ..Default::default() };
+    let local = e.generate(&[row], &gen, |_| ControlFlow::Continue(())).unwrap();
+    assert_eq!(cmp.steered[0].token_ids, local[0].tokens);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_serves_repeated_prompts_without_recomputing() {
+    let (server, client) = start(engine()).await;
+    let adds = [AdditionSpec::new(1, 4.0, "I talk about weddings constantly  "), AdditionSpec::new(1, -4.0, "I do not talk")];
+    let opts = RunOptions::default();
+    client.steering_tensors(&adds, &opts).await.unwrap();
+    let first = client.activation_info().await.unwrap().cache.unwrap();
+    assert_eq!((first.misses, first.hits), (2, 0));
+    let again = client.steering_tensors(&adds, &opts).await.unwrap();
+    let second = client.activation_info().await.unwrap().cache.unwrap();
+    assert_eq!(second.misses, 2, "nothing recomputed");
+    assert_eq!(second.hits, 2);
+    // Space padding: "I do not talk" padded to the longer prompt's 8 tokens (with BOS).
+    assert_eq!(again[0].header.shape[0], 8);
+    // Concurrent identical requests for a new prompt: computed once.
+    let mut act = ActivationServiceClient::connect(server.url()).await.unwrap();
+    let req = GetActivationsRequest {
+        prompts: vec!["A brand new prompt".into()],
+        use_bos: true,
+        points: vec![PHook { hook: Hook::BlockOutput as i32, layer: 2 }],
+    };
+    let calls = (0..4).map(|_| {
+        let mut c = act.clone();
+        let r = req.clone();
+        async move { c.get_activations(r).await.unwrap().into_inner().collect::<Vec<_>>().await }
+    });
+    for msgs in futures::future::join_all(calls).await {
+        assert!(msgs.iter().all(|m| m.is_ok()));
+        assert_eq!(msgs.len(), 3, "tokens, header, one chunk");
+    }
+    let third = act.get_model_info(GetModelInfoRequest {}).await.unwrap().into_inner().cache.unwrap();
+    assert_eq!(third.misses, 3);
+    assert_eq!(third.hits, 2 + 3);
+    server.shutdown().await;
+}
+
+fn setup(prompt: &str) -> GenerateSetup {
+    GenerateSetup {
+        prompt: prompt.into(),
+        use_bos: true,
+        sampling: Some(RunOptions::default().sampling),
+        n_comparisons: 1,
+        max_new_tokens: 4,
+        ..Default::default()
+    }
+}
+
+async fn generate_status(url: &str, msgs: Vec<GenerateRequest>) -> Result<(), tonic::Status> {
+    let mut g = GenerationServiceClient::connect(url.to_string()).await.unwrap();
+    let mut s = g.generate(tokio_stream::iter(msgs)).await?.into_inner();
+    while let Some(m) = s.next().await {
+        m?;
+    }
+    Ok(())
+}
+
+fn tensor_msgs(values: &[f32], shape: &[usize], layer: u32) -> Vec<GenerateRequest> {
+    let (h, chunks) = wire::encode_f32(values, shape, Some(PHook { hook: Hook::ResidPre as i32, layer }), 0);
+    let mut v = vec![GenerateRequest { msg: Some(generate_request::Msg::Tensor(h)) }];
+    v.extend(chunks.into_iter().map(|c| GenerateRequest { msg: Some(generate_request::Msg::Chunk(c)) }));
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_invalid_input_gets_invalid_argument_naming_the_field() {
+    let (server, client) = start(engine()).await;
+    let url = server.url();
+    let d = 64;
+    let with = |s: GenerateSetup, extra: Vec<GenerateRequest>| {
+        let mut v = vec![GenerateRequest { msg: Some(generate_request::Msg::Setup(s)) }];
+        v.extend(extra);
+        v
+    };
+    let one = |s: GenerateSetup| with(GenerateSetup { n_tensors: 1, ..s }, vec![]);
+    let cases: Vec<(Vec<GenerateRequest>, &str)> = vec![
+        (with(GenerateSetup { prompt: String::new(), ..setup("x") }, vec![]), "setup.prompt"),
+        ({ let mut m = one(setup("I hate you")); m.extend(tensor_msgs(&vec![0.0; d], &[1, d], 9)); m }, "tensors[0].point.layer"),
+        ({ let mut m = one(setup("I hate you")); m.extend(tensor_msgs(&vec![0.0; d + 1], &[1, d + 1], 1)); m }, "tensors[0].shape"),
+        ({ let mut m = one(setup("Hi")); m.extend(tensor_msgs(&vec![0.0; 5 * d], &[5, d], 1)); m }, "setup.prompt"),
+        ({ let mut m = one(setup("I hate you")); m.extend(tensor_msgs(&[f32::NAN; 64], &[1, d], 1)); m }, "tensors[0].data"),
+        ({
+            let mut m = one(setup("I hate you"));
+            let mut t = tensor_msgs(&vec![0.0; 2 * d], &[2, d], 1);
+            t.pop(); // the only chunk
+            m.extend(t);
+            m
+        }, "tensors[0].chunks"),
+        ({
+            let mut m = one(setup("I hate you"));
+            let mut t = tensor_msgs(&vec![0.0; 2 * d], &[2, d], 1);
+            if let Some(generate_request::Msg::Tensor(h)) = &mut t[0].msg { h.dtype = steer_client::v1::Dtype::F16 as i32; h.total_bytes /= 2; }
+            m.extend(t);
+            m
+        }, "tensors[0].dtype"),
+        (with(GenerateSetup { max_new_tokens: 100_000, ..setup("x") }, vec![]), "setup.max_new_tokens"),
+        (with(GenerateSetup { n_comparisons: 1000, ..setup("x") }, vec![]), "setup.n_comparisons"),
+        (with(GenerateSetup { sampling: Some(SamplingParameters { top_p: Some(1.5), ..RunOptions::default().sampling }), ..setup("x") }, vec![]), "top_p"),
+        (with(GenerateSetup { sampling: Some(SamplingParameters { top_p: Some(0.0), ..RunOptions::default().sampling }), ..setup("x") }, vec![]), "top_p"),
+        (with(GenerateSetup { sampling: Some(SamplingParameters { temperature: -1.0, ..RunOptions::default().sampling }), ..setup("x") }, vec![]), "temperature"),
+        (tensor_msgs(&[0.0; 64], &[1, d], 1), "setup"),
+    ];
+    for (msgs, field) in cases {
+        let err = generate_status(&url, msgs).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+        assert!(err.message().contains(field), "{field}: {}", err.message());
+    }
+    // Pad mode accepts the short prompt.
+    let mut m = vec![GenerateRequest {
+        msg: Some(generate_request::Msg::Setup(GenerateSetup { n_tensors: 1, short_prompt: ShortPrompt::Pad as i32, ..setup("Hi") })),
+    }];
+    m.extend(tensor_msgs(&vec![0.0; 5 * d], &[5, d], 1));
+    generate_status(&url, m).await.unwrap();
+    // Activation side: layer out of range, strict lengths, no prompts.
+    let bad = [AdditionSpec::new(7, 1.0, "a")];
+    let err = client.steering_tensors(&bad, &RunOptions::default()).await.unwrap_err();
+    assert!(err.to_string().contains("additions[0].layer"), "{err}");
+    let unequal = [AdditionSpec::new(1, 1.0, "Love "), AdditionSpec::new(1, -1.0, "I do not love")];
+    let strict = RunOptions { strict_lengths: true, ..RunOptions::default() };
+    let err = client.steering_tensors(&unequal, &strict).await.unwrap_err();
+    assert!(err.to_string().contains("additions[0].prompt"), "{err}");
+    let mut act = ActivationServiceClient::connect(url.clone()).await.unwrap();
+    let err = act.get_activations(GetActivationsRequest::default()).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    // The server still serves after all that.
+    let adds = [AdditionSpec::new(1, 1.0, "Love "), AdditionSpec::new(1, -1.0, "Hate")];
+    client.calculate_and_apply_steering_vector("I hate you", &adds, &short(RunOptions::default(), 3)).await.unwrap();
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_stream_frees_its_slot() {
+    let (server, client) = start(engine()).await;
+    let adds = [AdditionSpec::new(1, 2.0, "Love "), AdditionSpec::new(1, -2.0, "Hate")];
+    let long = RunOptions { n_tokens: 200, n_comparisons: 4, ..RunOptions::default() };
+    let tensors = client.steering_tensors(&adds, &long).await.unwrap();
+    let mut stream = client.generate_stream("I hate you because", &tensors, &long).await.unwrap();
+    // Read a few tokens, then walk away.
+    for _ in 0..3 {
+        let m = stream.next().await.unwrap().unwrap();
+        assert!(matches!(m.event, Some(generate_response::Event::Token(_))));
+    }
+    drop(stream);
+    // With one slot, the next request only completes if the first one let go.
+    let quick = RunOptions { n_tokens: 5, n_comparisons: 1, ..RunOptions::default() };
+    let cmp = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        client.calculate_and_apply_steering_vector("I hate you because", &adds, &quick),
+    )
+    .await
+    .expect("the slot was not freed")
+    .unwrap();
+    assert_eq!(cmp.steered[0].token_ids.len(), 5);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_stream_as_valid_utf8_deltas_that_add_up_to_the_text() {
+    let (server, client) = start(engine()).await;
+    let adds = [AdditionSpec::new(1, 2.0, "Love "), AdditionSpec::new(1, -2.0, "Hate")];
+    let opts = RunOptions { n_tokens: 30, n_comparisons: 2, top_logprobs: 3, ..RunOptions::default() };
+    let tensors = client.steering_tensors(&adds, &opts).await.unwrap();
+    let mut stream = client.generate_stream("I hate you because", &tensors, &opts).await.unwrap();
+    let mut texts = vec![String::new(); 4];
+    let mut finished = 0;
+    while let Some(m) = stream.next().await {
+        match m.unwrap().event.unwrap() {
+            generate_response::Event::Token(t) => {
+                assert_eq!(t.top_logprobs.len(), 3);
+                assert!(t.logprob <= 0.0);
+                texts[t.row as usize].push_str(&t.text_delta);
+            }
+            generate_response::Event::Finished(f) => {
+                finished += 1;
+                assert!(f.text.starts_with(&texts[f.row as usize]) || f.text.contains('\u{FFFD}'));
+                assert_eq!(f.generated_tokens, 30);
+            }
+        }
+    }
+    assert_eq!(finished, 4);
+    server.shutdown().await;
+}
