@@ -18,6 +18,10 @@ pub struct BenchArgs {
     /// Batch sizes to measure decode at.
     #[arg(long, value_delimiter = ',', default_value = "1,6")]
     batches: Vec<usize>,
+    /// Also measure the services over loopback gRPC: cache-hit latency, time to first token,
+    /// and the overhead of a full run against the in-process engine.
+    #[arg(long)]
+    grpc: bool,
 }
 
 const PROMPT: &str = "I went up to my friend and said"; // 9 tokens with BOS
@@ -67,5 +71,76 @@ pub fn run(a: BenchArgs) -> Result<()> {
         );
     }
     println!("peak RSS: {:.2} GB", peak_rss_gb());
+    if a.grpc {
+        crate::commands::runtime()?.block_on(grpc(engine, a.tokens))?;
+    }
+    Ok(())
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+async fn grpc(engine: Engine, tokens: usize) -> Result<()> {
+    use futures::StreamExt;
+    use steer_cli::server::{LocalServer, ServeConfig};
+    use steer_client::{AdditionSpec, RunOptions, SteerClient};
+    let engine = std::sync::Arc::new(engine);
+    let server = LocalServer::start(engine.clone(), ServeConfig::default()).await?;
+    let client = SteerClient::connect(&server.url(), &[server.url()]).await?;
+    let layer = (engine.info().n_layer as u32 * 20 / 48).max(1);
+    let adds = [
+        AdditionSpec::new(layer, 4.0, "I talk about weddings constantly  "),
+        AdditionSpec::new(layer, -4.0, "I do not talk about weddings constantly"),
+    ];
+    let opts = RunOptions { n_tokens: tokens as u32, n_comparisons: 3, ..RunOptions::default() };
+    let t = Instant::now();
+    let tensors = client.steering_tensors(&adds, &opts).await?;
+    println!("steering tensors, cold (2 capture forwards): {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
+    let mut lat = vec![];
+    for _ in 0..200 {
+        let t = Instant::now();
+        client.steering_tensors(&adds, &opts).await?;
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    println!(
+        "steering tensors, cache hit over loopback gRPC: p50 {:.3} ms, p99 {:.3} ms",
+        percentile(&mut lat, 0.5),
+        percentile(&mut lat, 0.99)
+    );
+    // Time to first streamed token.
+    let t = Instant::now();
+    let mut stream = client.generate_stream(PROMPT, &tensors, &opts).await?;
+    let _ = stream.next().await;
+    println!("time to first streamed token (6 rows, prefill): {:.3} s", t.elapsed().as_secs_f64());
+    while stream.next().await.is_some() {}
+    // Full run over gRPC against the same batch in process.
+    let t = Instant::now();
+    let cmp = client.calculate_and_apply_steering_vector(PROMPT, &adds, &opts).await?;
+    let via_grpc = t.elapsed().as_secs_f64();
+    let hook = steer_model::HookPoint::ResidPre(layer as usize);
+    let steer: Vec<f32> = tensors[0].values.clone();
+    let k = tensors[0].header.shape[0] as usize;
+    let d = engine.info().d_model;
+    let tensor = steer_model::Tensor::from_vec(steer, (k, d), &steer_model::Device::Cpu)?;
+    let prompt = engine.encode(PROMPT, true)?;
+    let mut rows = vec![];
+    for steered in [false, true] {
+        for i in 0..3u64 {
+            let additions = if steered { vec![steer_model::Addition { hook, tensor: tensor.clone() }] } else { vec![] };
+            rows.push(RowRequest { prompt: prompt.clone(), additions, sampling: SamplingParams::default(), seed: i });
+        }
+    }
+    let gen = GenerateOptions { max_new_tokens: tokens, ..Default::default() };
+    let t = Instant::now();
+    let local = engine.generate(&rows, &gen, |_| std::ops::ControlFlow::Continue(()))?;
+    let in_process = t.elapsed().as_secs_f64();
+    assert_eq!(local[3].tokens, cmp.steered[0].token_ids, "same seeds, same tokens");
+    println!(
+        "full run, {tokens} tokens x 6 rows: gRPC (cached steering) {via_grpc:.3} s, in-process {in_process:.3} s, overhead {:+.1}%",
+        (via_grpc / in_process - 1.0) * 100.0
+    );
+    server.shutdown().await;
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! `steer`: the command-line program.
 
 mod bench;
-mod commands;
+pub(crate) mod commands;
 
 use commands::{DemoArgs, RunArgs, ServeArgs};
 use steer_cli::server::Role;

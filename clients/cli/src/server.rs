@@ -9,7 +9,7 @@ use steer_activation::{ActivationConfig, ActivationWorker};
 use steer_generation::{GenerationConfig, GenerationWorker};
 use steer_model::Engine;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 /// Which services a process serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +55,7 @@ pub async fn serve(
     let server = tonic::transport::Server::builder()
         .add_optional_service(act)
         .add_optional_service(gen)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
             shutdown.await;
             tracing::info!("shutting down: no new requests");
             let _ = stop_tx.send(());
