@@ -309,9 +309,25 @@ impl Engine {
         let t_start = Instant::now();
         let mut prefill_secs = 0.0;
 
+        // Rows with the same prompt and the same steering (the n comparisons of one side) have
+        // the same prefill: run it once per distinct row and fan the KV cache out.
+        let (distinct, fan_out) = distinct_rows(rows);
+
         for index in 0..opts.max_new_tokens {
             // Forward: the prefill (or, without the cache, the whole sequence every time).
-            let last_hidden = if index == 0 || !opts.use_kv_cache {
+            let last_hidden = if index == 0 && opts.use_kv_cache && distinct.len() < b {
+                let useqs: Vec<Vec<u32>> = distinct.iter().map(|&r| seqs[r].clone()).collect();
+                let ulayout = Layout::new(&useqs, self.info.n_positions)?;
+                let uadds: Vec<Vec<Addition>> = distinct.iter().map(|&r| per_row[r].clone()).collect();
+                let uadditions = self.additions(&ulayout, &uadds)?;
+                let step = ulayout.prefill_step(&useqs, &self.model)?;
+                let mut ucache = KvCache::new(self.info.n_layer, ulayout.width);
+                let mut hooks = Hooks { additions: uadditions.as_ref(), ..Default::default() };
+                let hidden = self.model.forward(&step, &mut ucache, &mut hooks)?;
+                cache = ucache.select_rows(&fan_out, layout.width + opts.max_new_tokens)?;
+                let idx = Tensor::from_slice(&fan_out, b, self.model.device())?;
+                hidden.i((.., ulayout.width - 1, ..))?.contiguous()?.index_select(&idx, 0)?
+            } else if index == 0 || !opts.use_kv_cache {
                 let layout = Layout::new(&seqs, self.info.n_positions)?;
                 let step = layout.prefill_step(&seqs, &self.model)?;
                 if index > 0 {
@@ -372,6 +388,26 @@ impl Engine {
         tracing::debug!(rows = b, prefill_secs, total, "generated");
         Ok(outputs)
     }
+}
+
+/// The first row of each group of identical rows (same prompt, same steering tensors), and for
+/// every row the index of its group.
+fn distinct_rows(rows: &[RowRequest]) -> (Vec<usize>, Vec<u32>) {
+    let mut keys: Vec<(&[u32], Vec<(HookPoint, candle_core::TensorId)>)> = vec![];
+    let mut distinct = vec![];
+    let mut fan_out = vec![];
+    for (i, r) in rows.iter().enumerate() {
+        let key = (r.prompt.as_slice(), r.additions.iter().map(|a| (a.hook, a.tensor.id())).collect::<Vec<_>>());
+        match keys.iter().position(|k| *k == key) {
+            Some(g) => fan_out.push(g as u32),
+            None => {
+                fan_out.push(keys.len() as u32);
+                keys.push(key);
+                distinct.push(i);
+            }
+        }
+    }
+    (distinct, fan_out)
 }
 
 /// log-softmax of raw logits: a lookup for any token, and the `n` most likely.

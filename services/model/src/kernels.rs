@@ -8,7 +8,7 @@
 use rayon::prelude::*;
 
 /// Rows at or below this use [`small_m_matmul`]; above, candle's GEMM wins.
-pub const SMALL_M_MAX: usize = 16;
+pub const SMALL_M_MAX: usize = 32;
 
 /// Column tile (floats) one task works on: 4 weight rows of it stay in L1.
 const TILE: usize = 1024;

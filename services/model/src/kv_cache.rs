@@ -44,6 +44,18 @@ impl KvCache {
         self.len() == 0
     }
 
+    /// A cache whose row b is row `rows[b]` of this one (rows that share a prefill fan out).
+    pub fn select_rows(&self, rows: &[u32], capacity: usize) -> Result<Self> {
+        let mut out = Self::new(self.layers.len(), capacity);
+        for (src, dst) in self.layers.iter().zip(out.layers.iter_mut()) {
+            if let (Some(k), Some(v)) = (src.inner.k()?, src.inner.v()?) {
+                let idx = Tensor::from_slice(rows, rows.len(), k.device())?;
+                dst.append(&k.contiguous()?.index_select(&idx, 0)?, &v.contiguous()?.index_select(&idx, 0)?)?;
+            }
+        }
+        Ok(out)
+    }
+
     pub fn layer(&mut self, i: usize) -> &mut LayerKv {
         &mut self.layers[i]
     }

@@ -133,3 +133,24 @@ fn same_seed_same_tokens_and_cancellation_stops() {
     assert_eq!(out[0].tokens.len(), 3);
     assert_eq!(out[0].finish, steer_model::FinishReason::Cancelled);
 }
+
+#[test]
+fn shared_prefill_of_identical_rows_equals_each_row_alone() {
+    let e = engine();
+    let p = e.encode("I hate you because", true).unwrap();
+    let steer = love_hate(&e, HookPoint::ResidPre(2), 8.0);
+    let add = || vec![Addition { hook: HookPoint::ResidPre(2), tensor: steer.clone() }];
+    // 3 unsteered + 3 steered, paired seeds: the prefill runs for 2 distinct rows and fans out.
+    let rows: Vec<RowRequest> =
+        (0..3).map(|i| sampled(&p, vec![], i)).chain((0..3).map(|i| sampled(&p, add(), i))).collect();
+    let batched = gen(&e, &rows);
+    for (i, r) in rows.iter().enumerate() {
+        assert_eq!(batched[i], gen(&e, std::slice::from_ref(r))[0], "row {i}");
+    }
+    assert_ne!(batched[0], batched[1], "different seeds, different samples");
+    // Without the cache (no fan-out) the tokens are the same too.
+    let opts = GenerateOptions { max_new_tokens: 15, stop_at_eos: false, use_kv_cache: false, ..Default::default() };
+    let uncached: Vec<Vec<u32>> =
+        e.generate(&rows, &opts, |_| ControlFlow::Continue(())).unwrap().into_iter().map(|o| o.tokens).collect();
+    assert_eq!(uncached, batched);
+}
