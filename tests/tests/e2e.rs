@@ -275,3 +275,44 @@ async fn tokens_stream_as_valid_utf8_deltas_that_add_up_to_the_text() {
     assert_eq!(finished, 4);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passed_deadline_stops_the_generation_and_frees_the_slot() {
+    let (server, client) = start(engine()).await;
+    let mut g = GenerationServiceClient::connect(server.url()).await.unwrap();
+    let msgs = vec![GenerateRequest {
+        msg: Some(generate_request::Msg::Setup(GenerateSetup { n_comparisons: 8, max_new_tokens: 250, ..setup("I hate you because") })),
+    }];
+    let mut req = tonic::Request::new(tokio_stream::iter(msgs));
+    req.set_timeout(std::time::Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let outcome = match g.generate(req).await {
+        Err(s) => Err(s),
+        Ok(resp) => {
+            let mut s = resp.into_inner();
+            let mut err = None;
+            while let Some(m) = s.next().await {
+                if let Err(e) = m {
+                    err = Some(e);
+                    break;
+                }
+            }
+            err.map_or(Ok(()), Err)
+        }
+    };
+    let status = outcome.expect_err("the deadline must end the stream");
+    assert!(matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled), "{status:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    // The one slot is free again: a following request completes.
+    let adds = [AdditionSpec::new(1, 2.0, "Love "), AdditionSpec::new(1, -2.0, "Hate")];
+    let quick = RunOptions { n_tokens: 5, n_comparisons: 1, ..RunOptions::default() };
+    let cmp = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        client.calculate_and_apply_steering_vector("I hate you because", &adds, &quick),
+    )
+    .await
+    .expect("the slot was not freed")
+    .unwrap();
+    assert_eq!(cmp.steered.len(), 1);
+    server.shutdown().await;
+}

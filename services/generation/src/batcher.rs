@@ -22,6 +22,7 @@ struct Job {
     request: ValidRequest,
     events: Events,
     queued_at: Instant,
+    deadline: Option<Instant>,
 }
 
 /// The job queue and its engine threads.
@@ -59,9 +60,9 @@ impl Batcher {
         self.depth.load(Ordering::SeqCst)
     }
 
-    pub fn submit(&self, request: ValidRequest, events: Events) -> Result<(), GenerationError> {
+    pub fn submit(&self, request: ValidRequest, events: Events, deadline: Option<Instant>) -> Result<(), GenerationError> {
         self.depth.fetch_add(1, Ordering::SeqCst);
-        let job = Job { request, events, queued_at: Instant::now() };
+        let job = Job { request, events, queued_at: Instant::now(), deadline };
         self.queue.try_send(job).map_err(|e| {
             self.depth.fetch_sub(1, Ordering::SeqCst);
             match e {
@@ -73,10 +74,16 @@ impl Batcher {
 }
 
 fn run_job(engine: &Engine, job: Job) {
-    let Job { request, events, queued_at } = job;
+    let Job { request, events, queued_at, deadline } = job;
     if events.is_closed() {
         return; // the client left while queued
     }
+    let past_deadline = || deadline.is_some_and(|d| Instant::now() >= d);
+    if past_deadline() {
+        let _ = events.blocking_send(Err(Status::deadline_exceeded("deadline passed while queued")));
+        return;
+    }
+    let mut timed_out = false;
     let queue_ms = queued_at.elapsed().as_secs_f64() * 1e3;
     let span = tracing::info_span!("generate", rows = request.rows.len(), max_new = request.max_new_tokens);
     let _g = span.enter();
@@ -102,12 +109,20 @@ fn run_job(engine: &Engine, job: Job) {
             top_logprobs: ev.top_logprobs.iter().map(|&(token_id, logprob)| TopLogprob { token_id, logprob }).collect(),
         };
         let msg = GenerateResponse { event: Some(generate_response::Event::Token(token)) };
+        if past_deadline() {
+            timed_out = true;
+            return ControlFlow::Break(());
+        }
         match events.blocking_send(Ok(msg)) {
             Ok(()) => ControlFlow::Continue(()),
             Err(_) => ControlFlow::Break(()), // client gone or deadline passed: free the slot
         }
     });
     match result {
+        Ok(outputs) if timed_out => {
+            let n: usize = outputs.iter().map(|o| o.tokens.len()).sum();
+            let _ = events.blocking_send(Err(Status::deadline_exceeded(format!("deadline passed after {n} tokens"))));
+        }
         Ok(outputs) => {
             for (row, out) in outputs.iter().enumerate() {
                 let reason = match out.finish {

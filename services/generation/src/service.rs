@@ -36,18 +36,37 @@ impl GenerationWorker {
     }
 }
 
+/// The client's deadline (`grpc-timeout`: digits and a unit, H M S m u n). tonic applies it to
+/// the response headers only; a stream is held to it here, by the engine loop.
+fn grpc_timeout(md: &tonic::metadata::MetadataMap) -> Option<std::time::Duration> {
+    let v = md.get("grpc-timeout")?.to_str().ok()?;
+    let (num, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = num.parse().ok()?;
+    use std::time::Duration;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 #[tonic::async_trait]
 impl GenerationService for GenerationWorker {
     type GenerateStream = ReceiverStream<Result<GenerateResponse, Status>>;
 
     #[tracing::instrument(skip(self, request), fields(model = %self.engine.info().name))]
     async fn generate(&self, request: Request<Streaming<GenerateRequest>>) -> Result<Response<Self::GenerateStream>, Status> {
+        let deadline = grpc_timeout(request.metadata()).map(|t| std::time::Instant::now() + t);
         let stream = request.into_inner();
         let valid = validation::read_request(&self.engine, &self.config, stream).await?;
         tracing::info!(rows = valid.rows.len(), max_new = valid.max_new_tokens, prompt_tokens = valid.prompt_tokens, "queued");
         // Enough room for a step of every row, so the engine rarely waits on the network.
         let (tx, rx) = mpsc::channel(2 * valid.rows.len() + 8);
-        self.batcher.submit(valid, tx)?;
+        self.batcher.submit(valid, tx, deadline)?;
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
