@@ -6,3 +6,6 @@ pub mod v1 {
 }
 
 pub mod wire;
+
+/// The encoded `FileDescriptorSet` of steer.v1, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/steer_descriptor.bin"));

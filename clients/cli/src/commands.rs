@@ -35,6 +35,9 @@ pub struct ServeArgs {
     /// Seconds open streams may run after SIGTERM/Ctrl-C.
     #[arg(long, default_value_t = 10)]
     grace_secs: u64,
+    /// Name reported in finished rows (default: host name, then the listen address).
+    #[arg(long, env = "STEER_WORKER_ID")]
+    worker_id: Option<String>,
 }
 
 impl ServeArgs {
@@ -44,6 +47,11 @@ impl ServeArgs {
         c.generation.slots = self.slots;
         c.generation.max_new_tokens = self.max_new_tokens;
         c.generation.max_comparisons = self.max_comparisons;
+        c.generation.worker_id = match &self.worker_id {
+            Some(w) => w.clone(),
+            None if c.generation.worker_id.is_empty() => self.addr.clone(),
+            None => format!("{}/{}", c.generation.worker_id, self.addr),
+        };
         c
     }
 }
@@ -59,12 +67,33 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// Listens at once (health NOT_SERVING), loads the model, then reports SERVING. Exits 0 after
+/// SIGTERM/Ctrl-C once open streams finish or the grace period ends; non-zero if the model
+/// cannot be loaded.
 pub async fn serve(a: ServeArgs, role: Role) -> Result<()> {
-    let model = a.model.clone();
-    let engine = Arc::new(tokio::task::spawn_blocking(move || model.load()).await??);
     let listener = tokio::net::TcpListener::bind(&a.addr).await.with_context(|| format!("binding {}", a.addr))?;
-    eprintln!("serving {role:?} on {}", listener.local_addr()?);
-    server::serve(engine, a.config(role), listener, shutdown_signal()).await?;
+    eprintln!("serving {role:?} on {} (loading the model)", listener.local_addr()?);
+    let (services, health) = server::Services::new(a.config(role)).await;
+    let services = Arc::new(services);
+    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
+    let loader = {
+        let (services, model) = (services.clone(), a.model.clone());
+        tokio::spawn(async move {
+            match tokio::task::spawn_blocking(move || model.load()).await {
+                Ok(Ok(engine)) => {
+                    services.ready(Arc::new(engine)).await;
+                    eprintln!("ready");
+                }
+                Ok(Err(e)) => drop(failed_tx.send(e)),
+                Err(e) => drop(failed_tx.send(e.into())),
+            }
+        })
+    };
+    tokio::select! {
+        r = server::serve(services, health, listener, shutdown_signal()) => r?,
+        Ok(e) = failed_rx => return Err(e.context("loading the model")),
+    }
+    loader.abort();
     Ok(())
 }
 
@@ -249,6 +278,7 @@ async fn execute(prompt: &str, additions: &[AdditionSpec], opts: &RunOptions, fl
                     token_ids: f.token_ids,
                     finish_reason: steer_client::v1::FinishReason::try_from(f.reason).unwrap_or_default(),
                     seed: f.seed,
+                    worker: f.worker,
                 };
                 if c.steered { cmp.steered.push(c) } else { cmp.unsteered.push(c) }
             }

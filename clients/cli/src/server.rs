@@ -2,12 +2,19 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use steer_activation::{ActivationConfig, ActivationWorker};
 use steer_generation::{GenerationConfig, GenerationWorker};
 use steer_model::Engine;
+use steer_proto::v1::activation_service_server::{ActivationService, ActivationServiceServer};
+use steer_proto::v1::generation_service_server::{GenerationService, GenerationServiceServer};
+use steer_proto::v1::{GenerateRequest, GetActivationsRequest, GetModelInfoRequest, ModelInfo, SteeringRequest};
+use tonic::{Request, Response, Status, Streaming};
+use tonic_health::pb::health_server::{Health, HealthServer};
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
@@ -40,27 +47,128 @@ impl Default for ServeConfig {
     }
 }
 
+/// A service whose worker exists once the model has loaded; UNAVAILABLE until then.
+pub struct Gate<W>(Arc<OnceLock<W>>);
+
+impl<W> Clone for Gate<W> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<W> Gate<W> {
+    fn get(&self) -> Result<&W, Status> {
+        self.0.get().ok_or_else(|| Status::unavailable("the model is still loading"))
+    }
+}
+
+#[tonic::async_trait]
+impl ActivationService for Gate<ActivationWorker> {
+    type GetActivationsStream = <ActivationWorker as ActivationService>::GetActivationsStream;
+    type GetSteeringTensorsStream = <ActivationWorker as ActivationService>::GetSteeringTensorsStream;
+    async fn get_activations(&self, r: Request<GetActivationsRequest>) -> Result<Response<Self::GetActivationsStream>, Status> {
+        self.get()?.get_activations(r).await
+    }
+    async fn get_steering_tensors(&self, r: Request<SteeringRequest>) -> Result<Response<Self::GetSteeringTensorsStream>, Status> {
+        self.get()?.get_steering_tensors(r).await
+    }
+    async fn get_model_info(&self, r: Request<GetModelInfoRequest>) -> Result<Response<ModelInfo>, Status> {
+        ActivationService::get_model_info(self.get()?, r).await
+    }
+}
+
+#[tonic::async_trait]
+impl GenerationService for Gate<GenerationWorker> {
+    type GenerateStream = <GenerationWorker as GenerationService>::GenerateStream;
+    async fn generate(&self, r: Request<Streaming<GenerateRequest>>) -> Result<Response<Self::GenerateStream>, Status> {
+        self.get()?.generate(r).await
+    }
+    async fn get_model_info(&self, r: Request<GetModelInfoRequest>) -> Result<Response<ModelInfo>, Status> {
+        GenerationService::get_model_info(self.get()?, r).await
+    }
+}
+
+const ACTIVATION: &str = "steer.v1.ActivationService";
+const GENERATION: &str = "steer.v1.GenerationService";
+
+/// The services of one process, before and after the model loads: health reports NOT_SERVING
+/// until `ready`, then SERVING.
+pub struct Services {
+    cfg: ServeConfig,
+    activation: Gate<ActivationWorker>,
+    generation: Gate<GenerationWorker>,
+    reporter: HealthReporter,
+}
+
+impl Services {
+    pub async fn new(cfg: ServeConfig) -> (Self, HealthServer<impl Health>) {
+        let (reporter, health) = tonic_health::server::health_reporter();
+        for name in ["", ACTIVATION, GENERATION] {
+            reporter.set_service_status(name, ServingStatus::NotServing).await;
+        }
+        let s = Self {
+            cfg,
+            activation: Gate(Arc::new(OnceLock::new())),
+            generation: Gate(Arc::new(OnceLock::new())),
+            reporter,
+        };
+        (s, health)
+    }
+
+    /// Installs the workers on the loaded engine and reports SERVING.
+    pub async fn ready(&self, engine: Arc<Engine>) {
+        let role = self.cfg.role;
+        if matches!(role, Role::Both | Role::Activation) {
+            let _ = self.activation.0.set(ActivationWorker::new(engine.clone(), self.cfg.activation.clone()));
+            self.reporter.set_service_status(ACTIVATION, ServingStatus::Serving).await;
+        }
+        if matches!(role, Role::Both | Role::Generation) {
+            let _ = self.generation.0.set(GenerationWorker::new(engine, self.cfg.generation.clone()));
+            self.reporter.set_service_status(GENERATION, ServingStatus::Serving).await;
+        }
+        self.reporter.set_service_status("", ServingStatus::Serving).await;
+    }
+
+    /// Reports NOT_SERVING (on shutdown, so load balancers stop sending).
+    pub async fn draining(&self) {
+        for name in ["", ACTIVATION, GENERATION] {
+            self.reporter.set_service_status(name, ServingStatus::NotServing).await;
+        }
+    }
+}
+
 /// Serves on `listener` until `shutdown` resolves, then drains for at most `cfg.grace`.
 pub async fn serve(
-    engine: Arc<Engine>,
-    cfg: ServeConfig,
+    services: Arc<Services>,
+    health: HealthServer<impl Health>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let act = matches!(cfg.role, Role::Both | Role::Activation)
-        .then(|| ActivationWorker::new(engine.clone(), cfg.activation.clone()).into_server().max_decoding_message_size(8 << 20));
-    let gen = matches!(cfg.role, Role::Both | Role::Generation)
-        .then(|| GenerationWorker::new(engine.clone(), cfg.generation.clone()).into_server().max_decoding_message_size(8 << 20));
+    let role = services.cfg.role;
+    let max = 8 << 20;
+    let act = matches!(role, Role::Both | Role::Activation)
+        .then(|| ActivationServiceServer::new(services.activation.clone()).max_decoding_message_size(max));
+    let gen = matches!(role, Role::Both | Role::Generation)
+        .then(|| GenerationServiceServer::new(services.generation.clone()).max_decoding_message_size(max));
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(steer_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("descriptor sets are valid");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let svc = services.clone();
     let server = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection)
         .add_optional_service(act)
         .add_optional_service(gen)
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
             shutdown.await;
             tracing::info!("shutting down: no new requests");
+            svc.draining().await;
             let _ = stop_tx.send(());
         });
-    let grace = cfg.grace;
+    let grace = services.cfg.grace;
     tokio::select! {
         r = server => r,
         _ = async move {
@@ -88,7 +196,9 @@ impl LocalServer {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(serve(engine, cfg, listener, async move {
+        let (services, health) = Services::new(cfg).await;
+        services.ready(engine).await;
+        let task = tokio::spawn(serve(Arc::new(services), health, listener, async move {
             let _ = rx.await;
         }));
         Ok(Self { addr, stop: Some(tx), task: Some(task) })

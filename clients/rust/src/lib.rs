@@ -105,6 +105,8 @@ pub struct Completion {
     pub token_ids: Vec<u32>,
     pub finish_reason: v1::FinishReason,
     pub seed: u64,
+    /// The generation worker that produced it.
+    pub worker: String,
 }
 
 /// The result of `calculate_and_apply_steering_vector`.
@@ -218,6 +220,11 @@ impl SteerClient {
     }
 
     /// The seed's `calculate_and_apply_steering_vector`: unsteered and steered completions.
+    ///
+    /// Generation requests go round-robin over the generation workers. A request that fails
+    /// because its worker is unreachable or went away is run again on the next worker: before
+    /// any token that is a plain retry, after some tokens a replay from the same seeds, which
+    /// yields the same tokens. Invalid requests are not retried.
     pub async fn calculate_and_apply_steering_vector(
         &self,
         prompt: &str,
@@ -225,9 +232,36 @@ impl SteerClient {
         opts: &RunOptions,
     ) -> Result<Comparison> {
         let tensors = self.steering_tensors(additions, opts).await?;
-        let stream = self.generate_stream(prompt, &tensors, opts).await?;
-        collect(stream).await
+        let mut last = None;
+        for attempt in 0..self.generation.len() {
+            let expected = 2 * opts.n_comparisons as usize;
+            let result = match self.generate_stream(prompt, &tensors, opts).await {
+                Ok(stream) => collect(stream).await.and_then(|c| {
+                    if c.unsteered.len() + c.steered.len() == expected {
+                        Ok(c)
+                    } else {
+                        Err(ClientError::Status(Status::unavailable("the stream ended before every row finished")))
+                    }
+                }),
+                Err(e) => Err(e),
+            };
+            match result {
+                Err(ClientError::Status(s)) if retryable(&s) => {
+                    tracing::warn!(attempt, code = ?s.code(), "generation worker failed; trying the next one");
+                    last = Some(ClientError::Status(s));
+                }
+                other => return other,
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::Protocol("no generation worker".into())))
     }
+}
+
+/// Failures of the worker or the connection, not of the request.
+fn retryable(s: &Status) -> bool {
+    use tonic::Code;
+    matches!(s.code(), Code::Unavailable | Code::Unknown | Code::Internal | Code::Aborted | Code::ResourceExhausted)
+        || (s.code() == Code::Cancelled && s.message().contains("connection"))
 }
 
 /// Drains a generation stream into its finished rows.
@@ -242,6 +276,7 @@ pub async fn collect(mut stream: tonic::Streaming<GenerateResponse>) -> Result<C
                 token_ids: f.token_ids,
                 finish_reason: v1::FinishReason::try_from(f.reason).unwrap_or_default(),
                 seed: f.seed,
+                worker: f.worker,
             };
             if c.steered {
                 cmp.steered.push(c);

@@ -33,12 +33,12 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    pub fn new(engine: Arc<Engine>, slots: usize, max_queue: usize) -> Self {
+    pub fn new(engine: Arc<Engine>, slots: usize, max_queue: usize, worker_id: String) -> Self {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(max_queue.max(1));
         let rx = Arc::new(Mutex::new(rx));
         let depth = Arc::new(AtomicUsize::new(0));
         for i in 0..slots.max(1) {
-            let (rx, engine, depth) = (rx.clone(), engine.clone(), depth.clone());
+            let (rx, engine, depth, worker) = (rx.clone(), engine.clone(), depth.clone(), worker_id.clone());
             std::thread::Builder::new()
                 .name(format!("steer-gen-{i}"))
                 .spawn(move || loop {
@@ -48,7 +48,7 @@ impl Batcher {
                         Err(_) => return,
                     };
                     depth.fetch_sub(1, Ordering::SeqCst);
-                    run_job(&engine, job);
+                    run_job(&engine, job, &worker);
                 })
                 .expect("spawn engine thread");
         }
@@ -73,7 +73,7 @@ impl Batcher {
     }
 }
 
-fn run_job(engine: &Engine, job: Job) {
+fn run_job(engine: &Engine, job: Job, worker: &str) {
     let Job { request, events, queued_at, deadline } = job;
     if events.is_closed() {
         return; // the client left while queued
@@ -142,6 +142,7 @@ fn run_job(engine: &Engine, job: Job) {
                     total_ms: started.elapsed().as_secs_f64() * 1e3,
                     seed: request.rows[row].seed,
                     queue_ms,
+                    worker: worker.to_string(),
                 };
                 let msg = GenerateResponse { event: Some(generate_response::Event::Finished(finished)) };
                 if events.blocking_send(Ok(msg)).is_err() {

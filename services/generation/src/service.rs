@@ -23,7 +23,7 @@ pub struct GenerationWorker {
 
 impl GenerationWorker {
     pub fn new(engine: Arc<Engine>, config: GenerationConfig) -> Self {
-        let batcher = Arc::new(Batcher::new(engine.clone(), config.slots, config.max_queue));
+        let batcher = Arc::new(Batcher::new(engine.clone(), config.slots, config.max_queue, config.worker_id.clone()));
         Self { engine, batcher, config }
     }
 

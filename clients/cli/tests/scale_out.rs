@@ -1,0 +1,132 @@
+//! Scale-out over real processes on loopback: one activation worker and three generation
+//! workers (`steer` binaries), health checks, 30 concurrent requests, a worker killed during the
+//! run, and graceful SIGTERM.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use steer_client::{AdditionSpec, ClientError, RunOptions, SteerClient};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+fn tiny() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tiny-gpt2")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Worker {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(role: &str, id: &str) -> Worker {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_steer"))
+        .args([role, "--model"])
+        .arg(tiny())
+        .args(["--addr", &format!("127.0.0.1:{port}"), "--worker-id", id, "--grace-secs", "5"])
+        .env("STEER_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn steer");
+    Worker { child, url: format!("http://127.0.0.1:{port}") }
+}
+
+/// Polls grpc.health.v1 until the process reports SERVING (bounded).
+async fn wait_serving(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(ch) = tonic::transport::Endpoint::from_shared(url.to_string()).unwrap().connect().await {
+            let mut h = HealthClient::new(ch);
+            if let Ok(r) = h.check(HealthCheckRequest { service: String::new() }).await {
+                if r.into_inner().status == ServingStatus::Serving as i32 {
+                    return;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "{url} never became SERVING");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thirty_requests_over_three_generation_workers_survive_a_kill() {
+    let act = spawn("activation-worker", "act");
+    let mut gens: Vec<Worker> = (0..3).map(|i| spawn("generation-worker", &format!("gen-{i}"))).collect();
+    wait_serving(&act.url).await;
+    for g in &gens {
+        wait_serving(&g.url).await;
+    }
+    let urls: Vec<String> = gens.iter().map(|g| g.url.clone()).collect();
+    let client = std::sync::Arc::new(SteerClient::connect(&act.url, &urls).await.unwrap());
+    let adds = vec![AdditionSpec::new(1, 4.0, "Love "), AdditionSpec::new(1, -4.0, "Hate")];
+    let opts = RunOptions { n_tokens: 40, n_comparisons: 1, ..RunOptions::default() };
+
+    let mut tasks = vec![];
+    for i in 0..30u64 {
+        let (client, adds) = (client.clone(), adds.clone());
+        let opts = RunOptions { seed: i, ..opts.clone() };
+        tasks.push(tokio::spawn(async move {
+            tokio::time::timeout(
+                Duration::from_secs(300),
+                client.calculate_and_apply_steering_vector("I hate you because", &adds, &opts),
+            )
+            .await
+        }));
+    }
+    // Kill one generation worker while the requests are in flight.
+    let victim = gens.remove(1);
+    let mut h = HealthClient::new(tonic::transport::Endpoint::from_shared(victim.url.clone()).unwrap().connect().await.unwrap());
+    let _ = h.check(HealthCheckRequest { service: String::new() }).await;
+    drop(victim); // SIGKILL
+
+    let mut workers = std::collections::BTreeSet::new();
+    let (mut ok, mut failed) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Err(_) => panic!("a request hung"),
+            Ok(Ok(cmp)) => {
+                ok += 1;
+                assert_eq!(cmp.steered.len(), 1);
+                assert_eq!(cmp.steered[0].token_ids.len(), 40);
+                workers.insert(cmp.steered[0].worker.clone());
+            }
+            Ok(Err(ClientError::Status(s))) => {
+                failed += 1;
+                assert!(!s.message().is_empty(), "a failure must say why: {s:?}");
+            }
+            Ok(Err(e)) => panic!("unclear failure: {e}"),
+        }
+    }
+    assert_eq!(ok + failed, 30);
+    assert!(ok >= 20, "{ok} of 30 completed");
+    assert!(workers.len() > 1, "served by {workers:?}");
+
+    // Graceful shutdown: SIGTERM, exit 0.
+    for w in gens.iter_mut().chain(std::iter::once(&mut { act })) {
+        let pid = w.child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(s) = w.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "worker did not exit after SIGTERM");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(status.success(), "{status:?}");
+    }
+}
