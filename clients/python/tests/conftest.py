@@ -1,0 +1,45 @@
+"""Starts a real `steer serve` on the tiny random model for the tests."""
+import os
+import pathlib
+import socket
+import subprocess
+import time
+
+import grpc
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[3]
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server():
+    binary = os.environ.get("STEER_BIN", str(ROOT / "target" / "debug" / "steer"))
+    port = _free_port()
+    proc = subprocess.Popen(
+        [binary, "serve", "--model", str(ROOT / "fixtures" / "tiny-gpt2"), "--addr", f"127.0.0.1:{port}",
+         "--worker-id", "py-test"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "STEER_LOG": "warn"})
+    addr = f"127.0.0.1:{port}"
+    from steer_client import SteerClient
+
+    client = SteerClient(addr)
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            client.model_info()
+            break
+        except grpc.RpcError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("steer serve did not come up")
+            time.sleep(0.1)
+    yield addr
+    client.close()
+    proc.terminate()
+    assert proc.wait(timeout=30) == 0

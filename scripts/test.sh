@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The whole test suite: Rust (unit, parity, end-to-end, multi-process) and the Python client.
+# Needs: cargo; python3 with grpcio, grpcio-tools, protobuf, pytest (.ci/run installs them).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo test --workspace --locked
+
+# Python client: stubs generated from proto/, tests against a real `steer serve` (tiny model).
+python3 clients/python/generate.py
+STEER_BIN="$PWD/target/debug/steer" PYTHONPATH="$PWD/clients/python/src" python3 -m pytest -q clients/python/tests
