@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# The whole test suite: Rust (unit, parity, end-to-end, multi-process) and the Python client.
-# Needs: cargo; python3 with grpcio, grpcio-tools, protobuf, pytest (.ci/run installs them).
+# The whole test suite: Rust (unit, parity, end-to-end, multi-process), the deployment
+# manifests, and the Python client.
+# Needs: cargo; python3 with grpcio, grpcio-tools, protobuf, pytest, kubernetes-validate, pyyaml
+# (.ci/run installs them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo test --workspace --locked
+
+# Deployment manifests, validated offline.
+bash scripts/check_deploy.sh
 
 # Python client: stubs generated from proto/, tests against a real `steer serve` (tiny model).
 python3 clients/python/generate.py
