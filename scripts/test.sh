@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite: Rust (unit, parity, end-to-end, multi-process), the deployment
 # manifests, and the Python client.
-# Needs: cargo; python3 with grpcio, grpcio-tools, protobuf, pytest, kubernetes-validate, pyyaml
+# Needs: cargo; npm (buf comes from the npm registry); python3 with grpcio, grpcio-tools, protobuf, pytest, kubernetes-validate, pyyaml
 # (.ci/run installs them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo test --workspace --locked
+
+# The contract: buf lint, and no wire-breaking change against the published image.
+bash scripts/check_proto.sh
 
 # Deployment manifests, validated offline.
 bash scripts/check_deploy.sh

@@ -10,7 +10,7 @@ use steer_cli::server::{LocalServer, ServeConfig};
 use steer_client::v1::activation_service_client::ActivationServiceClient;
 use steer_client::v1::generation_service_client::GenerationServiceClient;
 use steer_client::v1::{
-    generate_request, generate_response, GenerateRequest, GenerateSetup, GetActivationsRequest, GetModelInfoRequest, Hook,
+    generate_request, generate_response, GenerateRequest, GenerateSetup, GetActivationsRequest, ActivationServiceGetModelInfoRequest, Hook,
     HookPoint as PHook, SamplingParameters, ShortPrompt,
 };
 use steer_client::{AdditionSpec, RunOptions, SteerClient};
@@ -124,7 +124,7 @@ async fn the_cache_serves_repeated_prompts_without_recomputing() {
         assert!(msgs.iter().all(|m| m.is_ok()));
         assert_eq!(msgs.len(), 3, "tokens, header, one chunk");
     }
-    let third = act.get_model_info(GetModelInfoRequest {}).await.unwrap().into_inner().cache.unwrap();
+    let third = act.get_model_info(ActivationServiceGetModelInfoRequest {}).await.unwrap().into_inner().info.unwrap().cache.unwrap();
     assert_eq!(third.misses, 3);
     assert_eq!(third.hits, 2 + 3);
     server.shutdown().await;

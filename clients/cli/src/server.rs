@@ -10,7 +10,10 @@ use steer_generation::{GenerationConfig, GenerationWorker};
 use steer_model::Engine;
 use steer_proto::v1::activation_service_server::{ActivationService, ActivationServiceServer};
 use steer_proto::v1::generation_service_server::{GenerationService, GenerationServiceServer};
-use steer_proto::v1::{GenerateRequest, GetActivationsRequest, GetModelInfoRequest, ModelInfo, SteeringRequest};
+use steer_proto::v1::{
+    ActivationServiceGetModelInfoRequest, ActivationServiceGetModelInfoResponse, GenerateRequest, GenerationServiceGetModelInfoRequest,
+    GenerationServiceGetModelInfoResponse, GetActivationsRequest, GetSteeringTensorsRequest,
+};
 use tonic::{Request, Response, Status, Streaming};
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::server::HealthReporter;
@@ -69,10 +72,13 @@ impl ActivationService for Gate<ActivationWorker> {
     async fn get_activations(&self, r: Request<GetActivationsRequest>) -> Result<Response<Self::GetActivationsStream>, Status> {
         self.get()?.get_activations(r).await
     }
-    async fn get_steering_tensors(&self, r: Request<SteeringRequest>) -> Result<Response<Self::GetSteeringTensorsStream>, Status> {
+    async fn get_steering_tensors(&self, r: Request<GetSteeringTensorsRequest>) -> Result<Response<Self::GetSteeringTensorsStream>, Status> {
         self.get()?.get_steering_tensors(r).await
     }
-    async fn get_model_info(&self, r: Request<GetModelInfoRequest>) -> Result<Response<ModelInfo>, Status> {
+    async fn get_model_info(
+        &self,
+        r: Request<ActivationServiceGetModelInfoRequest>,
+    ) -> Result<Response<ActivationServiceGetModelInfoResponse>, Status> {
         ActivationService::get_model_info(self.get()?, r).await
     }
 }
@@ -83,7 +89,10 @@ impl GenerationService for Gate<GenerationWorker> {
     async fn generate(&self, r: Request<Streaming<GenerateRequest>>) -> Result<Response<Self::GenerateStream>, Status> {
         self.get()?.generate(r).await
     }
-    async fn get_model_info(&self, r: Request<GetModelInfoRequest>) -> Result<Response<ModelInfo>, Status> {
+    async fn get_model_info(
+        &self,
+        r: Request<GenerationServiceGetModelInfoRequest>,
+    ) -> Result<Response<GenerationServiceGetModelInfoResponse>, Status> {
         GenerationService::get_model_info(self.get()?, r).await
     }
 }

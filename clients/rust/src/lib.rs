@@ -9,8 +9,8 @@ use futures::StreamExt;
 use steer_proto::v1::activation_service_client::ActivationServiceClient;
 use steer_proto::v1::generation_service_client::GenerationServiceClient;
 use steer_proto::v1::{
-    generate_request, generate_response, steering_response, ActivationAddition, GenerateRequest, GenerateResponse,
-    GenerateSetup, GetModelInfoRequest, Hook, ModelInfo, SamplingParameters, SteeringRequest, TensorChunk, TensorHeader,
+    generate_request, generate_response, get_steering_tensors_response, ActivationAddition, GenerateRequest, GenerateResponse,
+    GenerateSetup, ActivationServiceGetModelInfoRequest, GenerationServiceGetModelInfoRequest, Hook, ModelInfo, SamplingParameters, GetSteeringTensorsRequest, TensorChunk, TensorHeader,
 };
 use steer_proto::wire::TensorAssembler;
 use tonic::transport::{Channel, Endpoint};
@@ -145,11 +145,13 @@ impl SteerClient {
     }
 
     pub async fn activation_info(&self) -> Result<ModelInfo> {
-        Ok(self.activation.clone().get_model_info(GetModelInfoRequest {}).await?.into_inner())
+        let r = self.activation.clone().get_model_info(ActivationServiceGetModelInfoRequest {}).await?.into_inner();
+        r.info.ok_or_else(|| ClientError::Protocol("model info missing".into()))
     }
 
     pub async fn generation_info(&self) -> Result<ModelInfo> {
-        Ok(self.pick().get_model_info(GetModelInfoRequest {}).await?.into_inner())
+        let r = self.pick().get_model_info(GenerationServiceGetModelInfoRequest {}).await?.into_inner();
+        r.info.ok_or_else(|| ClientError::Protocol("model info missing".into()))
     }
 
     fn pick(&self) -> GenerationServiceClient<Channel> {
@@ -159,7 +161,7 @@ impl SteerClient {
 
     /// The steering tensor of each layer for `additions`.
     pub async fn steering_tensors(&self, additions: &[AdditionSpec], opts: &RunOptions) -> Result<Vec<SteeringTensor>> {
-        let req = SteeringRequest {
+        let req = GetSteeringTensorsRequest {
             additions: additions
                 .iter()
                 .map(|a| ActivationAddition { prompt: a.prompt.clone(), coeff: a.coeff, layer: a.layer })
@@ -173,11 +175,11 @@ impl SteerClient {
         let mut current: Option<(TensorAssembler, Vec<TensorChunk>)> = None;
         while let Some(msg) = stream.next().await {
             match msg?.event {
-                Some(steering_response::Event::Header(h)) => {
+                Some(get_steering_tensors_response::Event::Header(h)) => {
                     let asm = TensorAssembler::new(h).map_err(|e| ClientError::Protocol(e.to_string()))?;
                     current = Some((asm, vec![]));
                 }
-                Some(steering_response::Event::Chunk(c)) => {
+                Some(get_steering_tensors_response::Event::Chunk(c)) => {
                     let (asm, chunks) = current.as_mut().ok_or_else(|| ClientError::Protocol("chunk before header".into()))?;
                     asm.push(&c).map_err(|e| ClientError::Protocol(e.to_string()))?;
                     chunks.push(c);

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use steer_model::{Engine, HookPoint};
 use steer_proto::v1::activation_service_server::ActivationService;
 use steer_proto::v1::{
-    activations_response, steering_response, ActivationsResponse, AdditionTokens, GetActivationsRequest,
-    GetModelInfoRequest, Hook, ModelInfo, PromptTokens, SteeringRequest, SteeringResponse, Tokens,
+    get_activations_response, get_steering_tensors_response, GetActivationsResponse, AdditionTokens, GetActivationsRequest,
+    ActivationServiceGetModelInfoRequest, ActivationServiceGetModelInfoResponse, Hook, ModelInfo, PromptTokens, GetSteeringTensorsRequest, GetSteeringTensorsResponse, Tokens,
 };
 use steer_proto::wire;
 use tokio::sync::mpsc;
@@ -122,8 +122,8 @@ async fn send_tensor<T>(
 
 #[tonic::async_trait]
 impl ActivationService for ActivationWorker {
-    type GetActivationsStream = Stream<ActivationsResponse>;
-    type GetSteeringTensorsStream = Stream<SteeringResponse>;
+    type GetActivationsStream = Stream<GetActivationsResponse>;
+    type GetSteeringTensorsStream = Stream<GetSteeringTensorsResponse>;
 
     #[tracing::instrument(skip(self, request), fields(model = %self.model_key, prompts, points))]
     async fn get_activations(
@@ -161,8 +161,8 @@ impl ActivationService for ActivationWorker {
         tokio::spawn(async move {
             for (i, ids) in prompts.into_iter().enumerate() {
                 let tokens = PromptTokens { prompt_index: i as u32, tokens: Some(this.tokens(&ids)) };
-                let ev = activations_response::Event::Tokens(tokens);
-                if tx.send(Ok(ActivationsResponse { event: Some(ev) })).await.is_err() {
+                let ev = get_activations_response::Event::Tokens(tokens);
+                if tx.send(Ok(GetActivationsResponse { event: Some(ev) })).await.is_err() {
                     return;
                 }
                 for &point in &points {
@@ -175,8 +175,8 @@ impl ActivationService for ActivationWorker {
                     };
                     let (h, chunks) =
                         wire::encode(this.wire_dtype(), &act.values, &[act.len, act.d], Some(proto_point(point)), i as u32);
-                    let wrap_h = |h| ActivationsResponse { event: Some(activations_response::Event::Header(h)) };
-                    let wrap_c = |c| ActivationsResponse { event: Some(activations_response::Event::Chunk(c)) };
+                    let wrap_h = |h| GetActivationsResponse { event: Some(get_activations_response::Event::Header(h)) };
+                    let wrap_c = |c| GetActivationsResponse { event: Some(get_activations_response::Event::Chunk(c)) };
                     if !send_tensor(&tx, h, chunks, wrap_h, wrap_c).await {
                         return;
                     }
@@ -189,7 +189,7 @@ impl ActivationService for ActivationWorker {
     #[tracing::instrument(skip(self, request), fields(model = %self.model_key, additions))]
     async fn get_steering_tensors(
         &self,
-        request: Request<SteeringRequest>,
+        request: Request<GetSteeringTensorsRequest>,
     ) -> Result<Response<Self::GetSteeringTensorsStream>, Status> {
         let req = request.into_inner();
         tracing::Span::current().record("additions", req.additions.len());
@@ -219,12 +219,12 @@ impl ActivationService for ActivationWorker {
             let mut all: Vec<&steering::PlannedAddition> = plan.values().flatten().collect();
             all.sort_by_key(|a| a.index);
             for a in all {
-                let ev = steering_response::Event::Tokens(AdditionTokens {
+                let ev = get_steering_tensors_response::Event::Tokens(AdditionTokens {
                     addition_index: a.index as u32,
                     tokens: Some(this.tokens(&a.ids)),
                     padding: a.padding as u32,
                 });
-                if tx.send(Ok(SteeringResponse { event: Some(ev) })).await.is_err() {
+                if tx.send(Ok(GetSteeringTensorsResponse { event: Some(ev) })).await.is_err() {
                     return;
                 }
             }
@@ -248,8 +248,8 @@ impl ActivationService for ActivationWorker {
                 }
                 let values = sum.unwrap_or_default();
                 let (h, chunks) = wire::encode(this.wire_dtype(), &values, &[k, d], Some(proto_point(point)), 0);
-                let wrap_h = |h| SteeringResponse { event: Some(steering_response::Event::Header(h)) };
-                let wrap_c = |c| SteeringResponse { event: Some(steering_response::Event::Chunk(c)) };
+                let wrap_h = |h| GetSteeringTensorsResponse { event: Some(get_steering_tensors_response::Event::Header(h)) };
+                let wrap_c = |c| GetSteeringTensorsResponse { event: Some(get_steering_tensors_response::Event::Chunk(c)) };
                 if !send_tensor(&tx, h, chunks, wrap_h, wrap_c).await {
                     return;
                 }
@@ -259,7 +259,10 @@ impl ActivationService for ActivationWorker {
     }
 
     #[tracing::instrument(skip(self, _request))]
-    async fn get_model_info(&self, _request: Request<GetModelInfoRequest>) -> Result<Response<ModelInfo>, Status> {
+    async fn get_model_info(
+        &self,
+        _request: Request<ActivationServiceGetModelInfoRequest>,
+    ) -> Result<Response<ActivationServiceGetModelInfoResponse>, Status> {
         let mut info = model_info(&self.engine);
         let s = self.cache.stats();
         info.cache = Some(steer_proto::v1::CacheStats {
@@ -270,7 +273,7 @@ impl ActivationService for ActivationWorker {
             capacity_bytes: s.capacity_bytes,
             evictions: s.evictions,
         });
-        Ok(Response::new(info))
+        Ok(Response::new(ActivationServiceGetModelInfoResponse { info: Some(info) }))
     }
 }
 

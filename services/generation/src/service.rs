@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use steer_model::Engine;
 use steer_proto::v1::generation_service_server::{GenerationService, GenerationServiceServer};
-use steer_proto::v1::{GenerateRequest, GenerateResponse, GetModelInfoRequest, ModelInfo};
+use steer_proto::v1::{GenerateRequest, GenerateResponse, GenerationServiceGetModelInfoRequest, GenerationServiceGetModelInfoResponse};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -71,10 +71,13 @@ impl GenerationService for GenerationWorker {
     }
 
     #[tracing::instrument(skip(self, _request))]
-    async fn get_model_info(&self, _request: Request<GetModelInfoRequest>) -> Result<Response<ModelInfo>, Status> {
+    async fn get_model_info(
+        &self,
+        _request: Request<GenerationServiceGetModelInfoRequest>,
+    ) -> Result<Response<GenerationServiceGetModelInfoResponse>, Status> {
         let mut info = steer_activation::service::model_info(&self.engine);
         info.max_new_tokens = self.config.max_new_tokens as u32;
         info.max_comparisons = self.config.max_comparisons as u32;
-        Ok(Response::new(info))
+        Ok(Response::new(GenerationServiceGetModelInfoResponse { info: Some(info) }))
     }
 }

@@ -72,11 +72,11 @@ class SteerClient:
             c.close()
 
     def model_info(self):
-        return self.activation.GetModelInfo(tensor_pb2.GetModelInfoRequest())
+        return self.activation.GetModelInfo(activation_pb2.ActivationServiceGetModelInfoRequest()).info
 
     def steering_tensors(self, activation_additions: Iterable[Tuple[int, float, str]], hook="resid_pre",
                          use_bos=True, strict_lengths=False, timeout=None) -> List[SteeringTensor]:
-        req = activation_pb2.SteeringRequest(
+        req = activation_pb2.GetSteeringTensorsRequest(
             additions=[activation_pb2.ActivationAddition(layer=l, coeff=c, prompt=p) for l, c, p in activation_additions],
             hook=HOOKS[hook], use_bos=use_bos, strict_lengths=strict_lengths)
         tensors: List[SteeringTensor] = []
