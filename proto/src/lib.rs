@@ -5,6 +5,7 @@ pub mod v1 {
     tonic::include_proto!("steer.v1");
 }
 
+pub mod status;
 pub mod wire;
 
 /// The encoded `FileDescriptorSet` of steer.v1, for gRPC server reflection.

@@ -17,6 +17,7 @@ use steer_client::{AdditionSpec, RunOptions, SteerClient};
 use steer_model::{Addition, Engine, GenerateOptions, HookPoint, LoadOptions, ModelSource, RowRequest, SamplingParams};
 use steer_proto::wire;
 use tonic::Code;
+use tonic_types::StatusExt;
 
 fn engine() -> Arc<Engine> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/tiny-gpt2");
@@ -199,6 +200,8 @@ async fn every_invalid_input_gets_invalid_argument_naming_the_field() {
         let err = generate_status(&url, msgs).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
         assert!(err.message().contains(field), "{field}: {}", err.message());
+        let bad = err.get_details_bad_request().expect("google.rpc.BadRequest details");
+        assert!(bad.field_violations.iter().any(|v| v.field.contains(field)), "{field}: {bad:?}");
     }
     // Pad mode accepts the short prompt.
     let mut m = vec![GenerateRequest {

@@ -23,9 +23,9 @@ impl ActivationError {
 impl From<ActivationError> for Status {
     fn from(e: ActivationError) -> Self {
         match e {
-            ActivationError::InvalidArgument { field, reason } => Status::invalid_argument(format!("{field}: {reason}")),
+            ActivationError::InvalidArgument { field, reason } => steer_proto::status::invalid_argument(&field, &reason),
             ActivationError::Model(ModelError::InvalidArgument { field, reason }) => {
-                Status::invalid_argument(format!("{field}: {reason}"))
+                steer_proto::status::invalid_argument(&field, &reason)
             }
             ActivationError::Model(ModelError::NotFound(m)) => Status::not_found(m),
             ActivationError::Model(ModelError::Cancelled) => Status::cancelled("cancelled"),

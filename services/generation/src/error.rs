@@ -37,9 +37,9 @@ impl From<steer_activation::ActivationError> for GenerationError {
 impl From<GenerationError> for Status {
     fn from(e: GenerationError) -> Self {
         match e {
-            GenerationError::InvalidArgument { field, reason } => Status::invalid_argument(format!("{field}: {reason}")),
+            GenerationError::InvalidArgument { field, reason } => steer_proto::status::invalid_argument(&field, &reason),
             GenerationError::Model(ModelError::InvalidArgument { field, reason }) => {
-                Status::invalid_argument(format!("{field}: {reason}"))
+                steer_proto::status::invalid_argument(&field, &reason)
             }
             GenerationError::Model(ModelError::Cancelled) => Status::cancelled("generation cancelled"),
             GenerationError::QueueFull(_) => Status::resource_exhausted(e.to_string()),
