@@ -35,6 +35,9 @@ pub struct ServeArgs {
     /// Seconds open streams may run after SIGTERM/Ctrl-C.
     #[arg(long, default_value_t = 10)]
     grace_secs: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, env = "STEER_METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Name reported in finished rows (default: host name, then the listen address).
     #[arg(long, env = "STEER_WORKER_ID")]
     worker_id: Option<String>,
@@ -75,6 +78,10 @@ pub async fn serve(a: ServeArgs, role: Role) -> Result<()> {
     eprintln!("serving {role:?} on {} (loading the model)", listener.local_addr()?);
     let (services, health) = server::Services::new(a.config(role)).await;
     let services = Arc::new(services);
+    if let Some(addr) = a.metrics_addr {
+        let bound = services.serve_metrics(addr).await.with_context(|| format!("binding metrics on {addr}"))?;
+        eprintln!("metrics on http://{bound}/metrics");
+    }
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
     let loader = {
         let (services, model) = (services.clone(), a.model.clone());

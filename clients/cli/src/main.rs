@@ -19,6 +19,9 @@ struct Cli {
     /// Log filter (RUST_LOG syntax).
     #[arg(long, global = true, env = "STEER_LOG", default_value = "info")]
     log: String,
+    /// Log JSON lines (with the RPC span: service, method, request id) instead of text.
+    #[arg(long, global = true, env = "STEER_LOG_JSON")]
+    log_json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -123,10 +126,7 @@ struct RandomModelArgs {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
-        .with_writer(std::io::stderr)
-        .init();
+    steer_telemetry::init_logging(&cli.log, cli.log_json);
     match cli.command {
         Command::Run(a) => commands::runtime()?.block_on(commands::run(a)),
         Command::Demo(a) => commands::runtime()?.block_on(commands::demo(a)),

@@ -2,7 +2,11 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+
+use steer_telemetry::Metrics;
+use tracing::Instrument;
 use std::time::Duration;
 
 use steer_activation::{ActivationConfig, ActivationWorker};
@@ -50,18 +54,65 @@ impl Default for ServeConfig {
     }
 }
 
-/// A service whose worker exists once the model has loaded; UNAVAILABLE until then.
-pub struct Gate<W>(Arc<OnceLock<W>>);
+/// A service whose worker exists once the model has loaded (UNAVAILABLE until then). Every
+/// call goes through `observe`: a span with the request id, the latency histogram and the
+/// request counter by code.
+pub struct Gate<W> {
+    worker: Arc<OnceLock<W>>,
+    metrics: Arc<Metrics>,
+    service: &'static str,
+}
 
 impl<W> Clone for Gate<W> {
     fn clone(&self) -> Self {
-        Self(self.0.clone())
+        Self { worker: self.worker.clone(), metrics: self.metrics.clone(), service: self.service }
     }
 }
 
+static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);
+
 impl<W> Gate<W> {
+    fn new(metrics: Arc<Metrics>, service: &'static str) -> Self {
+        Self { worker: Arc::new(OnceLock::new()), metrics, service }
+    }
+
     fn get(&self) -> Result<&W, Status> {
-        self.0.get().ok_or_else(|| Status::unavailable("the model is still loading"))
+        self.worker.get().ok_or_else(|| Status::unavailable("the model is still loading"))
+    }
+
+    async fn observe<Req, T, F, Fut>(&self, method: &'static str, req: Request<Req>, call: F) -> Result<Response<T>, Status>
+    where
+        W: Clone,
+        F: FnOnce(W, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let id = req
+            .metadata()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("{:x}", REQUEST_IDS.fetch_add(1, Ordering::Relaxed)));
+        let span = tracing::info_span!("rpc", service = self.service, method, request_id = %id);
+        let started = std::time::Instant::now();
+        let result = async {
+            let worker = self.get()?.clone();
+            call(worker, req).await
+        }
+        .instrument(span.clone())
+        .await;
+        let code = match &result {
+            Ok(_) => tonic::Code::Ok,
+            Err(s) => s.code(),
+        };
+        span.in_scope(|| tracing::info!(code = ?code, ms = started.elapsed().as_secs_f64() * 1e3, "rpc"));
+        self.metrics.latency.with_label_values(&[self.service, method]).observe(started.elapsed().as_secs_f64());
+        self.metrics.requests.with_label_values(&[self.service, method, &format!("{code:?}")]).inc();
+        result.map(|mut r| {
+            if let Ok(v) = id.parse() {
+                r.metadata_mut().insert("x-request-id", v);
+            }
+            r
+        })
     }
 }
 
@@ -70,16 +121,16 @@ impl ActivationService for Gate<ActivationWorker> {
     type GetActivationsStream = <ActivationWorker as ActivationService>::GetActivationsStream;
     type GetSteeringTensorsStream = <ActivationWorker as ActivationService>::GetSteeringTensorsStream;
     async fn get_activations(&self, r: Request<GetActivationsRequest>) -> Result<Response<Self::GetActivationsStream>, Status> {
-        self.get()?.get_activations(r).await
+        self.observe("GetActivations", r, |w, r| async move { w.get_activations(r).await }).await
     }
     async fn get_steering_tensors(&self, r: Request<GetSteeringTensorsRequest>) -> Result<Response<Self::GetSteeringTensorsStream>, Status> {
-        self.get()?.get_steering_tensors(r).await
+        self.observe("GetSteeringTensors", r, |w, r| async move { w.get_steering_tensors(r).await }).await
     }
     async fn get_model_info(
         &self,
         r: Request<ActivationServiceGetModelInfoRequest>,
     ) -> Result<Response<ActivationServiceGetModelInfoResponse>, Status> {
-        ActivationService::get_model_info(self.get()?, r).await
+        self.observe("GetModelInfo", r, |w, r| async move { ActivationService::get_model_info(&w, r).await }).await
     }
 }
 
@@ -87,13 +138,13 @@ impl ActivationService for Gate<ActivationWorker> {
 impl GenerationService for Gate<GenerationWorker> {
     type GenerateStream = <GenerationWorker as GenerationService>::GenerateStream;
     async fn generate(&self, r: Request<Streaming<GenerateRequest>>) -> Result<Response<Self::GenerateStream>, Status> {
-        self.get()?.generate(r).await
+        self.observe("Generate", r, |w, r| async move { w.generate(r).await }).await
     }
     async fn get_model_info(
         &self,
         r: Request<GenerationServiceGetModelInfoRequest>,
     ) -> Result<Response<GenerationServiceGetModelInfoResponse>, Status> {
-        GenerationService::get_model_info(self.get()?, r).await
+        self.observe("GetModelInfo", r, |w, r| async move { GenerationService::get_model_info(&w, r).await }).await
     }
 }
 
@@ -104,6 +155,7 @@ const GENERATION: &str = "steer.v1.GenerationService";
 /// until `ready`, then SERVING.
 pub struct Services {
     cfg: ServeConfig,
+    pub metrics: Arc<Metrics>,
     activation: Gate<ActivationWorker>,
     generation: Gate<GenerationWorker>,
     reporter: HealthReporter,
@@ -115,10 +167,12 @@ impl Services {
         for name in ["", ACTIVATION, GENERATION] {
             reporter.set_service_status(name, ServingStatus::NotServing).await;
         }
+        let metrics = Metrics::new();
         let s = Self {
             cfg,
-            activation: Gate(Arc::new(OnceLock::new())),
-            generation: Gate(Arc::new(OnceLock::new())),
+            activation: Gate::new(metrics.clone(), ACTIVATION),
+            generation: Gate::new(metrics.clone(), GENERATION),
+            metrics,
             reporter,
         };
         (s, health)
@@ -128,14 +182,29 @@ impl Services {
     pub async fn ready(&self, engine: Arc<Engine>) {
         let role = self.cfg.role;
         if matches!(role, Role::Both | Role::Activation) {
-            let _ = self.activation.0.set(ActivationWorker::new(engine.clone(), self.cfg.activation.clone()));
+            let _ = self.activation.worker.set(ActivationWorker::new(engine.clone(), self.cfg.activation.clone()));
             self.reporter.set_service_status(ACTIVATION, ServingStatus::Serving).await;
         }
         if matches!(role, Role::Both | Role::Generation) {
-            let _ = self.generation.0.set(GenerationWorker::new(engine, self.cfg.generation.clone()));
+            let _ = self.generation.worker.set(GenerationWorker::new(engine, self.cfg.generation.clone(), self.metrics.clone()));
             self.reporter.set_service_status(GENERATION, ServingStatus::Serving).await;
         }
         self.reporter.set_service_status("", ServingStatus::Serving).await;
+    }
+
+    /// Serves `/metrics` on `addr`; activation-cache gauges are refreshed at each scrape.
+    pub async fn serve_metrics(&self, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+        let (metrics, act) = (self.metrics.clone(), self.activation.worker.clone());
+        steer_telemetry::serve_metrics(addr, self.metrics.clone(), move || {
+            if let Some(w) = act.get() {
+                let s = w.cache().stats();
+                metrics.cache_hits.set(s.hits as i64);
+                metrics.cache_misses.set(s.misses as i64);
+                metrics.cache_bytes.set(s.bytes as i64);
+                metrics.cache_entries.set(s.entries as i64);
+            }
+        })
+        .await
     }
 
     /// Reports NOT_SERVING (on shutdown, so load balancers stop sending).

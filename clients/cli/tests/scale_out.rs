@@ -130,3 +130,53 @@ async fn thirty_requests_over_three_generation_workers_survive_a_kill() {
         assert!(status.success(), "{status:?}");
     }
 }
+
+fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_tokens_and_cache() {
+    let (port, mport) = (free_port(), free_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_steer"))
+        .args(["serve", "--model"])
+        .arg(tiny())
+        .args(["--addr", &format!("127.0.0.1:{port}"), "--metrics-addr", &format!("127.0.0.1:{mport}")])
+        .env("STEER_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let w = Worker { child, url: format!("http://127.0.0.1:{port}") };
+    wait_serving(&w.url).await;
+    let client = SteerClient::connect(&w.url, &[w.url.clone()]).await.unwrap();
+    let adds = [AdditionSpec::new(1, 4.0, "Love "), AdditionSpec::new(1, -4.0, "Hate")];
+    let opts = RunOptions { n_tokens: 7, n_comparisons: 2, ..RunOptions::default() };
+    client.calculate_and_apply_steering_vector("I hate you because", &adds, &opts).await.unwrap();
+    client.calculate_and_apply_steering_vector("I hate you because", &adds, &opts).await.unwrap();
+    let bad = [AdditionSpec::new(9, 1.0, "x")];
+    assert!(client.steering_tensors(&bad, &opts).await.is_err());
+    let text = scrape(mport);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let ok = r#"steer_requests_total{code="Ok",method="GetSteeringTensors",service="steer.v1.ActivationService"}"#;
+    assert_eq!(metric(&text, ok), 2.0);
+    let bad = r#"steer_requests_total{code="InvalidArgument",method="GetSteeringTensors",service="steer.v1.ActivationService"}"#;
+    assert_eq!(metric(&text, bad), 1.0);
+    assert_eq!(metric(&text, "steer_tokens_generated_total"), 2.0 * 2.0 * 2.0 * 7.0);
+    assert_eq!(metric(&text, "steer_activation_cache_misses"), 2.0);
+    assert_eq!(metric(&text, "steer_activation_cache_hits"), 2.0);
+    assert_eq!(metric(&text, "steer_time_to_first_token_seconds_count"), 2.0);
+    assert_eq!(metric(&text, "steer_queue_depth"), 0.0);
+}

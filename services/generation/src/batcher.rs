@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use crate::error::GenerationError;
+use steer_telemetry::Metrics;
 use crate::validation::ValidRequest;
 
 pub type Events = mpsc::Sender<Result<GenerateResponse, Status>>;
@@ -30,15 +31,16 @@ pub struct Batcher {
     queue: std::sync::mpsc::SyncSender<Job>,
     depth: Arc<AtomicUsize>,
     max_queue: usize,
+    metrics: Arc<Metrics>,
 }
 
 impl Batcher {
-    pub fn new(engine: Arc<Engine>, slots: usize, max_queue: usize, worker_id: String) -> Self {
+    pub fn new(engine: Arc<Engine>, slots: usize, max_queue: usize, worker_id: String, metrics: Arc<Metrics>) -> Self {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(max_queue.max(1));
         let rx = Arc::new(Mutex::new(rx));
         let depth = Arc::new(AtomicUsize::new(0));
         for i in 0..slots.max(1) {
-            let (rx, engine, depth, worker) = (rx.clone(), engine.clone(), depth.clone(), worker_id.clone());
+            let (rx, engine, depth, worker, metrics) = (rx.clone(), engine.clone(), depth.clone(), worker_id.clone(), metrics.clone());
             std::thread::Builder::new()
                 .name(format!("steer-gen-{i}"))
                 .spawn(move || loop {
@@ -48,11 +50,17 @@ impl Batcher {
                         Err(_) => return,
                     };
                     depth.fetch_sub(1, Ordering::SeqCst);
-                    run_job(&engine, job, &worker);
+                    metrics.queue_depth.set(depth.load(Ordering::SeqCst) as i64);
+                    let rows = job.request.rows.len() as i64;
+                    metrics.slots_busy.inc();
+                    metrics.batch_rows.add(rows);
+                    run_job(&engine, job, &worker, &metrics);
+                    metrics.batch_rows.sub(rows);
+                    metrics.slots_busy.dec();
                 })
                 .expect("spawn engine thread");
         }
-        Self { queue: tx, depth, max_queue }
+        Self { queue: tx, depth, max_queue, metrics }
     }
 
     /// Requests waiting for a slot.
@@ -61,7 +69,8 @@ impl Batcher {
     }
 
     pub fn submit(&self, request: ValidRequest, events: Events, deadline: Option<Instant>) -> Result<(), GenerationError> {
-        self.depth.fetch_add(1, Ordering::SeqCst);
+        let d = self.depth.fetch_add(1, Ordering::SeqCst) + 1;
+        self.metrics.queue_depth.set(d as i64);
         let job = Job { request, events, queued_at: Instant::now(), deadline };
         self.queue.try_send(job).map_err(|e| {
             self.depth.fetch_sub(1, Ordering::SeqCst);
@@ -73,7 +82,7 @@ impl Batcher {
     }
 }
 
-fn run_job(engine: &Engine, job: Job, worker: &str) {
+fn run_job(engine: &Engine, job: Job, worker: &str, metrics: &Metrics) {
     let Job { request, events, queued_at, deadline } = job;
     if events.is_closed() {
         return; // the client left while queued
@@ -97,7 +106,12 @@ fn run_job(engine: &Engine, job: Job, worker: &str) {
         top_logprobs: request.top_logprobs,
     };
     let started = Instant::now();
+    let mut produced = 0u64;
     let result = engine.generate(&request.rows, &opts, |ev| {
+        if produced == 0 {
+            metrics.time_to_first_token.observe(started.elapsed().as_secs_f64());
+        }
+        produced += 1;
         let text_delta = decoders[ev.row].push(tok, ev.token);
         let token = TokenEvent {
             row: ev.row as u32,
@@ -118,6 +132,12 @@ fn run_job(engine: &Engine, job: Job, worker: &str) {
             Err(_) => ControlFlow::Break(()), // client gone or deadline passed: free the slot
         }
     });
+    let secs = started.elapsed().as_secs_f64();
+    metrics.tokens_generated.inc_by(produced);
+    metrics.generation_seconds.observe(secs);
+    if secs > 0.0 {
+        metrics.tokens_per_second.set(produced as f64 / secs);
+    }
     match result {
         Ok(outputs) if timed_out => {
             let n: usize = outputs.iter().map(|o| o.tokens.len()).sum();

@@ -22,8 +22,8 @@ pub struct GenerationWorker {
 }
 
 impl GenerationWorker {
-    pub fn new(engine: Arc<Engine>, config: GenerationConfig) -> Self {
-        let batcher = Arc::new(Batcher::new(engine.clone(), config.slots, config.max_queue, config.worker_id.clone()));
+    pub fn new(engine: Arc<Engine>, config: GenerationConfig, metrics: Arc<steer_telemetry::Metrics>) -> Self {
+        let batcher = Arc::new(Batcher::new(engine.clone(), config.slots, config.max_queue, config.worker_id.clone(), metrics));
         Self { engine, batcher, config }
     }
 

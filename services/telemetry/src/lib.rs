@@ -1,0 +1,131 @@
+//! `steer-telemetry`: the workers' Prometheus metrics (one registry per process, passed down),
+//! a minimal HTTP endpoint serving them at `/metrics`, and the tracing subscriber (text or JSON).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Every metric the workers export.
+pub struct Metrics {
+    pub registry: Registry,
+    /// RPCs by service, method and status code.
+    pub requests: IntCounterVec,
+    /// Time to the response (unary) or to the stream's start, by method.
+    pub latency: HistogramVec,
+    pub tokens_generated: IntCounter,
+    /// Tokens per second of the last finished batch.
+    pub tokens_per_second: prometheus::Gauge,
+    /// Seconds from a generation's start to its first token.
+    pub time_to_first_token: prometheus::Histogram,
+    /// Whole generations (prefill + decode), seconds.
+    pub generation_seconds: prometheus::Histogram,
+    /// Requests waiting for an engine slot.
+    pub queue_depth: IntGauge,
+    /// Rows in the batches running now (batch occupancy).
+    pub batch_rows: IntGauge,
+    /// Engine slots busy.
+    pub slots_busy: IntGauge,
+    pub cache_hits: IntGauge,
+    pub cache_misses: IntGauge,
+    pub cache_bytes: IntGauge,
+    pub cache_entries: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let registry = Registry::new_custom(Some("steer".into()), None).expect("registry");
+        let requests =
+            IntCounterVec::new(Opts::new("requests_total", "RPCs by service, method and code"), &["service", "method", "code"]).unwrap();
+        let buckets = vec![0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+        let latency = HistogramVec::new(
+            HistogramOpts::new("request_duration_seconds", "time to the response or the stream's start").buckets(buckets.clone()),
+            &["service", "method"],
+        )
+        .unwrap();
+        let h = |name: &str, help: &str| prometheus::Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.clone())).unwrap();
+        let g = |name: &str, help: &str| IntGauge::new(name, help).unwrap();
+        let m = Self {
+            requests,
+            latency,
+            tokens_generated: IntCounter::new("tokens_generated_total", "tokens generated, all rows").unwrap(),
+            tokens_per_second: prometheus::Gauge::new("tokens_per_second", "tokens per second of the last finished batch").unwrap(),
+            time_to_first_token: h("time_to_first_token_seconds", "generation start to first token"),
+            generation_seconds: h("generation_seconds", "whole generations, prefill and decode"),
+            queue_depth: g("queue_depth", "requests waiting for an engine slot"),
+            batch_rows: g("batch_rows", "rows in the running batches"),
+            slots_busy: g("slots_busy", "engine slots generating"),
+            cache_hits: g("activation_cache_hits", "activation cache hits"),
+            cache_misses: g("activation_cache_misses", "activation cache misses (computations)"),
+            cache_bytes: g("activation_cache_bytes", "bytes held by the activation cache"),
+            cache_entries: g("activation_cache_entries", "entries in the activation cache"),
+            registry,
+        };
+        let r = &m.registry;
+        r.register(Box::new(m.requests.clone())).unwrap();
+        r.register(Box::new(m.latency.clone())).unwrap();
+        r.register(Box::new(m.tokens_generated.clone())).unwrap();
+        r.register(Box::new(m.tokens_per_second.clone())).unwrap();
+        r.register(Box::new(m.time_to_first_token.clone())).unwrap();
+        r.register(Box::new(m.generation_seconds.clone())).unwrap();
+        for gauge in [&m.queue_depth, &m.batch_rows, &m.slots_busy, &m.cache_hits, &m.cache_misses, &m.cache_bytes, &m.cache_entries] {
+            r.register(Box::new(gauge.clone())).unwrap();
+        }
+        Arc::new(m)
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = vec![];
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("encode");
+        String::from_utf8(buf).expect("utf-8")
+    }
+}
+
+/// Serves `GET /metrics` on `addr` until the task is dropped. `refresh` runs before each scrape
+/// (to copy gauges such as cache counters).
+pub async fn serve_metrics(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    refresh: impl Fn() + Send + Sync + 'static,
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let refresh = Arc::new(refresh);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else { continue };
+            let (metrics, refresh) = (metrics.clone(), refresh.clone());
+            tokio::spawn(async move {
+                let mut buf = [0u8; 2048];
+                let n = sock.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]);
+                let (status, body) = if head.starts_with("GET /metrics") {
+                    refresh();
+                    ("200 OK", metrics.render())
+                } else {
+                    ("404 Not Found", "see /metrics\n".to_string())
+                };
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = sock.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    Ok(bound)
+}
+
+/// Installs the tracing subscriber: `filter` in RUST_LOG syntax, JSON lines when `json`.
+pub fn init_logging(filter: &str, json: bool) {
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().with_current_span(true).init();
+    } else {
+        builder.init();
+    }
+}
