@@ -226,6 +226,20 @@ async fn every_invalid_input_gets_invalid_argument_naming_the_field() {
     server.shutdown().await;
 }
 
+/// A short request completes (bounded wait): the server's one engine slot is free.
+async fn assert_slot_free(client: &SteerClient) {
+    let adds = [AdditionSpec::new(1, 2.0, "Love "), AdditionSpec::new(1, -2.0, "Hate")];
+    let quick = RunOptions { n_tokens: 5, n_comparisons: 1, ..RunOptions::default() };
+    let cmp = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        client.calculate_and_apply_steering_vector("I hate you because", &adds, &quick),
+    )
+    .await
+    .expect("the slot was not freed")
+    .unwrap();
+    assert_eq!(cmp.steered[0].token_ids.len(), 5);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_stream_frees_its_slot() {
     let (server, client) = start(engine()).await;
@@ -240,15 +254,7 @@ async fn a_cancelled_stream_frees_its_slot() {
     }
     drop(stream);
     // With one slot, the next request only completes if the first one let go.
-    let quick = RunOptions { n_tokens: 5, n_comparisons: 1, ..RunOptions::default() };
-    let cmp = tokio::time::timeout(
-        std::time::Duration::from_secs(60),
-        client.calculate_and_apply_steering_vector("I hate you because", &adds, &quick),
-    )
-    .await
-    .expect("the slot was not freed")
-    .unwrap();
-    assert_eq!(cmp.steered[0].token_ids.len(), 5);
+    assert_slot_free(&client).await;
     server.shutdown().await;
 }
 
@@ -307,15 +313,6 @@ async fn a_passed_deadline_stops_the_generation_and_frees_the_slot() {
     assert!(matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled), "{status:?}");
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
     // The one slot is free again: a following request completes.
-    let adds = [AdditionSpec::new(1, 2.0, "Love "), AdditionSpec::new(1, -2.0, "Hate")];
-    let quick = RunOptions { n_tokens: 5, n_comparisons: 1, ..RunOptions::default() };
-    let cmp = tokio::time::timeout(
-        std::time::Duration::from_secs(60),
-        client.calculate_and_apply_steering_vector("I hate you because", &adds, &quick),
-    )
-    .await
-    .expect("the slot was not freed")
-    .unwrap();
-    assert_eq!(cmp.steered.len(), 1);
+    assert_slot_free(&client).await;
     server.shutdown().await;
 }
