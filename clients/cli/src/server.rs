@@ -15,7 +15,7 @@ use steer_model::Engine;
 use steer_proto::v1::activation_service_server::{ActivationService, ActivationServiceServer};
 use steer_proto::v1::generation_service_server::{GenerationService, GenerationServiceServer};
 use steer_proto::v1::{
-    ActivationServiceGetModelInfoRequest, ActivationServiceGetModelInfoResponse, GenerateRequest, GenerationServiceGetModelInfoRequest,
+    ActivationServiceGetModelInfoRequest, ActivationServiceGetModelInfoResponse, GenerateFromTensorsRequest, GenerateRequest, GenerationServiceGetModelInfoRequest,
     GenerationServiceGetModelInfoResponse, GetActivationsRequest, GetSteeringTensorsRequest,
 };
 use tonic::{Request, Response, Status, Streaming};
@@ -137,6 +137,13 @@ impl ActivationService for Gate<ActivationWorker> {
 #[tonic::async_trait]
 impl GenerationService for Gate<GenerationWorker> {
     type GenerateStream = <GenerationWorker as GenerationService>::GenerateStream;
+    type GenerateFromTensorsStream = <GenerationWorker as GenerationService>::GenerateFromTensorsStream;
+    async fn generate_from_tensors(
+        &self,
+        r: Request<GenerateFromTensorsRequest>,
+    ) -> Result<Response<Self::GenerateFromTensorsStream>, Status> {
+        self.observe("GenerateFromTensors", r, |w, r| async move { w.generate_from_tensors(r).await }).await
+    }
     async fn generate(&self, r: Request<Streaming<GenerateRequest>>) -> Result<Response<Self::GenerateStream>, Status> {
         self.observe("Generate", r, |w, r| async move { w.generate(r).await }).await
     }
@@ -235,7 +242,12 @@ pub async fn serve(
         .expect("descriptor sets are valid");
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let svc = services.clone();
+    // HTTP/1.1 and the gRPC-Web translation let browsers call the same services; the dashboard
+    // page is served from this port too.
     let server = tonic::transport::Server::builder()
+        .accept_http1(true)
+        .layer(crate::dashboard::DashboardLayer)
+        .layer(tonic_web::GrpcWebLayer::new())
         .add_service(health)
         .add_service(reflection)
         .add_optional_service(act)

@@ -4,13 +4,21 @@ use std::sync::Arc;
 
 use steer_model::Engine;
 use steer_proto::v1::generation_service_server::{GenerationService, GenerationServiceServer};
-use steer_proto::v1::{GenerateRequest, GenerateResponse, GenerationServiceGetModelInfoRequest, GenerationServiceGetModelInfoResponse};
+use std::pin::Pin;
+
+use steer_proto::v1::{
+    generate_from_tensors_response, generate_request, generate_response, GenerateFromTensorsRequest,
+    GenerateFromTensorsResponse, GenerateRequest, GenerateResponse, GenerationServiceGetModelInfoRequest,
+    GenerationServiceGetModelInfoResponse, TensorChunk,
+};
+use tokio_stream::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::batcher::Batcher;
 use crate::config::GenerationConfig;
+use crate::error::GenerationError;
 use crate::validation;
 
 /// Generates unsteered and steered completions with one loaded model.
@@ -36,6 +44,9 @@ impl GenerationWorker {
     }
 }
 
+/// Most bytes of steering tensors inline in one GenerateFromTensors request.
+const MAX_INLINE_BYTES: usize = 3 << 20;
+
 /// The client's deadline (`grpc-timeout`: digits and a unit, H M S m u n). tonic applies it to
 /// the response headers only; a stream is held to it here, by the engine loop.
 fn grpc_timeout(md: &tonic::metadata::MetadataMap) -> Option<std::time::Duration> {
@@ -57,6 +68,7 @@ fn grpc_timeout(md: &tonic::metadata::MetadataMap) -> Option<std::time::Duration
 #[tonic::async_trait]
 impl GenerationService for GenerationWorker {
     type GenerateStream = ReceiverStream<Result<GenerateResponse, Status>>;
+    type GenerateFromTensorsStream = Pin<Box<dyn Stream<Item = Result<GenerateFromTensorsResponse, Status>> + Send>>;
 
     #[tracing::instrument(skip(self, request), fields(model = %self.engine.info().name))]
     async fn generate(&self, request: Request<Streaming<GenerateRequest>>) -> Result<Response<Self::GenerateStream>, Status> {
@@ -68,6 +80,40 @@ impl GenerationService for GenerationWorker {
         let (tx, rx) = mpsc::channel(2 * valid.rows.len() + 8);
         self.batcher.submit(valid, tx, deadline)?;
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    #[tracing::instrument(skip(self, request), fields(model = %self.engine.info().name))]
+    async fn generate_from_tensors(
+        &self,
+        request: Request<GenerateFromTensorsRequest>,
+    ) -> Result<Response<Self::GenerateFromTensorsStream>, Status> {
+        let deadline = grpc_timeout(request.metadata()).map(|t| std::time::Instant::now() + t);
+        let req = request.into_inner();
+        let total: usize = req.tensors.iter().map(|t| t.data.len()).sum();
+        if total > MAX_INLINE_BYTES {
+            return Err(GenerationError::invalid("tensors", format!("{total} bytes inline; at most {MAX_INLINE_BYTES} (use Generate)")).into());
+        }
+        // The same request as a Generate stream: one validation path for both.
+        let mut msgs = vec![GenerateRequest { msg: req.setup.map(generate_request::Msg::Setup) }];
+        for t in req.tensors {
+            msgs.push(GenerateRequest { msg: t.header.map(generate_request::Msg::Tensor) });
+            for (i, data) in t.data.chunks(steer_proto::wire::MAX_CHUNK_BYTES).enumerate() {
+                let chunk = TensorChunk { offset: (i * steer_proto::wire::MAX_CHUNK_BYTES) as u64, data: data.to_vec() };
+                msgs.push(GenerateRequest { msg: Some(generate_request::Msg::Chunk(chunk)) });
+            }
+        }
+        let valid = validation::read_request(&self.engine, &self.config, tokio_stream::iter(msgs.into_iter().map(Ok))).await?;
+        let (tx, rx) = mpsc::channel(2 * valid.rows.len() + 8);
+        self.batcher.submit(valid, tx, deadline)?;
+        let out = ReceiverStream::new(rx).map(|r| {
+            r.map(|g| GenerateFromTensorsResponse {
+                event: g.event.map(|e| match e {
+                    generate_response::Event::Token(t) => generate_from_tensors_response::Event::Token(t),
+                    generate_response::Event::Finished(f) => generate_from_tensors_response::Event::Finished(f),
+                }),
+            })
+        });
+        Ok(Response::new(Box::pin(out)))
     }
 
     #[tracing::instrument(skip(self, _request))]

@@ -1,0 +1,75 @@
+// The dashboard in a real browser: Debian's Chromium, headless, driven by playwright-core.
+// Starts `steer serve` on the tiny random model, enters the weddings example (layers scaled to
+// the 4-layer model), waits for both columns to finish, checks that they differ, and saves a
+// screenshot to artifacts/dashboard.png.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import net from "node:net";
+import fs from "node:fs";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../..");
+const bin = process.env.STEER_BIN || path.join(root, "target/debug/steer");
+const chromiumPath = process.env.CHROMIUM || "/usr/bin/chromium";
+
+const freePort = () => new Promise((resolve) => {
+  const s = net.createServer();
+  s.listen(0, "127.0.0.1", () => { const p = s.address().port; s.close(() => resolve(p)); });
+});
+
+async function waitReady(url, child) {
+  const deadline = Date.now() + 120_000;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error("steer serve exited: " + child.exitCode);
+    try { const r = await fetch(url); if (r.ok) return; } catch {}
+    if (Date.now() > deadline) throw new Error("steer serve did not come up");
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+test("weddings example streams into both columns, which differ", { timeout: 240_000 }, async () => {
+  const port = await freePort();
+  const server = spawn(bin, ["serve", "--model", path.join(root, "fixtures/tiny-gpt2"), "--addr", `127.0.0.1:${port}`],
+    { stdio: "ignore", env: { ...process.env, STEER_LOG: "warn" } });
+  const browser = await chromium.launch({
+    executablePath: chromiumPath,
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+  try {
+    const base = `http://127.0.0.1:${port}/dashboard/index.html`;
+    await waitReady(base, server);
+    const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+    await page.goto(base);
+    await page.fill("#prompt", "I went up to my friend and said");
+    await page.fill("#additions", "1 4 I talk about weddings constantly  \n1 -4 I do not talk about weddings constantly");
+    await page.fill("#tokens", "25");
+    await page.fill("#comparisons", "2");
+    await page.check("#show_norms");
+    // Count text updates while streaming: tokens must arrive before the rows finish.
+    await page.evaluate(() => {
+      window.__updates = 0;
+      new MutationObserver(() => window.__updates++).observe(document.getElementById("results"), { subtree: true, childList: true, characterData: true });
+    });
+    await page.click("#run");
+    await page.waitForSelector('#results[data-done="true"], #results[data-done="error"]', { timeout: 180_000 });
+    const status = await page.textContent("#status");
+    assert.equal(await page.getAttribute("#results", "data-done"), "true", status);
+    const unsteered = await page.$$eval("#unsteered .completion .text", (els) => els.map((e) => e.textContent));
+    const steered = await page.$$eval("#steered .completion .text", (els) => els.map((e) => e.textContent));
+    assert.equal(unsteered.length, 2);
+    assert.equal(steered.length, 2);
+    assert.ok(unsteered.every((t) => t.length > 0) && steered.every((t) => t.length > 0));
+    assert.notDeepEqual(steered, unsteered, "steering changed nothing");
+    assert.ok(await page.evaluate(() => window.__updates) > 4 * 5, "tokens did not stream");
+    assert.equal((await page.$$("#norms .norm")).length, 8, "per-position norms of the [8, 64] steering tensor (BOS + 7 tokens)");
+    fs.mkdirSync(path.join(root, "artifacts"), { recursive: true });
+    await page.screenshot({ path: path.join(root, "artifacts/dashboard.png"), fullPage: true });
+  } finally {
+    await browser.close();
+    server.kill("SIGTERM");
+  }
+});
