@@ -180,3 +180,24 @@ async fn metrics_count_requests_tokens_and_cache() {
     assert_eq!(metric(&text, "steer_time_to_first_token_seconds_count"), 2.0);
     assert_eq!(metric(&text, "steer_queue_depth"), 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_lists_the_services_without_proto_files() {
+    use futures::StreamExt;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    let w = spawn("serve", "refl");
+    wait_serving(&w.url).await;
+    let ch = tonic::transport::Endpoint::from_shared(w.url.clone()).unwrap().connect().await.unwrap();
+    let mut c = ServerReflectionClient::new(ch);
+    let req = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+    let mut stream = c.server_reflection_info(tokio_stream::iter(vec![req])).await.unwrap().into_inner();
+    let resp = stream.next().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else { panic!("{resp:?}") };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for want in ["steer.v1.ActivationService", "steer.v1.GenerationService", "grpc.health.v1.Health"] {
+        assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
+    }
+}
