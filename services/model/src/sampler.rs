@@ -224,11 +224,29 @@ pub fn filter(logits: &[f32], top_k: Option<usize>, top_p: Option<f32>) -> Vec<(
         .map(|(i, &l)| (i as u32, ((l - max) as f64).exp()))
         .filter(|&(_, p)| p > 0.0)
         .collect();
-    probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let order = |a: &(u32, f64), b: &(u32, f64)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    let total: f64 = probs.iter().map(|p| p.1).sum();
+    // Only the head of the distribution can survive top-k/top-p: partition out the most likely
+    // HEAD tokens in O(V) and sort just those when they already cover top_p (or top_k fits);
+    // otherwise sort everything. The result is the same either way.
+    const HEAD: usize = 256;
+    let head_suffices = probs.len() > HEAD && {
+        probs.select_nth_unstable_by(HEAD - 1, order);
+        let head_mass: f64 = probs[..HEAD].iter().map(|p| p.1).sum::<f64>() / total;
+        match top_k {
+            Some(k) => k <= HEAD,
+            None => top_p.is_some_and(|p| head_mass >= p as f64),
+        }
+    };
+    if head_suffices {
+        probs.truncate(HEAD);
+    }
+    probs.sort_unstable_by(order);
     if let Some(k) = top_k {
         probs.truncate(k.max(1));
     }
-    let total: f64 = probs.iter().map(|p| p.1).sum();
+    // Renormalise over what is kept (the full mass when nothing was cut).
+    let total: f64 = if head_suffices && top_k.is_none() { total } else { probs.iter().map(|p| p.1).sum() };
     for p in probs.iter_mut() {
         p.1 /= total;
     }
@@ -333,6 +351,35 @@ mod tests {
         assert_eq!(ids(1e-9), vec![3]); // always at least one
         let kept = filter(&l, None, Some(0.5));
         assert!((kept[0].1 - 4.0 / 7.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn the_head_shortcut_gives_the_same_nucleus_as_a_full_sort() {
+        // A long-tailed distribution over a GPT-2-sized vocabulary.
+        let mut rng = Rng::new(1);
+        let logits: Vec<f32> = (0..50257).map(|_| (rng.next_normal() * 2.0) as f32).collect();
+        for (k, p) in [(None, Some(0.3)), (None, Some(0.999)), (Some(40), None), (Some(1000), Some(0.9)), (None, None)] {
+            let fast = filter(&logits, k, p);
+            // Reference: full sort, then the same rules.
+            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut all: Vec<(u32, f64)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, ((l - max) as f64).exp())).collect();
+            all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            if let Some(k) = k {
+                all.truncate(k);
+            }
+            let t: f64 = all.iter().map(|x| x.1).sum();
+            let mut cum = 0.0;
+            let keep = match p {
+                Some(p) => all.iter().position(|x| { cum += x.1 / t; cum >= p as f64 - 1e-6 }).map_or(all.len(), |i| i + 1),
+                None => all.len(),
+            };
+            let ids: Vec<u32> = all[..keep].iter().map(|x| x.0).collect();
+            assert_eq!(fast.iter().map(|x| x.0).collect::<Vec<_>>(), ids, "k={k:?} p={p:?}");
+            let mass: f64 = all[..keep].iter().map(|x| x.1).sum();
+            for (f, a) in fast.iter().zip(&all[..keep]) {
+                assert!((f.1 - a.1 / mass).abs() < 1e-9);
+            }
+        }
     }
 
     #[test]
