@@ -136,6 +136,11 @@ impl Mlp {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.c_fc.forward(x)?;
         let h = match self.act {
+            Activation::GeluTanh if h.dtype() == DType::F32 && h.device().is_cpu() => {
+                let h = h.contiguous()?;
+                let y = kernels::gelu_tanh(&h.flatten_all()?.to_vec1::<f32>()?);
+                Tensor::from_vec(y, h.shape(), h.device())?
+            }
             Activation::GeluTanh => h.gelu()?,
             Activation::GeluErf => h.gelu_erf()?,
             Activation::Relu => h.relu()?,
