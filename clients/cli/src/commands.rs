@@ -278,15 +278,7 @@ async fn execute(prompt: &str, additions: &[AdditionSpec], opts: &RunOptions, fl
                 }
             }
             Some(steer_client::v1::generate_response::Event::Finished(f)) => {
-                let c = steer_client::Completion {
-                    row: f.row,
-                    steered: f.steered,
-                    text: f.text,
-                    token_ids: f.token_ids,
-                    finish_reason: steer_client::v1::FinishReason::try_from(f.reason).unwrap_or_default(),
-                    seed: f.seed,
-                    worker: f.worker,
-                };
+                let c = steer_client::Completion::from(f);
                 if c.steered { cmp.steered.push(c) } else { cmp.unsteered.push(c) }
             }
             None => {}

@@ -109,6 +109,20 @@ pub struct Completion {
     pub worker: String,
 }
 
+impl From<v1::RowFinished> for Completion {
+    fn from(f: v1::RowFinished) -> Self {
+        Self {
+            row: f.row,
+            steered: f.steered,
+            text: f.text,
+            token_ids: f.token_ids,
+            finish_reason: v1::FinishReason::try_from(f.reason).unwrap_or_default(),
+            seed: f.seed,
+            worker: f.worker,
+        }
+    }
+}
+
 /// The result of `calculate_and_apply_steering_vector`.
 #[derive(Debug, Clone)]
 pub struct Comparison {
@@ -271,15 +285,7 @@ pub async fn collect(mut stream: tonic::Streaming<GenerateResponse>) -> Result<C
     let mut cmp = Comparison { unsteered: vec![], steered: vec![] };
     while let Some(msg) = stream.next().await {
         if let Some(generate_response::Event::Finished(f)) = msg?.event {
-            let c = Completion {
-                row: f.row,
-                steered: f.steered,
-                text: f.text,
-                token_ids: f.token_ids,
-                finish_reason: v1::FinishReason::try_from(f.reason).unwrap_or_default(),
-                seed: f.seed,
-                worker: f.worker,
-            };
+            let c = Completion::from(f);
             if c.steered {
                 cmp.steered.push(c);
             } else {
