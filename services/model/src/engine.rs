@@ -239,6 +239,17 @@ impl Engine {
         Additions::build(&rows, &layout.offsets, layout.width, self.info.d_model, self.model.dtype(), self.model.device())
     }
 
+    /// A forward of whole (left-padded) sequences with their additions, filling `cache`;
+    /// returns the last position's hidden state of each row, `[B, d]`.
+    fn prefill(&self, seqs: &[Vec<u32>], per_row: &[Vec<Addition>], cache: &mut KvCache) -> Result<Tensor> {
+        let layout = Layout::new(seqs, self.info.n_positions)?;
+        let additions = self.additions(&layout, per_row)?;
+        let step = layout.prefill_step(seqs, &self.model)?;
+        let mut hooks = Hooks { additions: additions.as_ref(), ..Default::default() };
+        let hidden = self.model.forward(&step, cache, &mut hooks)?;
+        Ok(hidden.i((.., layout.width - 1, ..))?.contiguous()?)
+    }
+
     /// A steering tensor must name a real layer, be `[k, d_model]` with k <= prompt length, and be finite.
     pub fn check_addition(&self, a: &Addition, prompt_len: usize) -> Result<()> {
         a.hook.check(self.info.n_layer)?;
@@ -295,7 +306,6 @@ impl Engine {
             ));
         }
         let per_row: Vec<Vec<Addition>> = rows.iter().map(|r| r.additions.clone()).collect();
-        let mut additions = self.additions(&layout, &per_row)?;
         let mut samplers: Vec<Sampler> =
             rows.iter().map(|r| Sampler::new(r.sampling.clone(), r.seed, &r.prompt)).collect();
         let mut outputs: Vec<RowOutput> = rows
@@ -317,27 +327,18 @@ impl Engine {
             // Forward: the prefill (or, without the cache, the whole sequence every time).
             let last_hidden = if index == 0 && opts.use_kv_cache && distinct.len() < b {
                 let useqs: Vec<Vec<u32>> = distinct.iter().map(|&r| seqs[r].clone()).collect();
-                let ulayout = Layout::new(&useqs, self.info.n_positions)?;
                 let uadds: Vec<Vec<Addition>> = distinct.iter().map(|&r| per_row[r].clone()).collect();
-                let uadditions = self.additions(&ulayout, &uadds)?;
-                let step = ulayout.prefill_step(&useqs, &self.model)?;
-                let mut ucache = KvCache::new(self.info.n_layer, ulayout.width);
-                let mut hooks = Hooks { additions: uadditions.as_ref(), ..Default::default() };
-                let hidden = self.model.forward(&step, &mut ucache, &mut hooks)?;
+                let mut ucache = KvCache::new(self.info.n_layer, layout.width);
+                let hidden = self.prefill(&useqs, &uadds, &mut ucache)?;
                 cache = ucache.select_rows(&fan_out, layout.width + opts.max_new_tokens)?;
                 let idx = Tensor::from_slice(&fan_out, b, self.model.device())?;
-                hidden.i((.., ulayout.width - 1, ..))?.contiguous()?.index_select(&idx, 0)?
-            } else if index == 0 || !opts.use_kv_cache {
-                let layout = Layout::new(&seqs, self.info.n_positions)?;
-                let step = layout.prefill_step(&seqs, &self.model)?;
-                if index > 0 {
-                    // Recomputing from scratch: same additions, on the longer sequences.
-                    cache = KvCache::new(self.info.n_layer, layout.width);
-                    additions = self.additions(&layout, &per_row)?;
-                }
-                let mut hooks = Hooks { additions: additions.as_ref(), ..Default::default() };
-                let hidden = self.model.forward(&step, &mut cache, &mut hooks)?;
-                hidden.i((.., layout.width - 1, ..))?
+                hidden.index_select(&idx, 0)?
+            } else if index == 0 {
+                self.prefill(&seqs, &per_row, &mut cache)?
+            } else if !opts.use_kv_cache {
+                // Recomputing from scratch: the same additions, on the longer sequences.
+                cache = KvCache::new(self.info.n_layer, layout.width + index);
+                self.prefill(&seqs, &per_row, &mut cache)?
             } else {
                 let last: Vec<u32> = seqs.iter().map(|s| *s.last().unwrap()).collect();
                 let step = layout.decode_step(&last, cache.len(), &self.model)?;

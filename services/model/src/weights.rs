@@ -114,12 +114,12 @@ fn load_file(path: &Path, dtype: DType, device: &Device, out: &mut HashMap<Strin
         let tensor = match elem {
             4 => {
                 let mut v = vec![0f32; n];
-                read_into(&mut file, bytemuck_f32(&mut v)).map_err(|e| ModelError::io(path, e))?;
+                file.read_exact(bytemuck_f32(&mut v)).map_err(|e| ModelError::io(path, e))?;
                 Tensor::from_vec(v, e.shape.as_slice(), device)?
             }
             _ => {
                 let mut v = vec![0u16; n];
-                read_into(&mut file, bytemuck_u16(&mut v)).map_err(|e| ModelError::io(path, e))?;
+                file.read_exact(bytemuck_u16(&mut v)).map_err(|e| ModelError::io(path, e))?;
                 if e.dtype == "F16" {
                     let v: Vec<half::f16> = v.into_iter().map(half::f16::from_bits).collect();
                     Tensor::from_vec(v, e.shape.as_slice(), device)?
@@ -133,10 +133,6 @@ fn load_file(path: &Path, dtype: DType, device: &Device, out: &mut HashMap<Strin
         out.insert(canonical(&name).to_string(), tensor);
     }
     Ok(())
-}
-
-fn read_into(file: &mut File, buf: &mut [u8]) -> std::io::Result<()> {
-    file.read_exact(buf)
 }
 
 // Safetensors data is little-endian; so is every target we build for.
