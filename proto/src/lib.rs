@@ -1,10 +1,11 @@
 //! The `steer.v1` contract, generated from `proto/steer/v1/*.proto`, and the helpers that move
-//! tensors over it in chunks of at most 1 MiB.
+//! tensors over it in chunks of at most 1 MiB, and the named sampling settings.
 
 pub mod v1 {
     tonic::include_proto!("steer.v1");
 }
 
+pub mod sampling;
 pub mod status;
 pub mod wire;
 

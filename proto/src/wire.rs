@@ -21,6 +21,8 @@ pub enum WireError {
     Overflow(u64),
     #[error("chunks carry {got} of the declared {want} bytes")]
     Incomplete { want: u64, got: u64 },
+    #[error("{bytes} bytes declared; at most {limit} per tensor")]
+    TooLarge { bytes: u64, limit: u64 },
 }
 
 pub fn dtype_size(dtype: Dtype) -> Option<usize> {
@@ -45,15 +47,6 @@ pub fn encode(dtype: Dtype, values: &[f32], shape: &[usize], point: Option<HookP
     };
     let dtype = if dtype == Dtype::Unspecified { Dtype::F32 } else { dtype };
     encode_bytes(dtype, bytes, shape, point, prompt_index)
-}
-
-/// The proto dtype of a model dtype name (`f32`, `f16`, `bf16`).
-pub fn dtype_of_name(name: &str) -> Dtype {
-    match name {
-        "f16" => Dtype::F16,
-        "bf16" => Dtype::Bf16,
-        _ => Dtype::F32,
-    }
 }
 
 /// Header and chunks of raw little-endian bytes.
@@ -88,12 +81,16 @@ pub struct TensorAssembler {
 }
 
 impl TensorAssembler {
-    pub fn new(header: TensorHeader) -> Result<Self, WireError> {
+    /// Checks the header against itself and against `max_bytes` before reserving anything.
+    pub fn new(header: TensorHeader, max_bytes: u64) -> Result<Self, WireError> {
         let dtype = Dtype::try_from(header.dtype).map_err(|_| WireError::Dtype(header.dtype))?;
         let size = dtype_size(dtype).ok_or(WireError::Dtype(header.dtype))? as u64;
         let want = header.shape.iter().try_fold(size, |a, &s| a.checked_mul(s)).unwrap_or(u64::MAX);
-        if want != header.total_bytes || want > (1 << 34) {
+        if want != header.total_bytes {
             return Err(WireError::HeaderBytes { shape: header.shape.clone(), dtype, want, got: header.total_bytes });
+        }
+        if want > max_bytes {
+            return Err(WireError::TooLarge { bytes: want, limit: max_bytes });
         }
         Ok(Self { bytes: Vec::with_capacity(want as usize), dtype, header })
     }
@@ -121,13 +118,27 @@ impl TensorAssembler {
         if !self.is_complete() {
             return Err(WireError::Incomplete { want: self.header.total_bytes, got: self.bytes.len() as u64 });
         }
-        let values = match self.dtype {
-            Dtype::F32 => self.bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            Dtype::F16 => self.bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            Dtype::Bf16 => self.bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            Dtype::Unspecified => return Err(WireError::Dtype(0)),
-        };
+        let values = decode_f32(self.dtype, &self.bytes);
         Ok((self.header, self.dtype, values))
+    }
+
+    /// A tensor whose bytes arrived in one piece (`InlineTensor`): the same checks as chunks.
+    pub fn whole(header: TensorHeader, data: &[u8], max_bytes: u64) -> Result<(TensorHeader, Dtype, Vec<f32>), WireError> {
+        let mut a = Self::new(header, max_bytes)?;
+        if data.len() as u64 > a.header.total_bytes {
+            return Err(WireError::Overflow(a.header.total_bytes));
+        }
+        a.bytes.extend_from_slice(data);
+        a.finish_f32()
+    }
+}
+
+/// Little-endian `dtype` values as f32.
+fn decode_f32(dtype: Dtype, bytes: &[u8]) -> Vec<f32> {
+    match dtype {
+        Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        Dtype::Bf16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        Dtype::F32 | Dtype::Unspecified => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
     }
 }
 
@@ -141,7 +152,7 @@ mod tests {
         let (h, chunks) = encode_f32(&values, &[375, 1600], None, 0);
         assert_eq!(chunks.len(), 3);
         assert!(chunks.iter().all(|c| c.data.len() <= MAX_CHUNK_BYTES));
-        let mut a = TensorAssembler::new(h).unwrap();
+        let mut a = TensorAssembler::new(h, u64::MAX).unwrap();
         for c in &chunks {
             a.push(c).unwrap();
         }
@@ -150,21 +161,36 @@ mod tests {
     }
 
     #[test]
+    fn inline_tensors_pass_the_same_checks() {
+        let values = [1.5f32, -2.0, 3.25, 0.0];
+        let (h, chunks) = encode(Dtype::Bf16, &values, &[2, 2], None, 0);
+        let (_, dtype, got) = TensorAssembler::whole(h.clone(), &chunks[0].data, u64::MAX).unwrap();
+        assert_eq!((dtype, got), (Dtype::Bf16, values.to_vec()));
+        assert!(matches!(TensorAssembler::whole(h.clone(), &chunks[0].data[..6], u64::MAX), Err(WireError::Incomplete { .. })));
+        assert!(matches!(TensorAssembler::whole(h, &[0u8; 10], u64::MAX), Err(WireError::Overflow(_))));
+    }
+
+    #[test]
     fn chunks_that_do_not_add_up_are_errors() {
         let (h, chunks) = encode_f32(&[1.0; 10], &[2, 5], None, 0);
         let mut bad = h.clone();
         bad.shape = vec![3, 5];
-        assert!(matches!(TensorAssembler::new(bad), Err(WireError::HeaderBytes { .. })));
-        let mut a = TensorAssembler::new(h.clone()).unwrap();
+        assert!(matches!(TensorAssembler::new(bad, u64::MAX), Err(WireError::HeaderBytes { .. })));
+        assert!(matches!(TensorAssembler::new(h.clone(), 39), Err(WireError::TooLarge { bytes: 40, limit: 39 })));
+        let mut huge = h.clone();
+        huge.shape = vec![67_108_864, 64];
+        huge.total_bytes = 67_108_864 * 64 * 4;
+        assert!(matches!(TensorAssembler::new(huge, 1 << 20), Err(WireError::TooLarge { .. })), "refused before reserving");
+        let mut a = TensorAssembler::new(h.clone(), u64::MAX).unwrap();
         let mut c = chunks[0].clone();
         c.offset = 4;
         assert!(matches!(a.push(&c), Err(WireError::Offset { .. })));
-        let mut a = TensorAssembler::new(h.clone()).unwrap();
+        let mut a = TensorAssembler::new(h.clone(), u64::MAX).unwrap();
         let mut c = chunks[0].clone();
         c.data.truncate(20);
         a.push(&c).unwrap();
         assert!(matches!(a.finish_f32(), Err(WireError::Incomplete { .. })));
-        let mut a = TensorAssembler::new(h).unwrap();
+        let mut a = TensorAssembler::new(h, u64::MAX).unwrap();
         let mut c = chunks[0].clone();
         c.data.extend([0u8; 4]);
         assert!(matches!(a.push(&c), Err(WireError::Overflow(_))));

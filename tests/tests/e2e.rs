@@ -1,34 +1,21 @@
 //! End to end over real gRPC on loopback (ephemeral ports), with the tiny random GPT-2.
 
 use std::ops::ControlFlow;
-use std::path::PathBuf;
-use std::sync::Arc;
 
 use futures::StreamExt;
-use steer_cli::presets;
-use steer_cli::server::{LocalServer, ServeConfig};
+use steer_client::presets;
 use steer_client::v1::activation_service_client::ActivationServiceClient;
 use steer_client::v1::generation_service_client::GenerationServiceClient;
 use steer_client::v1::{
-    generate_request, generate_response, GenerateRequest, GenerateSetup, GetActivationsRequest, ActivationServiceGetModelInfoRequest, Hook,
+    generate_request, generate_response, ActivationServiceGetModelInfoRequest, GenerateRequest, GenerateSetup, GetActivationsRequest, Hook,
     HookPoint as PHook, SamplingParameters, ShortPrompt,
 };
 use steer_client::{AdditionSpec, RunOptions, SteerClient};
-use steer_model::{Addition, Engine, GenerateOptions, HookPoint, LoadOptions, ModelSource, RowRequest, SamplingParams};
+use steer_e2e::{engine, start};
+use steer_model::{Addition, GenerateOptions, HookPoint, RowRequest};
 use steer_proto::wire;
 use tonic::Code;
 use tonic_types::StatusExt;
-
-fn engine() -> Arc<Engine> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/tiny-gpt2");
-    Arc::new(Engine::load(&ModelSource::Dir(dir), &LoadOptions::default()).unwrap())
-}
-
-async fn start(engine: Arc<Engine>) -> (LocalServer, SteerClient) {
-    let server = LocalServer::start(engine, ServeConfig::default()).await.unwrap();
-    let client = SteerClient::connect(&server.url(), &[server.url()]).await.unwrap();
-    (server, client)
-}
 
 fn short(mut o: RunOptions, tokens: u32) -> RunOptions {
     o.n_tokens = tokens;
@@ -82,10 +69,10 @@ async fn greedy_steered_output_equals_the_in_process_engine() {
     let hook = HookPoint::ResidPre(2);
     let acts = e.capture(&[e.encode("Love ", true).unwrap(), e.encode("Hate", true).unwrap()], &[hook]).unwrap();
     let steer = ((&acts[0][0] - &acts[1][0]).unwrap() * 8.0).unwrap();
-    let sampling = SamplingParams { temperature: 0.0, ..SamplingParams::default() };
+    let sampling = steer_common::convert::sampling(&opts.sampling).unwrap();
     let row = RowRequest {
         prompt: e.encode("I hate you because", true).unwrap(),
-        additions: vec![Addition { hook, tensor: steer }],
+        additions: vec![Addition::from_tensor(hook, &steer).unwrap()],
         sampling,
         seed: 0,
     };
@@ -135,7 +122,7 @@ fn setup(prompt: &str) -> GenerateSetup {
     GenerateSetup {
         prompt: prompt.into(),
         use_bos: true,
-        sampling: Some(RunOptions::default().sampling),
+        sampling: Some(SamplingParameters::post()),
         n_comparisons: 1,
         max_new_tokens: 4,
         ..Default::default()
@@ -184,16 +171,17 @@ async fn every_invalid_input_gets_invalid_argument_naming_the_field() {
         }, "tensors[0].chunks"),
         ({
             let mut m = one(setup("I hate you"));
-            let mut t = tensor_msgs(&vec![0.0; 2 * d], &[2, d], 1);
-            if let Some(generate_request::Msg::Tensor(h)) = &mut t[0].msg { h.dtype = steer_client::v1::Dtype::F16 as i32; h.total_bytes /= 2; }
-            m.extend(t);
+            // A well-formed f16 tensor for an f32 model.
+            let (h, chunks) = wire::encode(steer_client::v1::Dtype::F16, &vec![0.0; 2 * d], &[2, d], Some(PHook { hook: Hook::ResidPre as i32, layer: 1 }), 0);
+            m.push(GenerateRequest { msg: Some(generate_request::Msg::Tensor(h)) });
+            m.extend(chunks.into_iter().map(|c| GenerateRequest { msg: Some(generate_request::Msg::Chunk(c)) }));
             m
         }, "tensors[0].dtype"),
         (with(GenerateSetup { max_new_tokens: 100_000, ..setup("x") }, vec![]), "setup.max_new_tokens"),
         (with(GenerateSetup { n_comparisons: 1000, ..setup("x") }, vec![]), "setup.n_comparisons"),
-        (with(GenerateSetup { sampling: Some(SamplingParameters { top_p: Some(1.5), ..RunOptions::default().sampling }), ..setup("x") }, vec![]), "top_p"),
-        (with(GenerateSetup { sampling: Some(SamplingParameters { top_p: Some(0.0), ..RunOptions::default().sampling }), ..setup("x") }, vec![]), "top_p"),
-        (with(GenerateSetup { sampling: Some(SamplingParameters { temperature: -1.0, ..RunOptions::default().sampling }), ..setup("x") }, vec![]), "temperature"),
+        (with(GenerateSetup { sampling: Some(SamplingParameters { top_p: Some(1.5), ..SamplingParameters::post() }), ..setup("x") }, vec![]), "top_p"),
+        (with(GenerateSetup { sampling: Some(SamplingParameters { top_p: Some(0.0), ..SamplingParameters::post() }), ..setup("x") }, vec![]), "top_p"),
+        (with(GenerateSetup { sampling: Some(SamplingParameters { temperature: -1.0, ..SamplingParameters::post() }), ..setup("x") }, vec![]), "temperature"),
         (tensor_msgs(&[0.0; 64], &[1, d], 1), "setup"),
     ];
     for (msgs, field) in cases {

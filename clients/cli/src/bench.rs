@@ -2,9 +2,10 @@
 
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{ensure, Result};
 use clap::Args;
-use steer_model::{Engine, GenerateOptions, RowRequest, SamplingParams};
+use steer_client::v1::SamplingParameters;
+use steer_model::{Engine, GenerateOptions, RowRequest};
 
 use crate::ModelArgs;
 
@@ -26,11 +27,11 @@ pub struct BenchArgs {
 
 const PROMPT: &str = "I went up to my friend and said"; // 9 tokens with BOS
 
+/// `n` unsteered rows of the post's sampling, seeds 0..n.
 fn rows(engine: &Engine, n: usize) -> Result<Vec<RowRequest>> {
     let prompt = engine.encode(PROMPT, true)?;
-    Ok((0..n)
-        .map(|i| RowRequest { prompt: prompt.clone(), additions: vec![], sampling: SamplingParams::default(), seed: i as u64 })
-        .collect())
+    let sampling = steer_common::convert::sampling(&SamplingParameters::post())?;
+    Ok(steer_generation::validation::pair_rows(&prompt, &sampling, n, 0, &[], true).0)
 }
 
 fn peak_rss_gb() -> f64 {
@@ -84,8 +85,8 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 
 async fn grpc(engine: Engine, tokens: usize) -> Result<()> {
     use futures::StreamExt;
-    use steer_cli::server::{LocalServer, ServeConfig};
     use steer_client::{AdditionSpec, RunOptions, SteerClient};
+    use steer_server::{LocalServer, ServeConfig};
     let engine = std::sync::Arc::new(engine);
     let server = LocalServer::start(engine.clone(), ServeConfig::default()).await?;
     let client = SteerClient::connect(&server.url(), &[server.url()]).await?;
@@ -97,7 +98,7 @@ async fn grpc(engine: Engine, tokens: usize) -> Result<()> {
     let opts = RunOptions { n_tokens: tokens as u32, n_comparisons: 3, ..RunOptions::default() };
     let t = Instant::now();
     let tensors = client.steering_tensors(&adds, &opts).await?;
-    println!("steering tensors, cold (2 capture forwards): {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
+    println!("steering tensors (weddings pair), cold cache: {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
     let mut lat = vec![];
     for _ in 0..200 {
         let t = Instant::now();
@@ -115,28 +116,21 @@ async fn grpc(engine: Engine, tokens: usize) -> Result<()> {
     let _ = stream.next().await;
     println!("time to first streamed token (6 rows, prefill): {:.3} s", t.elapsed().as_secs_f64());
     while stream.next().await.is_some() {}
-    // Full run over gRPC against the same batch in process.
+    // Full run over gRPC against the same rows in process (built by the service's own
+    // validation, so both run exactly the same batch).
     let t = Instant::now();
     let cmp = client.calculate_and_apply_steering_vector(PROMPT, &adds, &opts).await?;
     let via_grpc = t.elapsed().as_secs_f64();
-    let hook = steer_model::HookPoint::ResidPre(layer as usize);
-    let steer: Vec<f32> = tensors[0].values.clone();
-    let k = tensors[0].header.shape[0] as usize;
-    let d = engine.info().d_model;
-    let tensor = steer_model::Tensor::from_vec(steer, (k, d), &steer_model::Device::Cpu)?;
-    let prompt = engine.encode(PROMPT, true)?;
-    let mut rows = vec![];
-    for steered in [false, true] {
-        for i in 0..3u64 {
-            let additions = if steered { vec![steer_model::Addition { hook, tensor: tensor.clone() }] } else { vec![] };
-            rows.push(RowRequest { prompt: prompt.clone(), additions, sampling: SamplingParams::default(), seed: i });
-        }
-    }
-    let gen = GenerateOptions { max_new_tokens: tokens, ..Default::default() };
+    let raw = steer_generation::read::RawRequest {
+        setup: opts.setup(PROMPT, tensors.len()),
+        tensors: tensors.iter().map(|t| steer_generation::read::WireTensor { header: t.header.clone(), values: t.values.clone() }).collect(),
+    };
+    let valid = steer_generation::validation::validate(raw, &engine, &Default::default())?;
+    let gen = GenerateOptions { max_new_tokens: valid.max_new_tokens, ..Default::default() };
     let t = Instant::now();
-    let local = engine.generate(&rows, &gen, |_| std::ops::ControlFlow::Continue(()))?;
+    let local = engine.generate(&valid.rows, &gen, |_| std::ops::ControlFlow::Continue(()))?;
     let in_process = t.elapsed().as_secs_f64();
-    assert_eq!(local[3].tokens, cmp.steered[0].token_ids, "same seeds, same tokens");
+    ensure!(local[valid.n_unsteered].tokens == cmp.steered[0].token_ids, "gRPC and in-process runs differ for the same seeds");
     println!(
         "full run, {tokens} tokens x 6 rows: gRPC (cached steering) {via_grpc:.3} s, in-process {in_process:.3} s, overhead {:+.1}%",
         (via_grpc / in_process - 1.0) * 100.0

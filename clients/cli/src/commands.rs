@@ -1,13 +1,16 @@
-//! `steer run`, `steer demo`, `steer serve` and the workers.
+//! `steer run`, `demo`, `generate` (through `steer-client`, against running services or an
+//! embedded server on loopback) and `serve` / the workers (through `steer-server`).
 
+use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
-use steer_cli::presets;
-use steer_cli::server::{self, LocalServer, Role, ServeConfig};
-use steer_client::v1::{Hook, SamplingParameters};
-use steer_client::{AdditionSpec, RunOptions, SteerClient};
+use steer_client::presets;
+use steer_client::v1::TokenEvent;
+use steer_client::{AdditionSpec, Comparison, RunOptions, SteerClient};
+use steer_model::HookKind;
+use steer_server::{LocalServer, Role, ServeConfig};
 
 use crate::ModelArgs;
 
@@ -50,76 +53,36 @@ impl ServeArgs {
         c.generation.slots = self.slots;
         c.generation.max_new_tokens = self.max_new_tokens;
         c.generation.max_comparisons = self.max_comparisons;
-        c.generation.worker_id = match &self.worker_id {
-            Some(w) => w.clone(),
-            None if c.generation.worker_id.is_empty() => self.addr.clone(),
-            None => format!("{}/{}", c.generation.worker_id, self.addr),
-        };
+        c.generation.worker_id = self.worker_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+            if host.is_empty() { self.addr.clone() } else { format!("{host}/{}", self.addr) }
+        });
         c
     }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
 /// Listens at once (health NOT_SERVING), loads the model, then reports SERVING. Exits 0 after
 /// SIGTERM/Ctrl-C once open streams finish or the grace period ends; non-zero if the model
 /// cannot be loaded.
 pub async fn serve(a: ServeArgs, role: Role) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(&a.addr).await.with_context(|| format!("binding {}", a.addr))?;
-    eprintln!("serving {role:?} on {} (loading the model)", listener.local_addr()?);
-    let (services, health) = server::Services::new(a.config(role)).await;
-    let services = Arc::new(services);
-    if let Some(addr) = a.metrics_addr {
-        let bound = services.serve_metrics(addr).await.with_context(|| format!("binding metrics on {addr}"))?;
-        eprintln!("metrics on http://{bound}/metrics");
-    }
-    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
-    let loader = {
-        let (services, model) = (services.clone(), a.model.clone());
-        tokio::spawn(async move {
-            match tokio::task::spawn_blocking(move || model.load()).await {
-                Ok(Ok(engine)) => {
-                    services.ready(Arc::new(engine)).await;
-                    eprintln!("ready");
-                }
-                Ok(Err(e)) => drop(failed_tx.send(e)),
-                Err(e) => drop(failed_tx.send(e.into())),
-            }
-        })
-    };
-    tokio::select! {
-        r = server::serve(services, health, listener, shutdown_signal()) => r?,
-        Ok(e) = failed_rx => return Err(e.context("loading the model")),
-    }
-    loader.abort();
+    let model = a.model.clone();
+    eprintln!("serving {role:?} on {} (loading the model)", a.addr);
+    let load = move || model.load().map_err(|e| steer_server::ServerError::Loader(format!("{e:#}")));
+    steer_server::run(&a.addr, a.config(role), a.metrics_addr, load, steer_server::shutdown_signal()).await?;
     Ok(())
 }
 
-#[derive(Args, Clone)]
-pub struct RunArgs {
-    #[arg(long)]
-    prompt: String,
-    /// LAYER:COEFF:TEXT, repeatable (e.g. --add "20:4:I talk about weddings constantly").
-    #[arg(long = "add", required = true)]
-    add: Vec<String>,
-    #[command(flatten)]
-    opts: RunFlags,
+fn parse_hook(s: &str) -> Result<HookKind, String> {
+    s.parse().map_err(|e: steer_model::ModelError| e.to_string())
 }
 
+/// Flags shared by run, demo and generate; each overrides the base options (the post's, or a
+/// preset's) only when given.
 #[derive(Args, Clone)]
 pub struct RunFlags {
     /// resid-pre (ActAdd) or block-output (ARENA).
-    #[arg(long)]
-    hook: Option<String>,
+    #[arg(long, value_parser = parse_hook)]
+    hook: Option<HookKind>,
     #[arg(long)]
     tokens: Option<u32>,
     #[arg(long)]
@@ -162,61 +125,54 @@ pub struct RunFlags {
 }
 
 impl RunFlags {
-    /// Flags over a base (the post's defaults, or a preset's).
-    fn apply(&self, mut o: RunOptions) -> Result<RunOptions> {
-        if let Some(h) = &self.hook {
-            o.hook = match h.as_str() {
-                "resid-pre" | "resid_pre" => Hook::ResidPre,
-                "block-output" | "block_output" => Hook::BlockOutput,
-                other => bail!("--hook {other}: expected resid-pre or block-output"),
-            };
+    fn apply(&self, mut o: RunOptions) -> RunOptions {
+        if let Some(h) = self.hook {
+            o.hook = steer_common::convert::proto_hook(h);
         }
-        if self.bos {
-            o.use_bos = true;
+        if self.bos || self.no_bos {
+            o.use_bos = self.bos;
         }
-        if self.no_bos {
-            o.use_bos = false;
-        }
-        let s: &mut SamplingParameters = &mut o.sampling;
-        if let Some(t) = self.temperature {
-            s.temperature = t;
-        }
-        if let Some(p) = self.top_p {
-            s.top_p = Some(p);
-        }
-        if let Some(k) = self.top_k {
-            s.top_k = k;
-        }
-        if let Some(r) = self.repetition_penalty {
-            s.repetition_penalty = r;
-        }
-        if let Some(f) = self.frequency_penalty {
-            s.frequency_penalty = f;
-        }
+        let s = &mut o.sampling;
+        s.temperature = self.temperature.unwrap_or(s.temperature);
+        s.top_p = self.top_p.or(s.top_p);
+        s.top_k = self.top_k.unwrap_or(s.top_k);
+        s.repetition_penalty = self.repetition_penalty.unwrap_or(s.repetition_penalty);
+        s.frequency_penalty = self.frequency_penalty.unwrap_or(s.frequency_penalty);
         o.n_tokens = self.tokens.unwrap_or(o.n_tokens);
         o.n_comparisons = self.comparisons.unwrap_or(o.n_comparisons);
         o.seed = self.seed.unwrap_or(o.seed);
         o.strict_lengths |= self.strict_lengths;
-        Ok(o)
+        o
+    }
+
+    /// A client of the given services, or of an embedded server (loopback, same data path).
+    async fn connect(&self) -> Result<(SteerClient, Option<LocalServer>)> {
+        if let Some(act) = &self.activation_url {
+            return Ok((SteerClient::connect(act, &self.generation_url).await?, None));
+        }
+        let model = self.model.clone();
+        let engine = Arc::new(tokio::task::spawn_blocking(move || model.load()).await??);
+        let local = LocalServer::start(engine, ServeConfig::default()).await?;
+        Ok((SteerClient::connect(&local.url(), &[local.url()]).await?, Some(local)))
     }
 }
 
-fn parse_add(spec: &str) -> Result<AdditionSpec> {
-    let mut parts = spec.splitn(3, ':');
-    let (Some(l), Some(c), Some(text)) = (parts.next(), parts.next(), parts.next()) else {
-        bail!("--add {spec}: expected LAYER:COEFF:TEXT");
-    };
-    Ok(AdditionSpec::new(
-        l.parse().with_context(|| format!("--add {spec}: layer"))?,
-        c.parse().with_context(|| format!("--add {spec}: coeff"))?,
-        text,
-    ))
+#[derive(Args, Clone)]
+pub struct RunArgs {
+    #[arg(long)]
+    prompt: String,
+    /// LAYER:COEFF:TEXT, repeatable (e.g. --add "20:4:I talk about weddings constantly").
+    #[arg(long = "add", required = true)]
+    add: Vec<AdditionSpec>,
+    #[command(flatten)]
+    opts: RunFlags,
 }
 
 pub async fn run(a: RunArgs) -> Result<()> {
-    let additions = a.add.iter().map(|s| parse_add(s)).collect::<Result<Vec<_>>>()?;
-    let opts = a.opts.apply(RunOptions::default())?;
-    execute(&a.prompt, &additions, &opts, &a.opts).await
+    let opts = a.opts.apply(RunOptions::default());
+    let cmp = execute(&a.prompt, &a.add, &opts, &a.opts, Progress::Steps).await?;
+    print_comparison(&a.prompt, &cmp, &a.opts);
+    Ok(())
 }
 
 #[derive(Args, Clone)]
@@ -230,61 +186,98 @@ pub struct DemoArgs {
 }
 
 pub async fn demo(a: DemoArgs) -> Result<()> {
-    if a.list || a.name.is_none() {
+    let Some(name) = a.name.as_deref().filter(|_| !a.list) else {
         for p in presets::all() {
             println!("{:<10} {}", p.name, p.description);
         }
         return Ok(());
-    }
-    let name = a.name.unwrap();
-    let p = presets::find(&name).with_context(|| format!("no preset {name} (steer demo --list)"))?;
-    let opts = a.opts.apply(p.options.clone())?;
+    };
+    let p = presets::find(name).with_context(|| format!("no preset {name} (steer demo --list)"))?;
+    let opts = a.opts.apply(p.options.clone());
     eprintln!("{}: {}", p.name, p.description);
-    execute(p.prompt, &p.additions, &opts, &a.opts).await
+    let cmp = execute(p.prompt, &p.additions, &opts, &a.opts, Progress::Steps).await?;
+    print_comparison(p.prompt, &cmp, &a.opts);
+    Ok(())
 }
 
-async fn execute(prompt: &str, additions: &[AdditionSpec], opts: &RunOptions, flags: &RunFlags) -> Result<()> {
-    // Embedded unless URLs are given: both services on an ephemeral loopback port, same data path.
-    let (client, local) = match &flags.activation_url {
-        Some(act) => (SteerClient::connect(act, &flags.generation_url).await?, None),
-        None => {
-            let model = flags.model.clone();
-            let engine = Arc::new(tokio::task::spawn_blocking(move || model.load()).await??);
-            let local = LocalServer::start(engine, ServeConfig::default()).await?;
-            (SteerClient::connect(&local.url(), &[local.url()]).await?, Some(local))
-        }
+#[derive(Args, Clone)]
+pub struct GenerateArgs {
+    #[arg(long)]
+    prompt: String,
+    /// LAYER:COEFF:TEXT, repeatable; none for a plain completion.
+    #[arg(long = "add")]
+    add: Vec<AdditionSpec>,
+    #[command(flatten)]
+    opts: RunFlags,
+}
+
+/// One completion (the steered row only), its text streamed to stdout as it is generated.
+pub async fn generate(a: GenerateArgs) -> Result<()> {
+    let opts = RunOptions { n_comparisons: 1, skip_unsteered: true, ..a.opts.apply(RunOptions::default()) };
+    print!("{}", a.prompt);
+    let t = std::time::Instant::now();
+    let cmp = execute(&a.prompt, &a.add, &opts, &a.opts, Progress::Text).await?;
+    println!();
+    let c = &cmp.steered[0];
+    eprintln!(
+        "[{} tokens, {}, {:.2} tokens/s]",
+        c.token_ids.len(),
+        c.finish_reason.as_str_name(),
+        c.token_ids.len() as f64 / t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// What to show while tokens stream.
+#[derive(Clone, Copy, PartialEq)]
+enum Progress {
+    /// `step i/n` on stderr, when it is a terminal.
+    Steps,
+    /// The text of row 0 on stdout.
+    Text,
+}
+
+/// Steering tensors, then the generation through the client (with its retries).
+async fn execute(prompt: &str, additions: &[AdditionSpec], opts: &RunOptions, flags: &RunFlags, progress: Progress) -> Result<Comparison> {
+    let (client, local) = flags.connect().await?;
+    let tensors = if additions.is_empty() {
+        vec![]
+    } else {
+        eprintln!("computing steering tensors ...");
+        client.steering_tensors(additions, opts).await?
     };
-    eprintln!("computing steering tensors ...");
-    let tensors = client.steering_tensors(additions, opts).await?;
     for t in &tensors {
         let norms: Vec<String> = t.position_norms().iter().map(|n| format!("{n:.1}")).collect();
-        eprintln!("  {:?} shape {:?}, position norms [{}]", t.header.point, t.header.shape, norms.join(", "));
+        let point = t.header.point.unwrap_or_default();
+        let hook = steer_client::v1::Hook::try_from(point.hook).unwrap_or_default().as_str_name();
+        eprintln!("  {hook} layer {}: shape {:?}, position norms [{}]", point.layer, t.header.shape, norms.join(", "));
     }
-    eprintln!(
-        "generating {} x 2 completions of {} tokens ...",
-        opts.n_comparisons, opts.n_tokens
-    );
-    let t0 = std::time::Instant::now();
-    let mut stream = client.generate_stream(prompt, &tensors, opts).await?;
-    let mut cmp = steer_client::Comparison { unsteered: vec![], steered: vec![] };
+    let rows = opts.n_comparisons as usize * if opts.skip_unsteered { 1 } else { 2 };
+    let tty = std::io::stderr().is_terminal();
     let mut tokens = 0usize;
-    use futures::StreamExt;
-    while let Some(msg) = stream.next().await {
-        match msg?.event {
-            Some(steer_client::v1::generate_response::Event::Token(_)) => {
-                tokens += 1;
-                if tokens % (2 * opts.n_comparisons as usize).max(1) == 0 {
-                    eprint!("\r  step {}/{}", tokens / (2 * opts.n_comparisons as usize).max(1), opts.n_tokens);
-                }
+    let t0 = std::time::Instant::now();
+    let on_token = |t: &TokenEvent| {
+        tokens += 1;
+        match progress {
+            Progress::Text if t.row == 0 => {
+                print!("{}", t.text_delta);
+                let _ = std::io::stdout().flush();
             }
-            Some(steer_client::v1::generate_response::Event::Finished(f)) => {
-                let c = steer_client::Completion::from(f);
-                if c.steered { cmp.steered.push(c) } else { cmp.unsteered.push(c) }
-            }
-            None => {}
+            Progress::Steps if tty && tokens % rows.max(1) == 0 => eprint!("\r  step {}/{}", tokens / rows.max(1), opts.n_tokens),
+            _ => {}
         }
+    };
+    let cmp = client.generate(prompt, &tensors, opts, on_token).await?;
+    if progress == Progress::Steps {
+        eprintln!("{}{tokens} tokens in {:.1}s", if tty { "\r  " } else { "  " }, t0.elapsed().as_secs_f64());
     }
-    eprintln!("\r  {tokens} tokens in {:.1}s", t0.elapsed().as_secs_f64());
+    if let Some(l) = local {
+        l.shutdown().await;
+    }
+    Ok(cmp)
+}
+
+fn print_comparison(prompt: &str, cmp: &Comparison, flags: &RunFlags) {
     if flags.json {
         for c in cmp.unsteered.iter().chain(&cmp.steered) {
             let row = serde_json::json!({
@@ -294,10 +287,6 @@ async fn execute(prompt: &str, additions: &[AdditionSpec], opts: &RunOptions, fl
             println!("{row}");
         }
     } else {
-        print!("{}", steer_cli::table::render(prompt, &cmp, flags.width));
+        print!("{}", crate::table::render(prompt, cmp, flags.width));
     }
-    if let Some(l) = local {
-        l.shutdown().await;
-    }
-    Ok(())
 }

@@ -18,6 +18,11 @@ use tonic::Status;
 
 pub use steer_proto::v1;
 
+pub mod presets;
+
+/// Largest tensor the client accepts from a server (a GPT-2-XL `[1024, 1600]` f32 is 6.5 MB).
+const MAX_TENSOR_BYTES: u64 = 1 << 30;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The server's status, code kept.
@@ -27,6 +32,21 @@ pub enum ClientError {
     Connect { endpoint: String, message: String },
     #[error("protocol: {0}")]
     Protocol(String),
+    /// A value given to the client (e.g. an addition spec) does not parse.
+    #[error("{0}")]
+    Parse(String),
+}
+
+impl ClientError {
+    /// The gRPC code: the server's own for a status, UNAVAILABLE for a failed connection.
+    pub fn code(&self) -> tonic::Code {
+        match self {
+            ClientError::Status(s) => s.code(),
+            ClientError::Connect { .. } => tonic::Code::Unavailable,
+            ClientError::Protocol(_) => tonic::Code::Internal,
+            ClientError::Parse(_) => tonic::Code::InvalidArgument,
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, ClientError>;
@@ -45,7 +65,27 @@ impl AdditionSpec {
     }
 }
 
-/// Everything about a run but the prompt and the additions. Defaults: the post's settings.
+impl std::str::FromStr for AdditionSpec {
+    type Err = ClientError;
+    /// `LAYER:COEFF:TEXT` (the text may contain colons), e.g. `20:4:I talk about weddings`.
+    fn from_str(spec: &str) -> Result<Self> {
+        let bad = |what: &str| ClientError::Parse(format!("`{spec}`: {what}; expected LAYER:COEFF:TEXT"));
+        let mut parts = spec.splitn(3, ':');
+        let (Some(layer), Some(coeff), Some(text)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(bad("missing fields"));
+        };
+        let layer = layer.trim().parse().map_err(|_| bad("LAYER is not a whole number"))?;
+        let coeff: f64 = coeff.trim().parse().map_err(|_| bad("COEFF is not a number"))?;
+        if !coeff.is_finite() {
+            return Err(bad("COEFF must be finite"));
+        }
+        Ok(Self::new(layer, coeff, text))
+    }
+}
+
+/// Everything about a run but the prompt and the additions. `Default` is the post's settings
+/// (RESID_PRE, BOS, space padding, [`SamplingParameters::post`]); [`RunOptions::seed`] the ARENA
+/// seed's.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub hook: Hook,
@@ -56,6 +96,8 @@ pub struct RunOptions {
     pub sampling: SamplingParameters,
     pub strict_lengths: bool,
     pub top_logprobs: u32,
+    /// Only the steered rows.
+    pub skip_unsteered: bool,
 }
 
 impl Default for RunOptions {
@@ -66,17 +108,40 @@ impl Default for RunOptions {
             n_tokens: 50,
             n_comparisons: 3,
             seed: 0,
-            sampling: SamplingParameters {
-                temperature: 1.0,
-                top_p: Some(0.3),
-                top_k: 0,
-                repetition_penalty: 1.0,
-                frequency_penalty: 1.0,
-                presence_penalty: 0.0,
-            },
+            sampling: SamplingParameters::post(),
             strict_lengths: false,
             top_logprobs: 0,
+            skip_unsteered: false,
         }
+    }
+}
+
+impl RunOptions {
+    /// The ARENA exercise: BLOCK_OUTPUT, the seed's sampling (top_p 0.3, repetition penalty
+    /// 1.2), contrast prompts of equal token length (strict, as the seed asserts).
+    pub fn seed(use_bos: bool) -> Self {
+        Self { hook: Hook::BlockOutput, use_bos, sampling: SamplingParameters::seed(), strict_lengths: true, ..Self::default() }
+    }
+
+    /// The `GenerateSetup` of a generation of `prompt` with `n_tensors` steering tensors.
+    pub fn setup(&self, prompt: &str, n_tensors: usize) -> GenerateSetup {
+        GenerateSetup {
+            prompt: prompt.to_string(),
+            use_bos: self.use_bos,
+            sampling: Some(self.sampling),
+            n_comparisons: self.n_comparisons,
+            max_new_tokens: self.n_tokens,
+            seed: self.seed,
+            n_tensors: n_tensors as u32,
+            top_logprobs: self.top_logprobs,
+            skip_unsteered: self.skip_unsteered,
+            ..Default::default()
+        }
+    }
+
+    /// Rows a finished generation has.
+    fn rows(&self) -> usize {
+        self.n_comparisons as usize * if self.skip_unsteered { 1 } else { 2 }
     }
 }
 
@@ -190,7 +255,7 @@ impl SteerClient {
         while let Some(msg) = stream.next().await {
             match msg?.event {
                 Some(get_steering_tensors_response::Event::Header(h)) => {
-                    let asm = TensorAssembler::new(h).map_err(|e| ClientError::Protocol(e.to_string()))?;
+                    let asm = TensorAssembler::new(h, MAX_TENSOR_BYTES).map_err(|e| ClientError::Protocol(e.to_string()))?;
                     current = Some((asm, vec![]));
                 }
                 Some(get_steering_tensors_response::Event::Chunk(c)) => {
@@ -216,17 +281,7 @@ impl SteerClient {
         tensors: &[SteeringTensor],
         opts: &RunOptions,
     ) -> Result<tonic::Streaming<GenerateResponse>> {
-        let setup = GenerateSetup {
-            prompt: prompt.to_string(),
-            use_bos: opts.use_bos,
-            sampling: Some(opts.sampling),
-            n_comparisons: opts.n_comparisons,
-            max_new_tokens: opts.n_tokens,
-            seed: opts.seed,
-            n_tensors: tensors.len() as u32,
-            top_logprobs: opts.top_logprobs,
-            ..Default::default()
-        };
+        let setup = opts.setup(prompt, tensors.len());
         let mut msgs = vec![GenerateRequest { msg: Some(generate_request::Msg::Setup(setup)) }];
         for t in tensors {
             msgs.push(GenerateRequest { msg: Some(generate_request::Msg::Tensor(t.header.clone())) });
@@ -236,24 +291,39 @@ impl SteerClient {
     }
 
     /// The seed's `calculate_and_apply_steering_vector`: unsteered and steered completions.
+    pub async fn calculate_and_apply_steering_vector(&self, prompt: &str, additions: &[AdditionSpec], opts: &RunOptions) -> Result<Comparison> {
+        let tensors = self.steering_tensors(additions, opts).await?;
+        self.generate(prompt, &tensors, opts, |_| {}).await
+    }
+
+    /// Generates with the given tensors, calling `on_token` for every token as it streams, and
+    /// returns the finished rows.
     ///
-    /// Generation requests go round-robin over the generation workers. A request that fails
-    /// because its worker is unreachable or went away is run again on the next worker: before
-    /// any token that is a plain retry, after some tokens a replay from the same seeds, which
-    /// yields the same tokens. Invalid requests are not retried.
-    pub async fn calculate_and_apply_steering_vector(
+    /// Requests go round-robin over the generation workers. A request that fails because its
+    /// worker is unreachable or went away is run again on the next worker: before any token a
+    /// plain retry, after some tokens a replay from the same seeds, which yields the same tokens
+    /// (`on_token` sees each token once). Invalid requests are not retried.
+    pub async fn generate(
         &self,
         prompt: &str,
-        additions: &[AdditionSpec],
+        tensors: &[SteeringTensor],
         opts: &RunOptions,
+        mut on_token: impl FnMut(&v1::TokenEvent),
     ) -> Result<Comparison> {
-        let tensors = self.steering_tensors(additions, opts).await?;
+        let mut delivered: Vec<u32> = vec![0; opts.rows()];
         let mut last = None;
         for attempt in 0..self.generation.len() {
-            let expected = 2 * opts.n_comparisons as usize;
-            let result = match self.generate_stream(prompt, &tensors, opts).await {
-                Ok(stream) => collect(stream).await.and_then(|c| {
-                    if c.unsteered.len() + c.steered.len() == expected {
+            let result = match self.generate_stream(prompt, tensors, opts).await {
+                Ok(stream) => drain(stream, |t| {
+                    let seen = delivered.get_mut(t.row as usize);
+                    if let Some(seen) = seen.filter(|seen| t.index >= **seen) {
+                        *seen = t.index + 1;
+                        on_token(t);
+                    }
+                })
+                .await
+                .and_then(|c| {
+                    if c.unsteered.len() + c.steered.len() == opts.rows() {
                         Ok(c)
                     } else {
                         Err(ClientError::Status(Status::unavailable("the stream ended before every row finished")))
@@ -280,18 +350,47 @@ fn retryable(s: &Status) -> bool {
         || (s.code() == Code::Cancelled && s.message().contains("connection"))
 }
 
-/// Drains a generation stream into its finished rows.
-pub async fn collect(mut stream: tonic::Streaming<GenerateResponse>) -> Result<Comparison> {
+/// Drains a generation stream into its finished rows, passing each token to `on_token`.
+pub async fn drain(mut stream: tonic::Streaming<GenerateResponse>, mut on_token: impl FnMut(&v1::TokenEvent)) -> Result<Comparison> {
     let mut cmp = Comparison { unsteered: vec![], steered: vec![] };
     while let Some(msg) = stream.next().await {
-        if let Some(generate_response::Event::Finished(f)) = msg?.event {
-            let c = Completion::from(f);
-            if c.steered {
-                cmp.steered.push(c);
-            } else {
-                cmp.unsteered.push(c);
+        match msg?.event {
+            Some(generate_response::Event::Token(t)) => on_token(&t),
+            Some(generate_response::Event::Finished(f)) => {
+                let c = Completion::from(f);
+                if c.steered {
+                    cmp.steered.push(c);
+                } else {
+                    cmp.unsteered.push(c);
+                }
             }
+            None => {}
         }
     }
     Ok(cmp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addition_specs_parse_once_with_clear_errors() {
+        let a: AdditionSpec = "20:4:I talk about weddings: constantly".parse().unwrap();
+        assert_eq!(a, AdditionSpec::new(20, 4.0, "I talk about weddings: constantly"));
+        assert_eq!("6:-8.5:".parse::<AdditionSpec>().unwrap(), AdditionSpec::new(6, -8.5, ""));
+        for bad in ["20:4", "x:4:a", "20:y:a", "20:inf:a", "-1:2:a"] {
+            let e = bad.parse::<AdditionSpec>().unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad}");
+            assert!(e.to_string().contains("LAYER:COEFF:TEXT"), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_presets_come_from_the_named_sampling_settings() {
+        assert_eq!(RunOptions::default().sampling, SamplingParameters::post());
+        let s = RunOptions::seed(false);
+        assert_eq!((s.sampling, s.hook, s.strict_lengths, s.use_bos), (SamplingParameters::seed(), Hook::BlockOutput, true, false));
+        assert_eq!(RunOptions { skip_unsteered: true, ..RunOptions::default() }.rows(), 3);
+    }
 }

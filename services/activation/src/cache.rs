@@ -1,14 +1,21 @@
 //! The activation cache: keyed by content (model, revision, dtype, residual stream, token ids),
-//! never by a name; bounded by bytes with least-recently-used eviction; concurrent requests for
-//! the same key wait for one computation.
+//! never by a name; bounded by bytes with least-recently-used eviction.
+//!
+//! Single flight per entry, batched computation per request: [`ActivationCache::get_many`] claims
+//! every key of a request that nobody holds and computes all of them with one call (one engine
+//! forward); keys another request is already computing are awaited, not computed again. The
+//! computation runs in its own task, so a caller that goes away never strands its waiters; a
+//! failure is not cached.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
-use tokio::sync::OnceCell;
+use futures::future::{BoxFuture, FutureExt, Shared};
+use tonic::Status;
 
 /// What identifies an activation.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -44,6 +51,9 @@ pub struct CacheStats {
     pub evictions: u64,
 }
 
+/// An entry: ready, or being computed (then every holder awaits the same computation).
+type Slot = Shared<BoxFuture<'static, Result<Arc<Activation>, Status>>>;
+
 #[derive(Default)]
 struct Lru {
     tick: u64,
@@ -52,7 +62,7 @@ struct Lru {
 }
 
 pub struct ActivationCache {
-    slots: DashMap<CacheKey, Arc<OnceCell<Arc<Activation>>>>,
+    slots: DashMap<CacheKey, Slot>,
     lru: Mutex<Lru>,
     capacity: usize,
     hits: AtomicU64,
@@ -61,41 +71,74 @@ pub struct ActivationCache {
 }
 
 impl ActivationCache {
-    pub fn new(capacity_bytes: usize) -> Self {
-        Self {
+    pub fn new(capacity_bytes: usize) -> Arc<Self> {
+        Arc::new(Self {
             slots: DashMap::new(),
             lru: Mutex::new(Lru::default()),
             capacity: capacity_bytes,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
-        }
+        })
     }
 
-    /// The cached activation of `key`, or the result of `compute` (run once however many
-    /// callers ask at the same time; a failure is not cached).
-    pub async fn get_or_compute<E, F, Fut>(&self, key: CacheKey, compute: F) -> Result<Arc<Activation>, E>
+    /// The activation of every key, in order. The keys nobody holds are computed together by
+    /// one call of `compute` (given them in order of first appearance; it returns one activation
+    /// per key, in that order); the others come from the cache or from the computation already
+    /// running for them.
+    pub async fn get_many<F, Fut>(self: &Arc<Self>, keys: &[CacheKey], compute: F) -> Result<Vec<Arc<Activation>>, Status>
     where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Activation, E>>,
+        F: FnOnce(Vec<CacheKey>) -> Fut,
+        Fut: Future<Output = Result<Vec<Activation>, Status>> + Send + 'static,
     {
-        let slot = self.slots.entry(key.clone()).or_default().clone();
-        let mut computed = false;
-        let value = slot
-            .get_or_try_init(|| {
-                computed = true;
-                async { compute().await.map(Arc::new) }
-            })
-            .await?
-            .clone();
-        if computed {
-            self.misses.fetch_add(1, Ordering::Relaxed);
-            self.admit(key, value.bytes());
-        } else {
-            self.hits.fetch_add(1, Ordering::Relaxed);
-            self.touch(&key);
+        let (tx, rx) = tokio::sync::oneshot::channel::<Result<Arc<[Arc<Activation>]>, Status>>();
+        let batch = async move { rx.await.unwrap_or_else(|_| Err(Status::internal("activation computation lost"))) }.boxed().shared();
+        let mut slots = Vec::with_capacity(keys.len());
+        let mut claimed: Vec<(CacheKey, Slot)> = vec![];
+        for key in keys {
+            match self.slots.entry(key.clone()) {
+                Entry::Occupied(e) => {
+                    self.hits.fetch_add(1, Ordering::Relaxed);
+                    self.touch(key);
+                    slots.push(e.get().clone());
+                }
+                Entry::Vacant(e) => {
+                    let i = claimed.len();
+                    let slot: Slot = batch.clone().map(move |r| r.map(|all| all[i].clone())).boxed().shared();
+                    e.insert(slot.clone());
+                    claimed.push((key.clone(), slot.clone()));
+                    slots.push(slot);
+                }
+            }
         }
-        Ok(value)
+        if claimed.is_empty() {
+            drop(tx);
+        } else {
+            self.misses.fetch_add(claimed.len() as u64, Ordering::Relaxed);
+            let work = compute(claimed.iter().map(|(k, _)| k.clone()).collect());
+            let cache = self.clone();
+            tokio::spawn(async move {
+                let result = match work.await {
+                    Ok(v) if v.len() == claimed.len() => Ok(v.into_iter().map(Arc::new).collect::<Arc<[_]>>()),
+                    Ok(v) => Err(Status::internal(format!("computed {} activations for {} keys", v.len(), claimed.len()))),
+                    Err(s) => Err(s),
+                };
+                match &result {
+                    Ok(all) => {
+                        for ((key, _), act) in claimed.iter().zip(all.iter()) {
+                            cache.admit(key.clone(), act.bytes());
+                        }
+                    }
+                    Err(_) => {
+                        for (key, slot) in &claimed {
+                            cache.slots.remove_if(key, |_, s| s.ptr_eq(slot));
+                        }
+                    }
+                }
+                let _ = tx.send(result);
+            });
+        }
+        futures::future::try_join_all(slots).await
     }
 
     fn touch(&self, key: &CacheKey) {
@@ -160,49 +203,64 @@ mod tests {
         Activation { values: vec![1.0; n], len: 1, d: n }
     }
 
+    /// Gets `keys`, counting calls of the computation and the keys it was given.
+    async fn get(c: &Arc<ActivationCache>, keys: &[&[u32]], calls: &Arc<AtomicUsize>, computed: &Arc<AtomicUsize>) -> Vec<Arc<Activation>> {
+        let keys: Vec<CacheKey> = keys.iter().map(|k| key(k)).collect();
+        let (calls, computed) = (calls.clone(), computed.clone());
+        c.get_many(&keys, move |missing| async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            computed.fetch_add(missing.len(), Ordering::SeqCst);
+            Ok(missing.iter().map(|k| act(10 + k.ids[0] as usize)).collect())
+        })
+        .await
+        .unwrap()
+    }
+
     #[tokio::test]
     async fn hits_misses_and_lru_eviction_by_bytes() {
         let c = ActivationCache::new(100); // 25 floats
-        let computed = AtomicUsize::new(0);
-        let get = |ids: &'static [u32]| {
-            let computed = &computed;
-            let c = &c;
-            async move {
-                c.get_or_compute::<(), _, _>(key(ids), || async {
-                    computed.fetch_add(1, Ordering::SeqCst);
-                    Ok(act(10))
-                })
-                .await
-                .unwrap()
-            }
-        };
-        get(&[1]).await;
-        get(&[1]).await;
-        get(&[2]).await;
-        assert_eq!((c.stats().hits, c.stats().misses, c.stats().bytes), (1, 2, 80));
-        get(&[1]).await; // 1 is now more recent than 2
-        get(&[3]).await; // 120 bytes > 100: evicts 2
+        let (calls, computed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        get(&c, &[&[0]], &calls, &computed).await;
+        get(&c, &[&[0]], &calls, &computed).await;
+        get(&c, &[&[1]], &calls, &computed).await; // 11 floats
+        assert_eq!((c.stats().hits, c.stats().misses, c.stats().bytes), (1, 2, 84));
+        get(&c, &[&[0]], &calls, &computed).await; // 0 is now more recent than 1
+        get(&c, &[&[2]], &calls, &computed).await; // 132 bytes > 100: evicts 1
         let s = c.stats();
-        assert_eq!((s.entries, s.bytes, s.evictions), (2, 80, 1));
-        get(&[1]).await;
+        assert_eq!((s.entries, s.bytes, s.evictions), (2, 88, 1));
+        get(&c, &[&[0]], &calls, &computed).await;
         assert_eq!(computed.load(Ordering::SeqCst), 3);
-        get(&[2]).await; // recomputed
+        get(&c, &[&[1]], &calls, &computed).await; // recomputed
         assert_eq!(computed.load(Ordering::SeqCst), 4);
     }
 
     #[tokio::test]
-    async fn concurrent_identical_requests_compute_once() {
-        let c = Arc::new(ActivationCache::new(1 << 20));
+    async fn the_missing_keys_of_a_request_are_computed_in_one_call() {
+        let c = ActivationCache::new(1 << 20);
+        let (calls, computed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        get(&c, &[&[1]], &calls, &computed).await;
+        let got = get(&c, &[&[1], &[2], &[3], &[2]], &calls, &computed).await;
+        assert_eq!(got.iter().map(|a| a.d).collect::<Vec<_>>(), vec![11, 12, 13, 12], "in order, duplicates too");
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "one call for the request's missing keys");
+        assert_eq!(computed.load(Ordering::SeqCst), 3, "1 was cached, 2 once");
+        assert_eq!((c.stats().misses, c.stats().hits), (3, 2));
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_compute_each_key_once() {
+        let c = ActivationCache::new(1 << 20);
         let computed = Arc::new(AtomicUsize::new(0));
         let (tx, rx) = tokio::sync::watch::channel(false);
         let mut tasks = vec![];
-        for _ in 0..8 {
+        for i in 0..8u32 {
             let (c, computed, mut rx) = (c.clone(), computed.clone(), rx.clone());
+            // Overlapping requests: {7, 8} and {7, 9}.
+            let keys = vec![key(&[7]), key(&[8 + i % 2])];
             tasks.push(tokio::spawn(async move {
-                c.get_or_compute::<(), _, _>(key(&[7]), || async move {
-                    computed.fetch_add(1, Ordering::SeqCst);
+                c.get_many(&keys, |missing| async move {
+                    computed.fetch_add(missing.len(), Ordering::SeqCst);
                     let _ = rx.wait_for(|go| *go).await; // hold the computation open
-                    Ok(act(4))
+                    Ok(missing.iter().map(|_| act(4)).collect())
                 })
                 .await
                 .unwrap()
@@ -211,17 +269,44 @@ mod tests {
         tokio::task::yield_now().await;
         tx.send(true).unwrap();
         for t in tasks {
-            assert_eq!(t.await.unwrap().values.len(), 4);
+            assert_eq!(t.await.unwrap().len(), 2);
         }
-        assert_eq!(computed.load(Ordering::SeqCst), 1);
-        assert_eq!(c.stats().misses, 1);
-        assert_eq!(c.stats().hits, 7);
+        assert_eq!(computed.load(Ordering::SeqCst), 3, "7, 8 and 9 once each");
+        assert_eq!((c.stats().misses, c.stats().hits), (3, 13));
     }
 
     #[tokio::test]
-    async fn failures_are_not_cached() {
+    async fn failures_reach_every_waiter_and_are_not_cached() {
         let c = ActivationCache::new(1 << 20);
-        assert!(c.get_or_compute(key(&[1]), || async { Err::<Activation, _>("boom") }).await.is_err());
-        assert!(c.get_or_compute::<&str, _, _>(key(&[1]), || async { Ok(act(2)) }).await.is_ok());
+        let err = c.get_many(&[key(&[1]), key(&[2])], |_| async { Err(Status::invalid_argument("boom")) }).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        let got = c.get_many(&[key(&[1])], |m| async move { Ok(m.iter().map(|_| act(2)).collect()) }).await.unwrap();
+        assert_eq!(got[0].values.len(), 2);
+        assert_eq!(c.stats().entries, 1);
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_leaves_does_not_strand_the_others() {
+        let c = ActivationCache::new(1 << 20);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let first = {
+            let c = c.clone();
+            tokio::spawn(async move {
+                c.get_many(&[key(&[5])], |m| async move {
+                    let _ = rx.await;
+                    Ok(m.iter().map(|_| act(3)).collect())
+                })
+                .await
+            })
+        };
+        tokio::task::yield_now().await;
+        first.abort(); // the claimer goes away while computing
+        let waiter = {
+            let c = c.clone();
+            tokio::spawn(async move { c.get_many(&[key(&[5])], |_| async { Err(Status::internal("recomputed")) }).await })
+        };
+        tokio::task::yield_now().await;
+        tx.send(()).unwrap();
+        assert_eq!(waiter.await.unwrap().unwrap()[0].values.len(), 3);
     }
 }

@@ -7,10 +7,12 @@ pub struct ActivationConfig {
     pub cache_bytes: usize,
     /// Most prompts (or additions) in one request.
     pub max_prompts: usize,
+    /// Most hook points in one GetActivations request.
+    pub max_points: usize,
 }
 
 impl Default for ActivationConfig {
     fn default() -> Self {
-        Self { cache_bytes: 512 << 20, max_prompts: 64 }
+        Self { cache_bytes: 512 << 20, max_prompts: 64, max_points: 64 }
     }
 }

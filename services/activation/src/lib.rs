@@ -1,14 +1,17 @@
 //! `steer-activation`: the ActivationService. Computes residual-stream activations of prompts
 //! with the engine's capture forward and ActAdd steering tensors from contrast prompts, through
-//! a content-keyed, byte-bounded, single-flight cache.
+//! a content-keyed, byte-bounded cache that computes all of a request's missing activations in
+//! one forward.
+//!
+//! [`validation`] (requests into typed values) -> [`service`] (handlers) -> [`cache`] (single
+//! flight, batched) and [`steering`] (padding and the ActAdd sum).
 
 pub mod cache;
 pub mod config;
-pub mod error;
 pub mod service;
 pub mod steering;
+pub mod validation;
 
 pub use cache::ActivationCache;
 pub use config::ActivationConfig;
-pub use error::ActivationError;
 pub use service::ActivationWorker;

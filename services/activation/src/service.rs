@@ -1,12 +1,17 @@
-//! The `steer.v1.ActivationService` implementation.
+//! The `steer.v1.ActivationService` handlers: validate (validation.rs), fetch or compute every
+//! activation the request needs in one batched capture (cache.rs), then stream tokens and
+//! tensors.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use steer_common::{convert, ServiceError};
 use steer_model::{Engine, HookPoint};
-use steer_proto::v1::activation_service_server::ActivationService;
+use steer_proto::v1::activation_service_server::{ActivationService, ActivationServiceServer};
 use steer_proto::v1::{
-    get_activations_response, get_steering_tensors_response, GetActivationsResponse, AdditionTokens, GetActivationsRequest,
-    ActivationServiceGetModelInfoRequest, ActivationServiceGetModelInfoResponse, Hook, ModelInfo, PromptTokens, GetSteeringTensorsRequest, GetSteeringTensorsResponse, Tokens,
+    get_activations_response, get_steering_tensors_response, ActivationServiceGetModelInfoRequest,
+    ActivationServiceGetModelInfoResponse, AdditionTokens, GetActivationsRequest, GetActivationsResponse,
+    GetSteeringTensorsRequest, GetSteeringTensorsResponse, PromptTokens, TensorChunk, TensorHeader, Tokens,
 };
 use steer_proto::wire;
 use tokio::sync::mpsc;
@@ -15,8 +20,7 @@ use tonic::{Request, Response, Status};
 
 use crate::cache::{Activation, ActivationCache, CacheKey};
 use crate::config::ActivationConfig;
-use crate::error::ActivationError;
-use crate::steering;
+use crate::{steering, validation};
 
 /// Serves activations and steering tensors of one loaded model.
 #[derive(Clone)]
@@ -29,95 +33,108 @@ pub struct ActivationWorker {
 
 type Stream<T> = ReceiverStream<Result<T, Status>>;
 
-/// Proto hook point -> engine hook point, checking the layer.
-pub fn hook_point(hook: i32, layer: u32, n_layer: usize, field: &str) -> Result<HookPoint, ActivationError> {
-    let point = match Hook::try_from(hook) {
-        Ok(Hook::Unspecified) | Ok(Hook::ResidPre) => HookPoint::ResidPre(layer as usize),
-        Ok(Hook::BlockOutput) => HookPoint::BlockOutput(layer as usize),
-        Err(_) => return Err(ActivationError::invalid(format!("{field}.hook"), format!("unknown hook {hook}"))),
-    };
-    if layer as usize >= n_layer {
-        return Err(ActivationError::invalid(format!("{field}.layer"), format!("{layer}: must be in 0..{n_layer}")));
-    }
-    Ok(point)
+/// The response messages that carry tensors as a header and chunks.
+trait TensorEvents: Sized {
+    fn header(h: TensorHeader) -> Self;
+    fn chunk(c: TensorChunk) -> Self;
 }
 
-pub fn proto_point(p: HookPoint) -> steer_proto::v1::HookPoint {
-    let hook = match p {
-        HookPoint::ResidPre(_) => Hook::ResidPre,
-        HookPoint::BlockOutput(_) => Hook::BlockOutput,
-    };
-    steer_proto::v1::HookPoint { hook: hook as i32, layer: p.layer() as u32 }
+impl TensorEvents for GetActivationsResponse {
+    fn header(h: TensorHeader) -> Self {
+        Self { event: Some(get_activations_response::Event::Header(h)) }
+    }
+    fn chunk(c: TensorChunk) -> Self {
+        Self { event: Some(get_activations_response::Event::Chunk(c)) }
+    }
+}
+
+impl TensorEvents for GetSteeringTensorsResponse {
+    fn header(h: TensorHeader) -> Self {
+        Self { event: Some(get_steering_tensors_response::Event::Header(h)) }
+    }
+    fn chunk(c: TensorChunk) -> Self {
+        Self { event: Some(get_steering_tensors_response::Event::Chunk(c)) }
+    }
+}
+
+/// Sends `event`; false when the client has gone.
+async fn send<T>(tx: &mpsc::Sender<Result<T, Status>>, event: T) -> bool {
+    tx.send(Ok(event)).await.is_ok()
 }
 
 impl ActivationWorker {
     pub fn new(engine: Arc<Engine>, config: ActivationConfig) -> Self {
         let info = engine.info();
         let model_key = format!("{}@{}:{}", info.name, info.revision, info.dtype);
-        Self { cache: Arc::new(ActivationCache::new(config.cache_bytes)), engine, config, model_key }
+        Self { cache: ActivationCache::new(config.cache_bytes), engine, config, model_key }
     }
 
     pub fn cache(&self) -> &ActivationCache {
         &self.cache
     }
 
-    pub fn into_server(self) -> steer_proto::v1::activation_service_server::ActivationServiceServer<Self> {
-        steer_proto::v1::activation_service_server::ActivationServiceServer::new(self)
+    pub fn into_server(self) -> ActivationServiceServer<Self> {
+        ActivationServiceServer::new(self)
     }
 
     fn tokens(&self, ids: &[u32]) -> Tokens {
         Tokens { ids: ids.to_vec(), strings: self.engine.tokenizer().token_strings(ids) }
     }
 
-    /// Activation of `ids` at `point`, from the cache or one capture forward.
-    async fn activation(&self, ids: Vec<u32>, point: HookPoint) -> Result<Arc<Activation>, ActivationError> {
-        let key = CacheKey { model: self.model_key.clone(), stream: point.stream(), ids: ids.clone() };
+    /// The activation of each `(ids, point)`: cached ones from the cache, all missing ones
+    /// from one capture forward (left-padded, stopping at the deepest stream asked for).
+    async fn activations(&self, pairs: &[(&[u32], HookPoint)]) -> Result<Vec<Arc<Activation>>, Status> {
+        let keys: Vec<CacheKey> =
+            pairs.iter().map(|(ids, p)| CacheKey { model: self.model_key.clone(), stream: p.stream(), ids: ids.to_vec() }).collect();
+        let point_of: HashMap<usize, HookPoint> = pairs.iter().map(|(_, p)| (p.stream(), *p)).collect();
         let engine = self.engine.clone();
         self.cache
-            .get_or_compute(key, || async move {
-                tokio::task::spawn_blocking(move || {
-                    let t = engine.capture(&[ids], &[point])?.remove(0).remove(0);
-                    let (len, d) = t.dims2().map_err(steer_model::ModelError::from)?;
-                    let values = t.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(steer_model::ModelError::from)?;
-                    Ok::<_, ActivationError>(Activation { values, len, d })
-                })
-                .await
-                .map_err(|e| ActivationError::Internal(e.to_string()))?
+            .get_many(&keys, move |missing| async move {
+                let computed = tokio::task::spawn_blocking(move || capture(&engine, &missing, &point_of)).await;
+                computed.map_err(|e| Status::internal(format!("capture task: {e}")))?.map_err(Status::from)
             })
             .await
     }
 
-    fn encode_prompt(&self, text: &str, use_bos: bool, field: &str) -> Result<Vec<u32>, ActivationError> {
-        let ids = self.engine.encode(text, use_bos)?;
-        let n = self.engine.info().n_positions;
-        if ids.len() > n {
-            return Err(ActivationError::invalid(field, format!("{} tokens exceed the model's {n} positions", ids.len())));
+    /// Header and chunks of a `[len, d]` tensor, in the engine's dtype; false when the client has gone.
+    async fn send_tensor<T: TensorEvents>(&self, tx: &mpsc::Sender<Result<T, Status>>, values: &[f32], shape: [usize; 2], point: HookPoint, prompt_index: u32) -> bool {
+        let dtype = convert::proto_dtype(self.engine.info().dtype);
+        let (h, chunks) = wire::encode(dtype, values, &shape, Some(convert::proto_point(point)), prompt_index);
+        if !send(tx, T::header(h)).await {
+            return false;
         }
-        Ok(ids)
-    }
-
-    fn wire_dtype(&self) -> steer_proto::v1::Dtype {
-        wire::dtype_of_name(&self.engine.info().dtype)
+        for c in chunks {
+            if !send(tx, T::chunk(c)).await {
+                return false;
+            }
+        }
+        true
     }
 }
 
-/// Sends header and chunks; false when the client has gone.
-async fn send_tensor<T>(
-    tx: &mpsc::Sender<Result<T, Status>>,
-    header: steer_proto::v1::TensorHeader,
-    chunks: Vec<steer_proto::v1::TensorChunk>,
-    wrap_header: impl Fn(steer_proto::v1::TensorHeader) -> T,
-    wrap_chunk: impl Fn(steer_proto::v1::TensorChunk) -> T,
-) -> bool {
-    if tx.send(Ok(wrap_header(header))).await.is_err() {
-        return false;
-    }
-    for c in chunks {
-        if tx.send(Ok(wrap_chunk(c))).await.is_err() {
-            return false;
+/// One capture forward for `keys` (distinct prompts as rows, distinct streams as points).
+fn capture(engine: &Engine, keys: &[CacheKey], point_of: &HashMap<usize, HookPoint>) -> Result<Vec<Activation>, ServiceError> {
+    let mut prompts: Vec<Vec<u32>> = vec![];
+    let mut points: Vec<HookPoint> = vec![];
+    for k in keys {
+        if !prompts.contains(&k.ids) {
+            prompts.push(k.ids.clone());
+        }
+        if !points.contains(&point_of[&k.stream]) {
+            points.push(point_of[&k.stream]);
         }
     }
-    true
+    let out = engine.capture(&prompts, &points)?;
+    keys.iter()
+        .map(|k| {
+            let row = prompts.iter().position(|p| *p == k.ids).expect("captured row");
+            let col = points.iter().position(|p| *p == point_of[&k.stream]).expect("captured point");
+            let t = &out[row][col];
+            let (len, d) = t.dims2().map_err(steer_model::ModelError::from)?;
+            let values = t.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(steer_model::ModelError::from)?;
+            Ok(Activation { values, len, d })
+        })
+        .collect()
 }
 
 #[tonic::async_trait]
@@ -126,58 +143,25 @@ impl ActivationService for ActivationWorker {
     type GetSteeringTensorsStream = Stream<GetSteeringTensorsResponse>;
 
     #[tracing::instrument(skip(self, request), fields(model = %self.model_key, prompts, points))]
-    async fn get_activations(
-        &self,
-        request: Request<GetActivationsRequest>,
-    ) -> Result<Response<Self::GetActivationsStream>, Status> {
+    async fn get_activations(&self, request: Request<GetActivationsRequest>) -> Result<Response<Self::GetActivationsStream>, Status> {
         let req = request.into_inner();
         tracing::Span::current().record("prompts", req.prompts.len()).record("points", req.points.len());
-        let n_layer = self.engine.info().n_layer;
-        if req.prompts.is_empty() {
-            return Err(ActivationError::invalid("prompts", "at least one prompt").into());
-        }
-        if req.prompts.len() > self.config.max_prompts {
-            return Err(ActivationError::invalid("prompts", format!("at most {} prompts", self.config.max_prompts)).into());
-        }
-        if req.points.is_empty() {
-            return Err(ActivationError::invalid("points", "at least one hook point").into());
-        }
-        let points = req
-            .points
-            .iter()
-            .enumerate()
-            .map(|(i, p)| hook_point(p.hook, p.layer, n_layer, &format!("points[{i}]")))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut prompts = vec![];
-        for (i, text) in req.prompts.iter().enumerate() {
-            let ids = self.encode_prompt(text, req.use_bos, &format!("prompts[{i}]"))?;
-            if ids.is_empty() {
-                return Err(ActivationError::invalid(format!("prompts[{i}]"), "empty prompt").into());
-            }
-            prompts.push(ids);
-        }
+        let valid = validation::activations(&req, &self.engine, &self.config)?;
+        let pairs: Vec<(&[u32], HookPoint)> =
+            valid.prompts.iter().flat_map(|ids| valid.points.iter().map(move |&p| (ids.as_slice(), p))).collect();
+        let acts = self.activations(&pairs).await?;
         let (tx, rx) = mpsc::channel(16);
         let this = self.clone();
         tokio::spawn(async move {
-            for (i, ids) in prompts.into_iter().enumerate() {
-                let tokens = PromptTokens { prompt_index: i as u32, tokens: Some(this.tokens(&ids)) };
-                let ev = get_activations_response::Event::Tokens(tokens);
-                if tx.send(Ok(GetActivationsResponse { event: Some(ev) })).await.is_err() {
+            let mut acts = acts.into_iter();
+            for (i, ids) in valid.prompts.iter().enumerate() {
+                let tokens = PromptTokens { prompt_index: i as u32, tokens: Some(this.tokens(ids)) };
+                if !send(&tx, GetActivationsResponse { event: Some(get_activations_response::Event::Tokens(tokens)) }).await {
                     return;
                 }
-                for &point in &points {
-                    let act = match this.activation(ids.clone(), point).await {
-                        Ok(a) => a,
-                        Err(e) => {
-                            let _ = tx.send(Err(e.into())).await;
-                            return;
-                        }
-                    };
-                    let (h, chunks) =
-                        wire::encode(this.wire_dtype(), &act.values, &[act.len, act.d], Some(proto_point(point)), i as u32);
-                    let wrap_h = |h| GetActivationsResponse { event: Some(get_activations_response::Event::Header(h)) };
-                    let wrap_c = |c| GetActivationsResponse { event: Some(get_activations_response::Event::Chunk(c)) };
-                    if !send_tensor(&tx, h, chunks, wrap_h, wrap_c).await {
+                for &point in &valid.points {
+                    let act = acts.next().expect("one activation per pair");
+                    if !this.send_tensor(&tx, &act.values, [act.len, act.d], point, i as u32).await {
                         return;
                     }
                 }
@@ -193,29 +177,21 @@ impl ActivationService for ActivationWorker {
     ) -> Result<Response<Self::GetSteeringTensorsStream>, Status> {
         let req = request.into_inner();
         tracing::Span::current().record("additions", req.additions.len());
-        let n_layer = self.engine.info().n_layer;
-        if req.additions.is_empty() {
-            return Err(ActivationError::invalid("additions", "at least one activation addition").into());
+        let plan = validation::steering(&req, &self.engine, &self.config)?;
+        let pairs: Vec<(&[u32], HookPoint)> =
+            plan.iter().flat_map(|(&point, group)| group.iter().map(move |a| (a.ids.as_slice(), point))).collect();
+        let mut acts = self.activations(&pairs).await?.into_iter();
+        let mut tensors = vec![];
+        for (&point, group) in &plan {
+            let group_acts: Vec<Arc<Activation>> = acts.by_ref().take(group.len()).collect();
+            let shape = [group_acts[0].len, group_acts[0].d];
+            let sum = steering::sum(point, group, group_acts.iter().map(|a| a.values.as_slice()))?;
+            tensors.push((point, shape, sum));
         }
-        if req.additions.len() > self.config.max_prompts {
-            return Err(ActivationError::invalid("additions", format!("at most {} additions", self.config.max_prompts)).into());
-        }
-        let mut tokenised = vec![];
-        let mut points = std::collections::BTreeMap::new();
-        for (i, a) in req.additions.iter().enumerate() {
-            let point = hook_point(req.hook, a.layer, n_layer, &format!("additions[{i}]"))?;
-            if !a.coeff.is_finite() {
-                return Err(ActivationError::invalid(format!("additions[{i}].coeff"), "must be finite").into());
-            }
-            let ids = self.encode_prompt(&a.prompt, req.use_bos, &format!("additions[{i}].prompt"))?;
-            points.insert(a.layer as usize, point);
-            tokenised.push((a.layer as usize, a.coeff, ids));
-        }
-        let plan = steering::plan(&tokenised, req.strict_lengths)?;
         let (tx, rx) = mpsc::channel(16);
         let this = self.clone();
         tokio::spawn(async move {
-            // Tokens of every addition, in request order.
+            // Tokens of every addition, in request order, then a tensor per hook point.
             let mut all: Vec<&steering::PlannedAddition> = plan.values().flatten().collect();
             all.sort_by_key(|a| a.index);
             for a in all {
@@ -224,33 +200,12 @@ impl ActivationService for ActivationWorker {
                     tokens: Some(this.tokens(&a.ids)),
                     padding: a.padding as u32,
                 });
-                if tx.send(Ok(GetSteeringTensorsResponse { event: Some(ev) })).await.is_err() {
+                if !send(&tx, GetSteeringTensorsResponse { event: Some(ev) }).await {
                     return;
                 }
             }
-            for (layer, group) in &plan {
-                let point = points[layer];
-                let mut sum: Option<Vec<f32>> = None;
-                let (mut k, mut d) = (0, 0);
-                for a in group {
-                    let act = match this.activation(a.ids.clone(), point).await {
-                        Ok(x) => x,
-                        Err(e) => {
-                            let _ = tx.send(Err(e.into())).await;
-                            return;
-                        }
-                    };
-                    (k, d) = (act.len, act.d);
-                    let s = sum.get_or_insert_with(|| vec![0f32; act.values.len()]);
-                    for (o, v) in s.iter_mut().zip(&act.values) {
-                        *o += (a.coeff * *v as f64) as f32;
-                    }
-                }
-                let values = sum.unwrap_or_default();
-                let (h, chunks) = wire::encode(this.wire_dtype(), &values, &[k, d], Some(proto_point(point)), 0);
-                let wrap_h = |h| GetSteeringTensorsResponse { event: Some(get_steering_tensors_response::Event::Header(h)) };
-                let wrap_c = |c| GetSteeringTensorsResponse { event: Some(get_steering_tensors_response::Event::Chunk(c)) };
-                if !send_tensor(&tx, h, chunks, wrap_h, wrap_c).await {
+            for (point, shape, values) in tensors {
+                if !this.send_tensor(&tx, &values, shape, point, 0).await {
                     return;
                 }
             }
@@ -263,7 +218,7 @@ impl ActivationService for ActivationWorker {
         &self,
         _request: Request<ActivationServiceGetModelInfoRequest>,
     ) -> Result<Response<ActivationServiceGetModelInfoResponse>, Status> {
-        let mut info = model_info(&self.engine);
+        let mut info = convert::model_info(&self.engine);
         let s = self.cache.stats();
         info.cache = Some(steer_proto::v1::CacheStats {
             hits: s.hits,
@@ -274,23 +229,5 @@ impl ActivationService for ActivationWorker {
             evictions: s.evictions,
         });
         Ok(Response::new(ActivationServiceGetModelInfoResponse { info: Some(info) }))
-    }
-}
-
-/// The proto `ModelInfo` of a loaded engine (without service-specific fields).
-pub fn model_info(engine: &Engine) -> ModelInfo {
-    let i = engine.info();
-    ModelInfo {
-        name: i.name.clone(),
-        revision: i.revision.clone(),
-        n_layer: i.n_layer as u32,
-        d_model: i.d_model as u32,
-        n_head: i.n_head as u32,
-        vocab_size: i.vocab_size as u32,
-        n_positions: i.n_positions as u32,
-        dtype: wire::dtype_of_name(&i.dtype) as i32,
-        cache: None,
-        max_new_tokens: 0,
-        max_comparisons: 0,
     }
 }

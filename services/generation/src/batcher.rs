@@ -13,8 +13,9 @@ use steer_proto::v1::{generate_response, FinishReason as PFinish, GenerateRespon
 use tokio::sync::mpsc;
 use tonic::Status;
 
-use crate::error::GenerationError;
+use steer_common::ServiceError;
 use steer_telemetry::Metrics;
+
 use crate::validation::ValidRequest;
 
 pub type Events = mpsc::Sender<Result<GenerateResponse, Status>>;
@@ -68,15 +69,17 @@ impl Batcher {
         self.depth.load(Ordering::SeqCst)
     }
 
-    pub fn submit(&self, request: ValidRequest, events: Events, deadline: Option<Instant>) -> Result<(), GenerationError> {
+    pub fn submit(&self, request: ValidRequest, events: Events, deadline: Option<Instant>) -> Result<(), ServiceError> {
         let d = self.depth.fetch_add(1, Ordering::SeqCst) + 1;
         self.metrics.queue_depth.set(d as i64);
         let job = Job { request, events, queued_at: Instant::now(), deadline };
         self.queue.try_send(job).map_err(|e| {
             self.depth.fetch_sub(1, Ordering::SeqCst);
             match e {
-                std::sync::mpsc::TrySendError::Full(_) => GenerationError::QueueFull(self.max_queue),
-                std::sync::mpsc::TrySendError::Disconnected(_) => GenerationError::Unavailable,
+                std::sync::mpsc::TrySendError::Full(_) => {
+                    ServiceError::ResourceExhausted(format!("queue full ({} requests waiting)", self.max_queue))
+                }
+                std::sync::mpsc::TrySendError::Disconnected(_) => ServiceError::Unavailable("generation workers are shut down".into()),
             }
         })
     }
@@ -89,7 +92,7 @@ fn run_job(engine: &Engine, job: Job, worker: &str, metrics: &Metrics) {
     }
     let past_deadline = || deadline.is_some_and(|d| Instant::now() >= d);
     if past_deadline() {
-        let _ = events.blocking_send(Err(Status::deadline_exceeded("deadline passed while queued")));
+        let _ = events.blocking_send(Err(ServiceError::DeadlineExceeded("deadline passed while queued".into()).into()));
         return;
     }
     let mut timed_out = false;
@@ -141,7 +144,7 @@ fn run_job(engine: &Engine, job: Job, worker: &str, metrics: &Metrics) {
     match result {
         Ok(outputs) if timed_out => {
             let n: usize = outputs.iter().map(|o| o.tokens.len()).sum();
-            let _ = events.blocking_send(Err(Status::deadline_exceeded(format!("deadline passed after {n} tokens"))));
+            let _ = events.blocking_send(Err(ServiceError::DeadlineExceeded(format!("deadline passed after {n} tokens")).into()));
         }
         Ok(outputs) => {
             for (row, out) in outputs.iter().enumerate() {
@@ -171,7 +174,7 @@ fn run_job(engine: &Engine, job: Job, worker: &str, metrics: &Metrics) {
             }
         }
         Err(e) => {
-            let _ = events.blocking_send(Err(GenerationError::from(e).into()));
+            let _ = events.blocking_send(Err(ServiceError::from(e).into()));
         }
     }
 }

@@ -1,25 +1,26 @@
-//! The `steer.v1.GenerationService` implementation.
+//! The `steer.v1.GenerationService` handlers: read the request (read.rs), validate it once
+//! (validation.rs), queue it (batcher.rs), stream the events back.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use steer_common::convert;
 use steer_model::Engine;
 use steer_proto::v1::generation_service_server::{GenerationService, GenerationServiceServer};
-use std::pin::Pin;
-
 use steer_proto::v1::{
-    generate_from_tensors_response, generate_request, generate_response, GenerateFromTensorsRequest,
-    GenerateFromTensorsResponse, GenerateRequest, GenerateResponse, GenerationServiceGetModelInfoRequest,
-    GenerationServiceGetModelInfoResponse, TensorChunk,
+    generate_from_tensors_response, generate_response, GenerateFromTensorsRequest, GenerateFromTensorsResponse, GenerateRequest,
+    GenerateResponse, GenerationServiceGetModelInfoRequest, GenerationServiceGetModelInfoResponse,
 };
-use tokio_stream::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::batcher::Batcher;
 use crate::config::GenerationConfig;
-use crate::error::GenerationError;
-use crate::validation;
+use crate::read::{self, ReadLimits};
+use crate::validation::{self, ValidRequest};
 
 /// Generates unsteered and steered completions with one loaded model.
 #[derive(Clone)]
@@ -27,12 +28,15 @@ pub struct GenerationWorker {
     engine: Arc<Engine>,
     batcher: Arc<Batcher>,
     config: GenerationConfig,
+    limits: ReadLimits,
 }
 
 impl GenerationWorker {
     pub fn new(engine: Arc<Engine>, config: GenerationConfig, metrics: Arc<steer_telemetry::Metrics>) -> Self {
         let batcher = Arc::new(Batcher::new(engine.clone(), config.slots, config.max_queue, config.worker_id.clone(), metrics));
-        Self { engine, batcher, config }
+        let info = engine.info();
+        let limits = ReadLimits { max_tensors: config.max_tensors, max_tensor_bytes: (info.n_positions * info.d_model * 4) as u64 };
+        Self { engine, batcher, config, limits }
     }
 
     pub fn into_server(self) -> GenerationServiceServer<Self> {
@@ -42,19 +46,28 @@ impl GenerationWorker {
     pub fn queue_depth(&self) -> usize {
         self.batcher.depth()
     }
+
+    /// Queues a valid request; its events come back on the returned stream.
+    fn submit(&self, valid: ValidRequest, deadline: Option<Instant>) -> Result<ReceiverStream<Result<GenerateResponse, Status>>, Status> {
+        tracing::info!(rows = valid.rows.len(), max_new = valid.max_new_tokens, prompt_tokens = valid.prompt_tokens, "queued");
+        // Enough room for a step of every row, so the engine rarely waits on the network.
+        let (tx, rx) = mpsc::channel(2 * valid.rows.len() + 8);
+        self.batcher.submit(valid, tx, deadline)?;
+        Ok(ReceiverStream::new(rx))
+    }
 }
 
-/// Most bytes of steering tensors inline in one GenerateFromTensors request.
-const MAX_INLINE_BYTES: usize = 3 << 20;
-
-/// The client's deadline (`grpc-timeout`: digits and a unit, H M S m u n). tonic applies it to
-/// the response headers only; a stream is held to it here, by the engine loop.
-fn grpc_timeout(md: &tonic::metadata::MetadataMap) -> Option<std::time::Duration> {
+/// The client's deadline (`grpc-timeout`: at most 8 digits and a unit, H M S m u n, per the
+/// gRPC spec; anything else is ignored). tonic applies it to the response headers only; a
+/// stream is held to it by the engine loop.
+fn deadline(md: &tonic::metadata::MetadataMap) -> Option<Instant> {
     let v = md.get("grpc-timeout")?.to_str().ok()?;
     let (num, unit) = v.split_at(v.len().checked_sub(1)?);
+    if num.is_empty() || num.len() > 8 || !num.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     let n: u64 = num.parse().ok()?;
-    use std::time::Duration;
-    Some(match unit {
+    let timeout = match unit {
         "H" => Duration::from_secs(n * 3600),
         "M" => Duration::from_secs(n * 60),
         "S" => Duration::from_secs(n),
@@ -62,7 +75,8 @@ fn grpc_timeout(md: &tonic::metadata::MetadataMap) -> Option<std::time::Duration
         "u" => Duration::from_micros(n),
         "n" => Duration::from_nanos(n),
         _ => return None,
-    })
+    };
+    Instant::now().checked_add(timeout)
 }
 
 #[tonic::async_trait]
@@ -72,14 +86,10 @@ impl GenerationService for GenerationWorker {
 
     #[tracing::instrument(skip(self, request), fields(model = %self.engine.info().name))]
     async fn generate(&self, request: Request<Streaming<GenerateRequest>>) -> Result<Response<Self::GenerateStream>, Status> {
-        let deadline = grpc_timeout(request.metadata()).map(|t| std::time::Instant::now() + t);
-        let stream = request.into_inner();
-        let valid = validation::read_request(&self.engine, &self.config, stream).await?;
-        tracing::info!(rows = valid.rows.len(), max_new = valid.max_new_tokens, prompt_tokens = valid.prompt_tokens, "queued");
-        // Enough room for a step of every row, so the engine rarely waits on the network.
-        let (tx, rx) = mpsc::channel(2 * valid.rows.len() + 8);
-        self.batcher.submit(valid, tx, deadline)?;
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let deadline = deadline(request.metadata());
+        let raw = read::from_stream(request.into_inner(), &self.limits).await?;
+        let valid = validation::validate(raw, &self.engine, &self.config)?;
+        Ok(Response::new(self.submit(valid, deadline)?))
     }
 
     #[tracing::instrument(skip(self, request), fields(model = %self.engine.info().name))]
@@ -87,25 +97,10 @@ impl GenerationService for GenerationWorker {
         &self,
         request: Request<GenerateFromTensorsRequest>,
     ) -> Result<Response<Self::GenerateFromTensorsStream>, Status> {
-        let deadline = grpc_timeout(request.metadata()).map(|t| std::time::Instant::now() + t);
-        let req = request.into_inner();
-        let total: usize = req.tensors.iter().map(|t| t.data.len()).sum();
-        if total > MAX_INLINE_BYTES {
-            return Err(GenerationError::invalid("tensors", format!("{total} bytes inline; at most {MAX_INLINE_BYTES} (use Generate)")).into());
-        }
-        // The same request as a Generate stream: one validation path for both.
-        let mut msgs = vec![GenerateRequest { msg: req.setup.map(generate_request::Msg::Setup) }];
-        for t in req.tensors {
-            msgs.push(GenerateRequest { msg: t.header.map(generate_request::Msg::Tensor) });
-            for (i, data) in t.data.chunks(steer_proto::wire::MAX_CHUNK_BYTES).enumerate() {
-                let chunk = TensorChunk { offset: (i * steer_proto::wire::MAX_CHUNK_BYTES) as u64, data: data.to_vec() };
-                msgs.push(GenerateRequest { msg: Some(generate_request::Msg::Chunk(chunk)) });
-            }
-        }
-        let valid = validation::read_request(&self.engine, &self.config, tokio_stream::iter(msgs.into_iter().map(Ok))).await?;
-        let (tx, rx) = mpsc::channel(2 * valid.rows.len() + 8);
-        self.batcher.submit(valid, tx, deadline)?;
-        let out = ReceiverStream::new(rx).map(|r| {
+        let deadline = deadline(request.metadata());
+        let raw = read::from_inline(request.into_inner(), &self.limits)?;
+        let valid = validation::validate(raw, &self.engine, &self.config)?;
+        let out = self.submit(valid, deadline)?.map(|r| {
             r.map(|g| GenerateFromTensorsResponse {
                 event: g.event.map(|e| match e {
                     generate_response::Event::Token(t) => generate_from_tensors_response::Event::Token(t),
@@ -121,9 +116,29 @@ impl GenerationService for GenerationWorker {
         &self,
         _request: Request<GenerationServiceGetModelInfoRequest>,
     ) -> Result<Response<GenerationServiceGetModelInfoResponse>, Status> {
-        let mut info = steer_activation::service::model_info(&self.engine);
+        let mut info = convert::model_info(&self.engine);
         info.max_new_tokens = self.config.max_new_tokens as u32;
         info.max_comparisons = self.config.max_comparisons as u32;
         Ok(Response::new(GenerationServiceGetModelInfoResponse { info: Some(info) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timeout(v: &str) -> Option<Duration> {
+        let mut md = tonic::metadata::MetadataMap::new();
+        md.insert("grpc-timeout", v.parse().unwrap());
+        deadline(&md).map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    #[test]
+    fn grpc_timeout_is_parsed_per_the_spec_and_never_overflows() {
+        assert!(timeout("300m").unwrap() <= Duration::from_millis(300));
+        assert!(timeout("99999999H").unwrap() > Duration::from_secs(3600 * 24 * 365));
+        assert_eq!(timeout("18446744073709551615S"), None, "more than 8 digits");
+        assert_eq!(timeout("-1S"), None);
+        assert_eq!(timeout("5x"), None);
     }
 }

@@ -1,16 +1,16 @@
-//! Turns a raw `Generate` request stream into a typed, valid job, once, at the edge (as TGI's
-//! router does): the engine never sees a raw request.
+//! A read request (`read::RawRequest`) checked once, at the edge (as TGI's router does), into a
+//! typed [`ValidRequest`]: token ids, engine sampling settings, typed additions (hook, k,
+//! values) and the paired rows. The batcher and the engine trust it.
 
-use steer_activation::service::hook_point;
+use std::sync::Arc;
+
+use steer_common::{convert, ServiceError};
 use steer_model::tokenizer::SPACE;
-use steer_model::{Addition, Device, Engine, RowRequest, SamplingParams, Tensor};
-use steer_proto::v1::{generate_request, GenerateRequest, GenerateSetup, ShortPrompt};
-use steer_proto::wire::{self, TensorAssembler};
-use tokio_stream::{Stream, StreamExt};
-use tonic::Status;
+use steer_model::{Addition, Engine, RowRequest, SamplingParams};
+use steer_proto::v1::{Dtype, GenerateSetup, ShortPrompt};
 
 use crate::config::GenerationConfig;
-use crate::error::GenerationError;
+use crate::read::{RawRequest, WireTensor};
 
 /// A request ready for the engine.
 #[derive(Debug, Clone)]
@@ -24,100 +24,81 @@ pub struct ValidRequest {
     pub prompt_tokens: usize,
 }
 
-pub fn sampling(setup: &GenerateSetup) -> Result<SamplingParams, GenerationError> {
-    let s = setup.sampling.clone().unwrap_or_default();
-    let p = SamplingParams {
-        temperature: s.temperature,
-        top_k: (s.top_k > 0).then_some(s.top_k as usize),
-        top_p: s.top_p,
-        repetition_penalty: if s.repetition_penalty == 0.0 { 1.0 } else { s.repetition_penalty },
-        frequency_penalty: s.frequency_penalty,
-        presence_penalty: s.presence_penalty,
-    };
-    p.validate()?;
-    Ok(p)
-}
-
-/// Reads and checks the whole request stream: the setup, then `n_tensors` tensors.
-pub async fn read_request<S>(engine: &Engine, cfg: &GenerationConfig, mut stream: S) -> Result<ValidRequest, GenerationError>
-where
-    S: Stream<Item = Result<GenerateRequest, Status>> + Unpin,
-{
+/// Checks everything the engine relies on, naming the field that is wrong.
+pub fn validate(raw: RawRequest, engine: &Engine, cfg: &GenerationConfig) -> Result<ValidRequest, ServiceError> {
+    let RawRequest { setup, tensors } = raw;
     let info = engine.info();
-    let setup = match stream.next().await {
-        Some(Ok(GenerateRequest { msg: Some(generate_request::Msg::Setup(s)) })) => s,
-        Some(Ok(_)) => return Err(GenerationError::invalid("setup", "the first message must be a GenerateSetup")),
-        Some(Err(s)) => return Err(GenerationError::Stream(s)),
-        None => return Err(GenerationError::invalid("setup", "empty request stream")),
-    };
     if setup.prompt.is_empty() {
-        return Err(GenerationError::invalid("setup.prompt", "empty prompt"));
+        return Err(ServiceError::invalid("setup.prompt", "empty prompt"));
     }
     let n = setup.n_comparisons as usize;
     if n == 0 || n > cfg.max_comparisons {
-        return Err(GenerationError::invalid("setup.n_comparisons", format!("{n}: must be in 1..={}", cfg.max_comparisons)));
+        return Err(ServiceError::invalid("setup.n_comparisons", format!("{n}: must be in 1..={}", cfg.max_comparisons)));
     }
     let max_new = setup.max_new_tokens as usize;
     if max_new == 0 || max_new > cfg.max_new_tokens {
-        return Err(GenerationError::invalid("setup.max_new_tokens", format!("{max_new}: must be in 1..={}", cfg.max_new_tokens)));
+        return Err(ServiceError::invalid("setup.max_new_tokens", format!("{max_new}: must be in 1..={}", cfg.max_new_tokens)));
     }
-    let sampling = sampling(&setup)?;
+    let top_logprobs = setup.top_logprobs as usize;
+    if top_logprobs > cfg.max_top_logprobs {
+        return Err(ServiceError::invalid("setup.top_logprobs", format!("{top_logprobs}: at most {}", cfg.max_top_logprobs)));
+    }
+    if tensors.len() != setup.n_tensors as usize {
+        return Err(ServiceError::invalid("tensors", format!("{} tensors, setup.n_tensors says {}", tensors.len(), setup.n_tensors)));
+    }
+    let sampling = convert::sampling(&setup.sampling.unwrap_or_default()).map_err(|e| prefixed("setup.", e))?;
+    let additions = tensors.into_iter().enumerate().map(|(i, t)| addition(t, engine, &format!("tensors[{i}]"))).collect::<Result<Vec<_>, _>>()?;
+    let prompt = prompt(&setup, engine, &additions)?;
+    if prompt.len() + max_new > info.n_positions {
+        return Err(ServiceError::invalid(
+            "setup.max_new_tokens",
+            format!("prompt ({}) + new tokens ({max_new}) exceed the model's {} positions", prompt.len(), info.n_positions),
+        ));
+    }
+    let (rows, n_unsteered) = pair_rows(&prompt, &sampling, n, setup.seed, &additions, setup.skip_unsteered);
+    Ok(ValidRequest { rows, n_unsteered, max_new_tokens: max_new, stop_at_eos: !setup.ignore_eos, top_logprobs, prompt_tokens: prompt.len() })
+}
+
+/// `sampling.top_p: ...` as `setup.sampling.top_p: ...`.
+fn prefixed(prefix: &str, e: ServiceError) -> ServiceError {
+    match e {
+        ServiceError::InvalidArgument { field, reason } => ServiceError::invalid(format!("{prefix}{field}"), reason),
+        ServiceError::Model(steer_model::ModelError::InvalidArgument { field, reason }) => {
+            ServiceError::invalid(format!("{prefix}{field}"), reason)
+        }
+        other => other,
+    }
+}
+
+/// A steering tensor: the model's dtype on the wire, `[k, d_model]` with k >= 1, a real hook
+/// point, finite values.
+fn addition(t: WireTensor, engine: &Engine, field: &str) -> Result<Addition, ServiceError> {
+    let info = engine.info();
+    let h = &t.header;
+    let model_dtype = convert::proto_dtype(info.dtype);
+    if h.dtype != model_dtype as i32 {
+        let got = Dtype::try_from(h.dtype).map_or_else(|_| h.dtype.to_string(), |d| d.as_str_name().to_string());
+        return Err(ServiceError::invalid(format!("{field}.dtype"), format!("{got}, the model runs in {}", model_dtype.as_str_name())));
+    }
+    if h.shape.len() != 2 || h.shape[0] == 0 || h.shape[1] != info.d_model as u64 {
+        return Err(ServiceError::invalid(format!("{field}.shape"), format!("{:?}: expected [k, {}] (d_model) with k >= 1", h.shape, info.d_model)));
+    }
+    let point = h.point.unwrap_or_default();
+    let hook = convert::hook_point(point.hook, point.layer, info.n_layer, &format!("{field}.point"))?;
+    if t.values.iter().any(|v| !v.is_finite()) {
+        return Err(ServiceError::invalid(format!("{field}.data"), "NaN or Inf in the steering tensor"));
+    }
+    Ok(Addition::new(hook, h.shape[0] as usize, Arc::<[f32]>::from(t.values)))
+}
+
+/// The prompt's ids; one shorter than the steering is an error, or padded with spaces after
+/// BOS (`short_prompt = PAD`).
+fn prompt(setup: &GenerateSetup, engine: &Engine, additions: &[Addition]) -> Result<Vec<u32>, ServiceError> {
     let mut prompt = engine.encode(&setup.prompt, setup.use_bos)?;
-
-    // The steering tensors.
-    let model_dtype = wire::dtype_of_name(&info.dtype);
-    let mut additions: Vec<Addition> = vec![];
-    for i in 0..setup.n_tensors as usize {
-        let field = format!("tensors[{i}]");
-        let header = match stream.next().await {
-            Some(Ok(GenerateRequest { msg: Some(generate_request::Msg::Tensor(h)) })) => h,
-            Some(Ok(_)) => return Err(GenerationError::invalid(&field, "expected a TensorHeader")),
-            Some(Err(s)) => return Err(GenerationError::Stream(s)),
-            None => return Err(GenerationError::invalid(&field, format!("stream ended after {i} of {} tensors", setup.n_tensors))),
-        };
-        if header.dtype != model_dtype as i32 {
-            return Err(GenerationError::invalid(
-                format!("{field}.dtype"),
-                format!("{:?}, the model runs in {}", steer_proto::v1::Dtype::try_from(header.dtype), info.dtype),
-            ));
-        }
-        if header.shape.len() != 2 || header.shape[1] != info.d_model as u64 {
-            return Err(GenerationError::invalid(
-                format!("{field}.shape"),
-                format!("{:?}: expected [k, {}] (d_model)", header.shape, info.d_model),
-            ));
-        }
-        let point = header.point.clone().unwrap_or_default();
-        let hook = hook_point(point.hook, point.layer, info.n_layer, &format!("{field}.point"))?;
-        let mut asm = TensorAssembler::new(header).map_err(|e| GenerationError::invalid(&field, e.to_string()))?;
-        while !asm.is_complete() {
-            match stream.next().await {
-                Some(Ok(GenerateRequest { msg: Some(generate_request::Msg::Chunk(c)) })) => {
-                    asm.push(&c).map_err(|e| GenerationError::invalid(format!("{field}.chunks"), e.to_string()))?
-                }
-                Some(Ok(_)) => return Err(GenerationError::invalid(format!("{field}.chunks"), "chunks do not add up to the declared shape")),
-                Some(Err(s)) => return Err(GenerationError::Stream(s)),
-                None => return Err(GenerationError::invalid(format!("{field}.chunks"), "stream ended before the declared bytes")),
-            }
-        }
-        let (h, _, values) = asm.finish_f32().map_err(|e| GenerationError::invalid(format!("{field}.chunks"), e.to_string()))?;
-        if values.iter().any(|v| !v.is_finite()) {
-            return Err(GenerationError::invalid(format!("{field}.data"), "NaN or Inf in the steering tensor"));
-        }
-        let k = h.shape[0] as usize;
-        let tensor = Tensor::from_vec(values, (k, info.d_model), &Device::Cpu).map_err(steer_model::ModelError::from)?;
-        additions.push(Addition { hook, tensor });
-    }
-
-    // A prompt shorter than the steering: error, or pad with spaces after BOS.
-    let k_max = additions.iter().map(|a| a.tensor.dims()[0]).max().unwrap_or(0);
+    let k_max = additions.iter().map(|a| a.k).max().unwrap_or(0);
     if k_max > prompt.len() {
-        if setup.short_prompt == ShortPrompt::Pad as i32 {
-            let at = usize::from(setup.use_bos);
-            let pad = k_max - prompt.len();
-            prompt.splice(at..at, std::iter::repeat_n(SPACE, pad));
-        } else {
-            return Err(GenerationError::invalid(
+        if setup.short_prompt != ShortPrompt::Pad as i32 {
+            return Err(ServiceError::invalid(
                 "setup.prompt",
                 format!(
                     "the prompt ({} tokens) is shorter than the steering tensor ({k_max} positions); use short_prompt = PAD to pad it",
@@ -125,30 +106,54 @@ where
                 ),
             ));
         }
+        let at = usize::from(setup.use_bos);
+        let pad = k_max - prompt.len();
+        prompt.splice(at..at, std::iter::repeat_n(SPACE, pad));
     }
-    if prompt.len() + max_new > info.n_positions {
-        return Err(GenerationError::invalid(
-            "setup.max_new_tokens",
-            format!("prompt ({}) + new tokens ({max_new}) exceed the model's {} positions", prompt.len(), info.n_positions),
-        ));
-    }
-    for a in &additions {
-        engine.check_addition(a, prompt.len())?;
-    }
+    Ok(prompt)
+}
 
-    let row = |seed: u64, additions: Vec<Addition>| RowRequest { prompt: prompt.clone(), additions, sampling: sampling.clone(), seed };
+/// The rows of a comparison: `n` unsteered (unless skipped), then `n` steered; row i of each
+/// side has seed `seed + i`, so unsteered row i and steered row i share a seed. Returns the rows
+/// and how many are unsteered.
+pub fn pair_rows(
+    prompt: &[u32],
+    sampling: &SamplingParams,
+    n: usize,
+    seed: u64,
+    additions: &[Addition],
+    skip_unsteered: bool,
+) -> (Vec<RowRequest>, usize) {
+    let row = |i: usize, additions: Vec<Addition>| RowRequest {
+        prompt: prompt.to_vec(),
+        additions,
+        sampling: sampling.clone(),
+        seed: seed.wrapping_add(i as u64),
+    };
     let mut rows = vec![];
-    if !setup.skip_unsteered {
-        rows.extend((0..n).map(|i| row(setup.seed.wrapping_add(i as u64), vec![])));
+    if !skip_unsteered {
+        rows.extend((0..n).map(|i| row(i, vec![])));
     }
     let n_unsteered = rows.len();
-    rows.extend((0..n).map(|i| row(setup.seed.wrapping_add(i as u64), additions.clone())));
-    Ok(ValidRequest {
-        rows,
-        n_unsteered,
-        max_new_tokens: max_new,
-        stop_at_eos: !setup.ignore_eos,
-        top_logprobs: setup.top_logprobs.min(20) as usize,
-        prompt_tokens: prompt.len(),
-    })
+    rows.extend((0..n).map(|i| row(i, additions.to_vec())));
+    (rows, n_unsteered)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use steer_model::HookPoint;
+
+    #[test]
+    fn rows_pair_by_seed_and_steering_is_shared() {
+        let add = Addition::new(HookPoint::ResidPre(1), 1, vec![0.5f32; 4]);
+        let (rows, n_unsteered) = pair_rows(&[1, 2], &SamplingParams::default(), 3, 10, &[add], false);
+        assert_eq!(n_unsteered, 3);
+        let seeds: Vec<u64> = rows.iter().map(|r| r.seed).collect();
+        assert_eq!(seeds, vec![10, 11, 12, 10, 11, 12]);
+        assert!(rows[..3].iter().all(|r| r.additions.is_empty()));
+        assert!(rows[3].additions[0].same_as(&rows[5].additions[0]), "one copy of the values for every steered row");
+        let (rows, n_unsteered) = pair_rows(&[1], &SamplingParams::default(), 2, u64::MAX, &[], true);
+        assert_eq!((rows.len(), n_unsteered, rows[1].seed), (2, 0, 0));
+    }
 }

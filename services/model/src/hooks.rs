@@ -11,10 +11,54 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{ModelError, Result};
+
+/// The two conventions for "layer L", named explicitly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HookKind {
+    /// The stream entering block L (ActAdd's convention, the default).
+    ResidPre,
+    /// The stream leaving block L (ARENA/nnsight, llama.cpp, repeng).
+    BlockOutput,
+}
+
+impl HookKind {
+    pub fn at(self, layer: usize) -> HookPoint {
+        match self {
+            HookKind::ResidPre => HookPoint::ResidPre(layer),
+            HookKind::BlockOutput => HookPoint::BlockOutput(layer),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            HookKind::ResidPre => "resid_pre",
+            HookKind::BlockOutput => "block_output",
+        }
+    }
+}
+
+impl fmt::Display for HookKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for HookKind {
+    type Err = ModelError;
+    /// `resid_pre` or `block_output` (`-` for `_`, any case). The one parser of hook names.
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().replace('-', "_").as_str() {
+            "resid_pre" => Ok(HookKind::ResidPre),
+            "block_output" => Ok(HookKind::BlockOutput),
+            _ => Err(ModelError::invalid("hook", format!("`{s}`: expected resid_pre or block_output"))),
+        }
+    }
+}
 
 /// A point on the residual stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -26,6 +70,13 @@ pub enum HookPoint {
 }
 
 impl HookPoint {
+    pub fn kind(self) -> HookKind {
+        match self {
+            HookPoint::ResidPre(_) => HookKind::ResidPre,
+            HookPoint::BlockOutput(_) => HookKind::BlockOutput,
+        }
+    }
+
     pub fn layer(self) -> usize {
         match self {
             HookPoint::ResidPre(l) | HookPoint::BlockOutput(l) => l,
@@ -43,10 +94,7 @@ impl HookPoint {
     /// Checks the layer against the model depth.
     pub fn check(self, n_layer: usize) -> Result<()> {
         if self.layer() >= n_layer {
-            return Err(ModelError::invalid(
-                "layer",
-                format!("{self}: layer must be in 0..{n_layer}"),
-            ));
+            return Err(ModelError::invalid("layer", format!("{self}: layer must be in 0..{n_layer}")));
         }
         Ok(())
     }
@@ -54,10 +102,7 @@ impl HookPoint {
 
 impl fmt::Display for HookPoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            HookPoint::ResidPre(l) => write!(f, "resid_pre.{l}"),
-            HookPoint::BlockOutput(l) => write!(f, "block_output.{l}"),
-        }
+        write!(f, "{}.{}", self.kind(), self.layer())
     }
 }
 
@@ -68,20 +113,43 @@ impl FromStr for HookPoint {
         let bad = || ModelError::invalid("hook", format!("`{s}`: expected resid_pre.L or block_output.L"));
         let (kind, layer) = s.split_once(['.', ':']).ok_or_else(bad)?;
         let layer: usize = layer.parse().map_err(|_| bad())?;
-        match kind.replace('-', "_").as_str() {
-            "resid_pre" => Ok(HookPoint::ResidPre(layer)),
-            "block_output" => Ok(HookPoint::BlockOutput(layer)),
-            _ => Err(bad()),
-        }
+        Ok(kind.parse::<HookKind>().map_err(|_| bad())?.at(layer))
     }
 }
 
-/// One steering addition for one row: `tensor` ([k, d_model]) is added at positions 0..k-1 of
-/// the row's prompt (BOS included when present), at `hook`, in the prefill pass only.
+/// One steering addition for one row: a `[k, d_model]` f32 tensor, row-major on the host,
+/// added at positions 0..k-1 of the row's prompt (BOS included when present), at `hook`, in the
+/// prefill pass only. The values are shared (`Arc`) by every row that carries them.
+///
+/// The engine trusts its additions: the services validate them once, at their edge (layer in
+/// range, `k <= prompt length`, finite values); the engine only `debug_assert`s.
 #[derive(Debug, Clone)]
 pub struct Addition {
     pub hook: HookPoint,
-    pub tensor: Tensor,
+    /// Positions covered.
+    pub k: usize,
+    /// `k * d_model` values.
+    pub values: Arc<[f32]>,
+}
+
+impl Addition {
+    pub fn new(hook: HookPoint, k: usize, values: impl Into<Arc<[f32]>>) -> Self {
+        let values = values.into();
+        debug_assert!(k > 0 && values.len() % k == 0, "{} values for k = {k}", values.len());
+        Self { hook, k, values }
+    }
+
+    /// From a `[k, d]` tensor of any float dtype (e.g. a capture).
+    pub fn from_tensor(hook: HookPoint, t: &Tensor) -> Result<Self> {
+        let (k, _) = t.dims2()?;
+        let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        Ok(Self::new(hook, k, values))
+    }
+
+    /// True when both carry the very same values (shared, not compared element by element).
+    pub fn same_as(&self, other: &Addition) -> bool {
+        self.hook == other.hook && self.k == other.k && Arc::ptr_eq(&self.values, &other.values)
+    }
 }
 
 /// The additions of one batched forward, resolved per stream into a `[B, T, d]` delta that is
@@ -106,20 +174,12 @@ impl Additions {
         let mut host: BTreeMap<usize, Vec<f32>> = BTreeMap::new();
         for (row, adds) in rows.iter().enumerate() {
             for add in adds.iter() {
-                let (k, d) = add.tensor.dims2()?;
-                if d != d_model {
-                    return Err(ModelError::invalid("tensor.shape", format!("d_model {d}, model has {d_model}")));
-                }
-                if offsets[row] + k > seq_len {
-                    return Err(ModelError::invalid(
-                        "tensor.shape",
-                        format!("steering tensor of {k} positions is longer than the prompt ({} tokens)", seq_len - offsets[row]),
-                    ));
-                }
-                let values = add.tensor.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                let k = add.k;
+                debug_assert_eq!(add.values.len(), k * d_model, "steering tensor at {} is not [k, d_model]", add.hook);
+                debug_assert!(offsets[row] + k <= seq_len, "steering tensor longer than row {row}'s prompt");
                 let delta = host.entry(add.hook.stream()).or_insert_with(|| vec![0f32; b * seq_len * d_model]);
                 let start = (row * seq_len + offsets[row]) * d_model;
-                for (dst, src) in delta[start..start + k * d_model].iter_mut().zip(&values) {
+                for (dst, src) in delta[start..start + k * d_model].iter_mut().zip(add.values.iter()) {
                     *dst += src;
                 }
             }
@@ -197,6 +257,12 @@ mod tests {
         assert_eq!("resid_pre.6".parse::<HookPoint>().unwrap(), HookPoint::ResidPre(6));
         assert_eq!("block-output:3".parse::<HookPoint>().unwrap(), HookPoint::BlockOutput(3));
         assert!("resid_mid.3".parse::<HookPoint>().is_err());
+        assert_eq!("Block-Output".parse::<HookKind>().unwrap(), HookKind::BlockOutput);
+        assert!("resid".parse::<HookKind>().is_err());
+        for p in [HookPoint::ResidPre(2), HookPoint::BlockOutput(0)] {
+            assert_eq!(p.to_string().parse::<HookPoint>().unwrap(), p);
+            assert_eq!(p.kind().at(p.layer()), p);
+        }
         assert!(HookPoint::ResidPre(4).check(4).is_err());
         assert!(HookPoint::BlockOutput(3).check(4).is_ok());
     }
@@ -204,8 +270,7 @@ mod tests {
     #[test]
     fn additions_land_at_each_rows_offset() {
         let dev = Device::Cpu;
-        let t = Tensor::new(&[[1f32, 2.], [3., 4.]], &dev).unwrap();
-        let add = [Addition { hook: HookPoint::ResidPre(1), tensor: t }];
+        let add = [Addition::new(HookPoint::ResidPre(1), 2, vec![1f32, 2., 3., 4.])];
         let rows: [&[Addition]; 2] = [&[], &add];
         let a = Additions::build(&rows, &[0, 1], 4, 2, DType::F32, &dev).unwrap().unwrap();
         let delta = a.at_stream(1).unwrap().to_vec3::<f32>().unwrap();
@@ -214,8 +279,5 @@ mod tests {
         assert!(a.at_stream(0).is_none());
         let none: [&[Addition]; 2] = [&[], &[]];
         assert!(Additions::build(&none, &[0, 0], 4, 2, DType::F32, &dev).unwrap().is_none());
-        // Longer than the prompt.
-        let rows: [&[Addition]; 1] = [&add];
-        assert!(Additions::build(&rows, &[3], 4, 2, DType::F32, &dev).is_err());
     }
 }

@@ -1,12 +1,13 @@
 //! `steer-model`: GPT-2 in candle with hook points on the residual stream, a KV cache, batched
 //! generation of rows of different lengths, and the sampler ActAdd uses. No gRPC in here.
 //!
-//! - [`config`]: `config.json`; [`gpt2`]: the network; [`hooks`]: capture/add on the residual stream;
+//! - [`config`]: `config.json`; [`dtype`]: the weights' element type; [`gpt2`]: the network; [`hooks`]: capture/add on the residual stream;
 //! - [`kv_cache`]; [`kernels`]: CPU kernels for decode shapes; [`sampler`]: next-token rules;
 //! - [`tokenizer`]; [`source`]: local directory or hub; [`weights`]: safetensors I/O;
 //! - [`random`]: random checkpoints for tests and benchmarks; [`engine`]: the API the services use.
 
 pub mod config;
+pub mod dtype;
 pub mod engine;
 pub mod error;
 pub mod gpt2;
@@ -20,11 +21,13 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use config::Config;
+pub use dtype::WeightDtype;
 pub use engine::{Engine, FinishReason, GenerateOptions, LoadOptions, ModelInfo, RowOutput, RowRequest, TokenEvent};
 pub use error::{ModelError, Result};
-pub use hooks::{Addition, HookPoint};
+pub use hooks::{Addition, HookKind, HookPoint};
 pub use sampler::SamplingParams;
 pub use source::{HubOptions, ModelSource};
 pub use tokenizer::Gpt2Tokenizer;
 
+pub use candle_core;
 pub use candle_core::{DType, Device, Tensor};

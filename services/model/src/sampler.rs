@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
 
-/// Sampling settings of one row. `Default` is the post's: T = 1, top_p = 0.3, frequency penalty 1.
+/// Sampling settings of one row. `Default` is neutral: plain sampling at T = 1, no filters, no
+/// penalties. The named settings users ask for (the post's, the ARENA seed's) are built in one
+/// place, `steer_proto::sampling`, and reach the engine through the services.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SamplingParams {
     /// 0 = greedy.
@@ -31,39 +33,13 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        Self {
-            temperature: 1.0,
-            top_k: None,
-            top_p: Some(0.3),
-            repetition_penalty: 1.0,
-            frequency_penalty: 1.0,
-            presence_penalty: 0.0,
-        }
+        Self { temperature: 1.0, top_k: None, top_p: None, repetition_penalty: 1.0, frequency_penalty: 0.0, presence_penalty: 0.0 }
     }
 }
 
 impl SamplingParams {
     pub fn greedy() -> Self {
-        Self {
-            temperature: 0.0,
-            top_k: None,
-            top_p: None,
-            repetition_penalty: 1.0,
-            frequency_penalty: 0.0,
-            presence_penalty: 0.0,
-        }
-    }
-
-    /// The ARENA notebook's settings: top_p 0.3, repetition_penalty 1.2.
-    pub fn arena() -> Self {
-        Self {
-            temperature: 1.0,
-            top_k: None,
-            top_p: Some(0.3),
-            repetition_penalty: 1.2,
-            frequency_penalty: 0.0,
-            presence_penalty: 0.0,
-        }
+        Self { temperature: 0.0, ..Self::default() }
     }
 
     pub fn validate(&self) -> Result<()> {

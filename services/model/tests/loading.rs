@@ -64,11 +64,12 @@ fn prefixed_weight_names_load_identically() {
 fn f16_and_bf16_are_selectable_and_close_to_f32() {
     let f32e = Engine::load(&ModelSource::Dir(tiny()), &LoadOptions::default()).unwrap();
     let base = logits(&f32e);
-    for (dtype, tol) in [(steer_model::DType::F16, 0.05f32), (steer_model::DType::BF16, 0.3)] {
+    for (dtype, tol) in [(steer_model::WeightDtype::F16, 0.05f32), (steer_model::WeightDtype::Bf16, 0.3)] {
         let e = Engine::load(&ModelSource::Dir(tiny()), &LoadOptions { dtype, ..Default::default() }).unwrap();
         let l = logits(&e);
         let worst = l.iter().flatten().zip(base.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert!(worst < tol, "{dtype:?}: max logit error {worst}");
+        assert!(worst < tol, "{dtype}: max logit error {worst}");
+        assert_eq!(e.info().dtype, dtype);
     }
 }
 

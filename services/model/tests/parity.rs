@@ -170,7 +170,7 @@ fn actadd_steering_tensor_and_steered_greedy_match_hugging_face() {
         let prompt = ids(&a["prompt_ids"]);
         let golden_tensor = Tensor::new(want, &steer_model::Device::Cpu).unwrap();
         for tensor in [steer, golden_tensor] {
-            let rows = greedy_rows(&[prompt.clone()], vec![vec![Addition { hook, tensor }]]);
+            let rows = greedy_rows(&[prompt.clone()], vec![vec![Addition::from_tensor(hook, &tensor).unwrap()]]);
             let steered = run(&e, &rows, 20, true);
             assert_eq!(steered[0], ids(&a["steered_greedy"]), "{hook}");
             assert_eq!(run(&e, &rows, 20, false), steered, "{hook}: cache vs recompute");

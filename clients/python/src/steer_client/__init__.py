@@ -25,9 +25,29 @@ from steer.v1 import activation_pb2, activation_pb2_grpc  # noqa: E402
 from steer.v1 import generation_pb2, generation_pb2_grpc  # noqa: E402
 from steer.v1 import tensor_pb2  # noqa: E402
 
-__all__ = ["SteerClient", "Completion", "activation_pb2", "generation_pb2", "tensor_pb2"]
+__all__ = ["SteerClient", "Completion", "POST", "SEED", "activation_pb2", "generation_pb2", "tensor_pb2"]
 
 HOOKS = {"resid_pre": tensor_pb2.HOOK_RESID_PRE, "block_output": tensor_pb2.HOOK_BLOCK_OUTPUT}
+
+# The named sampling settings, spelled out once here (as SamplingParameters::post()/seed() are in
+# the Rust crates); every method starts from one of them and applies the keywords given.
+#: The ActAdd post's: temperature 1, top_p 0.3, TransformerLens frequency penalty 1.
+POST = {"temperature": 1.0, "top_p": 0.3, "top_k": 0, "repetition_penalty": 1.0, "frequency_penalty": 1.0,
+        "presence_penalty": 0.0}
+#: The ARENA seed's: temperature 1, top_p 0.3, Hugging Face repetition penalty 1.2.
+SEED = {**POST, "repetition_penalty": 1.2, "frequency_penalty": 0.0}
+
+
+def _sampling(preset, overrides):
+    unknown = set(overrides) - set(POST)
+    if unknown:
+        raise TypeError(f"unknown sampling keywords: {sorted(unknown)} (known: {sorted(POST)})")
+    params = {**preset, **overrides}
+    top_p = params.pop("top_p")
+    sampling = generation_pb2.SamplingParameters(**params)
+    if top_p is not None:
+        sampling.top_p = top_p
+    return sampling
 
 
 @dataclass
@@ -89,14 +109,13 @@ class SteerClient:
         return tensors
 
     def generate_stream(self, prompt: str, tensors: Sequence[SteeringTensor], n_tokens=50, n_comparisons=3,
-                        use_bos=True, seed=0, temperature=1.0, top_p: Optional[float] = 0.3, top_k=0,
-                        repetition_penalty=1.0, frequency_penalty=1.0, timeout=None):
-        """Yields GenerateResponse events (TokenEvent or RowFinished) as the server streams them."""
-        sampling = generation_pb2.SamplingParameters(
-            temperature=temperature, top_k=top_k, repetition_penalty=repetition_penalty,
-            frequency_penalty=frequency_penalty)
-        if top_p is not None:
-            sampling.top_p = top_p
+                        use_bos=True, seed=0, preset=POST, timeout=None, **sampling):
+        """Yields GenerateResponse events (TokenEvent or RowFinished) as the server streams them.
+
+        Sampling starts from `preset` (POST or SEED); keywords temperature, top_p, top_k,
+        repetition_penalty, frequency_penalty, presence_penalty override it.
+        """
+        sampling = _sampling(preset, sampling)
         setup = generation_pb2.GenerateSetup(
             prompt=prompt, use_bos=use_bos, sampling=sampling, n_comparisons=n_comparisons,
             max_new_tokens=n_tokens, seed=seed, n_tensors=len(tensors))
@@ -115,8 +134,8 @@ class SteerClient:
                                             use_bos=True, hook="resid_pre", strict_lengths=False, **sampling):
         """Returns (unsteered_completions, steered_completions), lists of strings, as the seed does.
 
-        `activation_additions` is a list of (layer, coeff, text). Sampling keywords: seed,
-        temperature, top_p, top_k, repetition_penalty, frequency_penalty.
+        `activation_additions` is a list of (layer, coeff, text). Keywords: seed, preset (POST, the
+        default, or SEED), and the sampling keywords of generate_stream.
         """
         unsteered, steered = self.run(prompt, activation_additions, n_tokens, n_comparisons, use_bos, hook,
                                       strict_lengths, **sampling)

@@ -1,7 +1,8 @@
-//! Named experiments: the ARENA seed's three examples and the post's demonstrations.
+//! Named experiments: the ARENA seed's three examples (with [`RunOptions::seed`]) and the
+//! post's demonstrations (with the post's settings, `RunOptions::default()`), for GPT-2-XL's 48
+//! layers; [`scale_layers`] maps them onto a shallower model.
 
-use steer_client::v1::{Hook, SamplingParameters};
-use steer_client::{AdditionSpec, RunOptions};
+use crate::{AdditionSpec, RunOptions};
 
 pub struct Preset {
     pub name: &'static str,
@@ -9,33 +10,6 @@ pub struct Preset {
     pub prompt: &'static str,
     pub additions: Vec<AdditionSpec>,
     pub options: RunOptions,
-}
-
-/// The ARENA exercise: BLOCK_OUTPUT, top_p 0.3, repetition_penalty 1.2, 50 tokens, 3 comparisons,
-/// contrast prompts of equal token length (strict, as the seed asserts).
-fn arena(use_bos: bool) -> RunOptions {
-    RunOptions {
-        hook: Hook::BlockOutput,
-        use_bos,
-        n_tokens: 50,
-        n_comparisons: 3,
-        seed: 0,
-        sampling: SamplingParameters {
-            temperature: 1.0,
-            top_p: Some(0.3),
-            top_k: 0,
-            repetition_penalty: 1.2,
-            frequency_penalty: 0.0,
-            presence_penalty: 0.0,
-        },
-        strict_lengths: true,
-        top_logprobs: 0,
-    }
-}
-
-/// The post: RESID_PRE, BOS, space padding, top_p 0.3, frequency_penalty 1.0, temperature 1.0.
-fn post() -> RunOptions {
-    RunOptions::default()
 }
 
 fn pair(layer: u32, coeff: f64, plus: &str, minus: &str) -> Vec<AdditionSpec> {
@@ -49,21 +23,21 @@ pub fn all() -> Vec<Preset> {
             description: "ARENA: Love/Hate at the output of block 6, +-8, with BOS",
             prompt: "I hate you because",
             additions: pair(6, 8.0, "Love ", "Hate"),
-            options: arena(true),
+            options: RunOptions::seed(true),
         },
         Preset {
             name: "weddings",
             description: "ARENA: weddings at the output of block 20, +-4",
             prompt: "I went up to my friend and said",
             additions: pair(20, 4.0, "I talk about weddings constantly  ", "I do not talk about weddings constantly"),
-            options: arena(false),
+            options: RunOptions::seed(false),
         },
         Preset {
             name: "eiffel",
             description: "ARENA: Eiffel Tower in Rome at the output of block 24, +-10",
             prompt: "To see the eiffel tower, people flock to",
             additions: pair(24, 10.0, "The Eiffel Tower is in Rome", "The Eiffel Tower is in France"),
-            options: arena(false),
+            options: RunOptions::seed(false),
         },
     ];
     let post_demos: [(&str, &str, &str, &str, u32, f64); 12] = [
@@ -100,7 +74,7 @@ pub fn all() -> Vec<Preset> {
             description: "the post's demonstrations table (RESID_PRE, BOS, space padding)",
             prompt,
             additions: pair(layer, coeff, plus, minus),
-            options: post(),
+            options: RunOptions::default(),
         });
     }
     v.push(Preset {
@@ -108,14 +82,14 @@ pub fn all() -> Vec<Preset> {
         description: "the post: an unpaired addition (fails by design)",
         prompt: "I hate you because",
         additions: vec![AdditionSpec::new(6, 10.0, "Love")],
-        options: post(),
+        options: RunOptions::default(),
     });
     v.push(Preset {
         name: "post-15",
         description: "the post: two steering vectors at two layers",
         prompt: "I hate you because",
         additions: [pair(6, 5.0, "Love", "Hate"), pair(15, 5.0, " wedding", " ")].concat(),
-        options: post(),
+        options: RunOptions::default(),
     });
     v
 }

@@ -8,8 +8,8 @@ use std::task::{Context, Poll};
 use tonic::body::Body;
 use tonic::codegen::{http, BoxFuture, Service};
 
-const INDEX: &str = include_str!("../../web/index.html");
-const APP: &str = include_str!("../../web/app.js");
+const INDEX: &str = include_str!("../../../clients/web/index.html");
+const APP: &str = include_str!("../../../clients/web/app.js");
 
 fn page(path: &str) -> Option<http::Response<Body>> {
     let (ctype, body) = match path {

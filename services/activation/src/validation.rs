@@ -1,0 +1,76 @@
+//! ActivationService requests checked once, at the edge, into typed values: token ids, hook
+//! points, the padded steering plan. The handlers and the engine trust what comes out.
+
+use steer_common::{convert, ServiceError};
+use steer_model::{Engine, HookPoint};
+use steer_proto::v1::{GetActivationsRequest, GetSteeringTensorsRequest};
+
+use crate::config::ActivationConfig;
+use crate::steering::{self, Plan};
+
+/// A valid GetActivations: every prompt at every point.
+#[derive(Debug, Clone)]
+pub struct ValidActivations {
+    pub prompts: Vec<Vec<u32>>,
+    /// Distinct, in request order.
+    pub points: Vec<HookPoint>,
+}
+
+pub fn activations(req: &GetActivationsRequest, engine: &Engine, cfg: &ActivationConfig) -> Result<ValidActivations, ServiceError> {
+    let n_layer = engine.info().n_layer;
+    count("prompts", req.prompts.len(), cfg.max_prompts, "prompts")?;
+    count("points", req.points.len(), cfg.max_points, "hook points")?;
+    let mut points = vec![];
+    for (i, p) in req.points.iter().enumerate() {
+        let point = convert::hook_point(p.hook, p.layer, n_layer, &format!("points[{i}]"))?;
+        if !points.contains(&point) {
+            points.push(point);
+        }
+    }
+    let mut prompts = vec![];
+    for (i, text) in req.prompts.iter().enumerate() {
+        let field = format!("prompts[{i}]");
+        let ids = encode(engine, text, req.use_bos, &field)?;
+        if ids.is_empty() {
+            return Err(ServiceError::invalid(field, "empty prompt"));
+        }
+        prompts.push(ids);
+    }
+    Ok(ValidActivations { prompts, points })
+}
+
+/// A valid GetSteeringTensors: the additions tokenised, grouped by hook point and padded.
+pub fn steering(req: &GetSteeringTensorsRequest, engine: &Engine, cfg: &ActivationConfig) -> Result<Plan, ServiceError> {
+    let n_layer = engine.info().n_layer;
+    count("additions", req.additions.len(), cfg.max_prompts, "activation additions")?;
+    let mut tokenised = vec![];
+    for (i, a) in req.additions.iter().enumerate() {
+        let field = format!("additions[{i}]");
+        let point = convert::hook_point(req.hook, a.layer, n_layer, &field)?;
+        if !a.coeff.is_finite() {
+            return Err(ServiceError::invalid(format!("{field}.coeff"), "must be finite"));
+        }
+        let ids = encode(engine, &a.prompt, req.use_bos, &format!("{field}.prompt"))?;
+        tokenised.push((point, a.coeff, ids));
+    }
+    steering::plan(&tokenised, req.strict_lengths)
+}
+
+fn count(field: &str, n: usize, max: usize, what: &str) -> Result<(), ServiceError> {
+    if n == 0 {
+        return Err(ServiceError::invalid(field, format!("no {what}: at least one is needed")));
+    }
+    if n > max {
+        return Err(ServiceError::invalid(field, format!("{n} {what}; at most {max}")));
+    }
+    Ok(())
+}
+
+fn encode(engine: &Engine, text: &str, use_bos: bool, field: &str) -> Result<Vec<u32>, ServiceError> {
+    let ids = engine.encode(text, use_bos)?;
+    let n = engine.info().n_positions;
+    if ids.len() > n {
+        return Err(ServiceError::invalid(field, format!("{} tokens exceed the model's {n} positions", ids.len())));
+    }
+    Ok(ids)
+}

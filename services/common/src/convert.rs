@@ -1,0 +1,109 @@
+//! Between the contract (`steer_proto::v1`) and the engine (`steer_model`): hook points, the
+//! weights' dtype, sampling settings and model info, each converted here and nowhere else.
+//! Conversions from the wire check what they convert and name the request field that is wrong.
+
+use steer_model::{Engine, HookKind, HookPoint, SamplingParams, WeightDtype};
+use steer_proto::v1::{self, Dtype, Hook};
+
+use crate::error::ServiceError;
+
+/// A proto hook kind; UNSPECIFIED means RESID_PRE (ActAdd's convention).
+pub fn hook_kind(hook: i32, field: &str) -> Result<HookKind, ServiceError> {
+    match Hook::try_from(hook) {
+        Ok(Hook::Unspecified | Hook::ResidPre) => Ok(HookKind::ResidPre),
+        Ok(Hook::BlockOutput) => Ok(HookKind::BlockOutput),
+        Err(_) => Err(ServiceError::invalid(field, format!("unknown hook {hook}"))),
+    }
+}
+
+/// A proto hook kind and layer, checked against the model's depth; `field` names the message
+/// (errors name `{field}.hook` or `{field}.layer`).
+pub fn hook_point(hook: i32, layer: u32, n_layer: usize, field: &str) -> Result<HookPoint, ServiceError> {
+    let kind = hook_kind(hook, &format!("{field}.hook"))?;
+    if layer as usize >= n_layer {
+        return Err(ServiceError::invalid(format!("{field}.layer"), format!("{layer}: must be in 0..{n_layer}")));
+    }
+    Ok(kind.at(layer as usize))
+}
+
+pub fn proto_hook(kind: HookKind) -> Hook {
+    match kind {
+        HookKind::ResidPre => Hook::ResidPre,
+        HookKind::BlockOutput => Hook::BlockOutput,
+    }
+}
+
+pub fn proto_point(p: HookPoint) -> v1::HookPoint {
+    v1::HookPoint { hook: proto_hook(p.kind()) as i32, layer: p.layer() as u32 }
+}
+
+pub fn proto_dtype(d: WeightDtype) -> Dtype {
+    match d {
+        WeightDtype::F32 => Dtype::F32,
+        WeightDtype::F16 => Dtype::F16,
+        WeightDtype::Bf16 => Dtype::Bf16,
+    }
+}
+
+/// Proto sampling settings as the engine's, validated (errors name `sampling.<field>`).
+/// Proto zeros mean "off": `top_k` 0 = no top-k, `repetition_penalty` 0 = 1.
+pub fn sampling(s: &v1::SamplingParameters) -> Result<SamplingParams, ServiceError> {
+    let p = SamplingParams {
+        temperature: s.temperature,
+        top_k: (s.top_k > 0).then_some(s.top_k as usize),
+        top_p: s.top_p,
+        repetition_penalty: if s.repetition_penalty == 0.0 { 1.0 } else { s.repetition_penalty },
+        frequency_penalty: s.frequency_penalty,
+        presence_penalty: s.presence_penalty,
+    };
+    p.validate()?;
+    Ok(p)
+}
+
+/// The proto `ModelInfo` of a loaded engine (without service-specific fields).
+pub fn model_info(engine: &Engine) -> v1::ModelInfo {
+    let i = engine.info();
+    v1::ModelInfo {
+        name: i.name.clone(),
+        revision: i.revision.clone(),
+        n_layer: i.n_layer as u32,
+        d_model: i.d_model as u32,
+        n_head: i.n_head as u32,
+        vocab_size: i.vocab_size as u32,
+        n_positions: i.n_positions as u32,
+        dtype: proto_dtype(i.dtype) as i32,
+        cache: None,
+        max_new_tokens: 0,
+        max_comparisons: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hook_points_round_trip_and_bad_ones_name_the_field() {
+        for p in [HookPoint::ResidPre(0), HookPoint::BlockOutput(3)] {
+            let q = proto_point(p);
+            assert_eq!(hook_point(q.hook, q.layer, 4, "x").unwrap(), p);
+        }
+        assert_eq!(hook_point(Hook::Unspecified as i32, 2, 4, "x").unwrap(), HookPoint::ResidPre(2));
+        assert!(hook_point(1, 4, 4, "tensors[0].point").unwrap_err().to_string().starts_with("tensors[0].point.layer"));
+        assert!(hook_point(7, 0, 4, "additions[1]").unwrap_err().to_string().starts_with("additions[1].hook"));
+    }
+
+    #[test]
+    fn dtypes_map_one_to_one() {
+        let mapped: Vec<Dtype> = WeightDtype::ALL.iter().map(|&d| proto_dtype(d)).collect();
+        assert_eq!(mapped, vec![Dtype::F32, Dtype::F16, Dtype::Bf16]);
+    }
+
+    #[test]
+    fn sampling_zeros_mean_off_and_bad_values_name_the_field() {
+        let p = sampling(&v1::SamplingParameters::post()).unwrap();
+        assert_eq!((p.top_k, p.top_p, p.repetition_penalty, p.frequency_penalty), (None, Some(0.3), 1.0, 1.0));
+        let bad = v1::SamplingParameters { top_p: Some(1.5), ..v1::SamplingParameters::post() };
+        assert!(sampling(&bad).unwrap_err().to_string().contains("sampling.top_p"));
+    }
+}

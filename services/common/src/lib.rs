@@ -1,0 +1,8 @@
+//! `steer-common`: what the activation and generation workers share, so each concept has one
+//! home: the conversions between the contract's types and the engine's ([`convert`]), and the
+//! services' one error type with its one mapping to `tonic::Status` ([`error`]).
+
+pub mod convert;
+pub mod error;
+
+pub use error::ServiceError;

@@ -1,0 +1,118 @@
+//! The gate in front of each service: UNAVAILABLE until the model has loaded, then every call
+//! goes through [`Gate::observe`]: a span with the request id (taken from `x-request-id` or
+//! made, and echoed back), the latency histogram and the request counter by code.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use steer_activation::ActivationWorker;
+use steer_generation::GenerationWorker;
+use steer_proto::v1::activation_service_server::ActivationService;
+use steer_proto::v1::generation_service_server::GenerationService;
+use steer_proto::v1::{
+    ActivationServiceGetModelInfoRequest, ActivationServiceGetModelInfoResponse, GenerateFromTensorsRequest, GenerateRequest,
+    GenerationServiceGetModelInfoRequest, GenerationServiceGetModelInfoResponse, GetActivationsRequest, GetSteeringTensorsRequest,
+};
+use steer_telemetry::Metrics;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+
+/// A service whose worker exists once the model has loaded.
+pub struct Gate<W> {
+    pub(crate) worker: Arc<OnceLock<W>>,
+    metrics: Arc<Metrics>,
+    service: &'static str,
+}
+
+impl<W> Clone for Gate<W> {
+    fn clone(&self) -> Self {
+        Self { worker: self.worker.clone(), metrics: self.metrics.clone(), service: self.service }
+    }
+}
+
+static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);
+
+impl<W> Gate<W> {
+    pub(crate) fn new(metrics: Arc<Metrics>, service: &'static str) -> Self {
+        Self { worker: Arc::new(OnceLock::new()), metrics, service }
+    }
+
+    fn get(&self) -> Result<&W, Status> {
+        self.worker.get().ok_or_else(|| Status::unavailable("the model is still loading"))
+    }
+
+    async fn observe<Req, T, F, Fut>(&self, method: &'static str, req: Request<Req>, call: F) -> Result<Response<T>, Status>
+    where
+        W: Clone,
+        F: FnOnce(W, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let id = req
+            .metadata()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("{:x}", REQUEST_IDS.fetch_add(1, Ordering::Relaxed)));
+        let span = tracing::info_span!("rpc", service = self.service, method, request_id = %id);
+        let started = std::time::Instant::now();
+        let result = async {
+            let worker = self.get()?.clone();
+            call(worker, req).await
+        }
+        .instrument(span.clone())
+        .await;
+        let code = match &result {
+            Ok(_) => tonic::Code::Ok,
+            Err(s) => s.code(),
+        };
+        span.in_scope(|| tracing::info!(code = ?code, ms = started.elapsed().as_secs_f64() * 1e3, "rpc"));
+        self.metrics.latency.with_label_values(&[self.service, method]).observe(started.elapsed().as_secs_f64());
+        self.metrics.requests.with_label_values(&[self.service, method, &format!("{code:?}")]).inc();
+        result.map(|mut r| {
+            if let Ok(v) = id.parse() {
+                r.metadata_mut().insert("x-request-id", v);
+            }
+            r
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl ActivationService for Gate<ActivationWorker> {
+    type GetActivationsStream = <ActivationWorker as ActivationService>::GetActivationsStream;
+    type GetSteeringTensorsStream = <ActivationWorker as ActivationService>::GetSteeringTensorsStream;
+    async fn get_activations(&self, r: Request<GetActivationsRequest>) -> Result<Response<Self::GetActivationsStream>, Status> {
+        self.observe("GetActivations", r, |w, r| async move { w.get_activations(r).await }).await
+    }
+    async fn get_steering_tensors(&self, r: Request<GetSteeringTensorsRequest>) -> Result<Response<Self::GetSteeringTensorsStream>, Status> {
+        self.observe("GetSteeringTensors", r, |w, r| async move { w.get_steering_tensors(r).await }).await
+    }
+    async fn get_model_info(
+        &self,
+        r: Request<ActivationServiceGetModelInfoRequest>,
+    ) -> Result<Response<ActivationServiceGetModelInfoResponse>, Status> {
+        self.observe("GetModelInfo", r, |w, r| async move { ActivationService::get_model_info(&w, r).await }).await
+    }
+}
+
+#[tonic::async_trait]
+impl GenerationService for Gate<GenerationWorker> {
+    type GenerateStream = <GenerationWorker as GenerationService>::GenerateStream;
+    type GenerateFromTensorsStream = <GenerationWorker as GenerationService>::GenerateFromTensorsStream;
+    async fn generate(&self, r: Request<Streaming<GenerateRequest>>) -> Result<Response<Self::GenerateStream>, Status> {
+        self.observe("Generate", r, |w, r| async move { w.generate(r).await }).await
+    }
+    async fn generate_from_tensors(
+        &self,
+        r: Request<GenerateFromTensorsRequest>,
+    ) -> Result<Response<Self::GenerateFromTensorsStream>, Status> {
+        self.observe("GenerateFromTensors", r, |w, r| async move { w.generate_from_tensors(r).await }).await
+    }
+    async fn get_model_info(
+        &self,
+        r: Request<GenerationServiceGetModelInfoRequest>,
+    ) -> Result<Response<GenerationServiceGetModelInfoResponse>, Status> {
+        self.observe("GetModelInfo", r, |w, r| async move { GenerationService::get_model_info(&w, r).await }).await
+    }
+}

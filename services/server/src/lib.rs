@@ -1,0 +1,20 @@
+//! `steer-server`: the serving process as a library. Both services (or one, per [`Role`]) behind
+//! a gate that answers UNAVAILABLE until the model has loaded, grpc.health.v1 and reflection,
+//! gRPC-Web and the dashboard on the same port, metrics, and a bounded drain on shutdown.
+//!
+//! [`config`] -> [`services`] (workers, health, metrics) -> [`gate`] (per-RPC span, metrics)
+//! -> [`serve`] (the transport, the process's life) and [`local`] (an embedded loopback server).
+
+pub mod config;
+pub mod dashboard;
+pub mod error;
+pub mod gate;
+pub mod local;
+pub mod serve;
+pub mod services;
+
+pub use config::{Role, ServeConfig};
+pub use error::ServerError;
+pub use local::LocalServer;
+pub use serve::{run, serve, shutdown_signal};
+pub use services::Services;

@@ -1,0 +1,81 @@
+//! The services of one process, before and after the model loads: health reports NOT_SERVING
+//! until [`Services::ready`], then SERVING, and NOT_SERVING again while draining.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use steer_activation::ActivationWorker;
+use steer_generation::GenerationWorker;
+use steer_model::Engine;
+use steer_telemetry::Metrics;
+use tonic_health::pb::health_server::{Health, HealthServer};
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+
+use crate::config::ServeConfig;
+use crate::gate::Gate;
+
+pub(crate) const ACTIVATION: &str = "steer.v1.ActivationService";
+pub(crate) const GENERATION: &str = "steer.v1.GenerationService";
+
+pub struct Services {
+    pub(crate) cfg: ServeConfig,
+    pub metrics: Arc<Metrics>,
+    pub(crate) activation: Gate<ActivationWorker>,
+    pub(crate) generation: Gate<GenerationWorker>,
+    reporter: HealthReporter,
+}
+
+impl Services {
+    pub async fn new(cfg: ServeConfig) -> (Self, HealthServer<impl Health>) {
+        let (reporter, health) = tonic_health::server::health_reporter();
+        for name in ["", ACTIVATION, GENERATION] {
+            reporter.set_service_status(name, ServingStatus::NotServing).await;
+        }
+        let metrics = Metrics::new();
+        let s = Self {
+            cfg,
+            activation: Gate::new(metrics.clone(), ACTIVATION),
+            generation: Gate::new(metrics.clone(), GENERATION),
+            metrics,
+            reporter,
+        };
+        (s, health)
+    }
+
+    /// Installs the workers on the loaded engine and reports SERVING.
+    pub async fn ready(&self, engine: Arc<Engine>) {
+        let role = self.cfg.role;
+        if role.activation() {
+            let _ = self.activation.worker.set(ActivationWorker::new(engine.clone(), self.cfg.activation.clone()));
+            self.reporter.set_service_status(ACTIVATION, ServingStatus::Serving).await;
+        }
+        if role.generation() {
+            let _ = self.generation.worker.set(GenerationWorker::new(engine, self.cfg.generation.clone(), self.metrics.clone()));
+            self.reporter.set_service_status(GENERATION, ServingStatus::Serving).await;
+        }
+        self.reporter.set_service_status("", ServingStatus::Serving).await;
+    }
+
+    /// Serves `/metrics` on `addr`; activation-cache gauges are refreshed at each scrape.
+    pub async fn serve_metrics(&self, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+        let (metrics, act) = (self.metrics.clone(), self.activation.worker.clone());
+        steer_telemetry::serve_metrics(addr, self.metrics.clone(), move || {
+            if let Some(w) = act.get() {
+                let s = w.cache().stats();
+                metrics.cache_hits.set(s.hits as i64);
+                metrics.cache_misses.set(s.misses as i64);
+                metrics.cache_bytes.set(s.bytes as i64);
+                metrics.cache_entries.set(s.entries as i64);
+            }
+        })
+        .await
+    }
+
+    /// Reports NOT_SERVING (on shutdown, so load balancers stop sending).
+    pub async fn draining(&self) {
+        for name in ["", ACTIVATION, GENERATION] {
+            self.reporter.set_service_status(name, ServingStatus::NotServing).await;
+        }
+    }
+}
