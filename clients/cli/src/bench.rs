@@ -96,9 +96,18 @@ async fn grpc(engine: Engine, tokens: usize) -> Result<()> {
         AdditionSpec::new(layer, -4.0, "I do not talk about weddings constantly"),
     ];
     let opts = RunOptions { n_tokens: tokens as u32, n_comparisons: 3, ..RunOptions::default() };
-    let t = Instant::now();
+    // Cold: the weddings pair with a distinct suffix each time, so every request misses the cache
+    // (one batched capture forward of both prompts).
+    let mut cold = vec![];
+    for i in 0..5 {
+        let fresh: Vec<AdditionSpec> = adds.iter().map(|a| AdditionSpec::new(a.layer, a.coeff, format!("{} {i}", a.prompt))).collect();
+        let t = Instant::now();
+        client.steering_tensors(&fresh, &opts).await?;
+        cold.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let shown: Vec<String> = cold.iter().map(|ms| format!("{ms:.0}")).collect();
+    println!("steering tensors (weddings pair), cold cache: median {:.1} ms ({} ms)", percentile(&mut cold, 0.5), shown.join(", "));
     let tensors = client.steering_tensors(&adds, &opts).await?;
-    println!("steering tensors (weddings pair), cold cache: {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
     let mut lat = vec![];
     for _ in 0..200 {
         let t = Instant::now();
