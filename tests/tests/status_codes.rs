@@ -57,11 +57,15 @@ async fn invalid_argument_from_the_generation_service_is_not_retried_and_keeps_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resource_exhausted_from_a_full_queue_reaches_the_caller() {
+    let long = RunOptions { n_tokens: 200, n_comparisons: 8, ..RunOptions::default() };
     let mut cfg = ServeConfig::default();
     cfg.generation.max_queue = 1;
+    // The KV budget holds exactly one such request ("I hate you because" is 5 tokens with BOS),
+    // and A's client reads so little that A stays in the batch (stall timeout far away).
+    cfg.generation.max_batch_tokens = 16 * (5 + 200);
+    cfg.generation.stall_timeout = std::time::Duration::from_secs(600);
     let (server, client) = start_with(engine(), cfg).await;
-    let long = RunOptions { n_tokens: 200, n_comparisons: 8, ..RunOptions::default() };
-    // A occupies the one engine slot (its first token proves it left the queue) ...
+    // A holds the budget (its first token proves it was admitted) ...
     let mut a = client.generate_stream("I hate you because", &[], &long).await.unwrap();
     assert!(matches!(a.next().await.unwrap().unwrap().event, Some(generate_response::Event::Token(_))));
     // ... B waits in the one queue place, so C is refused at once.

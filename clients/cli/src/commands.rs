@@ -28,13 +28,27 @@ pub struct ServeArgs {
     /// Activation cache size in MiB.
     #[arg(long, default_value_t = 512)]
     cache_mib: usize,
-    /// Engine threads generating at once.
-    #[arg(long, default_value_t = 1)]
-    slots: usize,
+    /// Most new tokens per row.
     #[arg(long, default_value_t = 256)]
     max_new_tokens: usize,
+    /// Most comparisons (rows per side) per request.
     #[arg(long, default_value_t = 16)]
     max_comparisons: usize,
+    /// Requests waiting to join the running batch; more get RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 32, env = "STEER_MAX_QUEUE")]
+    max_queue: usize,
+    /// Most rows decoding at once, over all requests.
+    #[arg(long, default_value_t = 32, env = "STEER_MAX_BATCH_ROWS")]
+    max_batch_rows: usize,
+    /// Most KV positions the running rows may reserve (prompt + max new tokens per row).
+    #[arg(long, default_value_t = 8192, env = "STEER_MAX_BATCH_TOKENS")]
+    max_batch_tokens: usize,
+    /// Prompt tokens prefilled per iteration while others decode (at least one request).
+    #[arg(long, default_value_t = 512, env = "STEER_MAX_PREFILL_TOKENS")]
+    max_prefill_tokens: usize,
+    /// Seconds a client may read nothing before its request is cancelled (ABORTED).
+    #[arg(long, default_value_t = 10.0, env = "STEER_STALL_TIMEOUT_SECS")]
+    stall_timeout_secs: f64,
     /// Seconds open streams may run after SIGTERM/Ctrl-C.
     #[arg(long, default_value_t = 10)]
     grace_secs: u64,
@@ -50,9 +64,14 @@ impl ServeArgs {
     fn config(&self, role: Role) -> ServeConfig {
         let mut c = ServeConfig { role, grace: std::time::Duration::from_secs(self.grace_secs), ..Default::default() };
         c.activation.cache_bytes = self.cache_mib << 20;
-        c.generation.slots = self.slots;
-        c.generation.max_new_tokens = self.max_new_tokens;
-        c.generation.max_comparisons = self.max_comparisons;
+        let g = &mut c.generation;
+        g.max_new_tokens = self.max_new_tokens;
+        g.max_comparisons = self.max_comparisons;
+        g.max_queue = self.max_queue;
+        g.max_batch_rows = self.max_batch_rows;
+        g.max_batch_tokens = self.max_batch_tokens;
+        g.max_prefill_tokens = self.max_prefill_tokens;
+        g.stall_timeout = std::time::Duration::from_secs_f64(self.stall_timeout_secs.max(0.0));
         c.generation.worker_id = self.worker_id.clone().unwrap_or_else(|| {
             let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
             if host.is_empty() { self.addr.clone() } else { format!("{host}/{}", self.addr) }

@@ -18,6 +18,9 @@ pub enum ServiceError {
     /// The worker cannot serve now (loading, shutting down): UNAVAILABLE; try another.
     #[error("{0}")]
     Unavailable(String),
+    /// The worker gave up on a request (its client stopped reading): ABORTED.
+    #[error("{0}")]
+    Aborted(String),
     /// The client's deadline passed: DEADLINE_EXCEEDED.
     #[error("{0}")]
     DeadlineExceeded(String),
@@ -46,6 +49,7 @@ impl From<ServiceError> for Status {
             ServiceError::ResourceExhausted(m) => Status::resource_exhausted(m),
             ServiceError::Unavailable(m) => Status::unavailable(m),
             ServiceError::DeadlineExceeded(m) => Status::deadline_exceeded(m),
+            ServiceError::Aborted(m) => Status::aborted(m),
             ServiceError::Stream(s) => s,
             ServiceError::Model(ModelError::NotFound(m)) => Status::not_found(m),
             ServiceError::Model(e @ ModelError::Hub { .. }) => Status::unavailable(e.to_string()),
@@ -79,6 +83,7 @@ mod tests {
             (ServiceError::ResourceExhausted("queue full".into()), Code::ResourceExhausted),
             (ServiceError::Unavailable("loading".into()), Code::Unavailable),
             (ServiceError::DeadlineExceeded("late".into()), Code::DeadlineExceeded),
+            (ServiceError::Aborted("stalled".into()), Code::Aborted),
             (ServiceError::Stream(Status::aborted("client")), Code::Aborted),
             (ServiceError::Internal("lost".into()), Code::Internal),
             (ModelError::invalid("layer", "9").into(), Code::InvalidArgument),

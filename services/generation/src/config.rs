@@ -10,10 +10,19 @@ pub struct GenerationConfig {
     pub max_tensors: usize,
     /// Most alternatives reported with each token (`top_logprobs`).
     pub max_top_logprobs: usize,
-    /// Requests waiting for an engine slot before new ones get RESOURCE_EXHAUSTED.
+    /// Requests waiting to join the running batch before new ones get RESOURCE_EXHAUSTED.
     pub max_queue: usize,
-    /// Engine threads generating at once (each runs one request's batch).
-    pub slots: usize,
+    /// Most rows decoding at once, over all requests.
+    pub max_batch_rows: usize,
+    /// Most KV positions the running rows may reserve, over all requests (each row reserves
+    /// prompt + max_new_tokens; memory is allocated as rows grow).
+    pub max_batch_tokens: usize,
+    /// Prompt tokens prefilled per iteration while other rows are decoding (at least one
+    /// request's): bounds how long a new request stalls the running streams.
+    pub max_prefill_tokens: usize,
+    /// A request whose client reads nothing for this long is cancelled (ABORTED) and its rows
+    /// freed; the other requests never wait for it.
+    pub stall_timeout: std::time::Duration,
     /// Name reported in each finished row (the serving process sets it; empty by default).
     pub worker_id: String,
 }
@@ -26,7 +35,10 @@ impl Default for GenerationConfig {
             max_tensors: 64,
             max_top_logprobs: 20,
             max_queue: 32,
-            slots: 1,
+            max_batch_rows: 32,
+            max_batch_tokens: 8192,
+            max_prefill_tokens: 512,
+            stall_timeout: std::time::Duration::from_secs(10),
             worker_id: String::new(),
         }
     }

@@ -1,13 +1,13 @@
 //! `steer-generation`: the GenerationService. Receives a prompt, sampling settings and streamed
-//! steering tensors, and queues one batch (unsteered and steered rows, paired by seed) to the
-//! engine workers, streaming tokens back.
+//! steering tensors, and schedules its rows (unsteered and steered, paired by seed) into the one
+//! running batch that every in-flight request shares, streaming tokens back.
 //!
 //! [`read`] (the wire into a raw request) -> [`validation`] (once, into typed values) ->
-//! [`batcher`] (the engine's time) -> [`service`] (the handlers tying them together).
+//! [`scheduler`] (the engine loop: continuous batching) -> [`service`] (the handlers tying them together).
 
-pub mod batcher;
 pub mod config;
 pub mod read;
+pub mod scheduler;
 pub mod service;
 pub mod validation;
 

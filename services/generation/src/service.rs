@@ -1,5 +1,5 @@
 //! The `steer.v1.GenerationService` handlers: read the request (read.rs), validate it once
-//! (validation.rs), queue it (batcher.rs), stream the events back.
+//! (validation.rs), schedule it (scheduler.rs), stream the events back.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::batcher::Batcher;
+use crate::scheduler::Scheduler;
 use crate::config::GenerationConfig;
 use crate::read::{self, ReadLimits};
 use crate::validation::{self, ValidRequest};
@@ -26,17 +26,17 @@ use crate::validation::{self, ValidRequest};
 #[derive(Clone)]
 pub struct GenerationWorker {
     engine: Arc<Engine>,
-    batcher: Arc<Batcher>,
+    scheduler: Arc<Scheduler>,
     config: GenerationConfig,
     limits: ReadLimits,
 }
 
 impl GenerationWorker {
     pub fn new(engine: Arc<Engine>, config: GenerationConfig, metrics: Arc<steer_telemetry::Metrics>) -> Self {
-        let batcher = Arc::new(Batcher::new(engine.clone(), config.slots, config.max_queue, config.worker_id.clone(), metrics));
+        let scheduler = Arc::new(Scheduler::new(engine.clone(), &config, metrics));
         let info = engine.info();
         let limits = ReadLimits { max_tensors: config.max_tensors, max_tensor_bytes: (info.n_positions * info.d_model * 4) as u64 };
-        Self { engine, batcher, config, limits }
+        Self { engine, scheduler, config, limits }
     }
 
     pub fn into_server(self) -> GenerationServiceServer<Self> {
@@ -44,7 +44,7 @@ impl GenerationWorker {
     }
 
     pub fn queue_depth(&self) -> usize {
-        self.batcher.depth()
+        self.scheduler.depth()
     }
 
     /// Queues a valid request; its events come back on the returned stream.
@@ -52,7 +52,7 @@ impl GenerationWorker {
         tracing::info!(rows = valid.rows.len(), max_new = valid.max_new_tokens, prompt_tokens = valid.prompt_tokens, "queued");
         // Enough room for a step of every row, so the engine rarely waits on the network.
         let (tx, rx) = mpsc::channel(2 * valid.rows.len() + 8);
-        self.batcher.submit(valid, tx, deadline)?;
+        self.scheduler.submit(valid, tx, deadline)?;
         Ok(ReceiverStream::new(rx))
     }
 }

@@ -56,6 +56,25 @@ pub fn validate(raw: RawRequest, engine: &Engine, cfg: &GenerationConfig) -> Res
         ));
     }
     let (rows, n_unsteered) = pair_rows(&prompt, &sampling, n, setup.seed, &additions, setup.skip_unsteered);
+    // A request must fit the worker's batch budgets on its own.
+    if rows.len() > cfg.max_batch_rows {
+        return Err(ServiceError::invalid(
+            "setup.n_comparisons",
+            format!("{n} comparisons make {} rows; this worker decodes at most {} rows at once", rows.len(), cfg.max_batch_rows),
+        ));
+    }
+    let positions = rows.len() * (prompt.len() + max_new);
+    if positions > cfg.max_batch_tokens {
+        return Err(ServiceError::invalid(
+            "setup.max_new_tokens",
+            format!(
+                "{} rows x (prompt {} + {max_new} new tokens) = {positions} KV positions; this worker holds at most {}",
+                rows.len(),
+                prompt.len(),
+                cfg.max_batch_tokens
+            ),
+        ));
+    }
     Ok(ValidRequest { rows, n_unsteered, max_new_tokens: max_new, stop_at_eos: !setup.ignore_eos, top_logprobs, prompt_tokens: prompt.len() })
 }
 

@@ -14,7 +14,7 @@ use crate::dtype::WeightDtype;
 use crate::error::{ModelError, Result};
 use crate::gpt2::{Gpt2, Step};
 use crate::hooks::{Addition, Additions, Captures, HookPoint, Hooks};
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{KvCache, RowKv};
 use crate::sampler::{Sampler, SamplingParams};
 use crate::source::{HubOptions, ModelSource};
 use crate::tokenizer::Gpt2Tokenizer;
@@ -236,6 +236,7 @@ impl Engine {
     /// A forward of whole (left-padded) sequences with their additions, filling `cache`;
     /// returns the last position's hidden state of each row, `[B, d]`.
     fn prefill(&self, seqs: &[Vec<u32>], per_row: &[Vec<Addition>], cache: &mut KvCache) -> Result<Tensor> {
+        debug_assert_eq!(seqs.len(), per_row.len());
         let layout = Layout::new(seqs, self.info.n_positions)?;
         let additions = self.additions(&layout, per_row)?;
         let step = layout.prefill_step(seqs, &self.model)?;
@@ -244,22 +245,16 @@ impl Engine {
         Ok(hidden.i((.., layout.width - 1, ..))?.contiguous()?)
     }
 
-    /// Generates for all rows in one batch: one prefill (with each row's additions), then
-    /// decoding on the KV cache. `on_token` sees every token as it is chosen; returning
-    /// `ControlFlow::Break` stops the generation (rows finish as `Cancelled`).
-    pub fn generate(
-        &self,
-        rows: &[RowRequest],
-        opts: &GenerateOptions,
-        mut on_token: impl FnMut(&TokenEvent) -> ControlFlow<()>,
-    ) -> Result<Vec<RowOutput>> {
+    /// Prefills `rows` (one forward, with each row's additions at its positions 0..k-1; rows
+    /// with the same prompt and steering share it and their caches are copied out) and returns
+    /// one [`Sequence`] per row, ready to sample its first token.
+    pub fn start(&self, rows: &[RowRequest], opts: &GenerateOptions) -> Result<Vec<Sequence>> {
         if rows.is_empty() {
             return Ok(vec![]);
         }
-        let mut seqs: Vec<Vec<u32>> = rows.iter().map(|r| r.prompt.clone()).collect();
-        let layout = Layout::new(&seqs, self.info.n_positions)?;
+        let width = rows.iter().map(|r| r.prompt.len()).max().unwrap_or(0);
         // The caller validated the rows (steer-generation's validation module); trust them.
-        debug_assert!(layout.width + opts.max_new_tokens <= self.info.n_positions, "prompt + new tokens exceed n_positions");
+        debug_assert!(width + opts.max_new_tokens <= self.info.n_positions, "prompt + new tokens exceed n_positions");
         debug_assert!(rows.iter().all(|r| r.sampling.validate().is_ok()), "invalid sampling settings");
         debug_assert!(
             rows.iter().flat_map(|r| r.additions.iter().map(move |a| (r, a))).all(|(r, a)| {
@@ -267,89 +262,169 @@ impl Engine {
             }),
             "invalid steering"
         );
-        let per_row: Vec<Vec<Addition>> = rows.iter().map(|r| r.additions.clone()).collect();
-        let mut samplers: Vec<Sampler> =
-            rows.iter().map(|r| Sampler::new(r.sampling.clone(), r.seed, &r.prompt)).collect();
-        let mut outputs: Vec<RowOutput> = rows
-            .iter()
-            .map(|_| RowOutput { tokens: vec![], finish: FinishReason::Length, prefill_secs: 0.0, decode_secs: 0.0 })
-            .collect();
-        let mut done = vec![false; rows.len()];
-        let eos = self.tokenizer.bos_id();
-        let b = rows.len();
-        let mut cache = KvCache::new(self.info.n_layer, layout.width + opts.max_new_tokens);
-        let t_start = Instant::now();
-        let mut prefill_secs = 0.0;
-
-        // Rows with the same prompt and the same steering (the n comparisons of one side) have
-        // the same prefill: run it once per distinct row and fan the KV cache out.
         let (distinct, fan_out) = distinct_rows(rows);
+        let seqs: Vec<Vec<u32>> = distinct.iter().map(|&r| rows[r].prompt.clone()).collect();
+        let adds: Vec<Vec<Addition>> = distinct.iter().map(|&r| rows[r].additions.clone()).collect();
+        let layout = Layout::new(&seqs, self.info.n_positions)?;
+        let mut cache = KvCache::new(self.info.n_layer, layout.width);
+        let hidden = self.prefill(&seqs, &adds, &mut cache)?;
+        let logits = self.model.logits(&hidden)?.to_vec2::<f32>()?;
+        let kv = (0..distinct.len()).map(|i| cache.row(i, layout.offsets[i])).collect::<Result<Vec<_>>>()?;
+        Ok(rows
+            .iter()
+            .zip(&fan_out)
+            .map(|(r, &g)| Sequence::new(r, kv[g as usize].clone(), logits[g as usize].clone(), opts))
+            .collect())
+    }
 
-        for index in 0..opts.max_new_tokens {
-            // Forward: the prefill (or, without the cache, the whole sequence every time).
-            let last_hidden = if index == 0 && opts.use_kv_cache && distinct.len() < b {
-                let useqs: Vec<Vec<u32>> = distinct.iter().map(|&r| seqs[r].clone()).collect();
-                let uadds: Vec<Vec<Addition>> = distinct.iter().map(|&r| per_row[r].clone()).collect();
-                let mut ucache = KvCache::new(self.info.n_layer, layout.width);
-                let hidden = self.prefill(&useqs, &uadds, &mut ucache)?;
-                cache = ucache.select_rows(&fan_out, layout.width + opts.max_new_tokens)?;
-                let idx = Tensor::from_slice(&fan_out, b, self.model.device())?;
-                hidden.index_select(&idx, 0)?
-            } else if index == 0 {
-                self.prefill(&seqs, &per_row, &mut cache)?
-            } else if !opts.use_kv_cache {
-                // Recomputing from scratch: the same additions, on the longer sequences.
-                cache = KvCache::new(self.info.n_layer, layout.width + index);
-                self.prefill(&seqs, &per_row, &mut cache)?
-            } else {
-                let last: Vec<u32> = seqs.iter().map(|s| *s.last().unwrap()).collect();
-                let step = layout.decode_step(&last, cache.len(), &self.model)?;
-                let hidden = self.model.forward(&step, &mut cache, &mut Hooks::default())?;
-                hidden.i((.., 0, ..))?
-            };
-            let logits = self.model.logits(&last_hidden)?.to_vec2::<f32>()?; // [B, V]
-            if index == 0 {
-                prefill_secs = t_start.elapsed().as_secs_f64();
+    /// One decode step for every sequence given (none finished): each attends over its own
+    /// cache, so sequences of any lengths share the step. Steps of more than
+    /// [`kernels::SMALL_M_MAX`] rows run in groups of that many, so every row always goes
+    /// through the same kernels and its tokens never depend on how many rows share its step.
+    pub fn step(&self, seqs: &mut [&mut Sequence]) -> Result<()> {
+        for group in seqs.chunks_mut(crate::kernels::SMALL_M_MAX) {
+            let ids: Vec<u32> = group.iter().map(|s| s.last_token()).collect();
+            let mut kv: Vec<&mut RowKv> = group.iter_mut().map(|s| &mut s.kv).collect();
+            let hidden = self.model.decode(&ids, &mut kv)?;
+            let logits = self.model.logits(&hidden)?.to_vec2::<f32>()?;
+            for (s, l) in group.iter_mut().zip(logits) {
+                s.logits = Some(l);
+            }
+        }
+        Ok(())
+    }
+
+    /// Generates for all rows in one batch: one prefill (with each row's additions), then
+    /// decode steps. `on_token` sees every token as it is chosen; returning
+    /// `ControlFlow::Break` stops the generation (rows finish as `Cancelled`).
+    pub fn generate(
+        &self,
+        rows: &[RowRequest],
+        opts: &GenerateOptions,
+        mut on_token: impl FnMut(&TokenEvent) -> ControlFlow<()>,
+    ) -> Result<Vec<RowOutput>> {
+        let t_start = Instant::now();
+        let mut seqs = self.start(rows, opts)?;
+        let prefill_secs = t_start.elapsed().as_secs_f64();
+        let per_row: Vec<Vec<Addition>> = rows.iter().map(|r| r.additions.clone()).collect();
+        for index in 0.. {
+            if index > 0 && opts.use_kv_cache {
+                let mut active: Vec<&mut Sequence> = seqs.iter_mut().filter(|s| !s.is_finished()).collect();
+                self.step(&mut active)?;
+            } else if index > 0 {
+                // Recomputing from scratch (to check the cache): every row's whole sequence, with
+                // the same additions; finished rows stay in the batch, ignored.
+                let full: Vec<Vec<u32>> = rows.iter().zip(&seqs).map(|(r, s)| [r.prompt.as_slice(), &s.tokens].concat()).collect();
+                let layout = Layout::new(&full, self.info.n_positions)?;
+                let mut cache = KvCache::new(self.info.n_layer, layout.width);
+                let hidden = self.prefill(&full, &per_row, &mut cache)?;
+                for (s, l) in seqs.iter_mut().zip(self.model.logits(&hidden)?.to_vec2::<f32>()?) {
+                    if !s.is_finished() {
+                        s.logits = Some(l);
+                    }
+                }
             }
             let mut stop = false;
-            for (row, mut l) in logits.into_iter().enumerate() {
-                if done[row] {
-                    seqs[row].push(eos); // keeps the batch rectangular; never reported
-                    continue;
-                }
-                let raw = l.clone();
-                let (logprob_of, top) = log_probs(&raw, opts.top_logprobs);
-                let token = samplers[row].sample(&mut l);
-                seqs[row].push(token);
-                outputs[row].tokens.push(token);
-                let ev = TokenEvent { row, index, token, logprob: logprob_of(token), top_logprobs: top };
-                if on_token(&ev).is_break() {
-                    stop = true;
-                }
-                if opts.stop_at_eos && token == eos {
-                    done[row] = true;
-                    outputs[row].finish = FinishReason::Eos;
+            for (row, s) in seqs.iter_mut().enumerate() {
+                if let Some(ev) = s.advance(row, self.tokenizer.bos_id()) {
+                    stop |= on_token(&ev).is_break();
                 }
             }
             if stop {
-                for (row, out) in outputs.iter_mut().enumerate() {
-                    if !done[row] {
-                        out.finish = FinishReason::Cancelled;
-                    }
-                }
-                break;
+                seqs.iter_mut().for_each(Sequence::cancel);
             }
-            if done.iter().all(|&d| d) {
+            if seqs.iter().all(Sequence::is_finished) {
                 break;
             }
         }
         let total = t_start.elapsed().as_secs_f64();
-        for out in outputs.iter_mut() {
-            out.prefill_secs = prefill_secs;
-            out.decode_secs = total - prefill_secs;
+        tracing::debug!(rows = rows.len(), prefill_secs, total, "generated");
+        Ok(seqs
+            .into_iter()
+            .map(|s| RowOutput { finish: s.finish.unwrap_or(FinishReason::Length), tokens: s.tokens, prefill_secs, decode_secs: total - prefill_secs })
+            .collect())
+    }
+}
+
+/// One row being generated: its cache, its sampler (seed, penalties), the logits of its next
+/// token, and what it produced. [`Engine::start`] makes them, [`Engine::step`] advances their
+/// caches, [`Sequence::advance`] samples; finishing frees the cache at once.
+#[derive(Debug)]
+pub struct Sequence {
+    kv: RowKv,
+    sampler: Sampler,
+    logits: Option<Vec<f32>>,
+    pub tokens: Vec<u32>,
+    pub finish: Option<FinishReason>,
+    max_new_tokens: usize,
+    stop_at_eos: bool,
+    top_logprobs: usize,
+}
+
+impl Sequence {
+    fn new(row: &RowRequest, kv: RowKv, logits: Vec<f32>, opts: &GenerateOptions) -> Self {
+        Self {
+            kv,
+            sampler: Sampler::new(row.sampling.clone(), row.seed, &row.prompt),
+            logits: Some(logits),
+            tokens: vec![],
+            finish: None,
+            max_new_tokens: opts.max_new_tokens,
+            stop_at_eos: opts.stop_at_eos,
+            top_logprobs: opts.top_logprobs,
         }
-        tracing::debug!(rows = b, prefill_secs, total, "generated");
-        Ok(outputs)
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.finish.is_some()
+    }
+
+    /// Logits are waiting to be sampled ([`Sequence::advance`] before the next [`Engine::step`]).
+    pub fn has_pending(&self) -> bool {
+        self.logits.is_some()
+    }
+
+    /// Bytes of KV cache held (0 once finished).
+    pub fn kv_bytes(&self) -> usize {
+        self.kv.bytes()
+    }
+
+    fn last_token(&self) -> u32 {
+        *self.tokens.last().expect("a sequence decodes after its first token")
+    }
+
+    /// Samples the next token from the pending logits (`None` when finished or nothing is
+    /// pending), reporting it as row `row`; finishes at EOS or `max_new_tokens`.
+    pub fn advance(&mut self, row: usize, eos: u32) -> Option<TokenEvent> {
+        if self.is_finished() {
+            return None;
+        }
+        let mut l = self.logits.take()?;
+        let raw = l.clone(); // the sampler applies penalties in place
+        let (logprob_of, top_logprobs) = log_probs(&raw, self.top_logprobs);
+        let token = self.sampler.sample(&mut l);
+        let logprob = logprob_of(token);
+        let index = self.tokens.len();
+        self.tokens.push(token);
+        if self.stop_at_eos && token == eos {
+            self.finish(FinishReason::Eos);
+        } else if self.tokens.len() >= self.max_new_tokens {
+            self.finish(FinishReason::Length);
+        }
+        Some(TokenEvent { row, index, token, logprob, top_logprobs })
+    }
+
+    /// Stops the sequence (client gone, deadline) unless it already finished.
+    pub fn cancel(&mut self) {
+        if !self.is_finished() {
+            self.finish(FinishReason::Cancelled);
+        }
+    }
+
+    fn finish(&mut self, reason: FinishReason) {
+        self.finish = Some(reason);
+        self.kv = RowKv::default();
+        self.logits = None;
     }
 }
 
@@ -433,20 +508,6 @@ impl Layout {
             }
         }
         self.step(ids, pos, mask, (b, t, t), model)
-    }
-
-    /// One new token per row after `cached` positions.
-    fn decode_step(&self, last: &[u32], cached: usize, model: &Gpt2) -> Result<Step> {
-        let b = last.len();
-        let s = cached + 1;
-        let pos: Vec<u32> = self.offsets.iter().map(|&off| (cached - off) as u32).collect();
-        let mut mask = vec![0f32; b * s];
-        for (row, &off) in self.offsets.iter().enumerate() {
-            for k in 0..off {
-                mask[row * s + k] = f32::NEG_INFINITY;
-            }
-        }
-        self.step(last.to_vec(), pos, mask, (b, 1, s), model)
     }
 
     fn step(&self, ids: Vec<u32>, pos: Vec<u32>, mask: Vec<f32>, (b, t, s): (usize, usize, usize), model: &Gpt2) -> Result<Step> {

@@ -2,13 +2,14 @@
 //! each with `load(vb, cfg)` and `forward`. Hook points sit between blocks (see `hooks`).
 
 use candle_core::{DType, Device, Module, Storage, Tensor, D};
+use rayon::prelude::*;
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
 
 use crate::config::{Activation, Config};
 use crate::error::Result;
 use crate::hooks::Hooks;
 use crate::kernels;
-use crate::kv_cache::{KvCache, LayerKv};
+use crate::kv_cache::{KvCache, LayerKv, RowKv};
 
 /// GPT-2's `Conv1D`: weight stored `[in, out]`, so `y = x . w + b`.
 #[derive(Debug, Clone)]
@@ -113,6 +114,27 @@ impl Attention {
         let y = y.transpose(1, 2)?.reshape((b, t, d))?;
         self.c_proj.forward(&y)
     }
+
+    /// One new position per row: x [m, d], row r attending over its own cache `kv[r]` (which
+    /// gets this position's key and value at `layer`); returns [m, d].
+    pub fn decode(&self, x: &Tensor, layer: usize, kv: &mut [&mut RowKv]) -> Result<Tensor> {
+        let (m, d) = x.dims2()?;
+        let qkv = self.c_attn.forward(x)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?; // [m, 3d]
+        for (r, row) in kv.iter_mut().enumerate() {
+            let at = r * 3 * d;
+            row.push(layer, &qkv[at + d..at + 2 * d], &qkv[at + 2 * d..at + 3 * d]);
+        }
+        let (h, hd) = (self.n_head, self.head_dim);
+        let mut y = vec![0f32; m * d];
+        let kv: &[&mut RowKv] = kv;
+        y.par_chunks_mut(hd).enumerate().for_each(|(i, out)| {
+            let (r, head) = (i / h, i % h);
+            let (keys, values) = kv[r].layer(layer);
+            kernels::attend_one(&qkv[r * 3 * d + head * hd..][..hd], keys, values, head * hd, d, out);
+        });
+        let y = Tensor::from_vec(y, (m, d), x.device())?.to_dtype(x.dtype())?;
+        self.c_proj.forward(&y)
+    }
 }
 
 /// Position-wise MLP.
@@ -171,6 +193,12 @@ impl Block {
 
     pub fn forward(&self, x: &Tensor, mask: &Tensor, kv: &mut LayerKv) -> Result<Tensor> {
         let h = (x + self.attn.forward(&self.ln_1.forward(x)?, mask, kv)?)?;
+        Ok((&h + self.mlp.forward(&self.ln_2.forward(&h)?)?)?)
+    }
+
+    /// [`Attention::decode`] in place of the batched attention; x [m, d].
+    pub fn decode(&self, x: &Tensor, layer: usize, kv: &mut [&mut RowKv]) -> Result<Tensor> {
+        let h = (x + self.attn.decode(&self.ln_1.forward(x)?, layer, kv)?)?;
         Ok((&h + self.mlp.forward(&self.ln_2.forward(&h)?)?)?)
     }
 }
@@ -251,6 +279,21 @@ impl Gpt2 {
             }
         }
         debug_assert_eq!(x.dims(), &[b, t, self.cfg.n_embd]);
+        Ok(self.ln_f.forward(&x)?)
+    }
+
+    /// One decode step of m rows, each with its own cache and position: `ids[r]` is row r's
+    /// newest token, at position `kv[r].len()`. Returns the hidden states after `ln_f`, [m, d].
+    /// No steering: ActAdd acts in the prefill only.
+    pub fn decode(&self, ids: &[u32], kv: &mut [&mut RowKv]) -> Result<Tensor> {
+        let m = ids.len();
+        let positions: Vec<u32> = kv.iter().map(|r| r.len() as u32).collect();
+        let ids = Tensor::from_slice(ids, m, &self.device)?;
+        let positions = Tensor::from_vec(positions, m, &self.device)?;
+        let mut x = (self.wte.forward(&ids)? + self.wpe.forward(&positions)?)?;
+        for (layer, block) in self.blocks.iter().enumerate() {
+            x = block.decode(&x, layer, kv)?;
+        }
         Ok(self.ln_f.forward(&x)?)
     }
 

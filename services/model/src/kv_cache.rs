@@ -1,5 +1,11 @@
-//! The KV cache of one batch, as an explicit object passed to `forward` (as candle's llama.rs does):
-//! the model itself holds no per-sequence state, so any number of batches can share one model.
+//! KV caches, as explicit objects passed to the forward passes (as candle's llama.rs does): the
+//! model itself holds no per-sequence state, so any number of sequences can share one model.
+//!
+//! - [`KvCache`]: one left-padded batch, `[B, H, S, hd]` per layer: the prefill's working cache.
+//! - [`RowKv`]: one row's keys and values, on the host, growing one position per step. Decoding
+//!   runs on these: each row of a step attends over its own cache only, so rows of any lengths
+//!   and ages share a step, a row's result never depends on its neighbours (no padding, no
+//!   shared reduction), and a finished row's memory is freed at once. See `gpt2::Gpt2::decode`.
 
 use candle_core::Tensor;
 
@@ -44,19 +50,73 @@ impl KvCache {
         self.len() == 0
     }
 
-    /// A cache whose row b is row `rows[b]` of this one (rows that share a prefill fan out).
-    pub fn select_rows(&self, rows: &[u32], capacity: usize) -> Result<Self> {
-        let mut out = Self::new(self.layers.len(), capacity);
-        for (src, dst) in self.layers.iter().zip(out.layers.iter_mut()) {
-            if let (Some(k), Some(v)) = (src.inner.k()?, src.inner.v()?) {
-                let idx = Tensor::from_slice(rows, rows.len(), k.device())?;
-                dst.append(&k.contiguous()?.index_select(&idx, 0)?, &v.contiguous()?.index_select(&idx, 0)?)?;
-            }
+    pub fn layer(&mut self, i: usize) -> &mut LayerKv {
+        &mut self.layers[i]
+    }
+
+    /// Row `row`'s cache as a [`RowKv`], without its first `skip` (left-padding) positions.
+    pub fn row(&self, row: usize, skip: usize) -> Result<RowKv> {
+        let mut out = RowKv::default();
+        for layer in &self.layers {
+            let (Some(k), Some(v)) = (layer.inner.k()?, layer.inner.v()?) else {
+                return Ok(out);
+            };
+            let (_, h, s, hd) = k.dims4()?;
+            // [H, S, hd] -> [S, H * hd]: position-major, heads side by side.
+            let take = |t: &Tensor| -> Result<Vec<f32>> {
+                Ok(t.get(row)?.narrow(1, skip, s - skip)?.transpose(0, 1)?.contiguous()?.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?)
+            };
+            out.k.push(take(&k)?);
+            out.v.push(take(&v)?);
+            (out.len, out.d) = (s - skip, h * hd);
         }
         Ok(out)
     }
+}
 
-    pub fn layer(&mut self, i: usize) -> &mut LayerKv {
-        &mut self.layers[i]
+/// One row's keys and values, layer by layer, on the host in f32: `k[l][s * d..(s + 1) * d]`
+/// holds position s of layer l, heads side by side (as `c_attn` writes them).
+#[derive(Debug, Clone, Default)]
+pub struct RowKv {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    len: usize,
+    d: usize,
+}
+
+impl RowKv {
+    /// Positions cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.k.iter().chain(&self.v).map(|l| l.capacity() * 4).sum()
+    }
+
+    /// Bytes one more position takes.
+    pub fn bytes_per_position(n_layer: usize, d: usize) -> usize {
+        2 * n_layer * d * 4
+    }
+
+    /// Appends one position's key and value at `layer` (the last layer's push completes it).
+    /// The row must come from a prefill ([`KvCache::row`]), which sized it.
+    pub(crate) fn push(&mut self, layer: usize, k: &[f32], v: &[f32]) {
+        debug_assert!(layer < self.k.len() && k.len() == self.d, "a RowKv starts from a prefill");
+        self.k[layer].extend_from_slice(k);
+        self.v[layer].extend_from_slice(v);
+        if layer + 1 == self.k.len() {
+            self.len += 1;
+        }
+    }
+
+    /// Keys and values of `layer` (`[len (+1 while a step is in progress), d]`).
+    pub(crate) fn layer(&self, layer: usize) -> (&[f32], &[f32]) {
+        (&self.k[layer], &self.v[layer])
     }
 }

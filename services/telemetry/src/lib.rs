@@ -15,18 +15,26 @@ pub struct Metrics {
     /// Time to the response (unary) or to the stream's start, by method.
     pub latency: HistogramVec,
     pub tokens_generated: IntCounter,
-    /// Tokens per second of the last finished batch.
+    /// Tokens per second of the last finished request.
     pub tokens_per_second: prometheus::Gauge,
     /// Seconds from a generation's start to its first token.
     pub time_to_first_token: prometheus::Histogram,
     /// Whole generations (prefill + decode), seconds.
     pub generation_seconds: prometheus::Histogram,
-    /// Requests waiting for an engine slot.
+    /// Requests waiting to join the running batch.
     pub queue_depth: IntGauge,
-    /// Rows in the batches running now (batch occupancy).
+    /// Seconds a request waited before its prefill.
+    pub queue_wait: prometheus::Histogram,
+    /// Rows in the running batch (batch occupancy).
     pub batch_rows: IntGauge,
-    /// Engine slots busy.
-    pub slots_busy: IntGauge,
+    /// Requests in the running batch.
+    pub requests_running: IntGauge,
+    /// Decode steps run (their rate is steps/s).
+    pub decode_steps: IntCounter,
+    /// Rows sharing each decode step.
+    pub step_rows: prometheus::Histogram,
+    /// Bytes of KV cache the running rows hold.
+    pub kv_bytes: IntGauge,
     pub cache_hits: IntGauge,
     pub cache_misses: IntGauge,
     pub cache_bytes: IntGauge,
@@ -50,12 +58,19 @@ impl Metrics {
             requests,
             latency,
             tokens_generated: IntCounter::new("tokens_generated_total", "tokens generated, all rows").unwrap(),
-            tokens_per_second: prometheus::Gauge::new("tokens_per_second", "tokens per second of the last finished batch").unwrap(),
+            tokens_per_second: prometheus::Gauge::new("tokens_per_second", "tokens per second of the last finished request").unwrap(),
             time_to_first_token: h("time_to_first_token_seconds", "generation start to first token"),
             generation_seconds: h("generation_seconds", "whole generations, prefill and decode"),
-            queue_depth: g("queue_depth", "requests waiting for an engine slot"),
-            batch_rows: g("batch_rows", "rows in the running batches"),
-            slots_busy: g("slots_busy", "engine slots generating"),
+            queue_depth: g("queue_depth", "requests waiting to join the running batch"),
+            queue_wait: h("queue_wait_seconds", "time from arrival to prefill"),
+            batch_rows: g("batch_rows", "rows in the running batch"),
+            requests_running: g("requests_running", "requests in the running batch"),
+            decode_steps: IntCounter::new("decode_steps_total", "decode steps run").unwrap(),
+            step_rows: prometheus::Histogram::with_opts(
+                HistogramOpts::new("step_rows", "rows sharing a decode step").buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]),
+            )
+            .unwrap(),
+            kv_bytes: g("kv_bytes", "bytes of KV cache held by running rows"),
             cache_hits: g("activation_cache_hits", "activation cache hits"),
             cache_misses: g("activation_cache_misses", "activation cache misses (computations)"),
             cache_bytes: g("activation_cache_bytes", "bytes held by the activation cache"),
@@ -69,7 +84,10 @@ impl Metrics {
         r.register(Box::new(m.tokens_per_second.clone())).unwrap();
         r.register(Box::new(m.time_to_first_token.clone())).unwrap();
         r.register(Box::new(m.generation_seconds.clone())).unwrap();
-        for gauge in [&m.queue_depth, &m.batch_rows, &m.slots_busy, &m.cache_hits, &m.cache_misses, &m.cache_bytes, &m.cache_entries] {
+        r.register(Box::new(m.queue_wait.clone())).unwrap();
+        r.register(Box::new(m.decode_steps.clone())).unwrap();
+        r.register(Box::new(m.step_rows.clone())).unwrap();
+        for gauge in [&m.queue_depth, &m.batch_rows, &m.requests_running, &m.kv_bytes, &m.cache_hits, &m.cache_misses, &m.cache_bytes, &m.cache_entries] {
             r.register(Box::new(gauge.clone())).unwrap();
         }
         Arc::new(m)

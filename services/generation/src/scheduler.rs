@@ -1,0 +1,391 @@
+//! The owner of the engine's time: one loop, iteration-level scheduling (Orca; TGI's
+//! `batching_task`; vLLM). Each iteration it
+//! 1. takes arrivals off the queue, dropping those whose client left or whose deadline passed;
+//! 2. admits waiting requests, first come first served, while they fit the budgets (rows, and KV
+//!    positions reserved as prompt + max_new_tokens per row), and prefills them: each request
+//!    in its own forward with its own steering (positions 0..k-1, prefill only). While other
+//!    rows are decoding it prefills at most `max_prefill_tokens` prompt tokens per iteration
+//!    (always at least one request), so a burst of arrivals stalls the running streams for about
+//!    one prefill, not for all of them;
+//! 3. runs one decode step for every running row of every request (`Engine::step`);
+//! 4. samples each row with its own sampler (seed, penalties) and queues its events;
+//! 5. hands each request's events to its own bounded channel without ever waiting: a client
+//!    that reads nothing for `stall_timeout` has its request cancelled (ABORTED), one that left
+//!    or passed its deadline leaves at this step; finished rows free their KV memory at once.
+//!
+//! KV layout: one host cache per row (`steer_model::kv_cache::RowKv`), the projections and MLPs
+//! batched over all rows of the step, attention per row over its own cache. Chosen over a
+//! padded `[B, H, S, hd]` batch with masks because (a) rows of any length and age share a step
+//! with no re-padding or copying when a request joins or leaves, (b) a row's arithmetic is the
+//! same whatever rows share its step (no padded reduction whose order changes with the batch),
+//! so a request gives the same tokens alone or in a busy batch, and (c) memory follows use and is
+//! freed per row. Measured on XL-shaped weights (README, performance): batch-1 decode within the
+//! run-to-run noise of the padded layout (per-row attention is under 1% of a step: decode is
+//! bound by streaming the weights); paged blocks would add indirection for no gain at these sizes.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use steer_common::ServiceError;
+use steer_model::tokenizer::StreamDecoder;
+use steer_model::{Engine, FinishReason, GenerateOptions, Sequence};
+use steer_proto::v1::{generate_response, FinishReason as PFinish, GenerateResponse, RowFinished, TokenEvent, TopLogprob};
+use steer_telemetry::Metrics;
+use tokio::sync::mpsc::{self, error::TrySendError, OwnedPermit};
+use tonic::Status;
+
+use crate::config::GenerationConfig;
+use crate::validation::ValidRequest;
+
+type Event = Result<GenerateResponse, Status>;
+pub type Events = mpsc::Sender<Event>;
+
+struct Job {
+    request: ValidRequest,
+    events: Events,
+    queued_at: Instant,
+    deadline: Option<Instant>,
+}
+
+/// The queue in front of the engine loop.
+pub struct Scheduler {
+    queue: std::sync::mpsc::Sender<Job>,
+    depth: Arc<AtomicUsize>,
+    max_queue: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Scheduler {
+    /// Starts the engine loop on its own thread; it ends when the scheduler is dropped.
+    pub fn new(engine: Arc<Engine>, config: &GenerationConfig, metrics: Arc<Metrics>) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let depth = Arc::new(AtomicUsize::new(0));
+        let mut lp = EngineLoop {
+            engine,
+            cfg: config.clone(),
+            rx,
+            depth: depth.clone(),
+            metrics: metrics.clone(),
+            waiting: VecDeque::new(),
+            running: vec![],
+        };
+        std::thread::Builder::new().name("steer-engine".into()).spawn(move || lp.run()).expect("spawn the engine loop");
+        Self { queue: tx, depth, max_queue: config.max_queue, metrics }
+    }
+
+    /// Requests waiting to join the running batch.
+    pub fn depth(&self) -> usize {
+        self.depth.load(Ordering::SeqCst)
+    }
+
+    /// Queues a request, or refuses it at once when `max_queue` requests already wait.
+    pub fn submit(&self, request: ValidRequest, events: Events, deadline: Option<Instant>) -> Result<(), ServiceError> {
+        let max = self.max_queue;
+        self.depth
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |d| (d < max).then_some(d + 1))
+            .map_err(|_| ServiceError::ResourceExhausted(format!("queue full ({max} requests waiting)")))?;
+        self.metrics.queue_depth.set(self.depth() as i64);
+        self.queue.send(Job { request, events, queued_at: Instant::now(), deadline }).map_err(|_| {
+            self.depth.fetch_sub(1, Ordering::SeqCst);
+            ServiceError::Unavailable("the generation engine has stopped".into())
+        })
+    }
+}
+
+/// A request in the running batch.
+struct Running {
+    request: ValidRequest,
+    seqs: Vec<Sequence>,
+    decoders: Vec<StreamDecoder>,
+    /// Events not yet taken by the channel.
+    outbox: VecDeque<Event>,
+    events: Events,
+    /// One channel slot held back for a final status (deadline, stall), whatever the backlog.
+    last_word: Option<OwnedPermit<Event>>,
+    blocked_since: Option<Instant>,
+    deadline: Option<Instant>,
+    started: Instant,
+    queue_ms: f64,
+    prefill_ms: f64,
+    produced: u64,
+    /// Cancelled (client gone, deadline, stall): leaves the batch now.
+    ended: bool,
+}
+
+impl Running {
+    fn rows(&self) -> usize {
+        self.seqs.iter().filter(|s| !s.is_finished()).count()
+    }
+
+    /// Samples every row with pending logits and queues its token (and, when it finished, its
+    /// RowFinished).
+    fn sample(&mut self, engine: &Engine, worker: &str) {
+        let tok = engine.tokenizer();
+        for row in 0..self.seqs.len() {
+            let Some(ev) = self.seqs[row].advance(row, tok.bos_id()) else { continue };
+            self.produced += 1;
+            let token = TokenEvent {
+                row: row as u32,
+                steered: row >= self.request.n_unsteered,
+                index: ev.index as u32,
+                token_id: ev.token,
+                text_delta: self.decoders[row].push(tok, ev.token),
+                logprob: ev.logprob,
+                top_logprobs: ev.top_logprobs.iter().map(|&(token_id, logprob)| TopLogprob { token_id, logprob }).collect(),
+            };
+            self.outbox.push_back(Ok(GenerateResponse { event: Some(generate_response::Event::Token(token)) }));
+            if let Some(reason) = self.seqs[row].finish {
+                let finished = self.finished(engine, row, reason, worker);
+                self.outbox.push_back(Ok(GenerateResponse { event: Some(generate_response::Event::Finished(finished)) }));
+            }
+        }
+    }
+
+    fn finished(&self, engine: &Engine, row: usize, reason: FinishReason, worker: &str) -> RowFinished {
+        let s = &self.seqs[row];
+        let reason = match reason {
+            FinishReason::Length => PFinish::Length,
+            FinishReason::Eos => PFinish::Eos,
+            FinishReason::Cancelled => PFinish::Cancelled,
+        };
+        RowFinished {
+            row: row as u32,
+            steered: row >= self.request.n_unsteered,
+            text: engine.tokenizer().decode(&s.tokens).unwrap_or_default(),
+            token_ids: s.tokens.clone(),
+            reason: reason as i32,
+            prompt_tokens: self.request.prompt_tokens as u32,
+            generated_tokens: s.tokens.len() as u32,
+            prefill_ms: self.prefill_ms,
+            total_ms: self.started.elapsed().as_secs_f64() * 1e3,
+            seed: self.request.rows[row].seed,
+            queue_ms: self.queue_ms,
+            worker: worker.to_string(),
+        }
+    }
+
+    /// Hands queued events to the channel without waiting, and ends the request if its client
+    /// left, its deadline passed or it stalled past `stall_timeout`.
+    fn deliver(&mut self, now: Instant, stall_timeout: Duration) {
+        if self.ended {
+            return;
+        }
+        if self.deadline.is_some_and(|d| now >= d) {
+            let n: usize = self.seqs.iter().map(|s| s.tokens.len()).sum();
+            return self.end(Some(ServiceError::DeadlineExceeded(format!("deadline passed after {n} tokens"))));
+        }
+        while let Some(ev) = self.outbox.pop_front() {
+            match self.events.try_send(ev) {
+                Ok(()) => {}
+                Err(TrySendError::Full(ev)) => {
+                    self.outbox.push_front(ev);
+                    let since = *self.blocked_since.get_or_insert(now);
+                    if now.duration_since(since) >= stall_timeout {
+                        let secs = stall_timeout.as_secs_f64();
+                        self.end(Some(ServiceError::Aborted(format!("the client read nothing for {secs:.0} s; request cancelled"))));
+                    }
+                    return;
+                }
+                Err(TrySendError::Closed(_)) => return self.end(None), // the client left
+            }
+        }
+        self.blocked_since = None;
+    }
+
+    /// Cancels every row, frees their memory and sends `status` (if any) in the held slot.
+    fn end(&mut self, status: Option<ServiceError>) {
+        self.seqs.iter_mut().for_each(Sequence::cancel);
+        self.outbox.clear();
+        if let (Some(permit), Some(e)) = (self.last_word.take(), status) {
+            permit.send(Err(e.into()));
+        }
+        self.ended = true;
+    }
+
+    /// Every row finished and every event delivered (or the request was cancelled).
+    fn done(&self) -> bool {
+        self.ended || (self.outbox.is_empty() && self.seqs.iter().all(Sequence::is_finished))
+    }
+
+    fn reserved_tokens(&self) -> usize {
+        reserved_tokens(&self.request)
+    }
+}
+
+/// KV positions a request may come to hold: prompt + max_new_tokens per row.
+pub fn reserved_tokens(r: &ValidRequest) -> usize {
+    r.rows.len() * (r.prompt_tokens + r.max_new_tokens)
+}
+
+struct EngineLoop {
+    engine: Arc<Engine>,
+    cfg: GenerationConfig,
+    rx: std::sync::mpsc::Receiver<Job>,
+    depth: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
+    waiting: VecDeque<Job>,
+    running: Vec<Running>,
+}
+
+impl EngineLoop {
+    fn run(&mut self) {
+        loop {
+            if !self.intake() {
+                return;
+            }
+            self.admit();
+            self.step();
+            let now = Instant::now();
+            for r in self.running.iter_mut() {
+                r.sample(&self.engine, &self.cfg.worker_id);
+                r.deliver(now, self.cfg.stall_timeout);
+            }
+            self.retire();
+        }
+    }
+
+    /// Takes arrivals (waiting for one when idle) and drops waiting jobs whose client left or
+    /// whose deadline passed. False once the service is gone and nothing is left to do.
+    fn intake(&mut self) -> bool {
+        let idle = self.running.is_empty() && self.waiting.is_empty();
+        let busy = self.running.iter().any(|r| r.rows() > 0);
+        if idle {
+            match self.rx.recv() {
+                Ok(job) => self.waiting.push_back(job),
+                Err(_) => return false,
+            }
+        } else if !busy {
+            // Only undelivered events (slow readers) or jobs over budget: wait briefly for news
+            // instead of spinning.
+            if let Ok(job) = self.rx.recv_timeout(Duration::from_millis(5)) {
+                self.waiting.push_back(job);
+            }
+        }
+        while let Ok(job) = self.rx.try_recv() {
+            self.waiting.push_back(job);
+        }
+        let now = Instant::now();
+        let before = self.waiting.len();
+        self.waiting.retain(|job| {
+            if job.events.is_closed() {
+                return false;
+            }
+            if job.deadline.is_some_and(|d| now >= d) {
+                let _ = job.events.try_send(Err(ServiceError::DeadlineExceeded("deadline passed while queued".into()).into()));
+                return false;
+            }
+            true
+        });
+        self.depth.fetch_sub(before - self.waiting.len(), Ordering::SeqCst);
+        true
+    }
+
+    /// Admits waiting requests in order while they fit, and prefills them.
+    fn admit(&mut self) {
+        let mut prefilled = 0;
+        while let Some(job) = self.waiting.front() {
+            let rows: usize = self.running.iter().map(Running::rows).sum();
+            let reserved: usize = self.running.iter().filter(|r| !r.ended).map(Running::reserved_tokens).sum();
+            let fits = rows + job.request.rows.len() <= self.cfg.max_batch_rows
+                && reserved + reserved_tokens(&job.request) <= self.cfg.max_batch_tokens;
+            // Wait for retirements (a request alone always fits: validation checks it).
+            if !fits && !self.running.is_empty() {
+                break;
+            }
+            if rows > 0 && prefilled > 0 && prefilled + job.request.prompt_tokens > self.cfg.max_prefill_tokens {
+                break;
+            }
+            let job = self.waiting.pop_front().expect("front exists");
+            self.depth.fetch_sub(1, Ordering::SeqCst);
+            prefilled += job.request.prompt_tokens;
+            if let Some(r) = self.prefill(job) {
+                self.running.push(r);
+            }
+        }
+        self.metrics.queue_depth.set(self.depth.load(Ordering::SeqCst) as i64);
+    }
+
+    fn prefill(&self, job: Job) -> Option<Running> {
+        let Job { request, events, queued_at, deadline } = job;
+        let last_word = events.clone().try_reserve_owned().ok()?; // None: the client left
+        self.metrics.queue_wait.observe(queued_at.elapsed().as_secs_f64());
+        let opts = GenerateOptions {
+            max_new_tokens: request.max_new_tokens,
+            stop_at_eos: request.stop_at_eos,
+            use_kv_cache: true,
+            top_logprobs: request.top_logprobs,
+        };
+        let started = Instant::now();
+        let span = tracing::info_span!("prefill", rows = request.rows.len(), prompt_tokens = request.prompt_tokens);
+        let seqs = match span.in_scope(|| self.engine.start(&request.rows, &opts)) {
+            Ok(s) => s,
+            Err(e) => {
+                last_word.send(Err(ServiceError::from(e).into()));
+                return None;
+            }
+        };
+        let prefill_ms = started.elapsed().as_secs_f64() * 1e3;
+        self.metrics.time_to_first_token.observe(started.elapsed().as_secs_f64());
+        Some(Running {
+            decoders: vec![StreamDecoder::default(); seqs.len()],
+            seqs,
+            request,
+            outbox: VecDeque::new(),
+            events,
+            last_word: Some(last_word),
+            blocked_since: None,
+            deadline,
+            started,
+            queue_ms: queued_at.elapsed().as_secs_f64() * 1e3 - prefill_ms,
+            prefill_ms,
+            produced: 0,
+            ended: false,
+        })
+    }
+
+    /// One decode step for every running row that has sampled its last token.
+    fn step(&mut self) {
+        let mut seqs: Vec<&mut Sequence> =
+            self.running.iter_mut().flat_map(|r| r.seqs.iter_mut()).filter(|s| !s.is_finished() && !s.has_pending()).collect();
+        if seqs.is_empty() {
+            return;
+        }
+        let n = seqs.len();
+        if let Err(e) = self.engine.step(&mut seqs) {
+            tracing::error!(error = %e, "decode step failed");
+            let status: Status = ServiceError::from(e).into();
+            for r in self.running.iter_mut() {
+                r.end(Some(ServiceError::Internal(status.message().to_string())));
+            }
+            return;
+        }
+        self.metrics.decode_steps.inc();
+        self.metrics.step_rows.observe(n as f64);
+    }
+
+    /// Removes finished requests; updates the gauges.
+    fn retire(&mut self) {
+        let metrics = &self.metrics;
+        self.running.retain_mut(|r| {
+            if !r.done() {
+                return true;
+            }
+            if !r.ended {
+                let secs = r.started.elapsed().as_secs_f64();
+                metrics.generation_seconds.observe(secs);
+                if secs > 0.0 {
+                    metrics.tokens_per_second.set(r.produced as f64 / secs);
+                }
+            }
+            metrics.tokens_generated.inc_by(r.produced);
+            false
+        });
+        let rows: usize = self.running.iter().map(Running::rows).sum();
+        let kv: usize = self.running.iter().flat_map(|r| r.seqs.iter()).map(Sequence::kv_bytes).sum();
+        self.metrics.batch_rows.set(rows as i64);
+        self.metrics.requests_running.set(self.running.len() as i64);
+        self.metrics.kv_bytes.set(kv as i64);
+    }
+}
