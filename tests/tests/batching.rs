@@ -72,8 +72,8 @@ async fn busy_batch(client: &std::sync::Arc<SteerClient>) -> Vec<tokio::task::Jo
     handles
 }
 
-async fn run(client: &SteerClient, tensors: &[SteeringTensor], o: &RunOptions) -> (Comparison, Instant) {
-    let c = client.generate(PROMPT, tensors, o, |_| {}).await.unwrap();
+async fn run(client: &SteerClient, prompt: &str, tensors: &[SteeringTensor], o: &RunOptions) -> (Comparison, Instant) {
+    let c = client.generate(prompt, tensors, o, |_| {}).await.unwrap();
     (c, Instant::now())
 }
 
@@ -88,12 +88,20 @@ async fn a_request_gives_the_same_tokens_alone_and_inside_a_busy_batch() {
     let cases = [(tensors.clone(), greedy.clone()), (tensors.clone(), sampled.clone()), (vec![], sampled.clone())];
     let mut alone = vec![];
     for (t, o) in &cases {
-        alone.push(ids(&run(&client, t, o).await.0));
+        alone.push(ids(&run(&client, PROMPT, t, o).await.0));
     }
+    // A prompt longer than the prefill chunk (32 positions): prefilled in pieces between steps.
+    let long_prompt = PROMPT.repeat(6);
+    let long_alone = ids(&run(&client, &long_prompt, &tensors, &sampled).await.0);
     assert_ne!(alone[1][0], alone[1][2], "steering changes the sampled rows");
+    let others = busy_batch(&client).await;
+    assert_eq!(ids(&run(&client, &long_prompt, &tensors, &sampled).await.0), long_alone, "long prompt");
+    for o in others {
+        o.await.unwrap();
+    }
     for (i, (t, o)) in cases.iter().enumerate() {
         let others = busy_batch(&client).await;
-        let (busy, done_at) = run(&client, t, o).await;
+        let (busy, done_at) = run(&client, PROMPT, t, o).await;
         assert_eq!(ids(&busy), alone[i], "case {i}: same tokens inside a busy batch");
         // The batch really was busy: the longer requests were still decoding when this one ended.
         for o in others {
@@ -109,14 +117,14 @@ async fn a_request_that_leaves_is_dropped_and_the_others_finish_unchanged() {
     let adds = [AdditionSpec::new(1, 4.0, "Love "), AdditionSpec::new(1, -4.0, "Hate")];
     let b = opts(SamplingParameters::post(), 30, 11);
     let tensors = client.steering_tensors(&adds, &b).await.unwrap();
-    let alone = ids(&run(&client, &tensors, &b).await.0);
+    let alone = ids(&run(&client, PROMPT, &tensors, &b).await.0);
     // A long request starts, B joins, A's client leaves after a few tokens.
     let long = RunOptions { n_tokens: 220, n_comparisons: 6, ..RunOptions::default() };
     let mut a = client.generate_stream("I hate you because", &tensors, &long).await.unwrap();
     let _ = a.next().await.unwrap().unwrap();
     let joined = {
         let (client, tensors, b) = (&client, &tensors, &b);
-        async move { run(client, tensors, b).await.0 }
+        async move { run(client, PROMPT, tensors, b).await.0 }
     };
     let (busy, _) = tokio::join!(joined, async move {
         for _ in 0..3 {
@@ -149,7 +157,7 @@ async fn a_client_that_stops_reading_is_cancelled_and_stalls_nobody() {
     let _ = stalled.next().await.unwrap().unwrap(); // admitted; now it reads nothing
     // Others are served meanwhile (with the old batcher this hung forever).
     for seed in 0..3 {
-        let c = tokio::time::timeout(Duration::from_secs(60), run(&client, &[], &opts(SamplingParameters::post(), 20, seed)))
+        let c = tokio::time::timeout(Duration::from_secs(60), run(&client, PROMPT, &[], &opts(SamplingParameters::post(), 20, seed)))
             .await
             .expect("a stalled client held up the others")
             .0;

@@ -43,8 +43,8 @@ pub struct ServeArgs {
     /// Most KV positions the running rows may reserve (prompt + max new tokens per row).
     #[arg(long, default_value_t = 8192, env = "STEER_MAX_BATCH_TOKENS")]
     max_batch_tokens: usize,
-    /// Prompt tokens prefilled per iteration while others decode (at least one request).
-    #[arg(long, default_value_t = 512, env = "STEER_MAX_PREFILL_TOKENS")]
+    /// Prefill chunk: prompt positions prefilled per iteration while others decode.
+    #[arg(long, default_value_t = 32, env = "STEER_MAX_PREFILL_TOKENS")]
     max_prefill_tokens: usize,
     /// Seconds a client may read nothing before its request is cancelled (ABORTED).
     #[arg(long, default_value_t = 10.0, env = "STEER_STALL_TIMEOUT_SECS")]

@@ -17,8 +17,8 @@ pub struct GenerationConfig {
     /// Most KV positions the running rows may reserve, over all requests (each row reserves
     /// prompt + max_new_tokens; memory is allocated as rows grow).
     pub max_batch_tokens: usize,
-    /// Prompt tokens prefilled per iteration while other rows are decoding (at least one
-    /// request's): bounds how long a new request stalls the running streams.
+    /// Prefill chunk (prompt positions): a long prompt is prefilled this many positions per
+    /// iteration while other rows decode, so they wait one chunk, not a whole prompt.
     pub max_prefill_tokens: usize,
     /// A request whose client reads nothing for this long is cancelled (ABORTED) and its rows
     /// freed; the other requests never wait for it.
@@ -37,7 +37,7 @@ impl Default for GenerationConfig {
             max_queue: 32,
             max_batch_rows: 32,
             max_batch_tokens: 8192,
-            max_prefill_tokens: 512,
+            max_prefill_tokens: 32,
             stall_timeout: std::time::Duration::from_secs(10),
             worker_id: String::new(),
         }

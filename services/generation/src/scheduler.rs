@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use steer_common::ServiceError;
 use steer_model::tokenizer::StreamDecoder;
-use steer_model::{Engine, FinishReason, GenerateOptions, Sequence};
+use steer_model::{Engine, FinishReason, GenerateOptions, Prefill, Sequence};
 use steer_proto::v1::{generate_response, FinishReason as PFinish, GenerateResponse, RowFinished, TokenEvent, TopLogprob};
 use steer_telemetry::Metrics;
 use tokio::sync::mpsc::{self, error::TrySendError, OwnedPermit};
@@ -97,6 +97,8 @@ impl Scheduler {
 /// A request in the running batch.
 struct Running {
     request: ValidRequest,
+    /// The prompt still being prefilled, chunk by chunk; then `seqs` decode.
+    prefill: Option<Prefill>,
     seqs: Vec<Sequence>,
     decoders: Vec<StreamDecoder>,
     /// Events not yet taken by the channel.
@@ -115,7 +117,15 @@ struct Running {
 }
 
 impl Running {
+    /// Rows this request holds in the batch (all of them while prefilling).
     fn rows(&self) -> usize {
+        if self.prefill.is_some() && !self.ended {
+            return self.request.rows.len();
+        }
+        self.decoding_rows()
+    }
+
+    fn decoding_rows(&self) -> usize {
         self.seqs.iter().filter(|s| !s.is_finished()).count()
     }
 
@@ -172,6 +182,9 @@ impl Running {
         if self.ended {
             return;
         }
+        if self.events.is_closed() {
+            return self.end(None); // the client left
+        }
         if self.deadline.is_some_and(|d| now >= d) {
             let n: usize = self.seqs.iter().map(|s| s.tokens.len()).sum();
             return self.end(Some(ServiceError::DeadlineExceeded(format!("deadline passed after {n} tokens"))));
@@ -196,6 +209,7 @@ impl Running {
 
     /// Cancels every row, frees their memory and sends `status` (if any) in the held slot.
     fn end(&mut self, status: Option<ServiceError>) {
+        self.prefill = None;
         self.seqs.iter_mut().for_each(Sequence::cancel);
         self.outbox.clear();
         if let (Some(permit), Some(e)) = (self.last_word.take(), status) {
@@ -206,7 +220,7 @@ impl Running {
 
     /// Every row finished and every event delivered (or the request was cancelled).
     fn done(&self) -> bool {
-        self.ended || (self.outbox.is_empty() && self.seqs.iter().all(Sequence::is_finished))
+        self.ended || (self.prefill.is_none() && self.outbox.is_empty() && self.seqs.iter().all(Sequence::is_finished))
     }
 
     fn reserved_tokens(&self) -> usize {
@@ -236,6 +250,7 @@ impl EngineLoop {
                 return;
             }
             self.admit();
+            self.prefill();
             self.step();
             let now = Instant::now();
             for r in self.running.iter_mut() {
@@ -250,7 +265,7 @@ impl EngineLoop {
     /// whose deadline passed. False once the service is gone and nothing is left to do.
     fn intake(&mut self) -> bool {
         let idle = self.running.is_empty() && self.waiting.is_empty();
-        let busy = self.running.iter().any(|r| r.rows() > 0);
+        let busy = self.running.iter().any(|r| r.rows() > 0 && !r.ended);
         if idle {
             match self.rx.recv() {
                 Ok(job) => self.waiting.push_back(job),
@@ -282,9 +297,8 @@ impl EngineLoop {
         true
     }
 
-    /// Admits waiting requests in order while they fit, and prefills them.
+    /// Admits waiting requests in order while they fit the budgets; their prefills start.
     fn admit(&mut self) {
-        let mut prefilled = 0;
         while let Some(job) = self.waiting.front() {
             let rows: usize = self.running.iter().map(Running::rows).sum();
             let reserved: usize = self.running.iter().filter(|r| !r.ended).map(Running::reserved_tokens).sum();
@@ -294,20 +308,16 @@ impl EngineLoop {
             if !fits && !self.running.is_empty() {
                 break;
             }
-            if rows > 0 && prefilled > 0 && prefilled + job.request.prompt_tokens > self.cfg.max_prefill_tokens {
-                break;
-            }
             let job = self.waiting.pop_front().expect("front exists");
             self.depth.fetch_sub(1, Ordering::SeqCst);
-            prefilled += job.request.prompt_tokens;
-            if let Some(r) = self.prefill(job) {
+            if let Some(r) = self.begin(job) {
                 self.running.push(r);
             }
         }
         self.metrics.queue_depth.set(self.depth.load(Ordering::SeqCst) as i64);
     }
 
-    fn prefill(&self, job: Job) -> Option<Running> {
+    fn begin(&self, job: Job) -> Option<Running> {
         let Job { request, events, queued_at, deadline } = job;
         let last_word = events.clone().try_reserve_owned().ok()?; // None: the client left
         self.metrics.queue_wait.observe(queued_at.elapsed().as_secs_f64());
@@ -317,32 +327,59 @@ impl EngineLoop {
             use_kv_cache: true,
             top_logprobs: request.top_logprobs,
         };
-        let started = Instant::now();
-        let span = tracing::info_span!("prefill", rows = request.rows.len(), prompt_tokens = request.prompt_tokens);
-        let seqs = match span.in_scope(|| self.engine.start(&request.rows, &opts)) {
-            Ok(s) => s,
+        let prefill = match self.engine.begin(&request.rows, &opts) {
+            Ok(p) => p,
             Err(e) => {
                 last_word.send(Err(ServiceError::from(e).into()));
                 return None;
             }
         };
-        let prefill_ms = started.elapsed().as_secs_f64() * 1e3;
-        self.metrics.time_to_first_token.observe(started.elapsed().as_secs_f64());
         Some(Running {
-            decoders: vec![StreamDecoder::default(); seqs.len()],
-            seqs,
+            decoders: vec![StreamDecoder::default(); request.rows.len()],
+            prefill: Some(prefill),
+            seqs: vec![],
             request,
             outbox: VecDeque::new(),
             events,
             last_word: Some(last_word),
             blocked_since: None,
             deadline,
-            started,
-            queue_ms: queued_at.elapsed().as_secs_f64() * 1e3 - prefill_ms,
-            prefill_ms,
+            started: Instant::now(),
+            queue_ms: queued_at.elapsed().as_secs_f64() * 1e3,
+            prefill_ms: 0.0,
             produced: 0,
             ended: false,
         })
+    }
+
+    /// Prefills in chunks of `max_prefill_tokens`, oldest request first: one chunk per
+    /// iteration while other rows decode (so they wait one chunk, not a whole prompt), back to
+    /// back while none do, until one request has its first tokens. Chunk boundaries depend on
+    /// the request alone, so its numbers do too.
+    fn prefill(&mut self) {
+        let mut decoding = self.running.iter().any(|r| r.decoding_rows() > 0);
+        for r in self.running.iter_mut().filter(|r| !r.ended) {
+            while let Some(p) = r.prefill.as_mut() {
+                let span = tracing::info_span!("prefill", rows = r.request.rows.len(), remaining = p.remaining());
+                match span.in_scope(|| self.engine.prefill_chunk(p, self.cfg.max_prefill_tokens)) {
+                    Err(e) => r.end(Some(e.into())),
+                    Ok(None) => {}
+                    Ok(Some(seqs)) => {
+                        r.prefill = None;
+                        r.seqs = seqs;
+                        r.prefill_ms = r.started.elapsed().as_secs_f64() * 1e3;
+                        self.metrics.time_to_first_token.observe(r.started.elapsed().as_secs_f64());
+                        // Its first tokens go out now, not after the next step.
+                        r.sample(&self.engine, &self.cfg.worker_id);
+                        r.deliver(Instant::now(), self.cfg.stall_timeout);
+                        decoding = true;
+                    }
+                }
+                if decoding {
+                    return;
+                }
+            }
+        }
     }
 
     /// One decode step for every running row that has sampled its last token.

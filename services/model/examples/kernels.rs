@@ -7,7 +7,7 @@ use steer_model::kernels::{rows_dot, small_m_matmul};
 fn main() {
     for &(k, n) in &[(1600usize, 6400usize), (6400, 1600), (1600, 4800), (1600, 1600)] {
         let w: Vec<f32> = (0..k * n).map(|i| (i % 97) as f32 * 1e-3).collect();
-        for &m in &[1usize, 6, 9] {
+        for &m in &[1usize, 6, 9, 16, 32] {
             let x: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 1e-2).collect();
             let mut best = f64::MAX;
             for _ in 0..20 {
@@ -26,7 +26,7 @@ fn main() {
     // Weights that do not fit in cache: 32 distinct 1600x6400 matrices (1.3 GB), as in a forward.
     let (k, n, count) = (1600usize, 6400usize, 32usize);
     let ws: Vec<Vec<f32>> = (0..count).map(|j| (0..k * n).map(|i| ((i + j) % 97) as f32 * 1e-3).collect()).collect();
-    for &m in &[1usize, 6, 9] {
+    for &m in &[1usize, 6, 9, 16, 32] {
         let x: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 1e-2).collect();
         let mut best = f64::MAX;
         for _ in 0..3 {

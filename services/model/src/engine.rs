@@ -245,13 +245,20 @@ impl Engine {
         Ok(hidden.i((.., layout.width - 1, ..))?.contiguous()?)
     }
 
-    /// Prefills `rows` (one forward, with each row's additions at its positions 0..k-1; rows
+    /// Prefills `rows` in one forward (with each row's additions at its positions 0..k-1; rows
     /// with the same prompt and steering share it and their caches are copied out) and returns
     /// one [`Sequence`] per row, ready to sample its first token.
     pub fn start(&self, rows: &[RowRequest], opts: &GenerateOptions) -> Result<Vec<Sequence>> {
         if rows.is_empty() {
             return Ok(vec![]);
         }
+        let mut p = self.begin(rows, opts)?;
+        Ok(self.prefill_chunk(&mut p, usize::MAX)?.expect("one chunk covers the prompt"))
+    }
+
+    /// A prefill to run in chunks ([`Engine::prefill_chunk`]), so that a long prompt can share
+    /// the engine with decoding rows.
+    pub fn begin(&self, rows: &[RowRequest], opts: &GenerateOptions) -> Result<Prefill> {
         let width = rows.iter().map(|r| r.prompt.len()).max().unwrap_or(0);
         // The caller validated the rows (steer-generation's validation module); trust them.
         debug_assert!(width + opts.max_new_tokens <= self.info.n_positions, "prompt + new tokens exceed n_positions");
@@ -266,15 +273,39 @@ impl Engine {
         let seqs: Vec<Vec<u32>> = distinct.iter().map(|&r| rows[r].prompt.clone()).collect();
         let adds: Vec<Vec<Addition>> = distinct.iter().map(|&r| rows[r].additions.clone()).collect();
         let layout = Layout::new(&seqs, self.info.n_positions)?;
-        let mut cache = KvCache::new(self.info.n_layer, layout.width);
-        let hidden = self.prefill(&seqs, &adds, &mut cache)?;
-        let logits = self.model.logits(&hidden)?.to_vec2::<f32>()?;
-        let kv = (0..distinct.len()).map(|i| cache.row(i, layout.offsets[i])).collect::<Result<Vec<_>>>()?;
-        Ok(rows
-            .iter()
-            .zip(&fan_out)
-            .map(|(r, &g)| Sequence::new(r, kv[g as usize].clone(), logits[g as usize].clone(), opts))
-            .collect())
+        let additions = self.additions(&layout, &adds)?;
+        let cache = KvCache::new(self.info.n_layer, layout.width);
+        Ok(Prefill { rows: rows.to_vec(), seqs, fan_out, layout, additions, cache, done: 0, opts: opts.clone() })
+    }
+
+    /// Prefills the next `max_tokens` positions (at most) of `p`; the sequences once the whole
+    /// prompt is in. Chunk boundaries fall at multiples of `max_tokens` from the start, so a
+    /// request prefilled with the same chunk size computes the same numbers whatever else runs.
+    pub fn prefill_chunk(&self, p: &mut Prefill, max_tokens: usize) -> Result<Option<Vec<Sequence>>> {
+        let (p0, width) = (p.done, p.layout.width);
+        let p1 = width.min(p0.saturating_add(max_tokens.max(1)));
+        let step = p.layout.chunk_step(&p.seqs, p0, p1, &self.model)?;
+        let window = match &p.additions {
+            Some(a) if p0 == 0 && p1 == width => Some(a.clone()),
+            Some(a) => Some(a.window(p0, p1 - p0)?),
+            None => None,
+        };
+        let mut hooks = Hooks { additions: window.as_ref(), ..Default::default() };
+        let hidden = self.model.forward(&step, &mut p.cache, &mut hooks)?;
+        p.done = p1;
+        if p1 < width {
+            return Ok(None);
+        }
+        let last = hidden.i((.., p1 - p0 - 1, ..))?.contiguous()?;
+        let logits = self.model.logits(&last)?.to_vec2::<f32>()?;
+        let kv = (0..p.seqs.len()).map(|i| p.cache.row(i, p.layout.offsets[i])).collect::<Result<Vec<_>>>()?;
+        Ok(Some(
+            p.rows
+                .iter()
+                .zip(&p.fan_out)
+                .map(|(r, &g)| Sequence::new(r, kv[g as usize].clone(), logits[g as usize].clone(), &p.opts))
+                .collect(),
+        ))
     }
 
     /// One decode step for every sequence given (none finished): each attends over its own
@@ -343,6 +374,26 @@ impl Engine {
             .into_iter()
             .map(|s| RowOutput { finish: s.finish.unwrap_or(FinishReason::Length), tokens: s.tokens, prefill_secs, decode_secs: total - prefill_secs })
             .collect())
+    }
+}
+
+/// A prefill in progress: the distinct rows' shared batch cache and how far it got.
+#[derive(Debug)]
+pub struct Prefill {
+    rows: Vec<RowRequest>,
+    seqs: Vec<Vec<u32>>,
+    fan_out: Vec<u32>,
+    layout: Layout,
+    additions: Option<Additions>,
+    cache: KvCache,
+    done: usize,
+    opts: GenerateOptions,
+}
+
+impl Prefill {
+    /// Prompt positions still to prefill.
+    pub fn remaining(&self) -> usize {
+        self.layout.width - self.done
     }
 }
 
@@ -488,26 +539,32 @@ impl Layout {
 
     /// The whole (left-padded) sequences: causal mask that also hides padding keys.
     fn prefill_step(&self, seqs: &[Vec<u32>], model: &Gpt2) -> Result<Step> {
-        let (b, t) = (seqs.len(), self.width);
+        self.chunk_step(seqs, 0, self.width, model)
+    }
+
+    /// Columns `p0..p1` of the (left-padded) sequences, after `p0` cached columns: a causal mask
+    /// over `0..p1` that also hides padding keys.
+    fn chunk_step(&self, seqs: &[Vec<u32>], p0: usize, p1: usize, model: &Gpt2) -> Result<Step> {
+        let (b, t, s) = (seqs.len(), p1 - p0, p1);
         let mut ids = vec![0u32; b * t];
         let mut pos = vec![0u32; b * t];
-        let mut mask = vec![0f32; b * t * t];
-        for (row, s) in seqs.iter().enumerate() {
+        let mut mask = vec![0f32; b * t * s];
+        for (row, seq) in seqs.iter().enumerate() {
             let off = self.offsets[row];
-            for (j, &tok) in s.iter().enumerate() {
-                ids[row * t + off + j] = tok;
-                pos[row * t + off + j] = j as u32;
-            }
-            for q in 0..t {
-                for k in 0..t {
+            for q in p0..p1 {
+                if q >= off {
+                    ids[row * t + q - p0] = seq[q - off];
+                    pos[row * t + q - p0] = (q - off) as u32;
+                }
+                for k in 0..s {
                     let visible = k <= q && (k >= off || k == q);
                     if !visible {
-                        mask[(row * t + q) * t + k] = f32::NEG_INFINITY;
+                        mask[(row * t + q - p0) * s + k] = f32::NEG_INFINITY;
                     }
                 }
             }
         }
-        self.step(ids, pos, mask, (b, t, t), model)
+        self.step(ids, pos, mask, (b, t, s), model)
     }
 
     fn step(&self, ids: Vec<u32>, pos: Vec<u32>, mask: Vec<f32>, (b, t, s): (usize, usize, usize), model: &Gpt2) -> Result<Step> {

@@ -198,6 +198,12 @@ impl Additions {
     pub fn at_stream(&self, stream: usize) -> Option<&Tensor> {
         self.deltas.get(&stream)
     }
+
+    /// Positions `start..start + len` of every delta (a chunk of a prefill).
+    pub fn window(&self, start: usize, len: usize) -> Result<Self> {
+        let deltas = self.deltas.iter().map(|(&s, t)| Ok((s, t.narrow(1, start, len)?))).collect::<Result<_>>()?;
+        Ok(Self { deltas })
+    }
 }
 
 /// Which streams to record during a forward, and what was recorded (`[B, T, d]`, after any

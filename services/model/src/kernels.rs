@@ -25,7 +25,10 @@ pub fn small_m_matmul(x: &[f32], w: &[f32], bias: Option<&[f32]>, m: usize, k: u
         assert_eq!(b.len(), n, "bias shape");
     }
     let threads = rayon::current_num_threads().max(1);
-    // Slabs of whole 4-row groups, at least 64 rows each so tiny matrices stay on one thread.
+    // Slabs of whole 4-row groups, at least 64 rows each so tiny matrices stay on one thread (the
+    // split depends on k and the thread count only, never on m: every output element is one FMA
+    // chain over the slab's rows in order, and the slabs are added in order, whatever m is, so a
+    // row's result never depends on how many rows share the call).
     let rows_per = k.div_ceil(threads).div_ceil(4).max(16) * 4;
     let slabs: Vec<(usize, usize)> = (0..k).step_by(rows_per).map(|i0| (i0, (i0 + rows_per).min(k))).collect();
     let mut partials: Vec<Vec<f32>> = slabs
@@ -301,6 +304,23 @@ mod tests {
 
     fn data(len: usize, seed: u32) -> Vec<f32> {
         (0..len).map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0).collect()
+    }
+
+    #[test]
+    fn a_rows_result_does_not_depend_on_its_neighbours() {
+        // Odd shapes: slab and group remainders, a partial column tile.
+        for &(k, n) in &[(200usize, 300usize), (64, 1030), (1600, 77)] {
+            let w = data(k * n, 5);
+            let x = data(32 * k, 6);
+            let bias = data(n, 7);
+            let all = small_m_matmul(&x, &w, Some(&bias), 32, k, n);
+            for m in [1usize, 2, 3, 7, 16] {
+                let some = small_m_matmul(&x[..m * k], &w, Some(&bias), m, k, n);
+                assert_eq!(some[..], all[..m * n], "m = {m}, k = {k}, n = {n}: bit for bit");
+            }
+            let alone = small_m_matmul(&x[5 * k..6 * k], &w, Some(&bias), 1, k, n);
+            assert_eq!(alone[..], all[5 * n..6 * n]);
+        }
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub mod weights;
 
 pub use config::Config;
 pub use dtype::WeightDtype;
-pub use engine::{Engine, FinishReason, GenerateOptions, LoadOptions, ModelInfo, RowOutput, RowRequest, Sequence, TokenEvent};
+pub use engine::{Engine, FinishReason, GenerateOptions, LoadOptions, ModelInfo, Prefill, RowOutput, RowRequest, Sequence, TokenEvent};
 pub use error::{ModelError, Result};
 pub use hooks::{Addition, HookKind, HookPoint};
 pub use sampler::SamplingParams;

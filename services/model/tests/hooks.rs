@@ -126,3 +126,39 @@ fn shared_prefill_of_identical_rows_equals_each_row_alone() {
         e.generate(&rows, &opts, |_| ControlFlow::Continue(())).unwrap().into_iter().map(|o| o.tokens).collect();
     assert_eq!(uncached, batched);
 }
+
+#[test]
+fn a_prefill_in_chunks_matches_the_whole_prefill() {
+    let e = engine();
+    let p = e.encode("I went up to my friend and said", true).unwrap();
+    let steer = love_hate(&e, HookPoint::ResidPre(2), 8.0); // 3 positions: the window spans chunks
+    let rows = [RowRequest { sampling: SamplingParams::greedy(), ..sampled(&p, vec![steer.clone()], 0) }, RowRequest {
+        sampling: SamplingParams::greedy(),
+        ..sampled(&p, vec![], 0)
+    }];
+    let opts = GenerateOptions { max_new_tokens: 15, stop_at_eos: false, ..Default::default() };
+    let run = |chunk: usize| {
+        let mut pre = e.begin(&rows, &opts).unwrap();
+        let mut seqs = loop {
+            if let Some(s) = e.prefill_chunk(&mut pre, chunk).unwrap() {
+                break s;
+            }
+        };
+        for _ in 0..15 {
+            for (row, s) in seqs.iter_mut().enumerate() {
+                s.advance(row, 50256);
+            }
+            let mut live: Vec<&mut steer_model::Sequence> = seqs.iter_mut().filter(|s| !s.is_finished()).collect();
+            if !live.is_empty() {
+                e.step(&mut live).unwrap();
+            }
+        }
+        seqs.into_iter().map(|s| s.tokens).collect::<Vec<_>>()
+    };
+    let whole = run(usize::MAX);
+    assert_eq!(whole, e.generate(&rows, &opts, |_| ControlFlow::Continue(())).unwrap().into_iter().map(|o| o.tokens).collect::<Vec<_>>());
+    for chunk in [1, 2, 4] {
+        assert_eq!(run(chunk), whole, "chunks of {chunk}");
+    }
+    assert_ne!(whole[0], whole[1], "the steering acts through the chunks");
+}

@@ -1,0 +1,101 @@
+//! `steer bench`: speed, printed (never asserted). The engine's prefill and decode here; the
+//! services over loopback gRPC in [`grpc`]; many clients at once in [`concurrency`].
+
+mod concurrency;
+mod grpc;
+
+use std::time::Instant;
+
+use anyhow::Result;
+use clap::Args;
+use steer_client::v1::SamplingParameters;
+use steer_model::{Engine, GenerateOptions, RowRequest};
+
+use crate::ModelArgs;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Tokens decoded per measurement.
+    #[arg(long, default_value_t = 16)]
+    tokens: usize,
+    /// Batch sizes to measure decode at.
+    #[arg(long, value_delimiter = ',', default_value = "1,6")]
+    batches: Vec<usize>,
+    /// Also measure the services over loopback gRPC: cache-hit latency, time to first token,
+    /// and the overhead of a full run against the in-process engine.
+    #[arg(long)]
+    grpc: bool,
+    /// Also serve N clients at once for each N given (e.g. 1,4,8,16), against the same requests
+    /// one at a time, and the stall a long prefill causes to running streams.
+    #[arg(long, value_delimiter = ',')]
+    concurrency: Vec<usize>,
+}
+
+const PROMPT: &str = "I went up to my friend and said"; // 9 tokens with BOS
+
+/// `n` unsteered rows of the post's sampling, seeds 0..n.
+fn rows(engine: &Engine, n: usize) -> Result<Vec<RowRequest>> {
+    let prompt = engine.encode(PROMPT, true)?;
+    let sampling = steer_common::convert::sampling(&SamplingParameters::post())?;
+    Ok(steer_generation::validation::pair_rows(&prompt, &sampling, n, 0, &[], true).0)
+}
+
+fn peak_rss_gb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1e6)
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    let t = Instant::now();
+    let engine = a.model.load()?;
+    println!("load: {:.1} s, peak RSS {:.2} GB", t.elapsed().as_secs_f64(), peak_rss_gb());
+    // Prefill of the 9-token prompt: generate one token.
+    let one = GenerateOptions { max_new_tokens: 1, stop_at_eos: false, ..Default::default() };
+    engine.generate(&rows(&engine, 1)?, &one, |_| std::ops::ControlFlow::Continue(()))?; // warm-up
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let t = Instant::now();
+        engine.generate(&rows(&engine, 1)?, &one, |_| std::ops::ControlFlow::Continue(()))?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    println!("prefill 9 tokens (batch 1): {best:.3} s");
+    for &b in &a.batches {
+        let opts = GenerateOptions { max_new_tokens: a.tokens + 1, stop_at_eos: false, ..Default::default() };
+        let out = engine.generate(&rows(&engine, b)?, &opts, |_| std::ops::ControlFlow::Continue(()))?;
+        let o = &out[0];
+        let steps = (o.tokens.len() - 1) as f64;
+        let step_s = o.decode_secs / steps;
+        println!(
+            "decode batch {b}: {:.1} ms/step, {:.2} tokens/s per row, {:.2} tokens/s total (prefill {:.3} s)",
+            step_s * 1e3,
+            1.0 / step_s,
+            b as f64 / step_s,
+            o.prefill_secs
+        );
+    }
+    println!("peak RSS: {:.2} GB", peak_rss_gb());
+    let engine = std::sync::Arc::new(engine);
+    if a.grpc {
+        crate::commands::runtime()?.block_on(grpc::run(engine.clone(), a.tokens))?;
+    }
+    if !a.concurrency.is_empty() {
+        crate::commands::runtime()?.block_on(concurrency::run(engine, &a.concurrency))?;
+    }
+    Ok(())
+}
+
+/// The p-quantile (0..=1) of `v`, nearest rank; NaN when empty.
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
