@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::dtype::WeightDtype;
 use crate::error::{ModelError, Result};
-use crate::gpt2::{Gpt2, Step};
+use crate::gpt2::{Gpt2, SharedPrefix, Step};
 use crate::hooks::{Addition, Additions, Captures, HookPoint, Hooks};
 use crate::kv_cache::{KvCache, RowKv};
 use crate::sampler::{Sampler, SamplingParams};
@@ -274,8 +274,35 @@ impl Engine {
         let adds: Vec<Vec<Addition>> = distinct.iter().map(|&r| rows[r].additions.clone()).collect();
         let layout = Layout::new(&seqs, self.info.n_positions)?;
         let additions = self.additions(&layout, &adds)?;
+        let shared = self.shared_prefix(&seqs, &adds)?;
         let cache = KvCache::new(self.info.n_layer, layout.width);
-        Ok(Prefill { rows: rows.to_vec(), seqs, fan_out, layout, additions, cache, done: 0, opts: opts.clone() })
+        Ok(Prefill { rows: rows.to_vec(), seqs, fan_out, layout, additions, shared, cache, done: 0, opts: opts.clone() })
+    }
+
+    /// Rows with the same prompt and different steering (a comparison's unsteered and steered
+    /// sides) are the same up to the first stream any of them adds to: compute those streams
+    /// once per prompt. `None` when nothing would be shared.
+    fn shared_prefix(&self, seqs: &[Vec<u32>], adds: &[Vec<Addition>]) -> Result<Option<Shared>> {
+        let Some(first) = adds.iter().flatten().map(|a| a.hook.stream()).min() else {
+            return Ok(None);
+        };
+        let mut prompts: Vec<Vec<u32>> = vec![];
+        let mut groups = vec![];
+        for s in seqs {
+            match prompts.iter().position(|p| p == s) {
+                Some(g) => groups.push(g),
+                None => {
+                    groups.push(prompts.len());
+                    prompts.push(s.clone());
+                }
+            }
+        }
+        if prompts.len() == seqs.len() || first < 2 {
+            return Ok(None);
+        }
+        let layout = Layout::new(&prompts, self.info.n_positions)?;
+        let rows = Tensor::from_vec(groups.iter().map(|&g| g as u32).collect::<Vec<_>>(), groups.len(), self.model.device())?;
+        Ok(Some(Shared { prompts, layout, rows, groups, streams: first }))
     }
 
     /// Prefills the next `max_tokens` positions (at most) of `p`; the sequences once the whole
@@ -291,14 +318,25 @@ impl Engine {
             None => None,
         };
         let mut hooks = Hooks { additions: window.as_ref(), ..Default::default() };
-        let hidden = self.model.forward(&step, &mut p.cache, &mut hooks)?;
+        let hidden = match &p.shared {
+            Some(sh) => {
+                let group_step = sh.layout.chunk_step(&sh.prompts, p0, p1, &self.model)?;
+                let prefix = SharedPrefix { step: &group_step, rows: &sh.rows, streams: sh.streams };
+                self.model.forward_shared(&step, &prefix, &mut p.cache, &mut hooks)?
+            }
+            None => self.model.forward(&step, &mut p.cache, &mut hooks)?,
+        };
         p.done = p1;
         if p1 < width {
             return Ok(None);
         }
         let last = hidden.i((.., p1 - p0 - 1, ..))?.contiguous()?;
         let logits = self.model.logits(&last)?.to_vec2::<f32>()?;
-        let kv = (0..p.seqs.len()).map(|i| p.cache.row(i, p.layout.offsets[i])).collect::<Result<Vec<_>>>()?;
+        let (shared_layers, groups) = match &p.shared {
+            Some(sh) => (sh.streams - 1, sh.groups.clone()),
+            None => (0, (0..p.seqs.len()).collect()),
+        };
+        let kv = (0..p.seqs.len()).map(|i| p.cache.row(i, shared_layers, groups[i], p.layout.offsets[i])).collect::<Result<Vec<_>>>()?;
         Ok(Some(
             p.rows
                 .iter()
@@ -385,9 +423,21 @@ pub struct Prefill {
     fan_out: Vec<u32>,
     layout: Layout,
     additions: Option<Additions>,
+    shared: Option<Shared>,
     cache: KvCache,
     done: usize,
     opts: GenerateOptions,
+}
+
+/// The streams a prefill's rows share: one row per distinct prompt (see `Gpt2::forward_shared`).
+#[derive(Debug)]
+struct Shared {
+    prompts: Vec<Vec<u32>>,
+    layout: Layout,
+    /// u32 [B]: each distinct row's prompt.
+    rows: Tensor,
+    groups: Vec<usize>,
+    streams: usize,
 }
 
 impl Prefill {

@@ -214,6 +214,17 @@ pub struct Step {
     pub mask: Tensor,
 }
 
+/// The streams that identical-prompt rows share in a prefill: see [`Gpt2::forward_shared`].
+#[derive(Debug, Clone, Copy)]
+pub struct SharedPrefix<'a> {
+    /// One row per group of rows with the same prompt.
+    pub step: &'a Step,
+    /// u32 [B]: the group of each row.
+    pub rows: &'a Tensor,
+    /// Streams `0..streams` are computed per group (blocks `0..streams - 1`).
+    pub streams: usize,
+}
+
 /// GPT-2 language model (lm_head tied to `wte`).
 #[derive(Debug, Clone)]
 pub struct Gpt2 {
@@ -262,11 +273,48 @@ impl Gpt2 {
     /// Returns the final hidden states after `ln_f` ([B, T, d]), or, when
     /// `hooks.stop_after_stream` is set, the raw stream at that point.
     pub fn forward(&self, step: &Step, cache: &mut KvCache, hooks: &mut Hooks<'_>) -> Result<Tensor> {
-        let (b, t) = step.ids.dims2()?;
-        let mut x = (self.wte.forward(&step.ids)? + self.wpe.forward(&step.positions)?)?;
-        for stream in 0..=self.cfg.n_layer {
+        let x = self.embed(step)?;
+        match self.streams(x, 0..self.cfg.n_layer + 1, &step.mask, cache, hooks)? {
+            std::ops::ControlFlow::Break(stopped) => Ok(stopped),
+            std::ops::ControlFlow::Continue(x) => Ok(self.ln_f.forward(&x)?),
+        }
+    }
+
+    /// [`Gpt2::forward`] where rows that differ only from stream `prefix.streams` on (the same
+    /// prompt, steered and unsteered) compute the streams before it once: `prefix.step` holds
+    /// one row per group, `prefix.rows[b]` is row b's group. The cache's layers below
+    /// `prefix.streams - 1` hold the groups' rows, the others every row's. No hook may act
+    /// before `prefix.streams`.
+    pub fn forward_shared(&self, step: &Step, prefix: &SharedPrefix<'_>, cache: &mut KvCache, hooks: &mut Hooks<'_>) -> Result<Tensor> {
+        let x = self.embed(prefix.step)?;
+        let std::ops::ControlFlow::Continue(x) = self.streams(x, 0..prefix.streams, &prefix.step.mask, cache, &mut Hooks::default())? else {
+            unreachable!("no hooks on the shared streams")
+        };
+        let x = x.index_select(prefix.rows, 0)?;
+        match self.streams(x, prefix.streams..self.cfg.n_layer + 1, &step.mask, cache, hooks)? {
+            std::ops::ControlFlow::Break(stopped) => Ok(stopped),
+            std::ops::ControlFlow::Continue(x) => Ok(self.ln_f.forward(&x)?),
+        }
+    }
+
+    /// Token + position embeddings: stream 0 before any hook, [B, T, d].
+    fn embed(&self, step: &Step) -> Result<Tensor> {
+        Ok((self.wte.forward(&step.ids)? + self.wpe.forward(&step.positions)?)?)
+    }
+
+    /// Residual streams `range` (stream s > 0 is block s - 1's output), with the hooks at each;
+    /// `Break` with the raw stream when the hooks stop early.
+    fn streams(
+        &self,
+        mut x: Tensor,
+        range: std::ops::Range<usize>,
+        mask: &Tensor,
+        cache: &mut KvCache,
+        hooks: &mut Hooks<'_>,
+    ) -> Result<std::ops::ControlFlow<Tensor, Tensor>> {
+        for stream in range {
             if stream > 0 {
-                x = self.blocks[stream - 1].forward(&x, &step.mask, cache.layer(stream - 1))?;
+                x = self.blocks[stream - 1].forward(&x, mask, cache.layer(stream - 1))?;
             }
             if let Some(delta) = hooks.additions.and_then(|a| a.at_stream(stream)) {
                 x = (x + delta)?;
@@ -275,11 +323,10 @@ impl Gpt2 {
                 c.record(stream, &x);
             }
             if hooks.stop_after_stream == Some(stream) {
-                return Ok(x);
+                return Ok(std::ops::ControlFlow::Break(x));
             }
         }
-        debug_assert_eq!(x.dims(), &[b, t, self.cfg.n_embd]);
-        Ok(self.ln_f.forward(&x)?)
+        Ok(std::ops::ControlFlow::Continue(x))
     }
 
     /// One decode step of m rows, each with its own cache and position: `ids[r]` is row r's

@@ -54,10 +54,13 @@ impl KvCache {
         &mut self.layers[i]
     }
 
-    /// Row `row`'s cache as a [`RowKv`], without its first `skip` (left-padding) positions.
-    pub fn row(&self, row: usize, skip: usize) -> Result<RowKv> {
+    /// Row `row`'s cache as a [`RowKv`], without its first `skip` (left-padding) positions. The
+    /// first `shared_layers` layers hold one row per group of rows (see
+    /// `Gpt2::forward_shared`): there the row's group, `group`, is read.
+    pub fn row(&self, row: usize, shared_layers: usize, group: usize, skip: usize) -> Result<RowKv> {
         let mut out = RowKv::default();
-        for layer in &self.layers {
+        for (l, layer) in self.layers.iter().enumerate() {
+            let row = if l < shared_layers { group } else { row };
             let (Some(k), Some(v)) = (layer.inner.k()?, layer.inner.v()?) else {
                 return Ok(out);
             };

@@ -175,8 +175,12 @@ fn actadd_steering_tensor_and_steered_greedy_match_hugging_face() {
             assert_eq!(steered[0], ids(&a["steered_greedy"]), "{hook}");
             assert_eq!(run(&e, &rows, 20, false), steered, "{hook}: cache vs recompute");
         }
-        let plain = run(&e, &greedy_rows(&[prompt], vec![vec![]]), 20, true);
+        let plain = run(&e, &greedy_rows(&[prompt.clone()], vec![vec![]]), 20, true);
         assert_eq!(plain[0], ids(&a["unsteered_greedy"]));
+        // Unsteered and steered in one prefill, sharing the streams below the steering.
+        let steer = Addition::from_tensor(hook, &Tensor::new(matrix(&a["steering"]), &steer_model::Device::Cpu).unwrap()).unwrap();
+        let both = run(&e, &greedy_rows(&[prompt.clone(), prompt], vec![vec![], vec![steer]]), 20, true);
+        assert_eq!(both, vec![ids(&a["unsteered_greedy"]), ids(&a["steered_greedy"])], "{hook}: shared prefill");
         assert_ne!(plain[0], ids(&a["steered_greedy"]), "the steering must change something");
     }
 }
