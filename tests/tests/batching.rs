@@ -198,3 +198,35 @@ async fn a_request_larger_than_the_budgets_is_invalid_naming_the_field() {
     assert_eq!(client.generate(PROMPT, &[], &ok, |_| {}).await.unwrap().steered.len(), 2);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_past_its_deadline_leaves_and_the_others_finish_unchanged() {
+    let (server, client) = start(engine()).await;
+    let b = opts(SamplingParameters::post(), 40, 5);
+    let alone = ids(&run(&client, PROMPT, &[], &b).await.0);
+    // A joins with a deadline far shorter than its 250 tokens x 16 rows take.
+    let mut raw = steer_client::v1::generation_service_client::GenerationServiceClient::connect(server.url()).await.unwrap();
+    let long = RunOptions { n_tokens: 250, n_comparisons: 8, ..RunOptions::default() };
+    let setup = steer_client::v1::GenerateRequest { msg: Some(steer_client::v1::generate_request::Msg::Setup(long.setup("I hate you because", 0))) };
+    let mut req = tonic::Request::new(tokio_stream::iter(vec![setup]));
+    req.set_timeout(Duration::from_millis(300));
+    let a = async move {
+        let mut codes = vec![];
+        match raw.generate(req).await {
+            Err(s) => codes.push(s.code()),
+            Ok(r) => {
+                let mut s = r.into_inner();
+                while let Some(m) = s.next().await {
+                    if let Err(e) = m {
+                        codes.push(e.code());
+                    }
+                }
+            }
+        }
+        codes
+    };
+    let (codes, (busy, _)) = tokio::join!(a, run(&client, PROMPT, &[], &b));
+    assert!(matches!(codes[..], [Code::DeadlineExceeded] | [Code::Cancelled]), "{codes:?}");
+    assert_eq!(ids(&busy), alone, "the other request finished unchanged");
+    server.shutdown().await;
+}
