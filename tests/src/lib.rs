@@ -27,3 +27,14 @@ pub async fn start_with(engine: Arc<Engine>, cfg: ServeConfig) -> (LocalServer, 
 pub async fn start(engine: Arc<Engine>) -> (LocalServer, SteerClient) {
     start_with(engine, ServeConfig::default()).await
 }
+
+/// The error codes a generation call ends with: its own status, or those its stream yields.
+pub async fn error_codes(
+    call: Result<tonic::Response<tonic::Streaming<steer_client::v1::GenerateResponse>>, tonic::Status>,
+) -> Vec<tonic::Code> {
+    use futures::StreamExt;
+    match call {
+        Err(s) => vec![s.code()],
+        Ok(r) => r.into_inner().filter_map(|m| async move { m.err().map(|e| e.code()) }).collect().await,
+    }
+}

@@ -210,21 +210,7 @@ async fn a_request_past_its_deadline_leaves_and_the_others_finish_unchanged() {
     let setup = steer_client::v1::GenerateRequest { msg: Some(steer_client::v1::generate_request::Msg::Setup(long.setup("I hate you because", 0))) };
     let mut req = tonic::Request::new(tokio_stream::iter(vec![setup]));
     req.set_timeout(Duration::from_millis(300));
-    let a = async move {
-        let mut codes = vec![];
-        match raw.generate(req).await {
-            Err(s) => codes.push(s.code()),
-            Ok(r) => {
-                let mut s = r.into_inner();
-                while let Some(m) = s.next().await {
-                    if let Err(e) = m {
-                        codes.push(e.code());
-                    }
-                }
-            }
-        }
-        codes
-    };
+    let a = async move { steer_e2e::error_codes(raw.generate(req).await).await };
     let (codes, (busy, _)) = tokio::join!(a, run(&client, PROMPT, &[], &b));
     assert!(matches!(codes[..], [Code::DeadlineExceeded] | [Code::Cancelled]), "{codes:?}");
     assert_eq!(ids(&busy), alone, "the other request finished unchanged");

@@ -109,18 +109,7 @@ async fn deadline_exceeded_reaches_the_caller_of_a_raw_stream() {
     let msgs = vec![steer_client::v1::GenerateRequest { msg: Some(steer_client::v1::generate_request::Msg::Setup(setup)) }];
     let mut req = tonic::Request::new(tokio_stream::iter(msgs));
     req.set_timeout(std::time::Duration::from_millis(200));
-    let mut codes = vec![];
-    match g.generate(req).await {
-        Err(s) => codes.push(s.code()),
-        Ok(r) => {
-            let mut s = r.into_inner();
-            while let Some(m) = s.next().await {
-                if let Err(e) = m {
-                    codes.push(e.code());
-                }
-            }
-        }
-    }
+    let codes = steer_e2e::error_codes(g.generate(req).await).await;
     assert!(matches!(codes[..], [Code::DeadlineExceeded] | [Code::Cancelled]), "{codes:?}");
     server.shutdown().await;
 }
