@@ -223,15 +223,6 @@ impl Running {
     fn done(&self) -> bool {
         self.ended || (self.prefill.is_none() && self.outbox.is_empty() && self.seqs.iter().all(Sequence::is_finished))
     }
-
-    fn reserved_tokens(&self) -> usize {
-        reserved_tokens(&self.request)
-    }
-}
-
-/// KV positions a request may come to hold: prompt + max_new_tokens per row.
-pub fn reserved_tokens(r: &ValidRequest) -> usize {
-    r.rows.len() * (r.prompt_tokens + r.max_new_tokens)
 }
 
 struct EngineLoop {
@@ -302,9 +293,9 @@ impl EngineLoop {
     fn admit(&mut self) {
         while let Some(job) = self.waiting.front() {
             let rows: usize = self.running.iter().map(Running::rows).sum();
-            let reserved: usize = self.running.iter().filter(|r| !r.ended).map(Running::reserved_tokens).sum();
+            let reserved: usize = self.running.iter().filter(|r| !r.ended).map(|r| r.request.kv_positions()).sum();
             let fits = rows + job.request.rows.len() <= self.cfg.max_batch_rows
-                && reserved + reserved_tokens(&job.request) <= self.cfg.max_batch_tokens;
+                && reserved + job.request.kv_positions() <= self.cfg.max_batch_tokens;
             // Wait for retirements (a request alone always fits: validation checks it).
             if !fits && !self.running.is_empty() {
                 break;

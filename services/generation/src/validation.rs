@@ -24,6 +24,14 @@ pub struct ValidRequest {
     pub prompt_tokens: usize,
 }
 
+impl ValidRequest {
+    /// KV positions the request may come to hold: prompt + max_new_tokens per row (what the
+    /// worker's `max_batch_tokens` budget counts).
+    pub fn kv_positions(&self) -> usize {
+        self.rows.len() * (self.prompt_tokens + self.max_new_tokens)
+    }
+}
+
 /// Checks everything the engine relies on, naming the field that is wrong.
 pub fn validate(raw: RawRequest, engine: &Engine, cfg: &GenerationConfig) -> Result<ValidRequest, ServiceError> {
     let RawRequest { setup, tensors } = raw;
@@ -63,19 +71,20 @@ pub fn validate(raw: RawRequest, engine: &Engine, cfg: &GenerationConfig) -> Res
             format!("{n} comparisons make {} rows; this worker decodes at most {} rows at once", rows.len(), cfg.max_batch_rows),
         ));
     }
-    let positions = rows.len() * (prompt.len() + max_new);
+    let valid = ValidRequest { rows, n_unsteered, max_new_tokens: max_new, stop_at_eos: !setup.ignore_eos, top_logprobs, prompt_tokens: prompt.len() };
+    let positions = valid.kv_positions();
     if positions > cfg.max_batch_tokens {
         return Err(ServiceError::invalid(
             "setup.max_new_tokens",
             format!(
                 "{} rows x (prompt {} + {max_new} new tokens) = {positions} KV positions; this worker holds at most {}",
-                rows.len(),
-                prompt.len(),
+                valid.rows.len(),
+                valid.prompt_tokens,
                 cfg.max_batch_tokens
             ),
         ));
     }
-    Ok(ValidRequest { rows, n_unsteered, max_new_tokens: max_new, stop_at_eos: !setup.ignore_eos, top_logprobs, prompt_tokens: prompt.len() })
+    Ok(valid)
 }
 
 /// `sampling.top_p: ...` as `setup.sampling.top_p: ...`.

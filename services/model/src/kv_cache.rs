@@ -102,11 +102,6 @@ impl RowKv {
         self.k.iter().chain(&self.v).map(|l| l.capacity() * 4).sum()
     }
 
-    /// Bytes one more position takes.
-    pub fn bytes_per_position(n_layer: usize, d: usize) -> usize {
-        2 * n_layer * d * 4
-    }
-
     /// Appends one position's key and value at `layer` (the last layer's push completes it).
     /// The row must come from a prefill ([`KvCache::row`]), which sized it.
     pub(crate) fn push(&mut self, layer: usize, k: &[f32], v: &[f32]) {
