@@ -83,6 +83,13 @@ pub struct TensorAssembler {
 impl TensorAssembler {
     /// Checks the header against itself and against `max_bytes` before reserving anything.
     pub fn new(header: TensorHeader, max_bytes: u64) -> Result<Self, WireError> {
+        let (dtype, want) = Self::check(&header, max_bytes)?;
+        Ok(Self { bytes: Vec::with_capacity(want as usize), dtype, header })
+    }
+
+    /// The header's dtype and byte count, checked against its shape and `max_bytes`; nothing
+    /// is reserved (a caller may charge a budget before [`TensorAssembler::new`] allocates).
+    pub fn check(header: &TensorHeader, max_bytes: u64) -> Result<(Dtype, u64), WireError> {
         let dtype = Dtype::try_from(header.dtype).map_err(|_| WireError::Dtype(header.dtype))?;
         let size = dtype_size(dtype).ok_or(WireError::Dtype(header.dtype))? as u64;
         let want = header.shape.iter().try_fold(size, |a, &s| a.checked_mul(s)).unwrap_or(u64::MAX);
@@ -92,7 +99,14 @@ impl TensorAssembler {
         if want > max_bytes {
             return Err(WireError::TooLarge { bytes: want, limit: max_bytes });
         }
-        Ok(Self { bytes: Vec::with_capacity(want as usize), dtype, header })
+        Ok((dtype, want))
+    }
+
+    /// Bytes held while a tensor of this header is read and widened to f32 (its wire bytes,
+    /// then as many f32 values): what a worker's memory budget charges for it.
+    pub fn held_bytes(dtype: Dtype, wire_bytes: u64) -> u64 {
+        let size = dtype_size(dtype).unwrap_or(4) as u64;
+        wire_bytes + wire_bytes / size * 4
     }
 
     pub fn push(&mut self, chunk: &TensorChunk) -> Result<(), WireError> {

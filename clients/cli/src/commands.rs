@@ -1,5 +1,5 @@
 //! `steer run`, `demo`, `generate` (through `steer-client`, against running services or an
-//! embedded server on loopback) and `serve` / the workers (through `steer-server`).
+//! embedded server on loopback).
 
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
@@ -10,85 +10,12 @@ use steer_client::presets;
 use steer_client::v1::TokenEvent;
 use steer_client::{AdditionSpec, Comparison, RunOptions, SteerClient};
 use steer_model::HookKind;
-use steer_server::{LocalServer, Role, ServeConfig};
+use steer_server::{LocalServer, ServeConfig};
 
 use crate::ModelArgs;
 
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
-}
-
-#[derive(Args, Clone)]
-pub struct ServeArgs {
-    #[command(flatten)]
-    model: ModelArgs,
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:50051", env = "STEER_ADDR")]
-    addr: String,
-    /// Activation cache size in MiB.
-    #[arg(long, default_value_t = 512)]
-    cache_mib: usize,
-    /// Most new tokens per row.
-    #[arg(long, default_value_t = 256)]
-    max_new_tokens: usize,
-    /// Most comparisons (rows per side) per request.
-    #[arg(long, default_value_t = 16)]
-    max_comparisons: usize,
-    /// Requests waiting to join the running batch; more get RESOURCE_EXHAUSTED.
-    #[arg(long, default_value_t = 32, env = "STEER_MAX_QUEUE")]
-    max_queue: usize,
-    /// Most rows decoding at once, over all requests.
-    #[arg(long, default_value_t = 32, env = "STEER_MAX_BATCH_ROWS")]
-    max_batch_rows: usize,
-    /// Most KV positions the running rows may reserve (prompt + max new tokens per row).
-    #[arg(long, default_value_t = 8192, env = "STEER_MAX_BATCH_TOKENS")]
-    max_batch_tokens: usize,
-    /// Prefill chunk: prompt positions prefilled per iteration while others decode.
-    #[arg(long, default_value_t = 32, env = "STEER_MAX_PREFILL_TOKENS")]
-    max_prefill_tokens: usize,
-    /// Seconds a client may read nothing before its request is cancelled (ABORTED).
-    #[arg(long, default_value_t = 10.0, env = "STEER_STALL_TIMEOUT_SECS")]
-    stall_timeout_secs: f64,
-    /// Seconds open streams may run after SIGTERM/Ctrl-C.
-    #[arg(long, default_value_t = 10)]
-    grace_secs: u64,
-    /// Serve Prometheus metrics at http://ADDR/metrics.
-    #[arg(long, env = "STEER_METRICS_ADDR")]
-    metrics_addr: Option<std::net::SocketAddr>,
-    /// Name reported in finished rows (default: host name, then the listen address).
-    #[arg(long, env = "STEER_WORKER_ID")]
-    worker_id: Option<String>,
-}
-
-impl ServeArgs {
-    fn config(&self, role: Role) -> ServeConfig {
-        let mut c = ServeConfig { role, grace: std::time::Duration::from_secs(self.grace_secs), ..Default::default() };
-        c.activation.cache_bytes = self.cache_mib << 20;
-        let g = &mut c.generation;
-        g.max_new_tokens = self.max_new_tokens;
-        g.max_comparisons = self.max_comparisons;
-        g.max_queue = self.max_queue;
-        g.max_batch_rows = self.max_batch_rows;
-        g.max_batch_tokens = self.max_batch_tokens;
-        g.max_prefill_tokens = self.max_prefill_tokens;
-        g.stall_timeout = std::time::Duration::from_secs_f64(self.stall_timeout_secs.max(0.0));
-        c.generation.worker_id = self.worker_id.clone().unwrap_or_else(|| {
-            let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
-            if host.is_empty() { self.addr.clone() } else { format!("{host}/{}", self.addr) }
-        });
-        c
-    }
-}
-
-/// Listens at once (health NOT_SERVING), loads the model, then reports SERVING. Exits 0 after
-/// SIGTERM/Ctrl-C once open streams finish or the grace period ends; non-zero if the model
-/// cannot be loaded.
-pub async fn serve(a: ServeArgs, role: Role) -> Result<()> {
-    let model = a.model.clone();
-    eprintln!("serving {role:?} on {} (loading the model)", a.addr);
-    let load = move || model.load().map_err(|e| steer_server::ServerError::Loader(format!("{e:#}")));
-    steer_server::run(&a.addr, a.config(role), a.metrics_addr, load, steer_server::shutdown_signal()).await?;
-    Ok(())
 }
 
 fn parse_hook(s: &str) -> Result<HookKind, String> {
@@ -136,6 +63,8 @@ pub struct RunFlags {
     /// ...and one or more generation workers' URLs.
     #[arg(long, requires = "activation_url")]
     generation_url: Vec<String>,
+    #[command(flatten)]
+    conn: ConnectArgs,
     /// Terminal width of the table.
     #[arg(long, default_value_t = 120)]
     width: usize,
@@ -167,12 +96,48 @@ impl RunFlags {
     /// A client of the given services, or of an embedded server (loopback, same data path).
     async fn connect(&self) -> Result<(SteerClient, Option<LocalServer>)> {
         if let Some(act) = &self.activation_url {
-            return Ok((SteerClient::connect(act, &self.generation_url).await?, None));
+            return Ok((SteerClient::connect_with(act, &self.generation_url, self.conn.options()?).await?, None));
         }
         let model = self.model.clone();
         let engine = Arc::new(tokio::task::spawn_blocking(move || model.load()).await??);
         let local = LocalServer::start(engine, ServeConfig::default()).await?;
         Ok((SteerClient::connect(&local.url(), &[local.url()]).await?, Some(local)))
+    }
+}
+
+/// How to reach running services: TLS, token, deadline.
+#[derive(Args, Clone)]
+#[command(next_help_heading = "Connection")]
+struct ConnectArgs {
+    /// Trust this CA (PEM) for https:// URLs (default: the system's roots).
+    #[arg(long, env = "STEER_TLS_CA")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for mutual TLS; needs --tls-client-key.
+    #[arg(long, env = "STEER_TLS_CLIENT_CERT", requires = "tls_client_key")]
+    tls_client_cert: Option<std::path::PathBuf>,
+    #[arg(long, env = "STEER_TLS_CLIENT_KEY", requires = "tls_client_cert")]
+    tls_client_key: Option<std::path::PathBuf>,
+    /// Bearer token for servers started with --auth-tokens.
+    #[arg(long, env = "STEER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Deadline of each call in seconds, a whole generation included.
+    #[arg(long, default_value_t = 600.0, env = "STEER_TIMEOUT_SECS")]
+    timeout_secs: f64,
+}
+
+impl ConnectArgs {
+    fn options(&self) -> Result<steer_client::ConnectOptions> {
+        let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        let mut o = steer_client::ConnectOptions {
+            deadline: std::time::Duration::from_secs_f64(self.timeout_secs.clamp(0.001, 1e7)),
+            token: self.token.clone(),
+            ..Default::default()
+        };
+        o.tls_ca_pem = self.tls_ca.as_deref().map(read).transpose()?;
+        if let (Some(c), Some(k)) = (&self.tls_client_cert, &self.tls_client_key) {
+            o.tls_identity = Some((read(c)?, read(k)?));
+        }
+        Ok(o)
     }
 }
 

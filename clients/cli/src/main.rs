@@ -4,6 +4,7 @@
 
 mod bench;
 mod commands;
+mod serve;
 mod table;
 
 use std::path::PathBuf;
@@ -34,11 +35,11 @@ enum Command {
     /// Run a named preset: love-hate, weddings, eiffel (ARENA) or post-N (the post's table).
     Demo(commands::DemoArgs),
     /// Serve both services in one process (the embedded default).
-    Serve(commands::ServeArgs),
+    Serve(serve::ServeArgs),
     /// Serve the ActivationService only.
-    ActivationWorker(commands::ServeArgs),
+    ActivationWorker(serve::ServeArgs),
     /// Serve the GenerationService only.
-    GenerationWorker(commands::ServeArgs),
+    GenerationWorker(serve::ServeArgs),
     /// Stream one completion of a prompt, steered by any --add given.
     Generate(commands::GenerateArgs),
     /// Write a GPT-2 checkpoint with random weights in the hub layout.
@@ -110,9 +111,9 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Run(a) => commands::runtime()?.block_on(commands::run(a)),
         Command::Demo(a) => commands::runtime()?.block_on(commands::demo(a)),
-        Command::Serve(a) => commands::runtime()?.block_on(commands::serve(a, Role::Both)),
-        Command::ActivationWorker(a) => commands::runtime()?.block_on(commands::serve(a, Role::Activation)),
-        Command::GenerationWorker(a) => commands::runtime()?.block_on(commands::serve(a, Role::Generation)),
+        Command::Serve(a) => commands::runtime()?.block_on(serve::serve(a, Role::Both)),
+        Command::ActivationWorker(a) => commands::runtime()?.block_on(serve::serve(a, Role::Activation)),
+        Command::GenerationWorker(a) => commands::runtime()?.block_on(serve::serve(a, Role::Generation)),
         Command::Generate(a) => commands::runtime()?.block_on(commands::generate(a)),
         Command::RandomModel(a) => random_model(a),
         Command::Bench(a) => bench::run(a),

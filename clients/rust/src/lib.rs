@@ -2,8 +2,13 @@
 //! steering tensors of a list of activation additions, streams them to a GenerationService
 //! (chosen round-robin among the endpoints given), and returns or streams the unsteered and
 //! steered completions. `calculate_and_apply_steering_vector` mirrors the ARENA function.
+//!
+//! Connections ([`connection`]) are lazy (a dead worker fails only the calls sent to it),
+//! over TLS for `https://` URLs, carry a bearer token when given, and every call has a
+//! deadline. A generation that fails because of its worker moves to the next one, skipping
+//! workers that failed a moment ago.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use futures::StreamExt;
 use steer_proto::v1::activation_service_client::ActivationServiceClient;
@@ -13,12 +18,15 @@ use steer_proto::v1::{
     GenerateSetup, ActivationServiceGetModelInfoRequest, GenerationServiceGetModelInfoRequest, Hook, ModelInfo, SamplingParameters, GetSteeringTensorsRequest, TensorChunk, TensorHeader,
 };
 use steer_proto::wire::TensorAssembler;
-use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
 pub use steer_proto::v1;
 
+pub mod connection;
 pub mod presets;
+
+pub use connection::ConnectOptions;
+use connection::{Channel, Workers};
 
 /// Largest tensor the client accepts from a server (a GPT-2-XL `[1024, 1600]` f32 is 6.5 MB).
 const MAX_TENSOR_BYTES: u64 = 1 << 30;
@@ -198,48 +206,69 @@ pub struct Comparison {
 /// Connections to one activation worker and one or more generation workers.
 pub struct SteerClient {
     activation: ActivationServiceClient<Channel>,
-    generation: Vec<GenerationServiceClient<Channel>>,
-    next: AtomicUsize,
-}
-
-async fn channel(url: &str) -> Result<Channel> {
-    let err = |e: tonic::transport::Error| ClientError::Connect { endpoint: url.to_string(), message: e.to_string() };
-    let ep = Endpoint::from_shared(url.to_string()).map_err(err)?;
-    ep.connect().await.map_err(err)
+    generation: Workers,
+    opts: ConnectOptions,
 }
 
 impl SteerClient {
-    /// `activation_url` and each of `generation_urls` as `http://host:port`.
+    /// `activation_url` and each of `generation_urls` as `http://host:port` (or `https://`),
+    /// with the default options: no token, the system's roots for TLS, a 10-minute deadline.
     pub async fn connect(activation_url: &str, generation_urls: &[String]) -> Result<Self> {
+        Self::connect_with(activation_url, generation_urls, ConnectOptions::default()).await
+    }
+
+    /// As [`SteerClient::connect`], with TLS, token and deadline from `opts`. Nothing is
+    /// dialled yet: each connection is made on its first call (and remade after a failure).
+    pub async fn connect_with(activation_url: &str, generation_urls: &[String], opts: ConnectOptions) -> Result<Self> {
         if generation_urls.is_empty() {
             return Err(ClientError::Protocol("at least one generation endpoint".into()));
         }
         let max = 64 << 20;
-        let activation = ActivationServiceClient::new(channel(activation_url).await?).max_decoding_message_size(max);
+        let activation = ActivationServiceClient::new(opts.channel(activation_url)?).max_decoding_message_size(max);
         let mut generation = vec![];
         for u in generation_urls {
-            generation.push(GenerationServiceClient::new(channel(u).await?).max_decoding_message_size(max));
+            generation.push((u.clone(), GenerationServiceClient::new(opts.channel(u)?).max_decoding_message_size(max)));
         }
-        Ok(Self { activation, generation, next: AtomicUsize::new(0) })
+        Ok(Self { activation, generation: Workers::new(generation), opts })
+    }
+
+    /// A request carrying the client's deadline (sent as `grpc-timeout`, which the workers honour).
+    fn request<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.set_timeout(self.opts.deadline);
+        r
     }
 
     pub async fn activation_info(&self) -> Result<ModelInfo> {
-        let r = self.activation.clone().get_model_info(ActivationServiceGetModelInfoRequest {}).await?.into_inner();
+        let r = self.activation.clone().get_model_info(self.request(ActivationServiceGetModelInfoRequest {})).await?.into_inner();
         r.info.ok_or_else(|| ClientError::Protocol("model info missing".into()))
     }
 
     pub async fn generation_info(&self) -> Result<ModelInfo> {
-        let r = self.pick().get_model_info(GenerationServiceGetModelInfoRequest {}).await?.into_inner();
+        let (_, mut g) = self.generation.pick(None);
+        let r = g.get_model_info(self.request(GenerationServiceGetModelInfoRequest {})).await?.into_inner();
         r.info.ok_or_else(|| ClientError::Protocol("model info missing".into()))
     }
 
-    fn pick(&self) -> GenerationServiceClient<Channel> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.generation.len();
-        self.generation[i].clone()
+    /// The steering tensor of each layer for `additions`. A call that fails because the
+    /// activation worker is unreachable or restarting is tried again, with backoff, within the
+    /// deadline.
+    pub async fn steering_tensors(&self, additions: &[AdditionSpec], opts: &RunOptions) -> Result<Vec<SteeringTensor>> {
+        let started = std::time::Instant::now();
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match self.steering_tensors_once(additions, opts).await {
+                Err(ClientError::Status(s)) if retryable(&s) && started.elapsed() + wait < self.opts.deadline.min(self.opts.retry_for) => {
+                    tracing::warn!(code = ?s.code(), ?wait, "activation worker failed; trying again");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+                other => return other,
+            }
+        }
     }
 
-    /// The steering tensor of each layer for `additions`.
-    pub async fn steering_tensors(&self, additions: &[AdditionSpec], opts: &RunOptions) -> Result<Vec<SteeringTensor>> {
+    async fn steering_tensors_once(&self, additions: &[AdditionSpec], opts: &RunOptions) -> Result<Vec<SteeringTensor>> {
         let req = GetSteeringTensorsRequest {
             additions: additions
                 .iter()
@@ -249,11 +278,11 @@ impl SteerClient {
             use_bos: opts.use_bos,
             strict_lengths: opts.strict_lengths,
         };
-        let mut stream = self.activation.clone().get_steering_tensors(req).await?.into_inner();
+        let mut stream = self.activation.clone().get_steering_tensors(self.request(req)).await?.into_inner();
         let mut out = vec![];
         let mut current: Option<(TensorAssembler, Vec<TensorChunk>)> = None;
-        while let Some(msg) = stream.next().await {
-            match msg?.event {
+        while let Some(msg) = self.next(&mut stream).await? {
+            match msg.event {
                 Some(get_steering_tensors_response::Event::Header(h)) => {
                     let asm = TensorAssembler::new(h, MAX_TENSOR_BYTES).map_err(|e| ClientError::Protocol(e.to_string()))?;
                     current = Some((asm, vec![]));
@@ -274,6 +303,15 @@ impl SteerClient {
         Ok(out)
     }
 
+    /// The next message of a response stream, or DEADLINE_EXCEEDED when none comes within the
+    /// deadline (a worker that stopped, SIGSTOP or a dead peer, never hangs the caller).
+    async fn next<T>(&self, stream: &mut tonic::Streaming<T>) -> Result<Option<T>> {
+        match tokio::time::timeout(self.opts.deadline, stream.next()).await {
+            Ok(m) => Ok(m.transpose()?),
+            Err(_) => Err(ClientError::Status(Status::deadline_exceeded("no message from the worker within the client's deadline"))),
+        }
+    }
+
     /// Starts a generation with the given tensors; yields the server's events as they come.
     pub async fn generate_stream(
         &self,
@@ -281,13 +319,29 @@ impl SteerClient {
         tensors: &[SteeringTensor],
         opts: &RunOptions,
     ) -> Result<tonic::Streaming<GenerateResponse>> {
+        let (_, stream) = self.generate_on(None, prompt, tensors, opts).await.map_err(|(_, e)| e)?;
+        Ok(stream)
+    }
+
+    /// Starts a generation on a worker picked by the pool (`after`: the worker tried last).
+    async fn generate_on(
+        &self,
+        after: Option<usize>,
+        prompt: &str,
+        tensors: &[SteeringTensor],
+        opts: &RunOptions,
+    ) -> std::result::Result<(usize, tonic::Streaming<GenerateResponse>), (usize, ClientError)> {
         let setup = opts.setup(prompt, tensors.len());
         let mut msgs = vec![GenerateRequest { msg: Some(generate_request::Msg::Setup(setup)) }];
         for t in tensors {
             msgs.push(GenerateRequest { msg: Some(generate_request::Msg::Tensor(t.header.clone())) });
             msgs.extend(t.chunks.iter().map(|c| GenerateRequest { msg: Some(generate_request::Msg::Chunk(c.clone())) }));
         }
-        Ok(self.pick().generate(tokio_stream::iter(msgs)).await?.into_inner())
+        let (i, mut g) = self.generation.pick(after);
+        match g.generate(self.request(tokio_stream::iter(msgs))).await {
+            Ok(r) => Ok((i, r.into_inner())),
+            Err(s) => Err((i, s.into())),
+        }
     }
 
     /// The seed's `calculate_and_apply_steering_vector`: unsteered and steered completions.
@@ -312,29 +366,41 @@ impl SteerClient {
     ) -> Result<Comparison> {
         let mut delivered: Vec<u32> = vec![0; opts.rows()];
         let mut last = None;
+        let mut after = None;
         for attempt in 0..self.generation.len() {
-            let result = match self.generate_stream(prompt, tensors, opts).await {
-                Ok(stream) => drain(stream, |t| {
-                    let seen = delivered.get_mut(t.row as usize);
-                    if let Some(seen) = seen.filter(|seen| t.index >= **seen) {
-                        *seen = t.index + 1;
-                        on_token(t);
-                    }
-                })
-                .await
-                .and_then(|c| {
-                    if c.unsteered.len() + c.steered.len() == opts.rows() {
-                        Ok(c)
-                    } else {
-                        Err(ClientError::Status(Status::unavailable("the stream ended before every row finished")))
-                    }
-                }),
-                Err(e) => Err(e),
+            let (worker, result) = match self.generate_on(after, prompt, tensors, opts).await {
+                Ok((worker, mut stream)) => {
+                    let mut cmp = Comparison { unsteered: vec![], steered: vec![] };
+                    let drained = async {
+                        while let Some(msg) = self.next(&mut stream).await? {
+                            collect(msg, &mut cmp, |t| {
+                                let seen = delivered.get_mut(t.row as usize);
+                                if let Some(seen) = seen.filter(|seen| t.index >= **seen) {
+                                    *seen = t.index + 1;
+                                    on_token(t);
+                                }
+                            });
+                        }
+                        if cmp.unsteered.len() + cmp.steered.len() == opts.rows() {
+                            Ok(cmp)
+                        } else {
+                            Err(ClientError::Status(Status::unavailable("the stream ended before every row finished")))
+                        }
+                    };
+                    (worker, drained.await)
+                }
+                Err((worker, e)) => (worker, Err(e)),
             };
             match result {
                 Err(ClientError::Status(s)) if retryable(&s) => {
-                    tracing::warn!(attempt, code = ?s.code(), "generation worker failed; trying the next one");
+                    tracing::warn!(attempt, worker = self.generation.url(worker), code = ?s.code(), "generation worker failed; trying the next one");
+                    self.generation.failed(worker);
+                    after = Some(worker);
                     last = Some(ClientError::Status(s));
+                }
+                Ok(c) => {
+                    self.generation.succeeded(worker);
+                    return Ok(c);
                 }
                 other => return other,
             }
@@ -354,20 +420,25 @@ fn retryable(s: &Status) -> bool {
 pub async fn drain(mut stream: tonic::Streaming<GenerateResponse>, mut on_token: impl FnMut(&v1::TokenEvent)) -> Result<Comparison> {
     let mut cmp = Comparison { unsteered: vec![], steered: vec![] };
     while let Some(msg) = stream.next().await {
-        match msg?.event {
-            Some(generate_response::Event::Token(t)) => on_token(&t),
-            Some(generate_response::Event::Finished(f)) => {
-                let c = Completion::from(f);
-                if c.steered {
-                    cmp.steered.push(c);
-                } else {
-                    cmp.unsteered.push(c);
-                }
-            }
-            None => {}
-        }
+        collect(msg?, &mut cmp, &mut on_token);
     }
     Ok(cmp)
+}
+
+/// One event of a generation stream: a token to `on_token`, a finished row into `cmp`.
+fn collect(msg: GenerateResponse, cmp: &mut Comparison, mut on_token: impl FnMut(&v1::TokenEvent)) {
+    match msg.event {
+        Some(generate_response::Event::Token(t)) => on_token(&t),
+        Some(generate_response::Event::Finished(f)) => {
+            let c = Completion::from(f);
+            if c.steered {
+                cmp.steered.push(c);
+            } else {
+                cmp.unsteered.push(c);
+            }
+        }
+        None => {}
+    }
 }
 
 #[cfg(test)]

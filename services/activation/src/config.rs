@@ -9,10 +9,13 @@ pub struct ActivationConfig {
     pub max_prompts: usize,
     /// Most hook points in one GetActivations request.
     pub max_points: usize,
+    /// Calls computing or streaming at once; one more gets RESOURCE_EXHAUSTED (each holds a
+    /// blocking thread while it computes).
+    pub max_concurrent: usize,
 }
 
 impl Default for ActivationConfig {
     fn default() -> Self {
-        Self { cache_bytes: 512 << 20, max_prompts: 64, max_points: 64 }
+        Self { cache_bytes: 512 << 20, max_prompts: 64, max_points: 64, max_concurrent: 8 }
     }
 }

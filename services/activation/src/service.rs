@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use steer_common::{convert, ServiceError};
+use steer_common::{convert, Budget, ServiceError};
 use steer_model::{Engine, HookPoint};
 use steer_proto::v1::activation_service_server::{ActivationService, ActivationServiceServer};
 use steer_proto::v1::{
@@ -29,6 +29,8 @@ pub struct ActivationWorker {
     cache: Arc<ActivationCache>,
     config: ActivationConfig,
     model_key: String,
+    /// Calls in progress (computing or streaming), against `max_concurrent`.
+    calls: Budget,
 }
 
 type Stream<T> = ReceiverStream<Result<T, Status>>;
@@ -66,7 +68,8 @@ impl ActivationWorker {
     pub fn new(engine: Arc<Engine>, config: ActivationConfig) -> Self {
         let info = engine.info();
         let model_key = format!("{}@{}:{}", info.name, info.revision, info.dtype);
-        Self { cache: ActivationCache::new(config.cache_bytes), engine, config, model_key }
+        let calls = Budget::new("--max-activation-calls", "activation calls in progress", config.max_concurrent as u64, 1);
+        Self { cache: ActivationCache::new(config.cache_bytes), engine, config, model_key, calls }
     }
 
     pub fn cache(&self) -> &ActivationCache {
@@ -144,6 +147,7 @@ impl ActivationService for ActivationWorker {
 
     #[tracing::instrument(skip(self, request), fields(model = %self.model_key, prompts, points))]
     async fn get_activations(&self, request: Request<GetActivationsRequest>) -> Result<Response<Self::GetActivationsStream>, Status> {
+        let call = self.calls.try_take(1)?;
         let req = request.into_inner();
         tracing::Span::current().record("prompts", req.prompts.len()).record("points", req.points.len());
         let valid = validation::activations(&req, &self.engine, &self.config)?;
@@ -153,6 +157,7 @@ impl ActivationService for ActivationWorker {
         let (tx, rx) = mpsc::channel(16);
         let this = self.clone();
         tokio::spawn(async move {
+            let _call = call;
             let mut acts = acts.into_iter();
             for (i, ids) in valid.prompts.iter().enumerate() {
                 let tokens = PromptTokens { prompt_index: i as u32, tokens: Some(this.tokens(ids)) };
@@ -175,6 +180,7 @@ impl ActivationService for ActivationWorker {
         &self,
         request: Request<GetSteeringTensorsRequest>,
     ) -> Result<Response<Self::GetSteeringTensorsStream>, Status> {
+        let call = self.calls.try_take(1)?;
         let req = request.into_inner();
         tracing::Span::current().record("additions", req.additions.len());
         let plan = validation::steering(&req, &self.engine, &self.config)?;
@@ -191,6 +197,7 @@ impl ActivationService for ActivationWorker {
         let (tx, rx) = mpsc::channel(16);
         let this = self.clone();
         tokio::spawn(async move {
+            let _call = call;
             // Tokens of every addition, in request order, then a tensor per hook point.
             let mut all: Vec<&steering::PlannedAddition> = plan.values().flatten().collect();
             all.sort_by_key(|a| a.index);

@@ -23,6 +23,13 @@ pub struct GenerationConfig {
     /// A request whose client reads nothing for this long is cancelled (ABORTED) and its rows
     /// freed; the other requests never wait for it.
     pub stall_timeout: std::time::Duration,
+    /// Bytes of steering tensors one request may send (read, then widened to f32).
+    pub max_request_bytes: u64,
+    /// Bytes of steering tensors all requests in the worker may hold at once (being read,
+    /// queued or running); a request past it gets RESOURCE_EXHAUSTED.
+    pub max_inflight_bytes: u64,
+    /// Longest wait for the next message of a `Generate` request stream.
+    pub read_timeout: std::time::Duration,
     /// Name reported in each finished row (the serving process sets it; empty by default).
     pub worker_id: String,
 }
@@ -39,6 +46,9 @@ impl Default for GenerationConfig {
             max_batch_tokens: 8192,
             max_prefill_tokens: 32,
             stall_timeout: std::time::Duration::from_secs(10),
+            max_request_bytes: 64 << 20,
+            max_inflight_bytes: 512 << 20,
+            read_timeout: std::time::Duration::from_secs(30),
             worker_id: String::new(),
         }
     }

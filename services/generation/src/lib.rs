@@ -3,9 +3,11 @@
 //! running batch that every in-flight request shares, streaming tokens back.
 //!
 //! [`read`] (the wire into a raw request) -> [`validation`] (once, into typed values) ->
-//! [`scheduler`] (the engine loop: continuous batching) -> [`service`] (the handlers tying them together).
+//! [`scheduler`] (the engine loop: continuous batching, its pulse in [`heartbeat`]) -> [`service`]
+//! (the handlers tying them together).
 
 pub mod config;
+pub mod heartbeat;
 pub mod read;
 pub mod scheduler;
 pub mod service;

@@ -38,6 +38,7 @@ use tokio::sync::mpsc::{self, error::TrySendError, OwnedPermit};
 use tonic::Status;
 
 use crate::config::GenerationConfig;
+use crate::heartbeat::{Heartbeat, StopOnDrop};
 use crate::validation::ValidRequest;
 
 type Event = Result<GenerateResponse, Status>;
@@ -56,6 +57,7 @@ pub struct Scheduler {
     depth: Arc<AtomicUsize>,
     max_queue: usize,
     metrics: Arc<Metrics>,
+    heartbeat: Arc<Heartbeat>,
 }
 
 impl Scheduler {
@@ -63,7 +65,9 @@ impl Scheduler {
     pub fn new(engine: Arc<Engine>, config: &GenerationConfig, metrics: Arc<Metrics>) -> Self {
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         let depth = Arc::new(AtomicUsize::new(0));
+        let heartbeat = Arc::new(Heartbeat::default());
         let mut lp = EngineLoop {
+            heartbeat: heartbeat.clone(),
             engine,
             cfg: config.clone(),
             rx,
@@ -73,7 +77,12 @@ impl Scheduler {
             running: vec![],
         };
         std::thread::Builder::new().name("steer-engine".into()).spawn(move || lp.run()).expect("spawn the engine loop");
-        Self { queue: tx, depth, max_queue: config.max_queue, metrics }
+        Self { queue: tx, depth, max_queue: config.max_queue, metrics, heartbeat }
+    }
+
+    /// The engine loop's pulse (for the server's watchdog).
+    pub fn heartbeat(&self) -> &Heartbeat {
+        &self.heartbeat
     }
 
     /// Requests waiting to join the running batch.
@@ -233,14 +242,18 @@ struct EngineLoop {
     metrics: Arc<Metrics>,
     waiting: VecDeque<Job>,
     running: Vec<Running>,
+    heartbeat: Arc<Heartbeat>,
 }
 
 impl EngineLoop {
     fn run(&mut self) {
+        let heartbeat = self.heartbeat.clone();
+        let _stop = StopOnDrop(&heartbeat);
         loop {
             if !self.intake() {
                 return;
             }
+            heartbeat.tick(true);
             self.admit();
             self.prefill();
             self.step();
@@ -250,6 +263,7 @@ impl EngineLoop {
                 r.deliver(now, self.cfg.stall_timeout);
             }
             self.retire();
+            heartbeat.tick(!(self.running.is_empty() && self.waiting.is_empty()));
         }
     }
 

@@ -35,7 +35,13 @@ impl GenerationWorker {
     pub fn new(engine: Arc<Engine>, config: GenerationConfig, metrics: Arc<steer_telemetry::Metrics>) -> Self {
         let scheduler = Arc::new(Scheduler::new(engine.clone(), &config, metrics));
         let info = engine.info();
-        let limits = ReadLimits { max_tensors: config.max_tensors, max_tensor_bytes: (info.n_positions * info.d_model * 4) as u64 };
+        let limits = ReadLimits {
+            max_tensors: config.max_tensors,
+            max_tensor_bytes: (info.n_positions * info.d_model * 4) as u64,
+            max_request_bytes: config.max_request_bytes,
+            read_timeout: config.read_timeout,
+            inflight: steer_common::Budget::new("--max-inflight-bytes", "steering tensor bytes in flight", config.max_inflight_bytes, 1024),
+        };
         Self { engine, scheduler, config, limits }
     }
 
@@ -45,6 +51,16 @@ impl GenerationWorker {
 
     pub fn queue_depth(&self) -> usize {
         self.scheduler.depth()
+    }
+
+    /// Why the engine loop counts as stuck, if it does (see [`crate::heartbeat`]).
+    pub fn stuck(&self, timeout: Duration) -> Option<String> {
+        self.scheduler.heartbeat().stuck(Instant::now(), timeout)
+    }
+
+    /// Bytes of steering tensors held by requests now (read, queued or running).
+    pub fn inflight_bytes(&self) -> u64 {
+        self.limits.inflight.in_use()
     }
 
     /// Queues a valid request; its events come back on the returned stream.

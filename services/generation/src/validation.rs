@@ -22,6 +22,9 @@ pub struct ValidRequest {
     pub stop_at_eos: bool,
     pub top_logprobs: usize,
     pub prompt_tokens: usize,
+    /// The steering tensors' share of the worker's in-flight byte budget, given back when the
+    /// request (every clone) leaves the worker.
+    pub memory: Arc<steer_common::Reservation>,
 }
 
 impl ValidRequest {
@@ -34,7 +37,7 @@ impl ValidRequest {
 
 /// Checks everything the engine relies on, naming the field that is wrong.
 pub fn validate(raw: RawRequest, engine: &Engine, cfg: &GenerationConfig) -> Result<ValidRequest, ServiceError> {
-    let RawRequest { setup, tensors } = raw;
+    let RawRequest { setup, tensors, memory } = raw;
     let info = engine.info();
     if setup.prompt.is_empty() {
         return Err(ServiceError::invalid("setup.prompt", "empty prompt"));
@@ -71,7 +74,15 @@ pub fn validate(raw: RawRequest, engine: &Engine, cfg: &GenerationConfig) -> Res
             format!("{n} comparisons make {} rows; this worker decodes at most {} rows at once", rows.len(), cfg.max_batch_rows),
         ));
     }
-    let valid = ValidRequest { rows, n_unsteered, max_new_tokens: max_new, stop_at_eos: !setup.ignore_eos, top_logprobs, prompt_tokens: prompt.len() };
+    let valid = ValidRequest {
+        rows,
+        n_unsteered,
+        max_new_tokens: max_new,
+        stop_at_eos: !setup.ignore_eos,
+        top_logprobs,
+        prompt_tokens: prompt.len(),
+        memory: Arc::new(memory),
+    };
     let positions = valid.kv_positions();
     if positions > cfg.max_batch_tokens {
         return Err(ServiceError::invalid(

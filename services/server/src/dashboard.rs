@@ -3,10 +3,10 @@
 //! same origin, so no CORS is involved. A layer answers `/dashboard/*` before the gRPC-Web
 //! translation (which refuses plain HTTP/1.1 requests) sees them.
 
-use std::task::{Context, Poll};
-
 use tonic::body::Body;
-use tonic::codegen::{http, BoxFuture, Service};
+use tonic::codegen::http;
+
+use crate::answer_early::AnswerEarlyLayer;
 
 const INDEX: &str = include_str!("../../../clients/web/index.html");
 const APP: &str = include_str!("../../../clients/web/app.js");
@@ -28,42 +28,7 @@ fn page(path: &str) -> Option<http::Response<Body>> {
     Some(resp)
 }
 
-/// Serves the dashboard's files; passes everything else to the inner service.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct DashboardLayer;
-
-impl<S> tower_layer::Layer<S> for DashboardLayer {
-    type Service = DashboardService<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        DashboardService { inner }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct DashboardService<S> {
-    inner: S,
-}
-
-impl<S, B> Service<http::Request<B>> for DashboardService<S>
-where
-    S: Service<http::Request<B>, Response = http::Response<Body>>,
-    S::Future: Send + 'static,
-{
-    type Response = http::Response<Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        if req.method() == http::Method::GET {
-            if let Some(resp) = page(req.uri().path()) {
-                return Box::pin(async move { Ok(resp) });
-            }
-        }
-        let fut = self.inner.call(req);
-        Box::pin(fut)
-    }
+/// Serves the dashboard's files; passes everything else on.
+pub fn layer() -> AnswerEarlyLayer {
+    AnswerEarlyLayer::new(|req| if req.method == http::Method::GET { page(req.uri.path()) } else { None })
 }

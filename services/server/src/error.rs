@@ -8,6 +8,14 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("reading {path}: {source}")]
+    File {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("configuration: {0}")]
+    Config(String),
     #[error("serving: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("loading the model: {0}")]

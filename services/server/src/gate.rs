@@ -1,6 +1,7 @@
 //! The gate in front of each service: UNAVAILABLE until the model has loaded, then every call
 //! goes through [`Gate::observe`]: a span with the request id (taken from `x-request-id` or
-//! made, and echoed back), the latency histogram and the request counter by code.
+//! made, and echoed back), the latency histogram and the request counter by code. ModelInfo
+//! names a local model by its directory's name unless the full path is to be shown.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,19 +24,30 @@ pub struct Gate<W> {
     pub(crate) worker: Arc<OnceLock<W>>,
     metrics: Arc<Metrics>,
     service: &'static str,
+    expose_model_path: bool,
 }
 
 impl<W> Clone for Gate<W> {
     fn clone(&self) -> Self {
-        Self { worker: self.worker.clone(), metrics: self.metrics.clone(), service: self.service }
+        Self { worker: self.worker.clone(), metrics: self.metrics.clone(), service: self.service, expose_model_path: self.expose_model_path }
     }
+}
+
+/// A model's name as callers see it: a local path becomes its last component (a hub repo id,
+/// which names no local file, stays as it is).
+fn public_name(name: &str, expose_path: bool) -> String {
+    let path = std::path::Path::new(name);
+    if expose_path || !path.exists() {
+        return name.to_string();
+    }
+    path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_else(|| "local model".into())
 }
 
 static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);
 
 impl<W> Gate<W> {
-    pub(crate) fn new(metrics: Arc<Metrics>, service: &'static str) -> Self {
-        Self { worker: Arc::new(OnceLock::new()), metrics, service }
+    pub(crate) fn new(metrics: Arc<Metrics>, service: &'static str, expose_model_path: bool) -> Self {
+        Self { worker: Arc::new(OnceLock::new()), metrics, service, expose_model_path }
     }
 
     fn get(&self) -> Result<&W, Status> {
@@ -92,7 +104,12 @@ impl ActivationService for Gate<ActivationWorker> {
         &self,
         r: Request<ActivationServiceGetModelInfoRequest>,
     ) -> Result<Response<ActivationServiceGetModelInfoResponse>, Status> {
-        self.observe("GetModelInfo", r, |w, r| async move { ActivationService::get_model_info(&w, r).await }).await
+        let expose = self.expose_model_path;
+        let mut resp = self.observe("GetModelInfo", r, |w, r| async move { ActivationService::get_model_info(&w, r).await }).await?;
+        if let Some(i) = resp.get_mut().info.as_mut() {
+            i.name = public_name(&i.name, expose);
+        }
+        Ok(resp)
     }
 }
 
@@ -113,6 +130,24 @@ impl GenerationService for Gate<GenerationWorker> {
         &self,
         r: Request<GenerationServiceGetModelInfoRequest>,
     ) -> Result<Response<GenerationServiceGetModelInfoResponse>, Status> {
-        self.observe("GetModelInfo", r, |w, r| async move { GenerationService::get_model_info(&w, r).await }).await
+        let expose = self.expose_model_path;
+        let mut resp = self.observe("GetModelInfo", r, |w, r| async move { GenerationService::get_model_info(&w, r).await }).await?;
+        if let Some(i) = resp.get_mut().info.as_mut() {
+            i.name = public_name(&i.name, expose);
+        }
+        Ok(resp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn local_paths_are_shown_by_their_last_component_only() {
+        let dir = std::env::temp_dir();
+        let full = dir.display().to_string();
+        let last = dir.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(super::public_name(&full, false), last);
+        assert_eq!(super::public_name(&full, true), full);
+        assert_eq!(super::public_name("openai-community/gpt2-xl", false), "openai-community/gpt2-xl");
     }
 }

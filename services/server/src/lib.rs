@@ -1,10 +1,14 @@
 //! `steer-server`: the serving process as a library. Both services (or one, per [`Role`]) behind
 //! a gate that answers UNAVAILABLE until the model has loaded, grpc.health.v1 and reflection,
-//! gRPC-Web and the dashboard on the same port, metrics, and a bounded drain on shutdown.
+//! gRPC-Web and the dashboard on the same port, metrics, and a bounded drain on shutdown; TLS
+//! (rustls, optionally mutual), bearer tokens ([`auth`]), transport limits and a watchdog on the
+//! generation engine that health reports.
 //!
 //! [`config`] -> [`services`] (workers, health, metrics) -> [`gate`] (per-RPC span, metrics)
 //! -> [`serve`] (the transport, the process's life) and [`local`] (an embedded loopback server).
 
+pub mod answer_early;
+pub mod auth;
 pub mod config;
 pub mod dashboard;
 pub mod error;
@@ -13,7 +17,7 @@ pub mod local;
 pub mod serve;
 pub mod services;
 
-pub use config::{Role, ServeConfig};
+pub use config::{read_tokens, Role, SecurityConfig, ServeConfig, TlsFiles, TransportConfig};
 pub use error::ServerError;
 pub use local::LocalServer;
 pub use serve::{run, serve, shutdown_signal};

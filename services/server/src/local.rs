@@ -14,6 +14,7 @@ use crate::services::Services;
 
 pub struct LocalServer {
     pub addr: SocketAddr,
+    tls: bool,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), ServerError>>>,
 }
@@ -27,16 +28,23 @@ impl LocalServer {
             cfg.generation.worker_id = format!("local/{addr}");
         }
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let tls = cfg.security.tls.is_some();
         let (services, health) = Services::new(cfg).await;
         services.ready(engine).await;
         let task = tokio::spawn(serve(Arc::new(services), health, listener, async move {
             let _ = rx.await;
         }));
-        Ok(Self { addr, stop: Some(tx), task: Some(task) })
+        Ok(Self { addr, tls, stop: Some(tx), task: Some(task) })
     }
 
+    /// `http://127.0.0.1:PORT`, or `https://localhost:PORT` when serving TLS (certificates
+    /// name hosts, not ephemeral addresses).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        if self.tls {
+            format!("https://localhost:{}", self.addr.port())
+        } else {
+            format!("http://{}", self.addr)
+        }
     }
 
     /// Stops accepting, drains, and waits for the server to end.

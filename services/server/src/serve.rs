@@ -11,6 +11,7 @@ use steer_proto::v1::activation_service_server::ActivationServiceServer;
 use steer_proto::v1::generation_service_server::GenerationServiceServer;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic_health::pb::health_server::{Health, HealthServer};
 
 use crate::config::ServeConfig;
@@ -24,28 +25,47 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let role = services.cfg.role;
-    let max = services.cfg.max_message_bytes;
+    let cfg = &services.cfg;
+    let (role, max, t, sec) = (cfg.role, cfg.max_message_bytes, &cfg.transport, &cfg.security);
     let act = role.activation().then(|| ActivationServiceServer::new(services.activation.clone()).max_decoding_message_size(max));
     let gen = role.generation().then(|| GenerationServiceServer::new(services.generation.clone()).max_decoding_message_size(max));
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(steer_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .expect("descriptor sets are valid");
+    let reflection = (!sec.no_reflection).then(|| {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(steer_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .expect("descriptor sets are valid")
+    });
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(t.keepalive_interval))
+        .http2_keepalive_timeout(Some(t.keepalive_timeout))
+        .max_concurrent_streams(t.max_concurrent_streams)
+        .http2_max_header_list_size(t.max_header_bytes)
+        .http2_max_pending_accept_reset_streams(Some(64))
+        .timeout(t.request_timeout);
+    if let Some(tls) = &sec.tls {
+        let mut tc = ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem));
+        if let Some(ca) = &tls.client_ca_pem {
+            tc = tc.client_ca_root(Certificate::from_pem(ca));
+        }
+        builder = builder.tls_config(tc)?;
+    }
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(t.tcp_keepalive));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let svc = services.clone();
     // HTTP/1.1 and the gRPC-Web translation let browsers call the same services; the dashboard
-    // page is served from this port too.
-    let server = tonic::transport::Server::builder()
+    // page is served from this port too. Tokens are checked after the gRPC-Web translation, so
+    // a browser gets its UNAUTHENTICATED in gRPC-Web form.
+    let server = builder
         .accept_http1(true)
-        .layer(crate::dashboard::DashboardLayer)
+        .layer(crate::dashboard::layer())
         .layer(tonic_web::GrpcWebLayer::new())
+        .layer(crate::auth::layer(&sec.tokens))
         .add_service(health)
-        .add_service(reflection)
+        .add_optional_service(reflection)
         .add_optional_service(act)
         .add_optional_service(gen)
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
+        .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
             tracing::info!("shutting down: no new requests");
             svc.draining().await;

@@ -2,6 +2,7 @@
 //! until [`Services::ready`], then SERVING, and NOT_SERVING again while draining.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use steer_activation::ActivationWorker;
@@ -24,6 +25,7 @@ pub struct Services {
     pub(crate) activation: Gate<ActivationWorker>,
     pub(crate) generation: Gate<GenerationWorker>,
     reporter: HealthReporter,
+    draining: Arc<AtomicBool>,
 }
 
 impl Services {
@@ -33,12 +35,14 @@ impl Services {
             reporter.set_service_status(name, ServingStatus::NotServing).await;
         }
         let metrics = Metrics::new();
+        let expose = cfg.security.expose_model_path;
         let s = Self {
             cfg,
-            activation: Gate::new(metrics.clone(), ACTIVATION),
-            generation: Gate::new(metrics.clone(), GENERATION),
+            activation: Gate::new(metrics.clone(), ACTIVATION, expose),
+            generation: Gate::new(metrics.clone(), GENERATION, expose),
             metrics,
             reporter,
+            draining: Arc::new(AtomicBool::new(false)),
         };
         (s, health)
     }
@@ -53,14 +57,55 @@ impl Services {
         if role.generation() {
             let _ = self.generation.worker.set(GenerationWorker::new(engine, self.cfg.generation.clone(), self.metrics.clone()));
             self.reporter.set_service_status(GENERATION, ServingStatus::Serving).await;
+            self.watch_generation();
         }
         self.reporter.set_service_status("", ServingStatus::Serving).await;
     }
 
+    /// The watchdog: while the generation engine loop is stuck (busy with no progress for
+    /// `cfg.watchdog`, or ended), health reports the generation service and the server
+    /// NOT_SERVING, so probes and load balancers notice; SERVING again once it moves.
+    fn watch_generation(&self) {
+        let (Some(worker), reporter, draining) = (self.generation.worker.get().cloned(), self.reporter.clone(), self.draining.clone()) else {
+            return;
+        };
+        let timeout = self.cfg.watchdog;
+        let every = (timeout / 4).clamp(std::time::Duration::from_millis(50), std::time::Duration::from_secs(1));
+        tokio::spawn(async move {
+            let mut was_stuck = false;
+            loop {
+                tokio::time::sleep(every).await;
+                if draining.load(Ordering::SeqCst) {
+                    return;
+                }
+                let stuck = worker.stuck(timeout);
+                if stuck.is_some() != was_stuck {
+                    let status = match &stuck {
+                        Some(why) => {
+                            tracing::error!(reason = %why, "watchdog: generation NOT_SERVING");
+                            ServingStatus::NotServing
+                        }
+                        None => {
+                            tracing::warn!("watchdog: generation engine moving again; SERVING");
+                            ServingStatus::Serving
+                        }
+                    };
+                    for name in ["", GENERATION] {
+                        reporter.set_service_status(name, status).await;
+                    }
+                    was_stuck = stuck.is_some();
+                }
+            }
+        });
+    }
+
     /// Serves `/metrics` on `addr`; activation-cache gauges are refreshed at each scrape.
     pub async fn serve_metrics(&self, addr: SocketAddr) -> std::io::Result<SocketAddr> {
-        let (metrics, act) = (self.metrics.clone(), self.activation.worker.clone());
+        let (metrics, act, gen) = (self.metrics.clone(), self.activation.worker.clone(), self.generation.worker.clone());
         steer_telemetry::serve_metrics(addr, self.metrics.clone(), move || {
+            if let Some(w) = gen.get() {
+                metrics.inflight_bytes.set(w.inflight_bytes() as i64);
+            }
             if let Some(w) = act.get() {
                 let s = w.cache().stats();
                 metrics.cache_hits.set(s.hits as i64);
@@ -74,6 +119,7 @@ impl Services {
 
     /// Reports NOT_SERVING (on shutdown, so load balancers stop sending).
     pub async fn draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
         for name in ["", ACTIVATION, GENERATION] {
             self.reporter.set_service_status(name, ServingStatus::NotServing).await;
         }

@@ -1,11 +1,11 @@
 //! `steer-telemetry`: the workers' Prometheus metrics (one registry per process, passed down),
-//! a minimal HTTP endpoint serving them at `/metrics`, and the tracing subscriber (text or JSON).
+//! their HTTP endpoint at `/metrics` ([`http`]), and the tracing subscriber (text or JSON).
 
-use std::net::SocketAddr;
+mod http;
+
 use std::sync::Arc;
 
 use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Every metric the workers export.
 pub struct Metrics {
@@ -35,6 +35,8 @@ pub struct Metrics {
     pub step_rows: prometheus::Histogram,
     /// Bytes of KV cache the running rows hold.
     pub kv_bytes: IntGauge,
+    /// Bytes of steering tensors held by generation requests (read, queued or running).
+    pub inflight_bytes: IntGauge,
     pub cache_hits: IntGauge,
     pub cache_misses: IntGauge,
     pub cache_bytes: IntGauge,
@@ -71,6 +73,7 @@ impl Metrics {
             )
             .unwrap(),
             kv_bytes: g("kv_bytes", "bytes of KV cache held by running rows"),
+            inflight_bytes: g("inflight_tensor_bytes", "bytes of steering tensors held by generation requests"),
             cache_hits: g("activation_cache_hits", "activation cache hits"),
             cache_misses: g("activation_cache_misses", "activation cache misses (computations)"),
             cache_bytes: g("activation_cache_bytes", "bytes held by the activation cache"),
@@ -87,7 +90,7 @@ impl Metrics {
         r.register(Box::new(m.queue_wait.clone())).unwrap();
         r.register(Box::new(m.decode_steps.clone())).unwrap();
         r.register(Box::new(m.step_rows.clone())).unwrap();
-        for gauge in [&m.queue_depth, &m.batch_rows, &m.requests_running, &m.kv_bytes, &m.cache_hits, &m.cache_misses, &m.cache_bytes, &m.cache_entries] {
+        for gauge in [&m.queue_depth, &m.batch_rows, &m.requests_running, &m.kv_bytes, &m.inflight_bytes, &m.cache_hits, &m.cache_misses, &m.cache_bytes, &m.cache_entries] {
             r.register(Box::new(gauge.clone())).unwrap();
         }
         Arc::new(m)
@@ -101,40 +104,7 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` on `addr` until the task is dropped. `refresh` runs before each scrape
-/// (to copy gauges such as cache counters).
-pub async fn serve_metrics(
-    addr: SocketAddr,
-    metrics: Arc<Metrics>,
-    refresh: impl Fn() + Send + Sync + 'static,
-) -> std::io::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
-    let refresh = Arc::new(refresh);
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut sock, _)) = listener.accept().await else { continue };
-            let (metrics, refresh) = (metrics.clone(), refresh.clone());
-            tokio::spawn(async move {
-                let mut buf = [0u8; 2048];
-                let n = sock.read(&mut buf).await.unwrap_or(0);
-                let head = String::from_utf8_lossy(&buf[..n]);
-                let (status, body) = if head.starts_with("GET /metrics") {
-                    refresh();
-                    ("200 OK", metrics.render())
-                } else {
-                    ("404 Not Found", "see /metrics\n".to_string())
-                };
-                let resp = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = sock.write_all(resp.as_bytes()).await;
-            });
-        }
-    });
-    Ok(bound)
-}
+pub use http::serve_metrics;
 
 /// Installs the tracing subscriber: `filter` in RUST_LOG syntax, JSON lines when `json`.
 pub fn init_logging(filter: &str, json: bool) {

@@ -58,6 +58,7 @@ pub async fn run(engine: Arc<Engine>, tokens: usize) -> Result<()> {
     let raw = steer_generation::read::RawRequest {
         setup: opts.setup(PROMPT, tensors.len()),
         tensors: tensors.iter().map(|t| steer_generation::read::WireTensor { header: t.header.clone(), values: t.values.clone() }).collect(),
+        memory: Default::default(),
     };
     let valid = steer_generation::validation::validate(raw, &engine, &Default::default())?;
     let gen = GenerateOptions { max_new_tokens: valid.max_new_tokens, ..Default::default() };

@@ -1,0 +1,173 @@
+//! `steer serve` and the two workers: flags (each with an env fallback and a default) into a
+//! `steer_server::ServeConfig`, then `steer_server::run`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use steer_server::{Role, ServeConfig, TlsFiles};
+
+use crate::ModelArgs;
+
+#[derive(Args, Clone)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Address to listen on (loopback by default; 0.0.0.0 to serve a network: then set TLS and tokens).
+    #[arg(long, default_value = "127.0.0.1:50051", env = "STEER_ADDR")]
+    addr: String,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, env = "STEER_METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// Name reported in finished rows (default: host name, then the listen address).
+    #[arg(long, env = "STEER_WORKER_ID")]
+    worker_id: Option<String>,
+    /// Seconds open streams may run after SIGTERM/Ctrl-C.
+    #[arg(long, default_value_t = 10)]
+    grace_secs: u64,
+    #[command(flatten)]
+    limits: LimitArgs,
+    #[command(flatten)]
+    security: SecurityArgs,
+}
+
+/// What one request, and all of them together, may take.
+#[derive(Args, Clone)]
+#[command(next_help_heading = "Limits")]
+struct LimitArgs {
+    /// Activation cache size in MiB.
+    #[arg(long, default_value_t = 512, env = "STEER_CACHE_MIB")]
+    cache_mib: usize,
+    /// ActivationService calls computing or streaming at once; more get RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 8, env = "STEER_MAX_ACTIVATION_CALLS")]
+    max_activation_calls: usize,
+    /// Most new tokens per row.
+    #[arg(long, default_value_t = 256, env = "STEER_MAX_NEW_TOKENS")]
+    max_new_tokens: usize,
+    /// Most comparisons (rows per side) per request.
+    #[arg(long, default_value_t = 16, env = "STEER_MAX_COMPARISONS")]
+    max_comparisons: usize,
+    /// Requests waiting to join the running batch; more get RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 32, env = "STEER_MAX_QUEUE")]
+    max_queue: usize,
+    /// Most rows decoding at once, over all requests.
+    #[arg(long, default_value_t = 32, env = "STEER_MAX_BATCH_ROWS")]
+    max_batch_rows: usize,
+    /// Most KV positions the running rows may reserve (prompt + max new tokens per row).
+    #[arg(long, default_value_t = 8192, env = "STEER_MAX_BATCH_TOKENS")]
+    max_batch_tokens: usize,
+    /// Prefill chunk: prompt positions prefilled per iteration while others decode.
+    #[arg(long, default_value_t = 32, env = "STEER_MAX_PREFILL_TOKENS")]
+    max_prefill_tokens: usize,
+    /// Bytes of steering tensors one generation request may send (as f32, plus their wire form).
+    #[arg(long, default_value_t = 64 << 20, env = "STEER_MAX_REQUEST_BYTES")]
+    max_request_bytes: u64,
+    /// Bytes of steering tensors all generation requests may hold at once; more get RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 512 << 20, env = "STEER_MAX_INFLIGHT_BYTES")]
+    max_inflight_bytes: u64,
+    /// Seconds a client may read nothing before its request is cancelled (ABORTED).
+    #[arg(long, default_value_t = 10.0, env = "STEER_STALL_TIMEOUT_SECS")]
+    stall_timeout_secs: f64,
+    /// Seconds to wait for the next message of a request stream (DEADLINE_EXCEEDED after).
+    #[arg(long, default_value_t = 30.0, env = "STEER_READ_TIMEOUT_SECS")]
+    read_timeout_secs: f64,
+    /// Seconds to receive a call's request and start answering.
+    #[arg(long, default_value_t = 60.0, env = "STEER_REQUEST_TIMEOUT_SECS")]
+    request_timeout_secs: f64,
+    /// Concurrent calls per HTTP/2 connection.
+    #[arg(long, default_value_t = 64, env = "STEER_MAX_STREAMS")]
+    max_streams: u32,
+    /// Seconds between HTTP/2 keepalive pings (a peer silent for 10 s more is closed).
+    #[arg(long, default_value_t = 30.0, env = "STEER_KEEPALIVE_SECS")]
+    keepalive_secs: f64,
+    /// Seconds the generation engine may hold work without progress before health says NOT_SERVING.
+    #[arg(long, default_value_t = 60.0, env = "STEER_WATCHDOG_SECS")]
+    watchdog_secs: f64,
+}
+
+/// TLS, tokens and what callers may see.
+#[derive(Args, Clone)]
+#[command(next_help_heading = "Security")]
+struct SecurityArgs {
+    /// Serve TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "STEER_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "STEER_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (mutual TLS).
+    #[arg(long, env = "STEER_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// Accept only calls bearing one of these tokens (a file, one per line; health stays open).
+    #[arg(long, env = "STEER_AUTH_TOKENS")]
+    auth_tokens: Option<PathBuf>,
+    /// Do not serve gRPC reflection.
+    #[arg(long, env = "STEER_NO_REFLECTION")]
+    no_reflection: bool,
+    /// Show a local model's full path in ModelInfo (by default only its directory's name).
+    #[arg(long, env = "STEER_EXPOSE_MODEL_PATH")]
+    expose_model_path: bool,
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.clamp(0.0, 1e9))
+}
+
+impl ServeArgs {
+    fn config(&self, role: Role) -> Result<ServeConfig> {
+        let l = &self.limits;
+        let mut c = ServeConfig { role, grace: Duration::from_secs(self.grace_secs), watchdog: secs(l.watchdog_secs), ..Default::default() };
+        c.activation.cache_bytes = l.cache_mib << 20;
+        c.activation.max_concurrent = l.max_activation_calls;
+        let g = &mut c.generation;
+        g.max_new_tokens = l.max_new_tokens;
+        g.max_comparisons = l.max_comparisons;
+        g.max_queue = l.max_queue;
+        g.max_batch_rows = l.max_batch_rows;
+        g.max_batch_tokens = l.max_batch_tokens;
+        g.max_prefill_tokens = l.max_prefill_tokens;
+        g.max_request_bytes = l.max_request_bytes;
+        g.max_inflight_bytes = l.max_inflight_bytes;
+        g.stall_timeout = secs(l.stall_timeout_secs);
+        g.read_timeout = secs(l.read_timeout_secs);
+        g.worker_id = self.worker_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+            if host.is_empty() { self.addr.clone() } else { format!("{host}/{}", self.addr) }
+        });
+        let t = &mut c.transport;
+        t.request_timeout = secs(l.request_timeout_secs);
+        t.max_concurrent_streams = l.max_streams;
+        t.keepalive_interval = secs(l.keepalive_secs);
+        let s = &self.security;
+        if let (Some(cert), Some(key)) = (&s.tls_cert, &s.tls_key) {
+            c.security.tls = Some(TlsFiles::read(cert, key, s.tls_client_ca.as_deref())?);
+        }
+        if let Some(path) = &s.auth_tokens {
+            c.security.tokens = steer_server::read_tokens(path)?;
+        }
+        c.security.no_reflection = s.no_reflection;
+        c.security.expose_model_path = s.expose_model_path;
+        Ok(c)
+    }
+}
+
+/// Listens at once (health NOT_SERVING), loads the model, then reports SERVING. Exits 0 after
+/// SIGTERM/Ctrl-C once open streams finish or the grace period ends; non-zero if the model
+/// cannot be loaded.
+pub async fn serve(a: ServeArgs, role: Role) -> Result<()> {
+    let cfg = a.config(role).context("serve flags")?;
+    let model = a.model.clone();
+    let scheme = if cfg.security.tls.is_some() { "TLS" } else { "plaintext" };
+    eprintln!("serving {role:?} on {} ({scheme}; loading the model)", a.addr);
+    if cfg.security.tokens.is_empty() && !is_loopback(&a.addr) {
+        eprintln!("warning: listening beyond loopback with no --auth-tokens: anyone who reaches {} can use it", a.addr);
+    }
+    let load = move || model.load().map_err(|e| steer_server::ServerError::Loader(format!("{e:#}")));
+    steer_server::run(&a.addr, cfg, a.metrics_addr, load, steer_server::shutdown_signal()).await?;
+    Ok(())
+}
+
+fn is_loopback(addr: &str) -> bool {
+    addr.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().is_loopback()) || addr.starts_with("localhost:")
+}
