@@ -7,6 +7,8 @@ manifests=$(python3 -c "import yaml; print(' '.join('deploy/k8s/' + r for r in y
 kubernetes-validate -k 1.31.0 --strict $manifests
 if docker compose version >/dev/null 2>&1; then
   docker compose -f deploy/compose.yaml config -q
+  mkdir -p deploy/secrets && touch deploy/secrets/{tls.crt,tls.key,tokens}
+  docker compose -f deploy/compose.yaml -f deploy/compose.secure.yaml config -q
 else
   python3 - <<'PY'
 import yaml
@@ -15,6 +17,13 @@ assert set(c["services"]) == {"activation", "generation"}, c["services"].keys()
 for name, s in c["services"].items():
     assert s["command"][0] in ("activation-worker", "generation-worker"), name
     assert "hf-cache:/models" in s["volumes"], name
-print("deploy/compose.yaml: structure ok (docker compose plugin not installed)")
+    assert s["restart"] == "unless-stopped", name
+    # Published on the host's loopback unless STEER_PUBLISH_ADDR says otherwise.
+    assert all(p.startswith("${STEER_PUBLISH_ADDR:-127.0.0.1}:") for p in s["ports"]), (name, s["ports"])
+sec = yaml.safe_load(open("deploy/compose.secure.yaml"))
+for name in ("activation", "generation"):
+    env = sec["services"][name]["environment"]
+    assert {"STEER_TLS_CERT", "STEER_TLS_KEY", "STEER_AUTH_TOKENS"} <= set(env), name
+print("deploy/compose.yaml, compose.secure.yaml: structure ok (docker compose plugin not installed)")
 PY
 fi

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite: Rust (unit, parity, end-to-end, multi-process), the contract, the
-# deployment manifests, the dashboard in a real browser, and the Python client.
+# deployment manifests, the dashboard in a real browser, the Python client, and the fuzz targets.
 # Needs: cargo; npm (buf and playwright-core come from the npm registry); Debian's chromium;
 # python3 with grpcio, grpcio-tools, protobuf, pytest, kubernetes-validate, pyyaml
 # (.ci/run installs them).
@@ -8,6 +8,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo test --workspace --locked
+
+# cargo-fuzz targets for a fixed time each (FUZZ_SECS, default 30); skipped with a notice where
+# no nightly toolchain exists (the stable proptest fallback ran above).
+bash scripts/fuzz.sh
 
 # The contract: buf lint, and no wire-breaking change against the published image.
 bash scripts/check_proto.sh

@@ -63,11 +63,11 @@ async function* grpcWeb(path, body) {
   const frame = new Uint8Array(5 + body.length);
   new DataView(frame.buffer).setUint32(1, body.length);
   frame.set(body, 5);
-  const resp = await fetch(path, {
-    method: "POST",
-    headers: { "content-type": "application/grpc-web+proto", "x-grpc-web": "1", "x-request-id": "dash-" + Date.now() },
-    body: frame,
-  });
+  const headers = { "content-type": "application/grpc-web+proto", "x-grpc-web": "1", "x-request-id": "dash-" + Date.now() };
+  // A server started with --auth-tokens wants a bearer token; it is kept for this tab only.
+  const token = (document.getElementById("token")?.value || "").trim();
+  if (token) { headers["authorization"] = "Bearer " + token; sessionStorage.setItem("steer-token", token); }
+  const resp = await fetch(path, { method: "POST", headers, body: frame });
   const status = (code, msg) => new Error(`${code}: ${decodeURIComponent(msg || "")}`);
   const hs = resp.headers.get("grpc-status");
   if (hs && hs !== "0") throw status(hs, resp.headers.get("grpc-message"));
@@ -198,3 +198,4 @@ async function run(ev) {
 }
 
 $("form").addEventListener("submit", run);
+$("token").value = sessionStorage.getItem("steer-token") || "";

@@ -108,7 +108,7 @@ impl RunFlags {
 /// How to reach running services: TLS, token, deadline.
 #[derive(Args, Clone)]
 #[command(next_help_heading = "Connection")]
-struct ConnectArgs {
+pub struct ConnectArgs {
     /// Trust this CA (PEM) for https:// URLs (default: the system's roots).
     #[arg(long, env = "STEER_TLS_CA")]
     tls_ca: Option<std::path::PathBuf>,
@@ -117,6 +117,9 @@ struct ConnectArgs {
     tls_client_cert: Option<std::path::PathBuf>,
     #[arg(long, env = "STEER_TLS_CLIENT_KEY", requires = "tls_client_cert")]
     tls_client_key: Option<std::path::PathBuf>,
+    /// The name the server's certificate must carry, when not the URL's host.
+    #[arg(long, env = "STEER_TLS_DOMAIN")]
+    tls_domain: Option<String>,
     /// Bearer token for servers started with --auth-tokens.
     #[arg(long, env = "STEER_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -126,11 +129,12 @@ struct ConnectArgs {
 }
 
 impl ConnectArgs {
-    fn options(&self) -> Result<steer_client::ConnectOptions> {
+    pub fn options(&self) -> Result<steer_client::ConnectOptions> {
         let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
         let mut o = steer_client::ConnectOptions {
             deadline: std::time::Duration::from_secs_f64(self.timeout_secs.clamp(0.001, 1e7)),
             token: self.token.clone(),
+            tls_domain: self.tls_domain.clone(),
             ..Default::default()
         };
         o.tls_ca_pem = self.tls_ca.as_deref().map(read).transpose()?;
@@ -273,4 +277,29 @@ fn print_comparison(prompt: &str, cmp: &Comparison, flags: &RunFlags) {
     } else {
         print!("{}", crate::table::render(prompt, cmp, flags.width));
     }
+}
+
+#[derive(Args)]
+pub struct HealthArgs {
+    /// The server to ask (http:// or https://).
+    #[arg(long, default_value = "http://127.0.0.1:50051", env = "STEER_URL")]
+    url: String,
+    /// One service (steer.v1.GenerationService, ...); the whole server by default.
+    #[arg(long, default_value = "")]
+    service: String,
+    #[command(flatten)]
+    conn: ConnectArgs,
+}
+
+/// `steer health`: exits 0 when the server (or service) reports SERVING, 1 otherwise. Works
+/// over TLS, so it serves as a Kubernetes exec probe where the kubelet's gRPC probe (plaintext
+/// only) cannot.
+pub async fn health(a: HealthArgs) -> Result<()> {
+    let mut opts = a.conn.options()?;
+    opts.deadline = opts.deadline.min(std::time::Duration::from_secs(10));
+    let mut h = tonic_health::pb::health_client::HealthClient::new(opts.channel(&a.url)?);
+    let status = h.check(tonic_health::pb::HealthCheckRequest { service: a.service.clone() }).await?.into_inner().status();
+    println!("{}", status.as_str_name());
+    anyhow::ensure!(status == tonic_health::pb::health_check_response::ServingStatus::Serving, "not serving");
+    Ok(())
 }

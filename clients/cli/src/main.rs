@@ -44,6 +44,8 @@ enum Command {
     Generate(commands::GenerateArgs),
     /// Write a GPT-2 checkpoint with random weights in the hub layout.
     RandomModel(RandomModelArgs),
+    /// Ask a server's health (exit 0 when SERVING): a probe that also works over TLS.
+    Health(commands::HealthArgs),
     /// Measure prefill and decode speed of the engine (prints numbers).
     Bench(bench::BenchArgs),
 }
@@ -116,6 +118,7 @@ fn main() -> Result<()> {
         Command::GenerationWorker(a) => commands::runtime()?.block_on(serve::serve(a, Role::Generation)),
         Command::Generate(a) => commands::runtime()?.block_on(commands::generate(a)),
         Command::RandomModel(a) => random_model(a),
+        Command::Health(a) => commands::runtime()?.block_on(commands::health(a)),
         Command::Bench(a) => bench::run(a),
     }
 }

@@ -17,6 +17,20 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def wait_until_serving(client, proc, limit=120):
+    """Polls ModelInfo until the server answers (the model has loaded), or fails if it exits."""
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            client.model_info()
+            return
+        except grpc.RpcError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("steer serve did not come up")
+            time.sleep(0.1)
+
+
 @pytest.fixture(scope="session")
 def server():
     binary = os.environ.get("STEER_BIN", str(ROOT / "target" / "debug" / "steer"))
@@ -29,16 +43,7 @@ def server():
     from steer_client import SteerClient
 
     client = SteerClient(addr)
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            client.model_info()
-            break
-        except grpc.RpcError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("steer serve did not come up")
-            time.sleep(0.1)
+    wait_until_serving(client, proc)
     yield addr
     client.close()
     proc.terminate()

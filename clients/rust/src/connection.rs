@@ -32,6 +32,9 @@ pub struct ConnectOptions {
     pub tls_ca_pem: Option<Vec<u8>>,
     /// Client certificate and key (PEM) for mutual TLS.
     pub tls_identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// The name the server's certificate must carry, when not the URL's host (e.g. a probe
+    /// dialling `localhost` inside a pod whose certificate names its Service).
+    pub tls_domain: Option<String>,
 }
 
 impl Default for ConnectOptions {
@@ -43,6 +46,7 @@ impl Default for ConnectOptions {
             token: None,
             tls_ca_pem: None,
             tls_identity: None,
+            tls_domain: None,
         }
     }
 }
@@ -77,6 +81,9 @@ impl ConnectOptions {
             };
             if let Some((cert, key)) = &self.tls_identity {
                 tls = tls.identity(Identity::from_pem(cert, key));
+            }
+            if let Some(d) = &self.tls_domain {
+                tls = tls.domain_name(d.clone());
             }
             ep = ep.tls_config(tls).map_err(err)?;
         } else if self.tls_ca_pem.is_some() {

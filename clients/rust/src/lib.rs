@@ -413,7 +413,9 @@ impl SteerClient {
 fn retryable(s: &Status) -> bool {
     use tonic::Code;
     matches!(s.code(), Code::Unavailable | Code::Unknown | Code::Internal | Code::Aborted | Code::ResourceExhausted)
-        || (s.code() == Code::Cancelled && s.message().contains("connection"))
+        // A call this client cancels ends without a status: a CANCELLED that arrives came from
+        // the transport or a draining worker.
+        || s.code() == Code::Cancelled
 }
 
 /// Drains a generation stream into its finished rows, passing each token to `on_token`.

@@ -5,6 +5,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
+import os from "node:os";
 import net from "node:net";
 import fs from "node:fs";
 import path from "node:path";
@@ -32,7 +33,11 @@ async function waitReady(url, child) {
 
 test("weddings example streams into both columns, which differ", { timeout: 240_000 }, async () => {
   const port = await freePort();
-  const server = spawn(bin, ["serve", "--model", path.join(root, "fixtures/tiny-gpt2"), "--addr", `127.0.0.1:${port}`],
+  const token = "dashboard-test-token-0123456789";
+  const tokens = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "steer-")), "tokens");
+  fs.writeFileSync(tokens, token + "\n");
+  const server = spawn(bin, ["serve", "--model", path.join(root, "fixtures/tiny-gpt2"), "--addr", `127.0.0.1:${port}`,
+    "--auth-tokens", tokens],
     { stdio: "ignore", env: { ...process.env, STEER_LOG: "warn" } });
   const browser = await chromium.launch({
     executablePath: chromiumPath,
@@ -54,6 +59,11 @@ test("weddings example streams into both columns, which differ", { timeout: 240_
       window.__updates = 0;
       new MutationObserver(() => window.__updates++).observe(document.getElementById("results"), { subtree: true, childList: true, characterData: true });
     });
+    // Without the token the server refuses (UNAUTHENTICATED, code 16); the page says so.
+    await page.click("#run");
+    await page.waitForSelector('#results[data-done="error"]', { timeout: 60_000 });
+    assert.match(await page.textContent("#status"), /^16: /);
+    await page.fill("#token", token);
     await page.click("#run");
     await page.waitForSelector('#results[data-done="true"], #results[data-done="error"]', { timeout: 180_000 });
     const status = await page.textContent("#status");

@@ -75,24 +75,48 @@ class SteeringTensor:
 
 
 class SteerClient:
-    """Connects to an activation endpoint and one or more generation endpoints (round-robin)."""
+    """Connects to an activation endpoint and one or more generation endpoints (round-robin).
 
-    def __init__(self, activation: str, generation: Optional[Sequence[str]] = None):
+    TLS: pass `tls=True` (the system's roots) or `tls_ca` (a PEM file path or bytes) and
+    optionally `tls_identity=(cert_pem, key_pem)` for mutual TLS. Tokens: `token`, or the
+    STEER_TOKEN environment variable, is sent as `authorization: Bearer TOKEN`. Every call has a
+    deadline of `timeout` seconds unless a method is given its own.
+    """
+
+    def __init__(self, activation: str, generation: Optional[Sequence[str]] = None, *, tls: bool = False,
+                 tls_ca=None, tls_identity=None, tls_domain: Optional[str] = None, token: Optional[str] = None,
+                 timeout: float = 600.0):
         generation = list(generation or [activation])
         opts = [("grpc.max_receive_message_length", 64 << 20)]
-        self._channels = [grpc.insecure_channel(activation, options=opts)] + [
-            grpc.insecure_channel(g, options=opts) for g in generation
-        ]
+        if tls_domain:
+            opts.append(("grpc.ssl_target_name_override", tls_domain))
+        if isinstance(tls_ca, str):
+            with open(tls_ca, "rb") as f:
+                tls_ca = f.read()
+        if tls or tls_ca or tls_identity:
+            key, cert = (tls_identity[1], tls_identity[0]) if tls_identity else (None, None)
+            creds = grpc.ssl_channel_credentials(root_certificates=tls_ca, private_key=key, certificate_chain=cert)
+            make = lambda target: grpc.secure_channel(target, creds, options=opts)  # noqa: E731
+        else:
+            make = lambda target: grpc.insecure_channel(target, options=opts)  # noqa: E731
+        token = token if token is not None else os.environ.get("STEER_TOKEN")
+        self._metadata = [("authorization", f"Bearer {token}")] if token else []
+        self._timeout = timeout
+        self._channels = [make(activation)] + [make(g) for g in generation]
         self.activation = activation_pb2_grpc.ActivationServiceStub(self._channels[0])
         self._generation = [generation_pb2_grpc.GenerationServiceStub(c) for c in self._channels[1:]]
         self._next = itertools.cycle(range(len(self._generation)))
+
+    def _call(self, timeout):
+        """Keyword arguments of every call: the token and the deadline."""
+        return {"metadata": self._metadata, "timeout": self._timeout if timeout is None else timeout}
 
     def close(self):
         for c in self._channels:
             c.close()
 
     def model_info(self):
-        return self.activation.GetModelInfo(activation_pb2.ActivationServiceGetModelInfoRequest()).info
+        return self.activation.GetModelInfo(activation_pb2.ActivationServiceGetModelInfoRequest(), **self._call(None)).info
 
     def steering_tensors(self, activation_additions: Iterable[Tuple[int, float, str]], hook="resid_pre",
                          use_bos=True, strict_lengths=False, timeout=None) -> List[SteeringTensor]:
@@ -100,7 +124,7 @@ class SteerClient:
             additions=[activation_pb2.ActivationAddition(layer=l, coeff=c, prompt=p) for l, c, p in activation_additions],
             hook=HOOKS[hook], use_bos=use_bos, strict_lengths=strict_lengths)
         tensors: List[SteeringTensor] = []
-        for msg in self.activation.GetSteeringTensors(req, timeout=timeout):
+        for msg in self.activation.GetSteeringTensors(req, **self._call(timeout)):
             kind = msg.WhichOneof("event")
             if kind == "header":
                 tensors.append(SteeringTensor(header=msg.header))
@@ -128,7 +152,7 @@ class SteerClient:
                     yield generation_pb2.GenerateRequest(chunk=c)
 
         stub = self._generation[next(self._next)]
-        return stub.Generate(requests(), timeout=timeout)
+        return stub.Generate(requests(), **self._call(timeout))
 
     def calculate_and_apply_steering_vector(self, prompt: str, activation_additions, n_tokens=50, n_comparisons=3,
                                             use_bos=True, hook="resid_pre", strict_lengths=False, **sampling):
