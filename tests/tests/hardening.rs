@@ -304,3 +304,39 @@ async fn the_client_connects_lazily_skips_dead_workers_and_keeps_its_deadline() 
     hold.abort();
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_that_would_overflow_are_refused_naming_the_field() {
+    let (server, client) = start_with(engine(), ServeConfig::default()).await;
+    let mut g = GenerationServiceClient::connect(server.url()).await.unwrap();
+    let with = |values: Vec<f32>, temperature: f32| {
+        let (h, chunks) = steer_proto::wire::encode_f32(&values, &[1, 64], Some(HookPoint { hook: Hook::ResidPre as i32, layer: 1 }), 0);
+        let mut first = setup("I hate you because", 1);
+        if let Some(generate_request::Msg::Setup(s)) = &mut first.msg {
+            s.sampling.as_mut().unwrap().temperature = temperature;
+        }
+        let mut m = vec![first, GenerateRequest { msg: Some(generate_request::Msg::Tensor(h)) }];
+        m.extend(chunks.into_iter().map(|c| GenerateRequest { msg: Some(generate_request::Msg::Chunk(c)) }));
+        m
+    };
+    let field = |r: Result<tonic::Response<tonic::Streaming<_>>, tonic::Status>| {
+        let s = r.unwrap_err();
+        assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+        s.message().split(':').next().unwrap().to_string()
+    };
+    assert_eq!(field(g.generate(tokio_stream::iter(with(vec![3e38; 64], 1.0))).await), "tensors[0].data");
+    assert_eq!(field(g.generate(tokio_stream::iter(with(vec![1.0; 64], 1e-40))).await), "setup.sampling.temperature");
+    // A header claiming [67108864, 64] f32 (16 GiB) is refused before a byte is reserved.
+    let mut m = with(vec![0.0; 64], 1.0);
+    if let Some(generate_request::Msg::Tensor(h)) = &mut m[1].msg {
+        h.shape = vec![67_108_864, 64];
+        h.total_bytes = 67_108_864 * 64 * 4;
+    }
+    m.truncate(2);
+    assert_eq!(field(g.generate(tokio_stream::iter(m)).await), "tensors[0].shape");
+    // Coefficients whose sum leaves the bound are refused by the ActivationService.
+    let huge = [AdditionSpec::new(1, 1e9, "Love "), AdditionSpec::new(1, -1.0, "Hate")];
+    let err = client.steering_tensors(&huge, &RunOptions::default()).await.unwrap_err();
+    assert!(err.to_string().contains("additions[0].coeff"), "{err}");
+    server.shutdown().await;
+}

@@ -66,10 +66,10 @@ pub fn sum<'a>(point: HookPoint, group: &[PlannedAddition], acts: impl IntoItera
             *o += (a.coeff * *v as f64) as f32;
         }
     }
-    if total.iter().any(|v| !v.is_finite()) {
+    if total.iter().any(|v| !v.is_finite() || v.abs() > steer_model::MAX_STEERING_ABS) {
         return Err(ServiceError::invalid(
             format!("additions[{}].coeff", group[0].index),
-            format!("the steering tensor at {point} overflows f32: coefficients too large"),
+            format!("the steering tensor at {point} leaves ±{:e}: coefficients too large", steer_model::MAX_STEERING_ABS),
         ));
     }
     Ok(total)

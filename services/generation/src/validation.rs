@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use steer_common::{convert, ServiceError};
 use steer_model::tokenizer::SPACE;
-use steer_model::{Addition, Engine, RowRequest, SamplingParams};
+use steer_model::{Addition, Engine, RowRequest, SamplingParams, MAX_STEERING_ABS};
 use steer_proto::v1::{Dtype, GenerateSetup, ShortPrompt};
 
 use crate::config::GenerationConfig;
@@ -126,6 +126,9 @@ fn addition(t: WireTensor, engine: &Engine, field: &str) -> Result<Addition, Ser
     let hook = convert::hook_point(point.hook, point.layer, info.n_layer, &format!("{field}.point"))?;
     if t.values.iter().any(|v| !v.is_finite()) {
         return Err(ServiceError::invalid(format!("{field}.data"), "NaN or Inf in the steering tensor"));
+    }
+    if let Some(v) = t.values.iter().find(|v| v.abs() > MAX_STEERING_ABS) {
+        return Err(ServiceError::invalid(format!("{field}.data"), format!("{v:e}: steering values must be within ±{MAX_STEERING_ABS:e}")));
     }
     Ok(Addition::new(hook, h.shape[0] as usize, Arc::<[f32]>::from(t.values)))
 }

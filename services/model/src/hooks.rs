@@ -121,8 +121,14 @@ impl FromStr for HookPoint {
 /// added at positions 0..k-1 of the row's prompt (BOS included when present), at `hook`, in the
 /// prefill pass only. The values are shared (`Arc`) by every row that carries them.
 ///
+/// Largest magnitude a steering value may have. Far beyond any useful steering (GPT-2-XL's
+/// residual stream norms are in the hundreds to thousands), and small enough that a layer norm's
+/// sum of squares over d_model stays finite in f32 (a 3e38 value would make it Inf, then NaN).
+pub const MAX_STEERING_ABS: f32 = 1e7;
+
 /// The engine trusts its additions: the services validate them once, at their edge (layer in
-/// range, `k <= prompt length`, finite values); the engine only `debug_assert`s.
+/// range, `k <= prompt length`, values finite and within [`MAX_STEERING_ABS`]); the engine only
+/// `debug_assert`s.
 #[derive(Debug, Clone)]
 pub struct Addition {
     pub hook: HookPoint,

@@ -16,6 +16,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
 
+/// Smallest non-zero temperature (below it, logits / T overflows f32 for large logits).
+pub const MIN_TEMPERATURE: f32 = 1e-3;
+pub const MAX_TEMPERATURE: f32 = 100.0;
+/// Largest magnitude of the frequency and presence penalties, and of the repetition penalty's
+/// factor (it lies in [1/MAX_PENALTY, MAX_PENALTY]).
+pub const MAX_PENALTY: f32 = 100.0;
+
 /// Sampling settings of one row. `Default` is neutral: plain sampling at T = 1, no filters, no
 /// penalties. The named settings users ask for (the post's, the ARENA seed's) are built in one
 /// place, `steer_proto::sampling`, and reach the engine through the services.
@@ -42,10 +49,16 @@ impl SamplingParams {
         Self { temperature: 0.0, ..Self::default() }
     }
 
+    /// Checks the settings, naming the field (`sampling.<field>`) that is out of range.
     pub fn validate(&self) -> Result<()> {
+        // Bounds keep every logit finite: logits / T with a subnormal T, or a penalty of 3e38
+        // times a count, would overflow to Inf and make the distribution NaN.
         let t = self.temperature;
-        if !t.is_finite() || t < 0.0 {
-            return Err(ModelError::invalid("sampling.temperature", format!("{t}: must be >= 0 and finite")));
+        if !(t == 0.0 || (MIN_TEMPERATURE..=MAX_TEMPERATURE).contains(&t)) {
+            return Err(ModelError::invalid(
+                "sampling.temperature",
+                format!("{t}: must be 0 (greedy) or in [{MIN_TEMPERATURE}, {MAX_TEMPERATURE}]"),
+            ));
         }
         if let Some(p) = self.top_p {
             if !(p > 0.0 && p <= 1.0) {
@@ -56,12 +69,12 @@ impl SamplingParams {
             return Err(ModelError::invalid("sampling.top_k", "0: must be >= 1 (or unset)"));
         }
         let r = self.repetition_penalty;
-        if !r.is_finite() || r <= 0.0 {
-            return Err(ModelError::invalid("sampling.repetition_penalty", format!("{r}: must be > 0")));
+        if !(1.0 / MAX_PENALTY..=MAX_PENALTY).contains(&r) {
+            return Err(ModelError::invalid("sampling.repetition_penalty", format!("{r}: must be in [{}, {MAX_PENALTY}]", 1.0 / MAX_PENALTY)));
         }
         for (name, v) in [("frequency_penalty", self.frequency_penalty), ("presence_penalty", self.presence_penalty)] {
-            if !v.is_finite() {
-                return Err(ModelError::invalid(format!("sampling.{name}"), format!("{v}: must be finite")));
+            if !(-MAX_PENALTY..=MAX_PENALTY).contains(&v) {
+                return Err(ModelError::invalid(format!("sampling.{name}"), format!("{v}: must be in [-{MAX_PENALTY}, {MAX_PENALTY}]")));
             }
         }
         Ok(())
@@ -260,6 +273,23 @@ pub fn draw(kept: &[(u32, f64)], u: f64) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_that_could_overflow_a_logit_are_refused() {
+        let bad = |p: SamplingParams| match p.validate().unwrap_err() {
+            ModelError::InvalidArgument { field, .. } => field,
+            e => panic!("{e}"),
+        };
+        let d = SamplingParams::default();
+        assert!(bad(SamplingParams { temperature: 1e-40, ..d }).starts_with("sampling.temperature"));
+        assert!(bad(SamplingParams { temperature: f32::NAN, ..d }).starts_with("sampling.temperature"));
+        assert!(bad(SamplingParams { frequency_penalty: 3e38, ..d }).starts_with("sampling.frequency_penalty"));
+        assert!(bad(SamplingParams { presence_penalty: -1e3, ..d }).starts_with("sampling.presence_penalty"));
+        assert!(bad(SamplingParams { repetition_penalty: 1e-6, ..d }).starts_with("sampling.repetition_penalty"));
+        for ok in [SamplingParams::greedy(), SamplingParams { temperature: 1e-3, repetition_penalty: 1.2, frequency_penalty: -2.0, ..d }] {
+            ok.validate().unwrap();
+        }
+    }
 
     fn close(a: &[f32], b: &[f32]) {
         for (x, y) in a.iter().zip(b) {
