@@ -27,7 +27,7 @@ async fn the_seeds_three_examples_produce_paired_completions() {
     let (server, client) = start(engine()).await;
     for name in ["love-hate", "weddings", "eiffel"] {
         let mut p = presets::find(name).unwrap();
-        presets::scale_layers(&mut p, 48, 4);
+        presets::scale_layers(&mut p, 4);
         let opts = short(p.options.clone(), 12);
         let cmp = client.calculate_and_apply_steering_vector(p.prompt, &p.additions, &opts).await.unwrap();
         assert_eq!(cmp.unsteered.len(), 3, "{name}");

@@ -18,39 +18,73 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
-fn parse_hook(s: &str) -> Result<HookKind, String> {
-    s.parse().map_err(|e: steer_model::ModelError| e.to_string())
+/// Where steering is added (see the README's "ActAdd, as implemented").
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum HookArg {
+    /// The stream entering block L (TransformerLens hook_resid_pre; the post's convention).
+    ResidPre,
+    /// The stream leaving block L (nnsight transformer.h[L].output[0]; the ARENA seed's).
+    BlockOutput,
+}
+
+impl From<HookArg> for HookKind {
+    fn from(h: HookArg) -> Self {
+        match h {
+            HookArg::ResidPre => HookKind::ResidPre,
+            HookArg::BlockOutput => HookKind::BlockOutput,
+        }
+    }
 }
 
 /// Flags shared by run, demo and generate; each overrides the base options (the post's, or a
 /// preset's) only when given.
 #[derive(Args, Clone)]
 pub struct RunFlags {
-    /// resid-pre (ActAdd) or block-output (ARENA).
-    #[arg(long, value_parser = parse_hook)]
-    hook: Option<HookKind>,
+    /// Where steering is added [default: resid-pre; a preset's own for demo].
+    #[arg(long, value_enum)]
+    hook: Option<HookArg>,
+    /// New tokens per completion [default: 50].
     #[arg(long)]
     tokens: Option<u32>,
+    /// Completions per side (unsteered and steered rows) [default: 3].
     #[arg(long)]
     comparisons: Option<u32>,
+    /// Seed of row 0; row i uses seed + i, the same for its unsteered and steered row [default: 0].
     #[arg(long)]
     seed: Option<u64>,
-    /// Prepend <|endoftext|> to prompt and contrast prompts.
+    /// Prepend <|endoftext|> to prompt and contrast prompts [default: on; a preset's own for demo].
     #[arg(long, overrides_with = "no_bos")]
     bos: bool,
+    /// Do not prepend <|endoftext|>.
     #[arg(long, overrides_with = "bos")]
     no_bos: bool,
-    /// 0 = greedy.
+    /// Sampling temperature; 0 = greedy [default: 1].
     #[arg(long)]
     temperature: Option<f32>,
+    /// Nucleus sampling: keep the most likely tokens up to this mass [default: 0.3, the post's].
     #[arg(long)]
     top_p: Option<f32>,
+    /// Keep only the k most likely tokens [default: off].
     #[arg(long)]
     top_k: Option<u32>,
+    /// Hugging Face repetition penalty [default: 1 (off); 1.2 in the ARENA presets].
     #[arg(long)]
     repetition_penalty: Option<f32>,
+    /// TransformerLens frequency penalty [default: 1, the post's; 0 in the ARENA presets].
     #[arg(long)]
     frequency_penalty: Option<f32>,
+    /// TransformerLens presence penalty [default: 0].
+    #[arg(long)]
+    presence_penalty: Option<f32>,
+    /// Report this many alternatives (with log-probabilities) for each token, in --json [default: 0].
+    #[arg(long)]
+    top_logprobs: Option<u32>,
+    /// Only the steered rows.
+    #[arg(long)]
+    skip_unsteered: bool,
+    /// Keep generating past <|endoftext|>.
+    #[arg(long)]
+    ignore_eos: bool,
     /// Contrast prompts at one layer must have equal token lengths (else they are space-padded).
     #[arg(long)]
     strict_lengths: bool,
@@ -75,7 +109,7 @@ pub struct RunFlags {
 impl RunFlags {
     fn apply(&self, mut o: RunOptions) -> RunOptions {
         if let Some(h) = self.hook {
-            o.hook = steer_common::convert::proto_hook(h);
+            o.hook = steer_common::convert::proto_hook(h.into());
         }
         if self.bos || self.no_bos {
             o.use_bos = self.bos;
@@ -86,6 +120,10 @@ impl RunFlags {
         s.top_k = self.top_k.unwrap_or(s.top_k);
         s.repetition_penalty = self.repetition_penalty.unwrap_or(s.repetition_penalty);
         s.frequency_penalty = self.frequency_penalty.unwrap_or(s.frequency_penalty);
+        s.presence_penalty = self.presence_penalty.unwrap_or(s.presence_penalty);
+        o.top_logprobs = self.top_logprobs.unwrap_or(o.top_logprobs);
+        o.skip_unsteered |= self.skip_unsteered;
+        o.ignore_eos |= self.ignore_eos;
         o.n_tokens = self.tokens.unwrap_or(o.n_tokens);
         o.n_comparisons = self.comparisons.unwrap_or(o.n_comparisons);
         o.seed = self.seed.unwrap_or(o.seed);
@@ -147,6 +185,7 @@ impl ConnectArgs {
 
 #[derive(Args, Clone)]
 pub struct RunArgs {
+    /// The prompt to complete.
     #[arg(long)]
     prompt: String,
     /// LAYER:COEFF:TEXT, repeatable (e.g. --add "20:4:I talk about weddings constantly").
@@ -158,8 +197,8 @@ pub struct RunArgs {
 
 pub async fn run(a: RunArgs) -> Result<()> {
     let opts = a.opts.apply(RunOptions::default());
-    let cmp = execute(&a.prompt, &a.add, &opts, &a.opts, Progress::Steps).await?;
-    print_comparison(&a.prompt, &cmp, &a.opts);
+    let out = execute(&a.prompt, &a.add, &opts, &a.opts, Progress::Steps).await?;
+    print_comparison(&a.prompt, &out, &a.opts);
     Ok(())
 }
 
@@ -167,8 +206,13 @@ pub async fn run(a: RunArgs) -> Result<()> {
 pub struct DemoArgs {
     /// Preset name; `--list` shows them.
     name: Option<String>,
+    /// List the presets.
     #[arg(long)]
     list: bool,
+    /// Map the preset's layers (written for GPT-2-XL's 48) onto the model's, in proportion
+    /// (e.g. to try a preset on fixtures/tiny-gpt2).
+    #[arg(long)]
+    scale_layers: bool,
     #[command(flatten)]
     opts: RunFlags,
 }
@@ -180,16 +224,32 @@ pub async fn demo(a: DemoArgs) -> Result<()> {
         }
         return Ok(());
     };
-    let p = presets::find(name).with_context(|| format!("no preset {name} (steer demo --list)"))?;
+    let mut p = presets::find(name).with_context(|| format!("no preset {name} (steer demo --list)"))?;
     let opts = a.opts.apply(p.options.clone());
     eprintln!("{}: {}", p.name, p.description);
-    let cmp = execute(p.prompt, &p.additions, &opts, &a.opts, Progress::Steps).await?;
-    print_comparison(p.prompt, &cmp, &a.opts);
+    let (client, local) = a.opts.connect().await?;
+    let n_layer = client.activation_info().await?.n_layer;
+    if a.scale_layers {
+        presets::scale_layers(&mut p, n_layer);
+        let layers: Vec<String> = p.additions.iter().map(|a| a.layer.to_string()).collect();
+        eprintln!("  layers scaled from {} to {n_layer}: {}", presets::WRITTEN_FOR_LAYERS, layers.join(", "));
+    } else if n_layer != presets::WRITTEN_FOR_LAYERS {
+        eprintln!(
+            "  note: the presets were written for {} layers; this model has {n_layer} (add --scale-layers)",
+            presets::WRITTEN_FOR_LAYERS
+        );
+    }
+    let cmp = execute_with(&client, p.prompt, &p.additions, &opts, Progress::Steps).await;
+    if let Some(l) = local {
+        l.shutdown().await;
+    }
+    print_comparison(p.prompt, &cmp?, &a.opts);
     Ok(())
 }
 
 #[derive(Args, Clone)]
 pub struct GenerateArgs {
+    /// The prompt to complete.
     #[arg(long)]
     prompt: String,
     /// LAYER:COEFF:TEXT, repeatable; none for a plain completion.
@@ -204,9 +264,9 @@ pub async fn generate(a: GenerateArgs) -> Result<()> {
     let opts = RunOptions { n_comparisons: 1, skip_unsteered: true, ..a.opts.apply(RunOptions::default()) };
     print!("{}", a.prompt);
     let t = std::time::Instant::now();
-    let cmp = execute(&a.prompt, &a.add, &opts, &a.opts, Progress::Text).await?;
+    let out = execute(&a.prompt, &a.add, &opts, &a.opts, Progress::Text).await?;
     println!();
-    let c = &cmp.steered[0];
+    let c = &out.cmp.steered[0];
     eprintln!(
         "[{} tokens, {}, {:.2} tokens/s]",
         c.token_ids.len(),
@@ -225,9 +285,24 @@ enum Progress {
     Text,
 }
 
-/// Steering tensors, then the generation through the client (with its retries).
-async fn execute(prompt: &str, additions: &[AdditionSpec], opts: &RunOptions, flags: &RunFlags, progress: Progress) -> Result<Comparison> {
+/// Steering tensors, then the generation through the client (with its retries), against the
+/// services the flags name or an embedded server.
+async fn execute(prompt: &str, additions: &[AdditionSpec], opts: &RunOptions, flags: &RunFlags, progress: Progress) -> Result<Outcome> {
     let (client, local) = flags.connect().await?;
+    let cmp = execute_with(&client, prompt, additions, opts, progress).await;
+    if let Some(l) = local {
+        l.shutdown().await;
+    }
+    cmp
+}
+
+/// A comparison and, when `top_logprobs` was asked for, every token event (for --json).
+struct Outcome {
+    cmp: Comparison,
+    tokens: Vec<TokenEvent>,
+}
+
+async fn execute_with(client: &SteerClient, prompt: &str, additions: &[AdditionSpec], opts: &RunOptions, progress: Progress) -> Result<Outcome> {
     let tensors = if additions.is_empty() {
         vec![]
     } else {
@@ -238,14 +313,19 @@ async fn execute(prompt: &str, additions: &[AdditionSpec], opts: &RunOptions, fl
         let norms: Vec<String> = t.position_norms().iter().map(|n| format!("{n:.1}")).collect();
         let point = t.header.point.unwrap_or_default();
         let hook = steer_client::v1::Hook::try_from(point.hook).unwrap_or_default().as_str_name();
-        eprintln!("  {hook} layer {}: shape {:?}, position norms [{}]", point.layer, t.header.shape, norms.join(", "));
+        let shape: Vec<String> = t.header.shape.iter().map(u64::to_string).collect();
+        eprintln!("  {hook} layer {}: shape [{}], position norms [{}]", point.layer, shape.join(", "), norms.join(", "));
     }
     let rows = opts.n_comparisons as usize * if opts.skip_unsteered { 1 } else { 2 };
     let tty = std::io::stderr().is_terminal();
     let mut tokens = 0usize;
     let t0 = std::time::Instant::now();
+    let mut events = vec![];
     let on_token = |t: &TokenEvent| {
         tokens += 1;
+        if opts.top_logprobs > 0 {
+            events.push(t.clone());
+        }
         match progress {
             Progress::Text if t.row == 0 => {
                 print!("{}", t.text_delta);
@@ -257,21 +337,31 @@ async fn execute(prompt: &str, additions: &[AdditionSpec], opts: &RunOptions, fl
     };
     let cmp = client.generate(prompt, &tensors, opts, on_token).await?;
     if progress == Progress::Steps {
-        eprintln!("{}{tokens} tokens in {:.1}s", if tty { "\r  " } else { "  " }, t0.elapsed().as_secs_f64());
+        let secs = t0.elapsed().as_secs_f64();
+        eprintln!("{}{tokens} tokens in {secs:.1}s ({:.1} tokens/s)", if tty { "\r  " } else { "  " }, tokens as f64 / secs);
     }
-    if let Some(l) = local {
-        l.shutdown().await;
-    }
-    Ok(cmp)
+    Ok(Outcome { cmp, tokens: events })
 }
 
-fn print_comparison(prompt: &str, cmp: &Comparison, flags: &RunFlags) {
+fn print_comparison(prompt: &str, out: &Outcome, flags: &RunFlags) {
+    let cmp = &out.cmp;
     if flags.json {
         for c in cmp.unsteered.iter().chain(&cmp.steered) {
-            let row = serde_json::json!({
+            let mut row = serde_json::json!({
                 "row": c.row, "steered": c.steered, "seed": c.seed, "text": c.text,
                 "token_ids": c.token_ids, "finish_reason": c.finish_reason.as_str_name(),
             });
+            let mut tokens: Vec<&TokenEvent> = out.tokens.iter().filter(|t| t.row == c.row && t.steered == c.steered).collect();
+            if !tokens.is_empty() {
+                tokens.sort_by_key(|t| t.index);
+                row["tokens"] = tokens
+                    .iter()
+                    .map(|t| {
+                        let top: Vec<_> = t.top_logprobs.iter().map(|a| serde_json::json!({"token_id": a.token_id, "logprob": a.logprob})).collect();
+                        serde_json::json!({"token_id": t.token_id, "text": t.text_delta, "logprob": t.logprob, "top_logprobs": top})
+                    })
+                    .collect();
+            }
             println!("{row}");
         }
     } else {

@@ -48,29 +48,63 @@ enum Command {
     Health(commands::HealthArgs),
     /// Measure prefill and decode speed of the engine (prints numbers).
     Bench(bench::BenchArgs),
+    /// Print a shell completion script (e.g. `steer completions bash > /etc/bash_completion.d/steer`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Args, Clone)]
 pub struct ModelArgs {
-    /// Hub repo id or local directory.
-    #[arg(long, default_value = steer_model::source::DEFAULT_REPO)]
+    /// Hub repo id, or a local directory (config.json, model.safetensors, tokenizer); offline,
+    /// use a directory (e.g. fixtures/tiny-gpt2 in this repository) or HF_HUB_OFFLINE=1 with a filled cache.
+    #[arg(long, env = "STEER_MODEL", default_value = steer_model::source::DEFAULT_REPO)]
     pub model: String,
-    /// Hub revision (branch, tag or commit).
-    #[arg(long)]
+    /// Hub revision (branch, tag or commit) [default: main].
+    #[arg(long, env = "STEER_REVISION")]
     pub revision: Option<String>,
-    /// Weights' precision: f32 (the post's), f16 or bf16.
-    #[arg(long, default_value = "f32", value_parser = parse_dtype)]
-    pub dtype: WeightDtype,
+    /// Weights' precision (activations, steering and sampling stay f32).
+    #[arg(long, env = "STEER_DTYPE", value_enum, default_value_t = DtypeArg::F32)]
+    pub dtype: DtypeArg,
 }
 
-fn parse_dtype(s: &str) -> Result<WeightDtype, String> {
-    s.parse().map_err(|e: steer_model::ModelError| e.to_string())
+/// Weights' precision.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum DtypeArg {
+    /// The post's precision.
+    F32,
+    F16,
+    Bf16,
+}
+
+impl From<DtypeArg> for WeightDtype {
+    fn from(d: DtypeArg) -> Self {
+        match d {
+            DtypeArg::F32 => WeightDtype::F32,
+            DtypeArg::F16 => WeightDtype::F16,
+            DtypeArg::Bf16 => WeightDtype::Bf16,
+        }
+    }
 }
 
 impl ModelArgs {
+    /// The model to load. A relative directory that is not under the current directory but is
+    /// in the source tree this binary was built from (`fixtures/tiny-gpt2`) is taken from there,
+    /// so the README's commands work from any directory.
+    fn source(&self) -> ModelSource {
+        let here = std::path::Path::new(&self.model);
+        let tree = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(&self.model);
+        if here.is_relative() && !here.exists() && tree.join("config.json").is_file() {
+            eprintln!("using {} from the source tree ({})", self.model, tree.display());
+            return ModelSource::Dir(tree);
+        }
+        ModelSource::parse(&self.model, self.revision.as_deref())
+    }
+
     pub fn load(&self) -> Result<Engine> {
-        let source = ModelSource::parse(&self.model, self.revision.as_deref());
-        let mut opts = LoadOptions { dtype: self.dtype, ..Default::default() };
+        let source = self.source();
+        let mut opts = LoadOptions { dtype: self.dtype.into(), ..Default::default() };
         opts.hub.progress = true;
         eprintln!("loading {} ...", source.name());
         let t = std::time::Instant::now();
@@ -95,8 +129,10 @@ struct RandomModelArgs {
     /// tiny, small, medium, large or xl.
     #[arg(long, default_value = "tiny")]
     shape: String,
+    /// Directory to write (config.json, model.safetensors, tokenizer).
     #[arg(long)]
     out: PathBuf,
+    /// Seed of the random weights.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Standard deviation of the weight matrices.
@@ -120,6 +156,10 @@ fn main() -> Result<()> {
         Command::RandomModel(a) => random_model(a),
         Command::Health(a) => commands::runtime()?.block_on(commands::health(a)),
         Command::Bench(a) => bench::run(a),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "steer", &mut std::io::stdout());
+            Ok(())
+        }
     }
 }
 

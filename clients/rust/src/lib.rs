@@ -106,6 +106,8 @@ pub struct RunOptions {
     pub top_logprobs: u32,
     /// Only the steered rows.
     pub skip_unsteered: bool,
+    /// Keep generating past <|endoftext|>.
+    pub ignore_eos: bool,
 }
 
 impl Default for RunOptions {
@@ -120,6 +122,7 @@ impl Default for RunOptions {
             strict_lengths: false,
             top_logprobs: 0,
             skip_unsteered: false,
+            ignore_eos: false,
         }
     }
 }
@@ -143,6 +146,7 @@ impl RunOptions {
             n_tensors: n_tensors as u32,
             top_logprobs: self.top_logprobs,
             skip_unsteered: self.skip_unsteered,
+            ignore_eos: self.ignore_eos,
             ..Default::default()
         }
     }

@@ -4,9 +4,12 @@
 
 use crate::{AdditionSpec, RunOptions};
 
+/// Layers of the model every preset was written for (GPT-2-XL).
+pub const WRITTEN_FOR_LAYERS: u32 = 48;
+
 pub struct Preset {
     pub name: &'static str,
-    pub description: &'static str,
+    pub description: String,
     pub prompt: &'static str,
     pub additions: Vec<AdditionSpec>,
     pub options: RunOptions,
@@ -20,21 +23,21 @@ pub fn all() -> Vec<Preset> {
     let mut v = vec![
         Preset {
             name: "love-hate",
-            description: "ARENA: Love/Hate at the output of block 6, +-8, with BOS",
+            description: "ARENA: Love/Hate at the output of block 6, +-8, with BOS".into(),
             prompt: "I hate you because",
             additions: pair(6, 8.0, "Love ", "Hate"),
             options: RunOptions::seed(true),
         },
         Preset {
             name: "weddings",
-            description: "ARENA: weddings at the output of block 20, +-4",
+            description: "ARENA: weddings at the output of block 20, +-4".into(),
             prompt: "I went up to my friend and said",
             additions: pair(20, 4.0, "I talk about weddings constantly  ", "I do not talk about weddings constantly"),
             options: RunOptions::seed(false),
         },
         Preset {
             name: "eiffel",
-            description: "ARENA: Eiffel Tower in Rome at the output of block 24, +-10",
+            description: "ARENA: Eiffel Tower in Rome at the output of block 24, +-10".into(),
             prompt: "To see the eiffel tower, people flock to",
             additions: pair(24, 10.0, "The Eiffel Tower is in Rome", "The Eiffel Tower is in France"),
             options: RunOptions::seed(false),
@@ -71,7 +74,11 @@ pub fn all() -> Vec<Preset> {
     for (name, prompt, plus, minus, layer, coeff) in post_demos {
         v.push(Preset {
             name,
-            description: "the post's demonstrations table (RESID_PRE, BOS, space padding)",
+            description: if minus.is_empty() {
+                format!("the post: \"{plus}\" alone, x{coeff} at RESID_PRE {layer}")
+            } else {
+                format!("the post: \"{plus}\" - \"{minus}\", x{coeff} at RESID_PRE {layer}")
+            },
             prompt,
             additions: pair(layer, coeff, plus, minus),
             options: RunOptions::default(),
@@ -79,14 +86,14 @@ pub fn all() -> Vec<Preset> {
     }
     v.push(Preset {
         name: "post-11",
-        description: "the post: an unpaired addition (fails by design)",
+        description: "the post: \"Love\" alone, x10 at RESID_PRE 6 (unpaired: fails by design)".into(),
         prompt: "I hate you because",
         additions: vec![AdditionSpec::new(6, 10.0, "Love")],
         options: RunOptions::default(),
     });
     v.push(Preset {
         name: "post-15",
-        description: "the post: two steering vectors at two layers",
+        description: "the post: Love - Hate x5 at RESID_PRE 6, and \" wedding\" - \" \" x5 at 15 (two layers)".into(),
         prompt: "I hate you because",
         additions: [pair(6, 5.0, "Love", "Hate"), pair(15, 5.0, " wedding", " ")].concat(),
         options: RunOptions::default(),
@@ -98,9 +105,27 @@ pub fn find(name: &str) -> Option<Preset> {
     all().into_iter().find(|p| p.name == name)
 }
 
-/// Scales every preset layer to a model with `n_layer` layers (for the tiny test model).
-pub fn scale_layers(p: &mut Preset, from: u32, to: u32) {
+/// Maps every layer of a preset, written for [`WRITTEN_FOR_LAYERS`], onto a model with `to`
+/// layers, in proportion (layer 20 of 48 is layer 1 of 4).
+pub fn scale_layers(p: &mut Preset, to: u32) {
     for a in p.additions.iter_mut() {
-        a.layer = (a.layer * to / from).min(to - 1);
+        a.layer = (a.layer * to / WRITTEN_FOR_LAYERS).min(to.saturating_sub(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_preset_has_its_own_description_and_scales_onto_a_small_model() {
+        let all = super::all();
+        let mut seen = std::collections::HashSet::new();
+        for mut p in all {
+            assert!(seen.insert(p.description.clone()), "{} repeats a description", p.name);
+            super::scale_layers(&mut p, 4);
+            assert!(p.additions.iter().all(|a| a.layer < 4), "{}", p.name);
+        }
+        let mut w = super::find("weddings").unwrap();
+        super::scale_layers(&mut w, 4);
+        assert_eq!(w.additions[0].layer, 1);
     }
 }

@@ -157,12 +157,27 @@ fn resolve_from_cache(cache: &Path, repo: &str, revision: &str) -> Result<ModelF
     ModelFiles::in_dir(&snapshot).map_err(|e| not_found(e.to_string()))
 }
 
+/// What to try when the hub cannot be reached: the offline alternatives, and, when `repo` reads
+/// like a relative path, that no such directory exists here.
+pub fn offline_hint(repo: &str) -> String {
+    let mut hint = String::from(
+        "no network? give a local directory (--model DIR; in this repository, --model fixtures/tiny-gpt2), or set \
+         HF_HUB_OFFLINE=1 to read only the Hugging Face cache ($HF_HOME/hub)",
+    );
+    if let Ok(cwd) = std::env::current_dir() {
+        if !Path::new(repo).exists() {
+            hint.push_str(&format!("; there is no directory {repo} under {}, so it was taken for a hub repo id", cwd.display()));
+        }
+    }
+    hint
+}
+
 fn resolve_online(opts: &HubOptions, repo: &str, revision: &str) -> Result<ModelFiles> {
     let hub_err = |file: &str, e: hf_hub::api::sync::ApiError| ModelError::Hub {
         repo: repo.into(),
         revision: revision.into(),
         file: file.into(),
-        message: e.to_string(),
+        message: format!("{e}\n  {}", offline_hint(repo)),
     };
     let mut builder = hf_hub::api::sync::ApiBuilder::from_env().with_progress(opts.progress);
     if let Some(dir) = &opts.cache_dir {
@@ -196,6 +211,13 @@ fn resolve_online(opts: &HubOptions, repo: &str, revision: &str) -> Result<Model
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hub_failure_names_the_offline_alternatives() {
+        let h = offline_hint("fixtures/no-such-model");
+        assert!(h.contains("HF_HUB_OFFLINE=1") && h.contains("--model DIR"), "{h}");
+        assert!(h.contains("no directory fixtures/no-such-model under"), "{h}");
+    }
 
     #[test]
     fn parse_tells_paths_from_repo_ids() {

@@ -108,8 +108,11 @@ pub use http::serve_metrics;
 
 /// Installs the tracing subscriber: `filter` in RUST_LOG syntax, JSON lines when `json`.
 pub fn init_logging(filter: &str, json: bool) {
+    use std::io::IsTerminal;
+    // Colour only for a terminal: redirected logs stay plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if json {
         builder.json().with_current_span(true).init();

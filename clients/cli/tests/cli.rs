@@ -1,0 +1,53 @@
+//! The CLI as a new user meets it: presets on the tiny model from any directory, help that
+//! states defaults, completions, and output fit for files (no carriage returns, no colour, no
+//! debug formatting) when stdout and stderr are not terminals.
+
+use std::process::Command;
+
+fn steer(args: &[&str]) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    Command::new(env!("CARGO_BIN_EXE_steer")).args(args).current_dir(dir.path()).env("STEER_LOG", "info").output().expect("run steer")
+}
+
+#[test]
+fn a_preset_runs_on_the_tiny_model_from_any_directory() {
+    let out = steer(&["demo", "weddings", "--model", "fixtures/tiny-gpt2", "--scale-layers", "--tokens", "4", "--comparisons", "1"]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("Unsteered") && stdout.contains("Steered"), "{stdout}");
+    assert!(stderr.contains("layers scaled from 48 to 4: 1, 1"), "{stderr}");
+    for text in [&stdout, &stderr] {
+        assert!(!text.contains('\r') && !text.contains("\x1b["), "terminal control codes in redirected output: {text:?}");
+        assert!(!text.contains("Some(") && !text.contains(" { "), "debug formatting: {text}");
+    }
+}
+
+#[test]
+fn without_scaling_a_preset_says_why_it_fails_on_a_small_model() {
+    let out = steer(&["demo", "weddings", "--model", "fixtures/tiny-gpt2", "--tokens", "2", "--comparisons", "1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("add --scale-layers"), "{stderr}");
+}
+
+#[test]
+fn help_states_defaults_and_choices_and_completions_print() {
+    let help = String::from_utf8(steer(&["run", "--help"]).stdout).unwrap();
+    for want in ["[default: 0.3", "resid-pre", "block-output", "--presence-penalty", "--top-logprobs", "--ignore-eos", "--skip-unsteered", "STEER_TOKEN"] {
+        assert!(help.contains(want), "{want} missing from steer run --help");
+    }
+    let serve = String::from_utf8(steer(&["serve", "--help"]).stdout).unwrap();
+    for want in ["STEER_MODEL", "STEER_DTYPE", "STEER_MAX_INFLIGHT_BYTES", "STEER_AUTH_TOKENS", "bf16"] {
+        assert!(serve.contains(want), "{want} missing from steer serve --help");
+    }
+    let bash = steer(&["completions", "bash"]);
+    assert!(bash.status.success() && String::from_utf8_lossy(&bash.stdout).contains("_steer()"));
+}
+
+#[test]
+fn a_missing_model_names_the_offline_alternatives() {
+    let out = steer(&["generate", "--prompt", "Hi", "--model", "./no-such-dir", "--tokens", "1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("no-such-dir"), "{stderr}");
+}
