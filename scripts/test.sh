@@ -2,8 +2,8 @@
 # The whole test suite: Rust (unit, parity, end-to-end, multi-process), the contract, the
 # deployment manifests, the dashboard in a real browser, the Python client, and the fuzz targets.
 # Needs: cargo; npm (buf and playwright-core come from the npm registry); Debian's chromium;
-# python3 with grpcio, grpcio-tools, protobuf, pytest, kubernetes-validate, pyyaml
-# (.ci/run installs them).
+# python3 with grpcio, grpcio-tools 1.85.1, protobuf, pytest, kubernetes-validate, pyyaml, setuptools, wheel
+# (.ci/run installs them, the Python ones into a venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +23,12 @@ bash scripts/check_deploy.sh
 # the screenshot lands in artifacts/dashboard.png.
 (cd clients/web && npm ci --silent --no-audit --no-fund && STEER_BIN="$PWD/../../target/debug/steer" node --test test/)
 
-# Python client: stubs generated from proto/, tests against a real `steer serve` (tiny model).
+# Python client: stubs generated from proto/, built as a wheel and installed into a venv of its
+# own (seeing the packages of the python3 that runs this, which .ci/run installs into a venv),
+# then tested against a real `steer serve` (tiny model).
 python3 clients/python/generate.py
-STEER_BIN="$PWD/target/debug/steer" PYTHONPATH="$PWD/clients/python/src" python3 -m pytest -q clients/python/tests
+rm -rf target/py-wheel target/py-venv
+python3 -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir target/py-wheel ./clients/python
+python3 -m venv --system-site-packages target/py-venv
+target/py-venv/bin/python -m pip install --quiet --no-deps target/py-wheel/steer_client-*.whl
+(cd clients/python/tests && STEER_BIN="$OLDPWD/target/debug/steer" "$OLDPWD/target/py-venv/bin/python" -m pytest -q -p no:cacheprovider .)

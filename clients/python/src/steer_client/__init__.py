@@ -13,17 +13,14 @@ clients/python/generate.py.
 """
 import itertools
 import os
-import sys
 from dataclasses import dataclass, field
 from typing import Iterable, List, Optional, Sequence, Tuple
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "_proto"))
+import grpc
 
-import grpc  # noqa: E402
-
-from steer.v1 import activation_pb2, activation_pb2_grpc  # noqa: E402
-from steer.v1 import generation_pb2, generation_pb2_grpc  # noqa: E402
-from steer.v1 import tensor_pb2  # noqa: E402
+from ._proto.steer.v1 import activation_pb2, activation_pb2_grpc
+from ._proto.steer.v1 import generation_pb2, generation_pb2_grpc
+from ._proto.steer.v1 import tensor_pb2
 
 __all__ = ["SteerClient", "Completion", "POST", "SEED", "activation_pb2", "generation_pb2", "tensor_pb2"]
 
