@@ -1,7 +1,7 @@
 //! The soak: real `steer` processes (1 activation worker, 3 generation workers) under 32
 //! concurrent clients that mix valid requests with slow readers, cancellations, oversized
 //! headers and dead connections, while a generation worker is killed and restarted and the
-//! activation worker is restarted. STEER_SOAK_SECS sets its length (default 90 s).
+//! activation worker is restarted. STEER_SOAK_SECS sets its length (default 180 s).
 //!
 //! Asserts: every valid request completes or fails with a status, none past its deadline;
 //! completed outputs equal a quiet run's for the same seeds; every worker's peak RSS stays under
@@ -228,7 +228,7 @@ async fn hostile(kind: usize, url: &str) -> &'static str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn soak_with_faults() {
-    let secs: u64 = std::env::var("STEER_SOAK_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(90);
+    let secs: u64 = std::env::var("STEER_SOAK_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(180);
     let dir = tempfile::tempdir().unwrap();
     let act = Worker::new("activation-worker", dir.path(), 0);
     let gens: Vec<Arc<Worker>> = (0..3).map(|i| Worker::new("generation-worker", dir.path(), i)).collect();
