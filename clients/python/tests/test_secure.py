@@ -68,3 +68,16 @@ def test_an_untrusted_server_is_refused(secure_server):
         client.model_info()
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE
     client.close()
+
+
+def test_the_openai_endpoint_takes_the_token_as_its_api_key(secure_server):
+    import openai
+
+    addr, ca = secure_server
+    http = openai.DefaultHttpxClient(verify=str(ca))
+    ok = openai.OpenAI(base_url=f"https://{addr}/v1", api_key=TOKEN, http_client=http)
+    r = ok.completions.create(model="steer", prompt="I hate you because", max_tokens=3)
+    assert len(r.choices) == 1
+    bad = openai.OpenAI(base_url=f"https://{addr}/v1", api_key="not-the-token-000000", http_client=http, max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.completions.create(model="steer", prompt="I hate you because", max_tokens=3)

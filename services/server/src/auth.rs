@@ -22,20 +22,38 @@ fn accepted(tokens: &[Vec<u8>], presented: &[u8]) -> bool {
 
 /// Refuses calls without an accepted token; with no tokens configured, passes everything.
 pub fn layer(tokens: &[String]) -> AnswerEarlyLayer {
-    let tokens: Vec<Vec<u8>> = tokens.iter().map(|t| t.as_bytes().to_vec()).collect();
-    AnswerEarlyLayer::new(move |req| {
-        if tokens.is_empty() || open(req.uri.path()) {
-            return None;
+    let tokens = Tokens::new(tokens);
+    AnswerEarlyLayer::new(move |req| tokens.refuse(req))
+}
+
+/// The accepted tokens.
+#[derive(Debug, Clone)]
+pub struct Tokens(std::sync::Arc<[Vec<u8>]>);
+
+impl Tokens {
+    pub fn new(tokens: &[String]) -> Self {
+        Self(tokens.iter().map(|t| t.as_bytes().to_vec()).collect())
+    }
+
+    /// UNAUTHENTICATED for a request that needs a token and has no accepted one.
+    pub fn check(&self, req: &http::request::Parts) -> Result<(), Status> {
+        if self.0.is_empty() || open(req.uri.path()) {
+            return Ok(());
         }
         let presented = req.headers.get(http::header::AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
         let status = match presented {
             None => Status::unauthenticated("missing bearer token (authorization: Bearer TOKEN)"),
-            Some(t) if !accepted(&tokens, t) => Status::unauthenticated("invalid bearer token"),
-            Some(_) => return None,
+            Some(t) if !accepted(&self.0, t) => Status::unauthenticated("invalid bearer token"),
+            Some(_) => return Ok(()),
         };
         tracing::warn!(path = req.uri.path(), "unauthenticated call refused");
-        Some(status.into_http())
-    })
+        Err(status)
+    }
+
+    /// [`Tokens::check`] as a gRPC response, or None to pass the request on.
+    pub fn refuse(&self, req: &http::request::Parts) -> Option<http::Response<tonic::body::Body>> {
+        self.check(req).err().map(Status::into_http)
+    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,6 @@ use steer_proto::v1::activation_service_server::ActivationServiceServer;
 use steer_proto::v1::generation_service_server::GenerationServiceServer;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic_health::pb::health_server::{Health, HealthServer};
 
 use crate::config::ServeConfig;
@@ -36,41 +35,49 @@ pub async fn serve(
             .build_v1()
             .expect("descriptor sets are valid")
     });
-    let mut builder = tonic::transport::Server::builder()
+    let builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(t.keepalive_interval))
         .http2_keepalive_timeout(Some(t.keepalive_timeout))
         .max_concurrent_streams(t.max_concurrent_streams)
         .http2_max_header_list_size(t.max_header_bytes)
         .http2_max_pending_accept_reset_streams(Some(64))
         .timeout(t.request_timeout);
-    if let Some(tls) = &sec.tls {
-        let mut tc = ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem));
-        if let Some(ca) = &tls.client_ca_pem {
-            tc = tc.client_ca_root(Certificate::from_pem(ca));
-        }
-        builder = builder.tls_config(tc)?;
-    }
+    let acceptor = sec.tls.as_ref().map(crate::tls::acceptor).transpose()?;
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(t.tcp_keepalive));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let svc = services.clone();
     // HTTP/1.1 and the gRPC-Web translation let browsers call the same services; the dashboard
     // page is served from this port too. Tokens are checked after the gRPC-Web translation, so
     // a browser gets its UNAUTHENTICATED in gRPC-Web form.
-    let server = builder
+    let mut grpc = tonic::service::RoutesBuilder::default();
+    grpc.add_service(health);
+    if let Some(r) = reflection {
+        grpc.add_service(r);
+    }
+    if let Some(a) = act {
+        grpc.add_service(a);
+    }
+    if let Some(g) = gen {
+        grpc.add_service(g);
+    }
+    let router = builder
         .accept_http1(true)
         .layer(crate::dashboard::layer())
+        // HTTP/JSON (OpenAI-compatible completions) on the same port, before gRPC-Web.
+        .layer(crate::openai::layer(services.clone()))
         .layer(tonic_web::GrpcWebLayer::new())
         .layer(crate::auth::layer(&sec.tokens))
-        .add_service(health)
-        .add_optional_service(reflection)
-        .add_optional_service(act)
-        .add_optional_service(gen)
-        .serve_with_incoming_shutdown(incoming, async move {
-            shutdown.await;
-            tracing::info!("shutting down: no new requests");
-            svc.draining().await;
-            let _ = stop_tx.send(());
-        });
+        .add_routes(grpc.routes());
+    let stopping = async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new requests");
+        svc.draining().await;
+        let _ = stop_tx.send(());
+    };
+    let server: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match acceptor {
+        Some(a) => Box::pin(router.serve_with_incoming_shutdown(crate::tls::incoming(incoming, a), stopping)),
+        None => Box::pin(router.serve_with_incoming_shutdown(incoming, stopping)),
+    };
     let grace = services.cfg.grace;
     tokio::select! {
         r = server => Ok(r?),

@@ -1,0 +1,346 @@
+//! HTTP/JSON for curl and OpenAI SDK users, on the service port: `POST /v1/completions`, an
+//! OpenAI-compatible completion (object `text_completion`) with a `steering` field, as
+//! vLLM-based steering servers take it:
+//!
+//! ```json
+//! {"prompt": "I hate you because", "max_tokens": 20, "seed": 0,
+//!  "steering": {"hook": "resid_pre", "additions": [{"layer": 6, "coeff": 5, "text": "Love"},
+//!                                                  {"layer": 6, "coeff": -5, "text": "Hate"}],
+//!               "compare": true}}
+//! ```
+//!
+//! The choices are the steered completions; with `"compare": true` the unsteered ones come
+//! first, and every choice says which it is (`"steered"`). `"stream": true` streams Server-Sent
+//! Events (`data: {chunk}` per token, then `data: [DONE]`). It goes through the same services
+//! (gates, validation, batching, metrics) as gRPC: the steering tensors from the
+//! ActivationService, the completion from the GenerationService's `GenerateFromTensors`. Errors
+//! come as OpenAI error objects with the HTTP status of the gRPC code; bearer tokens apply as
+//! for gRPC (the SDK's `api_key`).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::rejection::JsonRejection;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use steer_proto::v1::activation_service_server::ActivationService;
+use steer_proto::v1::generation_service_server::GenerationService;
+use steer_proto::v1::{
+    generate_from_tensors_response, get_steering_tensors_response, ActivationAddition, FinishReason, GenerateFromTensorsRequest,
+    GenerateSetup, GetSteeringTensorsRequest, Hook, InlineTensor, SamplingParameters,
+};
+use tokio_stream::StreamExt;
+use tonic::{Code, Status};
+
+use crate::auth::Tokens;
+use crate::services::Services;
+
+/// OpenAI's completion request, the fields that apply, plus `steering`.
+#[derive(Debug, Deserialize)]
+pub struct CompletionRequest {
+    pub prompt: String,
+    #[serde(default)]
+    pub model: Option<String>,
+    /// OpenAI's default.
+    #[serde(default = "sixteen")]
+    pub max_tokens: u32,
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    #[serde(default)]
+    pub top_p: Option<f32>,
+    #[serde(default)]
+    pub frequency_penalty: Option<f32>,
+    #[serde(default)]
+    pub presence_penalty: Option<f32>,
+    /// Completions per side.
+    #[serde(default)]
+    pub n: Option<u32>,
+    #[serde(default)]
+    pub seed: Option<u64>,
+    #[serde(default)]
+    pub stream: bool,
+    #[serde(default)]
+    pub steering: Option<Steering>,
+}
+
+fn sixteen() -> u32 {
+    16
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Steering {
+    /// `resid_pre` (default) or `block_output`.
+    #[serde(default)]
+    pub hook: Option<String>,
+    pub additions: Vec<SteeringAddition>,
+    /// Return the unsteered completions too (first), each choice marked.
+    #[serde(default)]
+    pub compare: bool,
+    /// Prepend <|endoftext|> (default true, the post's).
+    #[serde(default)]
+    pub use_bos: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SteeringAddition {
+    pub layer: u32,
+    pub coeff: f64,
+    pub text: String,
+}
+
+/// An OpenAI error object with the HTTP status of the gRPC code; `param` names the field.
+fn error(status: &Status) -> Response {
+    let (http, kind) = match status.code() {
+        Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => (StatusCode::BAD_REQUEST, "invalid_request_error"),
+        Code::Unauthenticated => (StatusCode::UNAUTHORIZED, "authentication_error"),
+        Code::PermissionDenied => (StatusCode::FORBIDDEN, "permission_error"),
+        Code::NotFound => (StatusCode::NOT_FOUND, "not_found_error"),
+        Code::ResourceExhausted => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error"),
+        Code::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
+        Code::DeadlineExceeded => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
+    };
+    let param = (status.code() == Code::InvalidArgument).then(|| openai_param(status.message().split(':').next().unwrap_or_default()));
+    let body = json!({"error": {"message": status.message(), "type": kind, "param": param, "code": format!("{:?}", status.code())}});
+    (http, Json(body)).into_response()
+}
+
+/// A field of the GenerateSetup this request became, by its name in the OpenAI request.
+fn openai_param(field: &str) -> String {
+    let f = field.strip_prefix("setup.").unwrap_or(field);
+    let f = f.strip_prefix("sampling.").unwrap_or(f);
+    match f {
+        "max_new_tokens" => "max_tokens".into(),
+        "n_comparisons" => "n".into(),
+        _ if f.starts_with("tensors") => "steering".into(),
+        _ => f.into(),
+    }
+}
+
+fn finish_reason(r: i32) -> &'static str {
+    match FinishReason::try_from(r).unwrap_or_default() {
+        FinishReason::Eos => "stop",
+        FinishReason::Cancelled => "cancelled",
+        _ => "length",
+    }
+}
+
+/// The steering tensors of `s`, inline, from the ActivationService in this process.
+async fn steering_tensors(services: &Services, s: &Steering, use_bos: bool) -> Result<Vec<InlineTensor>, Status> {
+    if !services.cfg.role.activation() {
+        return Err(Status::failed_precondition("steering needs the ActivationService in this process (steer serve)"));
+    }
+    let hook = match s.hook.as_deref().unwrap_or("resid_pre") {
+        "resid_pre" => Hook::ResidPre,
+        "block_output" => Hook::BlockOutput,
+        other => return Err(steer_proto::status::invalid_argument("steering.hook", &format!("{other:?}: resid_pre or block_output"))),
+    };
+    let req = GetSteeringTensorsRequest {
+        additions: s.additions.iter().map(|a| ActivationAddition { layer: a.layer, coeff: a.coeff, prompt: a.text.clone() }).collect(),
+        hook: hook as i32,
+        use_bos,
+        strict_lengths: false,
+    };
+    let mut stream = services.activation.get_steering_tensors(tonic::Request::new(req)).await.map_err(rename)?.into_inner();
+    let mut out: Vec<InlineTensor> = vec![];
+    while let Some(msg) = stream.next().await {
+        match msg.map_err(rename)?.event {
+            Some(get_steering_tensors_response::Event::Header(h)) => out.push(InlineTensor { header: Some(h), data: vec![] }),
+            Some(get_steering_tensors_response::Event::Chunk(c)) => {
+                out.last_mut().ok_or_else(|| Status::internal("chunk before header"))?.data.extend_from_slice(&c.data)
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// The activation service names fields of its own request (`additions[0].layer`): here they
+/// are `steering.additions[0].layer`.
+fn rename(s: Status) -> Status {
+    if s.code() == Code::InvalidArgument && s.message().starts_with("additions") {
+        return steer_proto::status::invalid_argument(&format!("steering.{}", s.message().split(':').next().unwrap_or_default()), s.message().split_once(": ").map_or("", |p| p.1));
+    }
+    s
+}
+
+/// `POST /v1/completions`.
+pub async fn completions(services: Arc<Services>, body: Result<Json<CompletionRequest>, JsonRejection>) -> Response {
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => return error(&Status::invalid_argument(format!("body: {}", e.body_text()))),
+    };
+    match start(&services, &req).await {
+        Ok(resp) => resp,
+        Err(s) => error(&s),
+    }
+}
+
+async fn start(services: &Arc<Services>, req: &CompletionRequest) -> Result<Response, Status> {
+    if !services.cfg.role.generation() {
+        return Err(Status::failed_precondition("completions need the GenerationService in this process"));
+    }
+    let use_bos = req.steering.as_ref().and_then(|s| s.use_bos).unwrap_or(true);
+    let tensors = match &req.steering {
+        Some(s) if !s.additions.is_empty() => steering_tensors(services, s, use_bos).await?,
+        _ => vec![],
+    };
+    let compare = req.steering.as_ref().is_some_and(|s| s.compare);
+    let n = req.n.unwrap_or(1);
+    let setup = GenerateSetup {
+        prompt: req.prompt.clone(),
+        use_bos,
+        sampling: Some(SamplingParameters {
+            temperature: req.temperature.unwrap_or(1.0),
+            top_p: req.top_p.filter(|&p| p < 1.0),
+            frequency_penalty: req.frequency_penalty.unwrap_or(0.0),
+            presence_penalty: req.presence_penalty.unwrap_or(0.0),
+            ..Default::default()
+        }),
+        n_comparisons: n,
+        max_new_tokens: req.max_tokens,
+        seed: req.seed.unwrap_or(0),
+        n_tensors: tensors.len() as u32,
+        skip_unsteered: !compare,
+        ..Default::default()
+    };
+    let call = GenerateFromTensorsRequest { setup: Some(setup), tensors };
+    let events = services.generation.generate_from_tensors(tonic::Request::new(call)).await?.into_inner();
+    let model = req.model.clone().unwrap_or_else(|| "steer".into());
+    let id = format!("cmpl-{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+    // Choice index = row: unsteered rows (compare only) first, then the steered ones.
+    let index = |row: u32, _steered: bool| row;
+    let head = move |choices: Value| json!({"id": id, "object": "text_completion", "created": created, "model": model, "choices": choices});
+    if req.stream {
+        let sse = events.map(move |ev| {
+            let line = match ev.map(|e| e.event) {
+                Ok(Some(generate_from_tensors_response::Event::Token(t))) => head(json!([{
+                    "index": index(t.row, t.steered), "text": t.text_delta, "logprobs": null, "finish_reason": null, "steered": t.steered,
+                }])),
+                Ok(Some(generate_from_tensors_response::Event::Finished(f))) => head(json!([{
+                    "index": index(f.row, f.steered), "text": "", "logprobs": null, "finish_reason": finish_reason(f.reason), "steered": f.steered,
+                }])),
+                Ok(None) => return Ok::<_, Infallible>(String::new()),
+                Err(s) => json!({"error": {"message": s.message(), "code": format!("{:?}", s.code())}}),
+            };
+            Ok(format!("data: {line}\n\n"))
+        });
+        let done = tokio_stream::once(Ok("data: [DONE]\n\n".to_string()));
+        let body = Body::from_stream(sse.chain(done));
+        return Ok(([(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")], body).into_response());
+    }
+    // Whole completions: the headers go now (the request timeout bounds only the start), the
+    // body when every row has finished.
+    let body = async move {
+        let mut rows = vec![];
+        let mut events = events;
+        while let Some(ev) = events.next().await {
+            match ev {
+                Ok(m) => {
+                    if let Some(generate_from_tensors_response::Event::Finished(f)) = m.event {
+                        rows.push(f);
+                    }
+                }
+                Err(s) => return json!({"error": {"message": s.message(), "code": format!("{:?}", s.code())}}).to_string(),
+            }
+        }
+        rows.sort_by_key(|f| index(f.row, f.steered));
+        let prompt_tokens = rows.first().map_or(0, |f| f.prompt_tokens);
+        let completion_tokens: u32 = rows.iter().map(|f| f.generated_tokens).sum();
+        let choices: Vec<Value> = rows
+            .iter()
+            .map(|f| {
+                json!({"index": index(f.row, f.steered), "text": f.text, "logprobs": null,
+                       "finish_reason": finish_reason(f.reason), "steered": f.steered, "seed": f.seed})
+            })
+            .collect();
+        let mut obj = head(Value::Array(choices));
+        obj["usage"] = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                              "total_tokens": prompt_tokens + completion_tokens});
+        obj.to_string()
+    };
+    let body = Body::from_stream(futures::stream::once(body).map(Ok::<_, Infallible>));
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// The HTTP/JSON routes.
+fn router(services: Arc<Services>) -> axum::Router {
+    axum::Router::new().route(
+        "/v1/completions",
+        axum::routing::post(move |body: Result<Json<CompletionRequest>, JsonRejection>| {
+            let services = services.clone();
+            async move { completions(services, body).await }
+        }),
+    )
+}
+
+/// Sends `/v1/...` to the HTTP/JSON routes before the gRPC-Web translation (which refuses plain
+/// HTTP/1.1 requests) sees it; everything else goes on to the gRPC services.
+/// The routes are behind the same bearer tokens as gRPC (the OpenAI SDK's `api_key`).
+#[derive(Clone)]
+pub struct HttpJsonLayer {
+    router: axum::Router,
+    tokens: Tokens,
+}
+
+pub fn layer(services: Arc<Services>) -> HttpJsonLayer {
+    let tokens = Tokens::new(&services.cfg.security.tokens);
+    HttpJsonLayer { router: router(services), tokens }
+}
+
+impl<S> tower_layer::Layer<S> for HttpJsonLayer {
+    type Service = HttpJson<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        HttpJson { inner, router: self.router.clone(), tokens: self.tokens.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct HttpJson<S> {
+    inner: S,
+    router: axum::Router,
+    tokens: Tokens,
+}
+
+impl<S, B> tower_service::Service<axum::http::Request<B>> for HttpJson<S>
+where
+    S: tower_service::Service<axum::http::Request<B>, Response = axum::http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = axum::http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
+        if req.uri().path().starts_with("/v1/") {
+            let (parts, body) = req.into_parts();
+            if let Err(status) = self.tokens.check(&parts) {
+                let resp = error(&status).map(tonic::body::Body::new);
+                return Box::pin(async move { Ok(resp) });
+            }
+            let req = axum::http::Request::from_parts(parts, body);
+            let mut router = self.router.clone();
+            return Box::pin(async move {
+                let resp = match tower_service::Service::call(&mut router, req).await {
+                    Ok(r) => r,
+                    Err(never) => match never {},
+                };
+                Ok(resp.map(tonic::body::Body::new))
+            });
+        }
+        Box::pin(self.inner.call(req))
+    }
+}
