@@ -83,6 +83,11 @@ pub struct HubOptions {
     pub cache_dir: Option<PathBuf>,
     /// Show download progress bars.
     pub progress: bool,
+    /// Retries of a failed download (with exponential backoff, resuming the part file).
+    pub retries: usize,
+    /// How long to wait for another process (a worker beside this one) that holds a file's
+    /// download lock, before giving up.
+    pub lock_wait: std::time::Duration,
 }
 
 impl Default for HubOptions {
@@ -100,6 +105,8 @@ impl HubOptions {
             offline,
             cache_dir: None,
             progress: false,
+            retries: 5,
+            lock_wait: std::time::Duration::from_secs(3600),
         }
     }
 
@@ -157,6 +164,38 @@ fn resolve_from_cache(cache: &Path, repo: &str, revision: &str) -> Result<ModelF
     ModelFiles::in_dir(&snapshot).map_err(|e| not_found(e.to_string()))
 }
 
+/// A hub repository whose downloads wait for another process's lock on the same file (workers
+/// started together on an empty shared cache) instead of failing after hf-hub's 5 s.
+struct Locked<'a> {
+    repo: &'a hf_hub::api::sync::ApiRepo,
+    wait: std::time::Duration,
+}
+
+impl Locked<'_> {
+    fn get(&self, file: &str) -> std::result::Result<PathBuf, hf_hub::api::sync::ApiError> {
+        wait_for_lock(self.wait, std::time::Duration::from_secs(5), || self.repo.get(file))
+    }
+}
+
+/// Runs `get` again, every `every`, while it fails because another process holds the file's
+/// download lock, for at most `wait` in all.
+fn wait_for_lock<T>(
+    wait: std::time::Duration,
+    every: std::time::Duration,
+    mut get: impl FnMut() -> std::result::Result<T, hf_hub::api::sync::ApiError>,
+) -> std::result::Result<T, hf_hub::api::sync::ApiError> {
+    let started = std::time::Instant::now();
+    loop {
+        match get() {
+            Err(hf_hub::api::sync::ApiError::LockAcquisition(path)) if started.elapsed() + every <= wait => {
+                tracing::info!(lock = %path.display(), "another process is downloading this file; waiting for it");
+                std::thread::sleep(every);
+            }
+            other => return other,
+        }
+    }
+}
+
 /// What to try when the hub cannot be reached: the offline alternatives, and, when `repo` reads
 /// like a relative path, that no such directory exists here.
 pub fn offline_hint(repo: &str) -> String {
@@ -179,12 +218,13 @@ fn resolve_online(opts: &HubOptions, repo: &str, revision: &str) -> Result<Model
         file: file.into(),
         message: format!("{e}\n  {}", offline_hint(repo)),
     };
-    let mut builder = hf_hub::api::sync::ApiBuilder::from_env().with_progress(opts.progress);
+    let mut builder = hf_hub::api::sync::ApiBuilder::from_env().with_progress(opts.progress).with_retries(opts.retries);
     if let Some(dir) = &opts.cache_dir {
         builder = builder.with_cache_dir(dir.clone());
     }
     let api = builder.build().map_err(|e| hub_err("(api)", e))?;
-    let r = api.repo(Repo::with_revision(repo.into(), RepoType::Model, revision.into()));
+    let api_repo = api.repo(Repo::with_revision(repo.into(), RepoType::Model, revision.into()));
+    let r = Locked { repo: &api_repo, wait: opts.lock_wait };
     let config = r.get("config.json").map_err(|e| hub_err("config.json", e))?;
     let weights = match r.get("model.safetensors") {
         Ok(p) => vec![p],
@@ -211,6 +251,20 @@ fn resolve_online(opts: &HubOptions, repo: &str, revision: &str) -> Result<Model
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_held_download_lock_is_waited_for_then_given_up() {
+        use hf_hub::api::sync::ApiError;
+        let tick = std::time::Duration::from_millis(1);
+        let mut calls = 0;
+        let got = wait_for_lock(tick * 100, tick, || {
+            calls += 1;
+            if calls < 3 { Err(ApiError::LockAcquisition("x.lock".into())) } else { Ok(calls) }
+        });
+        assert_eq!(got.unwrap(), 3, "waited through two held locks");
+        let held = wait_for_lock(tick * 3, tick, || Err::<(), _>(ApiError::LockAcquisition("x.lock".into())));
+        assert!(matches!(held, Err(ApiError::LockAcquisition(_))), "gives up after the wait");
+    }
 
     #[test]
     fn a_hub_failure_names_the_offline_alternatives() {

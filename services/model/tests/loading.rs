@@ -32,7 +32,7 @@ fn offline_hub_cache_hit_loads_without_network() {
     let cache = tempfile::tempdir().unwrap();
     let commit = "0123456789abcdef0123456789abcdef01234567";
     make_cache(cache.path(), "openai-community/gpt2-xl", commit);
-    let hub = HubOptions { offline: true, cache_dir: Some(cache.path().into()), progress: false };
+    let hub = HubOptions { offline: true, cache_dir: Some(cache.path().into()), ..HubOptions::from_env() };
     let opts = LoadOptions { hub, ..Default::default() };
     let e = Engine::load(&ModelSource::default(), &opts).unwrap();
     assert_eq!(e.info().name, "openai-community/gpt2-xl");
