@@ -59,7 +59,7 @@ function packedToFields(u8) {
 }
 
 // ---- gRPC-Web over fetch: yields each response message ----
-async function* grpcWeb(path, body) {
+async function* grpcWeb(path, body, signal) {
   const frame = new Uint8Array(5 + body.length);
   new DataView(frame.buffer).setUint32(1, body.length);
   frame.set(body, 5);
@@ -67,7 +67,7 @@ async function* grpcWeb(path, body) {
   // A server started with --auth-tokens wants a bearer token; it is kept for this tab only.
   const token = (document.getElementById("token")?.value || "").trim();
   if (token) { headers["authorization"] = "Bearer " + token; sessionStorage.setItem("steer-token", token); }
-  const resp = await fetch(path, { method: "POST", headers, body: frame });
+  const resp = await fetch(path, { method: "POST", headers, body: frame, signal });
   const status = (code, msg) => new Error(`${code}: ${decodeURIComponent(msg || "")}`);
   const hs = resp.headers.get("grpc-status");
   if (hs && hs !== "0") throw status(hs, resp.headers.get("grpc-message"));
@@ -105,7 +105,7 @@ function parseAdditions(text) {
   });
 }
 
-async function steeringTensors(additions, hook, useBos) {
+async function steeringTensors(additions, hook, useBos, signal) {
   const w = new Writer();
   for (const a of additions) {
     const m = new Writer(); m.string(1, a.prompt); m.double(2, a.coeff); m.uint(3, a.layer);
@@ -113,7 +113,7 @@ async function steeringTensors(additions, hook, useBos) {
   }
   w.uint(2, hook); w.bool(3, useBos);
   const tensors = [];
-  for await (const msg of grpcWeb("/steer.v1.ActivationService/GetSteeringTensors", w.finish())) {
+  for await (const msg of grpcWeb("/steer.v1.ActivationService/GetSteeringTensors", w.finish(), signal)) {
     const ev = decode(msg, { 2: "header", 3: "chunk" });
     if (ev.header) tensors.push({ headerBytes: ev.header, header: decode(ev.header, { 1: "dtype", 2: "shape", 4: "total" }), parts: [] });
     if (ev.chunk) tensors[tensors.length - 1].parts.push(decode(ev.chunk, { 2: "data" }).data || new Uint8Array(0));
@@ -140,17 +140,72 @@ function showNorms(tensors) {
   }
 }
 
+// The ARENA seed's presets and two of the post's, written for GPT-2-XL's 48 layers; their layers
+// are scaled to the served model's (as `steer demo --scale-layers` does).
+const PRESETS = {
+  "weddings (ARENA)": { prompt: "I went up to my friend and said", hook: 2, bos: false, layer: 20, coeff: 4,
+    plus: "I talk about weddings constantly  ", minus: "I do not talk about weddings constantly", rep: 1.2, freq: 0 },
+  "love-hate (ARENA)": { prompt: "I hate you because", hook: 2, bos: true, layer: 6, coeff: 8, plus: "Love ", minus: "Hate", rep: 1.2, freq: 0 },
+  "eiffel (ARENA)": { prompt: "To see the eiffel tower, people flock to", hook: 2, bos: false, layer: 24, coeff: 10,
+    plus: "The Eiffel Tower is in Rome", minus: "The Eiffel Tower is in France", rep: 1.2, freq: 0 },
+  "post-1: Love - Hate": { prompt: "I hate you because", hook: 1, bos: true, layer: 6, coeff: 5, plus: "Love", minus: "Hate", rep: 1, freq: 1 },
+  "post-5: Anger - Calm": { prompt: "I think you're", hook: 1, bos: true, layer: 20, coeff: 10, plus: "Anger", minus: "Calm", rep: 1, freq: 1 },
+};
+let nLayer = 48, modelLoaded = false;
+
+async function loadModelInfo() {
+  try {
+    for await (const msg of grpcWeb("/steer.v1.ActivationService/GetModelInfo", new Uint8Array(0))) {
+      const info = decode(decode(msg, { 1: "info" }).info || new Uint8Array(0), { 1: "name", 3: "n_layer", 4: "d_model" });
+      nLayer = Number(info.n_layer || 48n);
+      $("model").textContent = `${info.name ? new TextDecoder().decode(info.name) : "model"}: ${nLayer} layers, d_model ${Number(info.d_model || 0n)}`;
+      modelLoaded = true;
+    }
+  } catch (err) { $("model").textContent = String(err.message || err); }
+}
+
+async function applyPreset() {
+  const p = PRESETS[$("preset").value];
+  if (!p) return;
+  if (!modelLoaded) await loadModelInfo(); // e.g. once a token has been entered
+  const layer = Math.min(Math.floor(p.layer * nLayer / 48), nLayer - 1);
+  $("prompt").value = p.prompt;
+  $("additions").value = `${layer} ${p.coeff} ${p.plus}\n${layer} ${-p.coeff} ${p.minus}`;
+  $("hook").value = String(p.hook); $("bos").checked = p.bos;
+  $("temperature").value = 1; $("top_p").value = 0.3; $("rep").value = p.rep; $("freq").value = p.freq;
+  $("presence").value = 0; $("top_k").value = 0;
+  $("preset").dataset.applied = $("preset").value;
+}
+
+let controller = null;
+let lastRun = null;
+
+function exportJson() {
+  if (!lastRun) return;
+  const blob = new Blob([JSON.stringify(lastRun, null, 2)], { type: "application/json" });
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(blob);
+  a.download = "steer-run.json";
+  a.click();
+  URL.revokeObjectURL(a.href);
+}
+
 async function run(ev) {
   ev.preventDefault();
   const results = $("results");
   results.dataset.done = "false";
+  controller = new AbortController();
+  const signal = controller.signal;
+  $("cancel").disabled = false; $("export").disabled = true;
+  if (!modelLoaded) loadModelInfo(); // the token may have been entered since the page loaded
   $("status").className = "";
   $("unsteered").innerHTML = ""; $("steered").innerHTML = ""; $("norms").innerHTML = "";
   const prompt = $("prompt").value, n = Number($("comparisons").value), tokens = Number($("tokens").value);
   const useBos = $("bos").checked, hook = Number($("hook").value);
   try {
     $("status").textContent = "computing steering tensors ...";
-    const tensors = await steeringTensors(parseAdditions($("additions").value), hook, useBos);
+    const additions = parseAdditions($("additions").value);
+    const tensors = await steeringTensors(additions, hook, useBos, signal);
     showNorms(tensors);
     const cells = [];
     for (let r = 0; r < 2 * n; r++) {
@@ -164,7 +219,9 @@ async function run(ev) {
     }
     const sampling = new Writer();
     sampling.float(1, Number($("temperature").value)); sampling.float(2, Number($("top_p").value));
+    sampling.uint(3, Number($("top_k").value));
     sampling.float(4, Number($("rep").value)); sampling.float(5, Number($("freq").value));
+    sampling.float(6, Number($("presence").value));
     const setup = new Writer();
     setup.string(1, prompt); setup.bool(2, useBos); setup.message(3, sampling);
     setup.uint(4, n); setup.uint(5, tokens); setup.uint(6, Number($("seed").value)); setup.uint(7, tensors.length);
@@ -173,7 +230,7 @@ async function run(ev) {
     for (const t of tensors) { const it = new Writer(); it.bytes(1, t.headerBytes); it.bytes(2, t.data); req.message(2, it); }
     $("status").textContent = "generating ...";
     let finished = 0, streamed = 0;
-    for await (const msg of grpcWeb("/steer.v1.GenerationService/GenerateFromTensors", req.finish())) {
+    for await (const msg of grpcWeb("/steer.v1.GenerationService/GenerateFromTensors", req.finish(), signal)) {
       const e = decode(msg, { 1: "token", 2: "finished" });
       if (e.token) {
         const t = decode(e.token, { 1: "row", 5: "delta" });
@@ -190,12 +247,33 @@ async function run(ev) {
     }
     $("status").textContent = `done: ${finished} completions, ${streamed} tokens streamed`;
     results.dataset.done = finished === 2 * n ? "true" : "error";
+    const text = (el) => Array.from(el.querySelectorAll(".text"), (t) => t.textContent);
+    lastRun = {
+      prompt, additions, hook: hook === 2 ? "BLOCK_OUTPUT" : "RESID_PRE", use_bos: useBos, tokens, comparisons: n,
+      seed: Number($("seed").value),
+      sampling: { temperature: Number($("temperature").value), top_p: Number($("top_p").value), top_k: Number($("top_k").value),
+        repetition_penalty: Number($("rep").value), frequency_penalty: Number($("freq").value), presence_penalty: Number($("presence").value) },
+      unsteered: text($("unsteered")), steered: text($("steered")),
+    };
+    $("export").disabled = false;
   } catch (err) {
-    $("status").className = "error";
-    $("status").textContent = String(err.message || err);
-    results.dataset.done = "error";
+    if (signal.aborted) {
+      $("status").textContent = "cancelled";
+      results.dataset.done = "cancelled";
+    } else {
+      $("status").className = "error";
+      $("status").textContent = String(err.message || err);
+      results.dataset.done = "error";
+    }
+  } finally {
+    $("cancel").disabled = true;
   }
 }
 
 $("form").addEventListener("submit", run);
+$("cancel").addEventListener("click", () => controller && controller.abort());
+$("export").addEventListener("click", exportJson);
+for (const name of Object.keys(PRESETS)) $("preset").insertAdjacentHTML("beforeend", `<option>${name}</option>`);
+$("preset").addEventListener("change", applyPreset);
+loadModelInfo();
 $("token").value = sessionStorage.getItem("steer-token") || "";

@@ -47,7 +47,7 @@ test("weddings example streams into both columns, which differ", { timeout: 240_
   try {
     const base = `http://127.0.0.1:${port}/dashboard/index.html`;
     await waitReady(base, server);
-    const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+    const page = await browser.newPage({ viewport: { width: 1280, height: 900 }, acceptDownloads: true });
     await page.goto(base);
     await page.fill("#prompt", "I went up to my friend and said");
     await page.fill("#additions", "1 4 I talk about weddings constantly  \n1 -4 I do not talk about weddings constantly");
@@ -78,6 +78,25 @@ test("weddings example streams into both columns, which differ", { timeout: 240_
     assert.equal((await page.$$("#norms .norm")).length, 8, "per-position norms of the [8, 64] steering tensor (BOS + 7 tokens)");
     fs.mkdirSync(path.join(root, "artifacts"), { recursive: true });
     await page.screenshot({ path: path.join(root, "artifacts/dashboard.png"), fullPage: true });
+    // Export: the run as JSON, downloaded.
+    const [download] = await Promise.all([page.waitForEvent("download"), page.click("#export")]);
+    const exported = JSON.parse(fs.readFileSync(await download.path(), "utf8"));
+    assert.deepEqual(exported.steered, steered);
+    assert.equal(exported.sampling.top_p, 0.3);
+    // A preset fills the form, its layers scaled from GPT-2-XL's 48 to the model's 4.
+    await page.selectOption("#preset", "weddings (ARENA)");
+    await page.waitForSelector('#preset[data-applied="weddings (ARENA)"]');
+    assert.match(await page.inputValue("#additions"), /^1 4 I talk about weddings constantly/);
+    assert.equal(await page.inputValue("#rep"), "1.2");
+    // Cancel: a long run stops at once and says so.
+    await page.fill("#tokens", "240");
+    await page.fill("#comparisons", "8");
+    await page.click("#run");
+    await page.waitForSelector("#cancel:not([disabled])");
+    await page.click("#cancel");
+    await page.waitForSelector('#results[data-done="cancelled"], #results[data-done="true"]', { timeout: 60_000 });
+    assert.equal(await page.getAttribute("#results", "data-done"), "cancelled");
+    assert.equal(await page.textContent("#status"), "cancelled");
   } finally {
     await browser.close();
     server.kill("SIGTERM");
