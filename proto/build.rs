@@ -7,7 +7,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(files, ["."])?;
     // The descriptor set, for server reflection.
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(out.join("steer_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
+    let bytes = prost::Message::encode_to_vec(&fds);
+    std::fs::write(out.join("steer_descriptor.bin"), &bytes)?;
     tonic_prost_build::configure().compile_fds(fds)?;
+    // serde impls in the proto3 JSON mapping (lowerCamelCase names, enums by name, bytes as
+    // base64), for the HTTP/JSON mirrors of the RPCs.
+    pbjson_build::Builder::new().register_descriptors(&bytes)?.build(&[".steer.v1"])?;
     Ok(())
 }

@@ -3,6 +3,8 @@
 
 pub mod v1 {
     tonic::include_proto!("steer.v1");
+    // serde in the proto3 JSON mapping (pbjson), for HTTP/JSON.
+    include!(concat!(env!("OUT_DIR"), "/steer.v1.serde.rs"));
 }
 
 pub mod sampling;

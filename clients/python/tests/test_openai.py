@@ -67,3 +67,42 @@ def test_curl_streams_server_sent_events(server):
     assert events[-1] == "[DONE]"
     tokens = [json.loads(e) for e in events[:-1]]
     assert len(tokens) == 4 and tokens[-1]["choices"][0]["finish_reason"] == "length"
+
+
+def _post(server, path, body, accept=None):
+    args = ["curl", "-sS", f"http://{server}{path}", "-H", "content-type: application/json", "-d", json.dumps(body)]
+    if accept:
+        args += ["-H", f"accept: {accept}"]
+    return subprocess.run(args, check=True, capture_output=True, text=True, timeout=60).stdout
+
+
+def test_json_mirrors_of_the_rpcs_reproduce_the_grpc_clients_output(server):
+    import base64
+
+    info = json.loads(_post(server, "/v1/rpc/steer.v1.GenerationService/GetModelInfo", {}))["info"]
+    assert info["nLayer"] == 4 and info["dModel"] == 64
+    adds = [{"prompt": a["text"], "coeff": a["coeff"], "layer": a["layer"]} for a in LOVE_HATE["additions"]]
+    lines = _post(server, "/v1/rpc/steer.v1.ActivationService/GetSteeringTensors",
+                  {"additions": adds, "hook": "HOOK_RESID_PRE", "useBos": True}).splitlines()
+    tensors = []
+    for m in map(json.loads, lines):
+        if "header" in m:
+            tensors.append({"header": m["header"], "data": b""})
+        elif "chunk" in m:
+            tensors[-1]["data"] += base64.b64decode(m["chunk"]["data"])
+    inline = [{"header": t["header"], "data": base64.b64encode(t["data"]).decode()} for t in tensors]
+    setup = {"prompt": "I hate you because", "useBos": True, "nComparisons": 1, "maxNewTokens": 6, "seed": 3,
+             "nTensors": len(inline), "sampling": {"temperature": 1.0, "topP": 0.3, "frequencyPenalty": 1.0}}
+    out = _post(server, "/v1/rpc/steer.v1.GenerationService/GenerateFromTensors", {"setup": setup, "tensors": inline},
+                accept="text/event-stream")
+    events = [json.loads(l[len("data: "):]) for l in out.splitlines() if l.startswith("data: ")]
+    steered = [e["finished"]["text"] for e in events if "finished" in e and e["finished"].get("steered")]
+    client = SteerClient(server)
+    _, want = client.calculate_and_apply_steering_vector(
+        "I hate you because", [(a["layer"], a["coeff"], a["text"]) for a in LOVE_HATE["additions"]],
+        n_tokens=6, n_comparisons=1, seed=3)
+    client.close()
+    assert steered == want
+    bad = json.loads(_post(server, "/v1/rpc/steer.v1.GenerationService/GenerateFromTensors",
+                           {"setup": {"prompt": "", "nComparisons": 1, "maxNewTokens": 2}}))
+    assert bad["error"]["param"] == "setup.prompt"

@@ -2,7 +2,8 @@
 //! a gate that answers UNAVAILABLE until the model has loaded, grpc.health.v1 and reflection,
 //! gRPC-Web and the dashboard on the same port, metrics, and a bounded drain on shutdown; TLS
 //! (rustls, optionally mutual), bearer tokens ([`auth`]), transport limits and a watchdog on the
-//! generation engine that health reports; OpenAI-compatible HTTP/JSON completions ([`openai`]).
+//! generation engine that health reports; OpenAI-compatible HTTP/JSON completions ([`openai`]) and
+//! JSON mirrors of the RPCs ([`json`]).
 //!
 //! [`config`] -> [`services`] (workers, health, metrics) -> [`gate`] (per-RPC span, metrics)
 //! -> [`serve`] (the transport, the process's life) and [`local`] (an embedded loopback server).
@@ -13,6 +14,7 @@ pub mod config;
 pub mod dashboard;
 pub mod error;
 pub mod gate;
+pub mod json;
 pub mod local;
 pub mod openai;
 pub mod serve;

@@ -95,7 +95,12 @@ pub struct SteeringAddition {
 }
 
 /// An OpenAI error object with the HTTP status of the gRPC code; `param` names the field.
-fn error(status: &Status) -> Response {
+pub(crate) fn error(status: &Status) -> Response {
+    error_naming(status, openai_param)
+}
+
+/// The same, with `param` the field as `name` spells it.
+pub(crate) fn error_naming(status: &Status, name: fn(&str) -> String) -> Response {
     let (http, kind) = match status.code() {
         Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => (StatusCode::BAD_REQUEST, "invalid_request_error"),
         Code::Unauthenticated => (StatusCode::UNAUTHORIZED, "authentication_error"),
@@ -106,7 +111,7 @@ fn error(status: &Status) -> Response {
         Code::DeadlineExceeded => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
     };
-    let param = (status.code() == Code::InvalidArgument).then(|| openai_param(status.message().split(':').next().unwrap_or_default()));
+    let param = (status.code() == Code::InvalidArgument).then(|| name(status.message().split(':').next().unwrap_or_default()));
     let body = json!({"error": {"message": status.message(), "type": kind, "param": param, "code": format!("{:?}", status.code())}});
     (http, Json(body)).into_response()
 }
@@ -270,18 +275,21 @@ async fn start(services: &Arc<Services>, req: &CompletionRequest) -> Result<Resp
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
-/// The HTTP/JSON routes.
+/// The HTTP/JSON routes: completions here, the RPC mirrors from [`crate::json`].
 fn router(services: Arc<Services>) -> axum::Router {
-    axum::Router::new().route(
-        "/v1/completions",
-        axum::routing::post(move |body: Result<Json<CompletionRequest>, JsonRejection>| {
-            let services = services.clone();
-            async move { completions(services, body).await }
-        }),
-    )
+    let mirrors = crate::json::router(&services);
+    axum::Router::new()
+        .route(
+            "/v1/completions",
+            axum::routing::post(move |body: Result<Json<CompletionRequest>, JsonRejection>| {
+                let services = services.clone();
+                async move { completions(services, body).await }
+            }),
+        )
+        .merge(mirrors)
 }
 
-/// Sends `/v1/...` to the HTTP/JSON routes before the gRPC-Web translation (which refuses plain
+/// Sends `/v1/...` (completions and the RPC mirrors) to the HTTP/JSON routes before the gRPC-Web translation (which refuses plain
 /// HTTP/1.1 requests) sees it; everything else goes on to the gRPC services.
 /// The routes are behind the same bearer tokens as gRPC (the OpenAI SDK's `api_key`).
 #[derive(Clone)]
