@@ -340,3 +340,18 @@ async fn values_that_would_overflow_are_refused_naming_the_field() {
     assert!(err.to_string().contains("additions[0].coeff"), "{err}");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dns_name_brings_every_address_it_resolves_to_into_the_pool() {
+    let (server, _) = start_with(engine(), ServeConfig::default()).await;
+    let name = format!("dns://localhost:{}", server.addr.port());
+    let client = SteerClient::connect(&server.url(), &[name]).await.unwrap();
+    let urls = client.generation_urls();
+    assert!(urls.contains(&format!("http://127.0.0.1:{}", server.addr.port())), "{urls:?}");
+    // Whatever else `localhost` resolves to (::1, where nothing listens), runs reach the live address.
+    let tensors = client.steering_tensors(&adds(), &quick()).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(client.generate("I hate you because", &tensors, &quick(), |_| {}).await.unwrap().steered.len(), 1);
+    }
+    server.shutdown().await;
+}

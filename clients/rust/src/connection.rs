@@ -3,6 +3,7 @@
 //! workers round-robin and skips, for a while, one that just failed.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use steer_proto::v1::generation_service_client::GenerationServiceClient;
@@ -112,28 +113,110 @@ impl Interceptor for Token {
 
 /// How long a worker that failed is passed over (unless every worker failed).
 const SKIP_FOR: Duration = Duration::from_secs(10);
+/// How often `dns://` names are resolved again.
+const RESOLVE_EVERY: Duration = Duration::from_secs(10);
 
-/// The generation workers.
+struct Member {
+    url: String,
+    client: GenerationServiceClient<Channel>,
+    /// Milliseconds after the pool's epoch until which the worker is passed over.
+    skip_until: AtomicU64,
+    /// The `dns://` name it was resolved from, if any.
+    from: Option<String>,
+}
+
+/// The generation workers: fixed URLs, and `dns://HOST:PORT` (plaintext) or
+/// `dns+https://HOST:PORT` names whose addresses (e.g. a Kubernetes headless Service's pods) are
+/// resolved now and every 10 s, so workers that come and go join and leave the pool.
 pub(crate) struct Workers {
-    workers: Vec<(String, GenerationServiceClient<Channel>)>,
-    /// Milliseconds after `epoch` until which each worker is passed over.
-    skip_until: Vec<AtomicU64>,
+    members: RwLock<Vec<Arc<Member>>>,
     next: AtomicUsize,
     epoch: Instant,
 }
 
+fn client(opts: &ConnectOptions, url: &str) -> Result<GenerationServiceClient<Channel>> {
+    Ok(GenerationServiceClient::new(opts.channel(url)?).max_decoding_message_size(64 << 20))
+}
+
+/// `dns://host:port` -> (scheme, host, port).
+fn dns_name(url: &str) -> Option<(&'static str, &str, u16)> {
+    let (scheme, rest) = if let Some(r) = url.strip_prefix("dns://") {
+        ("http", r)
+    } else {
+        ("https", url.strip_prefix("dns+https://")?)
+    };
+    let (host, port) = rest.trim_end_matches('/').rsplit_once(':')?;
+    Some((scheme, host, port.parse().ok()?))
+}
+
 impl Workers {
-    pub(crate) fn new(workers: Vec<(String, GenerationServiceClient<Channel>)>) -> Self {
-        let skip_until = workers.iter().map(|_| AtomicU64::new(0)).collect();
-        Self { workers, skip_until, next: AtomicUsize::new(0), epoch: Instant::now() }
+    /// The pool for `urls`; `dns://` names are resolved now (a name that resolves to nothing
+    /// yet is tried again later) and then in the background while the pool lives.
+    pub(crate) async fn new(urls: &[String], opts: &ConnectOptions) -> Result<Arc<Self>> {
+        let pool = Arc::new(Self { members: RwLock::new(vec![]), next: AtomicUsize::new(0), epoch: Instant::now() });
+        let mut names = vec![];
+        for u in urls {
+            match dns_name(u) {
+                Some(_) => names.push(u.clone()),
+                None => pool.members.write().unwrap().push(Arc::new(Member {
+                    url: u.clone(),
+                    client: client(opts, u)?,
+                    skip_until: AtomicU64::new(0),
+                    from: None,
+                })),
+            }
+        }
+        for name in &names {
+            pool.resolve(name, opts).await?;
+        }
+        if !names.is_empty() {
+            let (weak, opts) = (Arc::downgrade(&pool), opts.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(RESOLVE_EVERY).await;
+                    let Some(pool) = weak.upgrade() else { return };
+                    for name in &names {
+                        if let Err(e) = pool.resolve(name, &opts).await {
+                            tracing::warn!(name, error = %e, "resolving generation workers failed");
+                        }
+                    }
+                }
+            });
+        }
+        Ok(pool)
+    }
+
+    /// Resolves a `dns://` name and makes its members exactly its current addresses (keeping
+    /// the channels of addresses it already had).
+    async fn resolve(&self, name: &str, opts: &ConnectOptions) -> Result<()> {
+        let (scheme, host, port) = dns_name(name).expect("a dns:// name");
+        let addrs: Vec<std::net::SocketAddr> = match tokio::net::lookup_host((host, port)).await {
+            Ok(a) => a.collect(),
+            Err(e) => {
+                tracing::warn!(name, error = %e, "no addresses for generation workers (yet)");
+                vec![]
+            }
+        };
+        let urls: Vec<String> = addrs.iter().map(|a| format!("{scheme}://{a}")).collect();
+        // Certificates name the host, not the pod address.
+        let opts = ConnectOptions { tls_domain: opts.tls_domain.clone().or_else(|| Some(host.to_string())), ..opts.clone() };
+        let mut members = self.members.write().unwrap();
+        members.retain(|m| m.from.as_deref() != Some(name) || urls.contains(&m.url));
+        for url in urls {
+            if !members.iter().any(|m| m.url == url) {
+                members.push(Arc::new(Member { client: client(&opts, &url)?, url, skip_until: AtomicU64::new(0), from: Some(name.into()) }));
+            }
+        }
+        Ok(())
+    }
+
+    /// The workers' URLs now (resolved addresses for `dns://` names).
+    pub(crate) fn urls(&self) -> Vec<String> {
+        self.members.read().unwrap().iter().map(|m| m.url.clone()).collect()
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.workers.len()
-    }
-
-    pub(crate) fn url(&self, i: usize) -> &str {
-        &self.workers[i].0
+        self.members.read().unwrap().len().max(1)
     }
 
     fn now_ms(&self) -> u64 {
@@ -141,25 +224,36 @@ impl Workers {
     }
 
     /// The next worker in turn that has not just failed, never `after` (the one that just
-    /// failed this call) when another exists; round-robin when all have failed.
-    pub(crate) fn pick(&self, after: Option<usize>) -> (usize, GenerationServiceClient<Channel>) {
-        let n = self.workers.len();
-        let start = match after {
-            Some(a) => a + 1,
+    /// failed this call) when another exists; round-robin when all have failed. None when the
+    /// pool is empty (a name that resolves to nothing).
+    pub(crate) fn pick(&self, after: Option<&str>) -> Option<(String, GenerationServiceClient<Channel>)> {
+        let members = self.members.read().unwrap();
+        let n = members.len();
+        if n == 0 {
+            return None;
+        }
+        let start = match after.and_then(|a| members.iter().position(|m| m.url == a)) {
+            Some(i) => i + 1,
             None => self.next.fetch_add(1, Ordering::Relaxed),
         };
         let now = self.now_ms();
-        let healthy = |i: usize| self.skip_until[i].load(Ordering::Relaxed) <= now && Some(i) != after;
-        let i = (0..n).map(|k| (start + k) % n).find(|&i| healthy(i)).unwrap_or(start % n);
-        (i, self.workers[i].1.clone())
+        let healthy = |m: &Member| m.skip_until.load(Ordering::Relaxed) <= now && Some(m.url.as_str()) != after;
+        let i = (0..n).map(|k| (start + k) % n).find(|&i| healthy(&members[i])).unwrap_or(start % n);
+        Some((members[i].url.clone(), members[i].client.clone()))
     }
 
-    pub(crate) fn failed(&self, i: usize) {
-        self.skip_until[i].store(self.now_ms() + SKIP_FOR.as_millis() as u64, Ordering::Relaxed);
+    fn mark(&self, url: &str, until: u64) {
+        if let Some(m) = self.members.read().unwrap().iter().find(|m| m.url == url) {
+            m.skip_until.store(until, Ordering::Relaxed);
+        }
     }
 
-    pub(crate) fn succeeded(&self, i: usize) {
-        self.skip_until[i].store(0, Ordering::Relaxed);
+    pub(crate) fn failed(&self, url: &str) {
+        self.mark(url, self.now_ms() + SKIP_FOR.as_millis() as u64);
+    }
+
+    pub(crate) fn succeeded(&self, url: &str) {
+        self.mark(url, 0);
     }
 }
 
@@ -167,31 +261,46 @@ impl Workers {
 mod tests {
     use super::*;
 
-    fn pool(n: usize) -> Workers {
-        let opts = ConnectOptions::default();
-        let ws = (0..n)
-            .map(|i| {
-                let url = format!("http://127.0.0.1:{}", 1 + i);
-                (url.clone(), GenerationServiceClient::new(opts.channel(&url).unwrap()))
-            })
-            .collect();
-        Workers::new(ws)
+    async fn pool(n: usize) -> Arc<Workers> {
+        let urls: Vec<String> = (0..n).map(|i| format!("http://127.0.0.1:{}", 1 + i)).collect();
+        Workers::new(&urls, &ConnectOptions::default()).await.unwrap()
+    }
+
+    fn at(w: &Workers, after: Option<&str>) -> String {
+        w.pick(after).unwrap().0
     }
 
     #[tokio::test]
     async fn a_failed_worker_is_skipped_and_never_retried_at_once() {
-        let w = pool(3);
-        assert_eq!((0..3).map(|_| w.pick(None).0).collect::<Vec<_>>(), [0, 1, 2]);
-        w.failed(1);
-        let picks: Vec<usize> = (0..4).map(|_| w.pick(None).0).collect();
-        assert!(!picks.contains(&1), "{picks:?}");
-        assert_eq!(w.pick(Some(0)).0, 2, "a retry after worker 0 skips the failed worker 1");
-        w.failed(0);
-        w.failed(2);
+        let w = pool(3).await;
+        let u: Vec<String> = w.urls();
+        assert_eq!((0..3).map(|_| at(&w, None)).collect::<Vec<_>>(), u);
+        w.failed(&u[1]);
+        let picks: Vec<String> = (0..4).map(|_| at(&w, None)).collect();
+        assert!(!picks.contains(&u[1]), "{picks:?}");
+        assert_eq!(at(&w, Some(&u[0])), u[2], "a retry after worker 0 skips the failed worker 1");
+        w.failed(&u[0]);
+        w.failed(&u[2]);
         // All failed: still an answer, but not the one that just failed this call.
-        assert_ne!(w.pick(Some(2)).0, 2);
-        w.succeeded(1);
-        assert_eq!(w.pick(Some(0)).0, 1);
+        assert_ne!(at(&w, Some(&u[2])), u[2]);
+        w.succeeded(&u[1]);
+        assert_eq!(at(&w, Some(&u[0])), u[1]);
+    }
+
+    #[tokio::test]
+    async fn dns_names_become_one_worker_per_address() {
+        assert_eq!(dns_name("dns://steer-generation.steer.svc:50051"), Some(("http", "steer-generation.steer.svc", 50051)));
+        assert_eq!(dns_name("dns+https://h:1/"), Some(("https", "h", 1)));
+        assert_eq!(dns_name("http://h:1"), None);
+        let w = Workers::new(&["dns://127.0.0.1:7".into(), "http://127.0.0.1:8".into()], &ConnectOptions::default()).await.unwrap();
+        let mut urls = w.urls();
+        urls.sort();
+        assert_eq!(urls, ["http://127.0.0.1:7", "http://127.0.0.1:8"]);
+        // Resolving again keeps the pool as it is; a name with no addresses leaves it empty, not broken.
+        w.resolve("dns://127.0.0.1:7", &ConnectOptions::default()).await.unwrap();
+        assert_eq!(w.urls().len(), 2);
+        let none = Workers::new(&["dns://no-such-host.invalid:1".into()], &ConnectOptions::default()).await.unwrap();
+        assert!(none.pick(None).is_none());
     }
 
     #[tokio::test]

@@ -8,11 +8,11 @@
 //! deadline. A generation that fails because of its worker moves to the next one, skipping
 //! workers that failed a moment ago.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use steer_proto::v1::activation_service_client::ActivationServiceClient;
-use steer_proto::v1::generation_service_client::GenerationServiceClient;
 use steer_proto::v1::{
     generate_request, generate_response, get_steering_tensors_response, ActivationAddition, GenerateRequest, GenerateResponse,
     GenerateSetup, ActivationServiceGetModelInfoRequest, GenerationServiceGetModelInfoRequest, Hook, ModelInfo, SamplingParameters, GetSteeringTensorsRequest, TensorChunk, TensorHeader,
@@ -210,12 +210,14 @@ pub struct Comparison {
 /// Connections to one activation worker and one or more generation workers.
 pub struct SteerClient {
     activation: ActivationServiceClient<Channel>,
-    generation: Workers,
+    generation: Arc<Workers>,
     opts: ConnectOptions,
 }
 
 impl SteerClient {
-    /// `activation_url` and each of `generation_urls` as `http://host:port` (or `https://`),
+    /// `activation_url` and each of `generation_urls` as `http://host:port` (or `https://`;
+    /// a generation URL may also be `dns://host:port`, every address the name resolves to,
+    /// followed as it changes),
     /// with the default options: no token, the system's roots for TLS, a 10-minute deadline.
     pub async fn connect(activation_url: &str, generation_urls: &[String]) -> Result<Self> {
         Self::connect_with(activation_url, generation_urls, ConnectOptions::default()).await
@@ -227,13 +229,9 @@ impl SteerClient {
         if generation_urls.is_empty() {
             return Err(ClientError::Protocol("at least one generation endpoint".into()));
         }
-        let max = 64 << 20;
-        let activation = ActivationServiceClient::new(opts.channel(activation_url)?).max_decoding_message_size(max);
-        let mut generation = vec![];
-        for u in generation_urls {
-            generation.push((u.clone(), GenerationServiceClient::new(opts.channel(u)?).max_decoding_message_size(max)));
-        }
-        Ok(Self { activation, generation: Workers::new(generation), opts })
+        let activation = ActivationServiceClient::new(opts.channel(activation_url)?).max_decoding_message_size(64 << 20);
+        let generation = Workers::new(generation_urls, &opts).await?;
+        Ok(Self { activation, generation, opts })
     }
 
     /// A request carrying the client's deadline (sent as `grpc-timeout`, which the workers honour).
@@ -249,9 +247,14 @@ impl SteerClient {
     }
 
     pub async fn generation_info(&self) -> Result<ModelInfo> {
-        let (_, mut g) = self.generation.pick(None);
+        let (_, mut g) = self.generation.pick(None).ok_or_else(no_worker)?;
         let r = g.get_model_info(self.request(GenerationServiceGetModelInfoRequest {})).await?.into_inner();
         r.info.ok_or_else(|| ClientError::Protocol("model info missing".into()))
+    }
+
+    /// The generation workers' URLs now (`dns://` names resolved).
+    pub fn generation_urls(&self) -> Vec<String> {
+        self.generation.urls()
     }
 
     /// The steering tensor of each layer for `additions`. A call that fails because the
@@ -330,21 +333,23 @@ impl SteerClient {
     /// Starts a generation on a worker picked by the pool (`after`: the worker tried last).
     async fn generate_on(
         &self,
-        after: Option<usize>,
+        after: Option<&str>,
         prompt: &str,
         tensors: &[SteeringTensor],
         opts: &RunOptions,
-    ) -> std::result::Result<(usize, tonic::Streaming<GenerateResponse>), (usize, ClientError)> {
+    ) -> std::result::Result<(String, tonic::Streaming<GenerateResponse>), (String, ClientError)> {
         let setup = opts.setup(prompt, tensors.len());
         let mut msgs = vec![GenerateRequest { msg: Some(generate_request::Msg::Setup(setup)) }];
         for t in tensors {
             msgs.push(GenerateRequest { msg: Some(generate_request::Msg::Tensor(t.header.clone())) });
             msgs.extend(t.chunks.iter().map(|c| GenerateRequest { msg: Some(generate_request::Msg::Chunk(c.clone())) }));
         }
-        let (i, mut g) = self.generation.pick(after);
+        let Some((url, mut g)) = self.generation.pick(after) else {
+            return Err((String::new(), no_worker()));
+        };
         match g.generate(self.request(tokio_stream::iter(msgs))).await {
-            Ok(r) => Ok((i, r.into_inner())),
-            Err(s) => Err((i, s.into())),
+            Ok(r) => Ok((url, r.into_inner())),
+            Err(s) => Err((url, s.into())),
         }
     }
 
@@ -370,9 +375,9 @@ impl SteerClient {
     ) -> Result<Comparison> {
         let mut delivered: Vec<u32> = vec![0; opts.rows()];
         let mut last = None;
-        let mut after = None;
+        let mut after: Option<String> = None;
         for attempt in 0..self.generation.len() {
-            let (worker, result) = match self.generate_on(after, prompt, tensors, opts).await {
+            let (worker, result) = match self.generate_on(after.as_deref(), prompt, tensors, opts).await {
                 Ok((worker, mut stream)) => {
                     let mut cmp = Comparison { unsteered: vec![], steered: vec![] };
                     let drained = async {
@@ -397,13 +402,13 @@ impl SteerClient {
             };
             match result {
                 Err(ClientError::Status(s)) if retryable(&s) => {
-                    tracing::warn!(attempt, worker = self.generation.url(worker), code = ?s.code(), "generation worker failed; trying the next one");
-                    self.generation.failed(worker);
+                    tracing::warn!(attempt, worker, code = ?s.code(), "generation worker failed; trying the next one");
+                    self.generation.failed(&worker);
                     after = Some(worker);
                     last = Some(ClientError::Status(s));
                 }
                 Ok(c) => {
-                    self.generation.succeeded(worker);
+                    self.generation.succeeded(&worker);
                     return Ok(c);
                 }
                 other => return other,
@@ -411,6 +416,10 @@ impl SteerClient {
         }
         Err(last.unwrap_or_else(|| ClientError::Protocol("no generation worker".into())))
     }
+}
+
+fn no_worker() -> ClientError {
+    ClientError::Status(Status::unavailable("no generation worker (a dns:// name that resolves to no address yet?)"))
 }
 
 /// Failures of the worker or the connection, not of the request.
