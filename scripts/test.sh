@@ -16,6 +16,9 @@ bash scripts/fuzz.sh
 # The contract: buf lint, and no wire-breaking change against the published image.
 bash scripts/check_proto.sh
 
+# The dashboard's field numbers are generated from proto/ (and must be current).
+python3 scripts/gen_web_fields.py --check
+
 # Deployment manifests, validated offline.
 bash scripts/check_deploy.sh
 

@@ -1,6 +1,14 @@
 // steer dashboard: calls ActivationService.GetSteeringTensors and
 // GenerationService.GenerateFromTensors over gRPC-Web (same origin), with a minimal protobuf codec
-// for the few messages it needs (field numbers from proto/steer/v1/*.proto).
+// for the few messages it needs. Field numbers come from fields.js, generated from
+// proto/steer/v1/*.proto (scripts/gen_web_fields.py; the test suite checks it is current).
+import { F } from "./fields.js";
+
+// {number: name} of the named fields of message `msg`, for `decode`.
+const spec = (msg, ...names) => Object.fromEntries(names.map((n) => {
+  if (!(n in F[msg])) throw new Error(`${msg} has no field ${n}`);
+  return [F[msg][n], n];
+}));
 
 // ---- protobuf encoding ----
 class Writer {
@@ -108,15 +116,16 @@ function parseAdditions(text) {
 async function steeringTensors(additions, hook, useBos, signal) {
   const w = new Writer();
   for (const a of additions) {
-    const m = new Writer(); m.string(1, a.prompt); m.double(2, a.coeff); m.uint(3, a.layer);
-    w.message(1, m);
+    const A = F.ActivationAddition;
+    const m = new Writer(); m.string(A.prompt, a.prompt); m.double(A.coeff, a.coeff); m.uint(A.layer, a.layer);
+    w.message(F.GetSteeringTensorsRequest.additions, m);
   }
-  w.uint(2, hook); w.bool(3, useBos);
+  w.uint(F.GetSteeringTensorsRequest.hook, hook); w.bool(F.GetSteeringTensorsRequest.use_bos, useBos);
   const tensors = [];
   for await (const msg of grpcWeb("/steer.v1.ActivationService/GetSteeringTensors", w.finish(), signal)) {
-    const ev = decode(msg, { 2: "header", 3: "chunk" });
-    if (ev.header) tensors.push({ headerBytes: ev.header, header: decode(ev.header, { 1: "dtype", 2: "shape", 4: "total" }), parts: [] });
-    if (ev.chunk) tensors[tensors.length - 1].parts.push(decode(ev.chunk, { 2: "data" }).data || new Uint8Array(0));
+    const ev = decode(msg, spec("GetSteeringTensorsResponse", "header", "chunk"));
+    if (ev.header) tensors.push({ headerBytes: ev.header, header: decode(ev.header, spec("TensorHeader", "dtype", "shape", "total_bytes")), parts: [] });
+    if (ev.chunk) tensors[tensors.length - 1].parts.push(decode(ev.chunk, spec("TensorChunk", "data")).data || new Uint8Array(0));
   }
   for (const t of tensors) {
     const data = new Uint8Array(t.parts.reduce((n, p) => n + p.length, 0));
@@ -156,7 +165,8 @@ let nLayer = 48, modelLoaded = false;
 async function loadModelInfo() {
   try {
     for await (const msg of grpcWeb("/steer.v1.ActivationService/GetModelInfo", new Uint8Array(0))) {
-      const info = decode(decode(msg, { 1: "info" }).info || new Uint8Array(0), { 1: "name", 3: "n_layer", 4: "d_model" });
+      const resp = decode(msg, spec("ActivationServiceGetModelInfoResponse", "info"));
+      const info = decode(resp.info || new Uint8Array(0), spec("ModelInfo", "name", "n_layer", "d_model"));
       nLayer = Number(info.n_layer || 48n);
       $("model").textContent = `${info.name ? new TextDecoder().decode(info.name) : "model"}: ${nLayer} layers, d_model ${Number(info.d_model || 0n)}`;
       modelLoaded = true;
@@ -217,28 +227,33 @@ async function run(ev) {
       (r < n ? $("unsteered") : $("steered")).appendChild(div);
       cells.push(div);
     }
+    const S = F.SamplingParameters, G = F.GenerateSetup, I = F.InlineTensor;
     const sampling = new Writer();
-    sampling.float(1, Number($("temperature").value)); sampling.float(2, Number($("top_p").value));
-    sampling.uint(3, Number($("top_k").value));
-    sampling.float(4, Number($("rep").value)); sampling.float(5, Number($("freq").value));
-    sampling.float(6, Number($("presence").value));
+    sampling.float(S.temperature, Number($("temperature").value)); sampling.float(S.top_p, Number($("top_p").value));
+    sampling.uint(S.top_k, Number($("top_k").value));
+    sampling.float(S.repetition_penalty, Number($("rep").value)); sampling.float(S.frequency_penalty, Number($("freq").value));
+    sampling.float(S.presence_penalty, Number($("presence").value));
     const setup = new Writer();
-    setup.string(1, prompt); setup.bool(2, useBos); setup.message(3, sampling);
-    setup.uint(4, n); setup.uint(5, tokens); setup.uint(6, Number($("seed").value)); setup.uint(7, tensors.length);
+    setup.string(G.prompt, prompt); setup.bool(G.use_bos, useBos); setup.message(G.sampling, sampling);
+    setup.uint(G.n_comparisons, n); setup.uint(G.max_new_tokens, tokens); setup.uint(G.seed, Number($("seed").value));
+    setup.uint(G.n_tensors, tensors.length);
     const req = new Writer();
-    req.message(1, setup);
-    for (const t of tensors) { const it = new Writer(); it.bytes(1, t.headerBytes); it.bytes(2, t.data); req.message(2, it); }
+    req.message(F.GenerateFromTensorsRequest.setup, setup);
+    for (const t of tensors) {
+      const it = new Writer(); it.bytes(I.header, t.headerBytes); it.bytes(I.data, t.data);
+      req.message(F.GenerateFromTensorsRequest.tensors, it);
+    }
     $("status").textContent = "generating ...";
     let finished = 0, streamed = 0;
     for await (const msg of grpcWeb("/steer.v1.GenerationService/GenerateFromTensors", req.finish(), signal)) {
-      const e = decode(msg, { 1: "token", 2: "finished" });
+      const e = decode(msg, spec("GenerateFromTensorsResponse", "token", "finished"));
       if (e.token) {
-        const t = decode(e.token, { 1: "row", 5: "delta" });
+        const t = decode(e.token, spec("TokenEvent", "row", "text_delta"));
         const row = Number(t.row || 0n);
-        cells[row].querySelector(".text").textContent += t.delta ? new TextDecoder().decode(t.delta) : "";
+        cells[row].querySelector(".text").textContent += t.text_delta ? new TextDecoder().decode(t.text_delta) : "";
         streamed++;
       } else if (e.finished) {
-        const f = decode(e.finished, { 1: "row", 3: "text" });
+        const f = decode(e.finished, spec("RowFinished", "row", "text"));
         const cell = cells[Number(f.row || 0n)];
         cell.querySelector(".text").textContent = f.text ? new TextDecoder().decode(f.text) : "";
         cell.classList.add("done");

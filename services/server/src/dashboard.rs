@@ -10,11 +10,14 @@ use crate::answer_early::AnswerEarlyLayer;
 
 const INDEX: &str = include_str!("../../../clients/web/index.html");
 const APP: &str = include_str!("../../../clients/web/app.js");
+/// Field numbers generated from proto/ (scripts/gen_web_fields.py).
+const FIELDS: &str = include_str!("../../../clients/web/fields.js");
 
 fn page(path: &str) -> Option<http::Response<Body>> {
     let (ctype, body) = match path {
         "/dashboard" | "/dashboard/" | "/dashboard/index.html" => ("text/html; charset=utf-8", INDEX),
         "/dashboard/app.js" => ("text/javascript; charset=utf-8", APP),
+        "/dashboard/fields.js" => ("text/javascript; charset=utf-8", FIELDS),
         p if p.starts_with("/dashboard/") => ("text/plain", "not found: see /dashboard/index.html\n"),
         _ => return None,
     };
