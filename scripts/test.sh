@@ -8,6 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo test --workspace --locked
+cat artifacts/soak.txt  # the soak's figures (clients/cli/tests/soak.rs)
 
 # cargo-fuzz targets for a fixed time each (FUZZ_SECS, default 30); skipped with a notice where
 # no nightly toolchain exists (the stable proptest fallback ran above).

@@ -1,7 +1,7 @@
 //! `steer run`, `demo`, `generate` (through `steer-client`, against running services or an
 //! embedded server on loopback).
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -279,7 +279,7 @@ pub async fn generate(a: GenerateArgs) -> Result<()> {
 /// What to show while tokens stream.
 #[derive(Clone, Copy, PartialEq)]
 enum Progress {
-    /// `step i/n` on stderr, when it is a terminal.
+    /// Steps and tokens/s on stderr (a bar on a terminal, lines otherwise).
     Steps,
     /// The text of row 0 on stdout.
     Text,
@@ -317,9 +317,8 @@ async fn execute_with(client: &SteerClient, prompt: &str, additions: &[AdditionS
         eprintln!("  {hook} layer {}: shape [{}], position norms [{}]", point.layer, shape.join(", "), norms.join(", "));
     }
     let rows = opts.n_comparisons as usize * if opts.skip_unsteered { 1 } else { 2 };
-    let tty = std::io::stderr().is_terminal();
+    let mut steps = (progress == Progress::Steps).then(|| crate::progress::Steps::new(opts.n_tokens as u64));
     let mut tokens = 0usize;
-    let t0 = std::time::Instant::now();
     let mut events = vec![];
     let on_token = |t: &TokenEvent| {
         tokens += 1;
@@ -331,14 +330,17 @@ async fn execute_with(client: &SteerClient, prompt: &str, additions: &[AdditionS
                 print!("{}", t.text_delta);
                 let _ = std::io::stdout().flush();
             }
-            Progress::Steps if tty && tokens % rows.max(1) == 0 => eprint!("\r  step {}/{}", tokens / rows.max(1), opts.n_tokens),
+            Progress::Steps if tokens % rows.max(1) == 0 => {
+                if let Some(s) = steps.as_mut() {
+                    s.update((tokens / rows.max(1)) as u64, tokens);
+                }
+            }
             _ => {}
         }
     };
     let cmp = client.generate(prompt, &tensors, opts, on_token).await?;
-    if progress == Progress::Steps {
-        let secs = t0.elapsed().as_secs_f64();
-        eprintln!("{}{tokens} tokens in {secs:.1}s ({:.1} tokens/s)", if tty { "\r  " } else { "  " }, tokens as f64 / secs);
+    if let Some(s) = steps {
+        s.finish(tokens);
     }
     Ok(Outcome { cmp, tokens: events })
 }

@@ -4,6 +4,7 @@
 
 mod bench;
 mod commands;
+mod progress;
 mod serve;
 mod table;
 
@@ -18,9 +19,9 @@ use steer_server::Role;
 #[derive(Parser)]
 #[command(name = "steer", version, about = "Steer GPT-2 by adding activation vectors (ActAdd)")]
 struct Cli {
-    /// Log filter (RUST_LOG syntax).
-    #[arg(long, global = true, env = "STEER_LOG", default_value = "info")]
-    log: String,
+    /// Log filter (RUST_LOG syntax) [default: info for serve and the workers, warn otherwise].
+    #[arg(long, global = true, env = "STEER_LOG")]
+    log: Option<String>,
     /// Log JSON lines (with the RPC span: service, method, request id) instead of text.
     #[arg(long, global = true, env = "STEER_LOG_JSON")]
     log_json: bool,
@@ -105,10 +106,15 @@ impl ModelArgs {
     pub fn load(&self) -> Result<Engine> {
         let source = self.source();
         let mut opts = LoadOptions { dtype: self.dtype.into(), ..Default::default() };
-        opts.hub.progress = true;
-        eprintln!("loading {} ...", source.name());
+        // hf-hub's download bars on a terminal only; off one, the spinner's line says it.
+        opts.hub.progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let spinner = progress::spinner(&format!("loading {} (downloading what the cache lacks)", source.name()));
         let t = std::time::Instant::now();
-        let engine = Engine::load(&source, &opts).with_context(|| format!("loading {}", source.name()))?;
+        let engine = Engine::load(&source, &opts).with_context(|| format!("loading {}", source.name()));
+        if let Some(s) = spinner {
+            s.finish_and_clear();
+        }
+        let engine = engine?;
         let i = engine.info();
         eprintln!(
             "loaded {} in {:.1}s: {} layers, d_model {}, {} heads, {} positions, {}",
@@ -145,7 +151,9 @@ struct RandomModelArgs {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    steer_telemetry::init_logging(&cli.log, cli.log_json);
+    let serving = matches!(cli.command, Command::Serve(_) | Command::ActivationWorker(_) | Command::GenerationWorker(_));
+    let default_log = if serving { "info" } else { "warn" };
+    steer_telemetry::init_logging(cli.log.as_deref().unwrap_or(default_log), cli.log_json);
     match cli.command {
         Command::Run(a) => commands::runtime()?.block_on(commands::run(a)),
         Command::Demo(a) => commands::runtime()?.block_on(commands::demo(a)),

@@ -24,7 +24,7 @@ pub struct ServeArgs {
     #[arg(long, env = "STEER_WORKER_ID")]
     worker_id: Option<String>,
     /// Seconds open streams may run after SIGTERM/Ctrl-C.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, env = "STEER_GRACE_SECS")]
     grace_secs: u64,
     #[command(flatten)]
     limits: LimitArgs,

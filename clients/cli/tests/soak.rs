@@ -346,18 +346,29 @@ async fn soak_with_faults() {
     let p99 = lat.get(lat.len().saturating_sub(1).min(lat.len() * 99 / 100)).copied().unwrap_or_default();
     let peak = peak.lock().unwrap().clone();
     let budget = rss_budget();
-    println!("soak: {secs} s, {CLIENTS} clients; faults: {faults:?}");
-    println!(
+    let mut report = vec![format!("soak: {secs} s, {CLIENTS} clients; faults: {faults:?}")];
+    report.push(format!(
         "soak: valid requests {} completed, {} failed with a status {:?}; hostile acts {:?}",
         tl.valid_ok,
         tl.codes.values().sum::<usize>(),
         tl.codes,
         tl.hostile
-    );
-    println!("soak: p99 latency of valid requests {:.2} s over {} requests", p99.as_secs_f64(), lat.len());
+    ));
+    report.push(format!("soak: p99 latency of valid requests {:.2} s over {} requests", p99.as_secs_f64(), lat.len()));
     for (w, rss) in workers.iter().zip(&peak) {
-        println!("soak: {} on {}: peak RSS {:.0} MiB (budget {:.0} MiB)", w.role, w.port, *rss as f64 / 1048576.0, budget as f64 / 1048576.0);
+        report.push(format!(
+            "soak: {} on {}: peak RSS {:.0} MiB (budget {:.0} MiB)",
+            w.role,
+            w.port,
+            *rss as f64 / 1048576.0,
+            budget as f64 / 1048576.0
+        ));
     }
+    // Printed, and kept in artifacts/soak.txt (the test command shows it; cargo captures output).
+    let text = report.join("\n") + "\n";
+    print!("{text}");
+    let artifacts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../artifacts");
+    let _ = std::fs::create_dir_all(&artifacts).and_then(|_| std::fs::write(artifacts.join("soak.txt"), &text));
     let panics: Vec<String> = workers
         .iter()
         .filter_map(|w| std::fs::read_to_string(&w.log).ok().filter(|l| l.contains("panicked")).map(|_| w.log.display().to_string()))

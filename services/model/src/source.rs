@@ -67,7 +67,7 @@ impl ModelSource {
                 if opts.offline {
                     resolve_from_cache(&opts.cache_dir(), repo, revision)
                 } else {
-                    resolve_online(opts, repo, revision)
+                    resolve_watched(opts, repo, revision)
                 }
             }
         }
@@ -88,6 +88,9 @@ pub struct HubOptions {
     /// How long to wait for another process (a worker beside this one) that holds a file's
     /// download lock, before giving up.
     pub lock_wait: std::time::Duration,
+    /// A download during which no byte arrives for this long has stalled: loading fails (the
+    /// part file stays, and the next start resumes it).
+    pub stall_timeout: std::time::Duration,
 }
 
 impl Default for HubOptions {
@@ -107,6 +110,7 @@ impl HubOptions {
             progress: false,
             retries: 5,
             lock_wait: std::time::Duration::from_secs(3600),
+            stall_timeout: std::time::Duration::from_secs(120),
         }
     }
 
@@ -211,6 +215,54 @@ pub fn offline_hint(repo: &str) -> String {
     hint
 }
 
+/// [`resolve_online`] on its own thread, watched: hf-hub 0.5 sets no timeouts, so a download
+/// whose repo cache stops growing for `stall_timeout` fails here instead of hanging the load.
+fn resolve_watched(opts: &HubOptions, repo: &str, revision: &str) -> Result<ModelFiles> {
+    let blobs = opts.cache_dir().join(Repo::model(repo.to_string()).folder_name()).join("blobs");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (o, r, v) = (opts.clone(), repo.to_string(), revision.to_string());
+    std::thread::Builder::new()
+        .name("hub-download".into())
+        .spawn(move || {
+            let _ = tx.send(resolve_online(&o, &r, &v));
+        })
+        .map_err(|e| ModelError::Io { path: blobs.clone(), source: e })?;
+    let size = || -> u64 { std::fs::read_dir(&blobs).map(|d| d.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum()).unwrap_or(0) };
+    watch(&rx, size, opts.stall_timeout, std::time::Duration::from_secs(2)).unwrap_or_else(|stalled| {
+        Err(ModelError::Hub {
+            repo: repo.into(),
+            revision: revision.into(),
+            file: "(download)".into(),
+            message: format!("no byte arrived for {stalled:.0?}: the download stalled (the next start resumes it)\n  {}", offline_hint(repo)),
+        })
+    })
+}
+
+/// Waits for `rx`'s answer while `progress()` keeps changing; Err(the stall) once it has not
+/// changed for `stall`.
+fn watch<T>(
+    rx: &std::sync::mpsc::Receiver<T>,
+    progress: impl Fn() -> u64,
+    stall: std::time::Duration,
+    every: std::time::Duration,
+) -> std::result::Result<T, std::time::Duration> {
+    let (mut seen, mut since) = (progress(), std::time::Instant::now());
+    loop {
+        match rx.recv_timeout(every) {
+            Ok(v) => return Ok(v),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Err(since.elapsed()),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let now = progress();
+                if now != seen {
+                    (seen, since) = (now, std::time::Instant::now());
+                } else if since.elapsed() >= stall {
+                    return Err(since.elapsed());
+                }
+            }
+        }
+    }
+}
+
 fn resolve_online(opts: &HubOptions, repo: &str, revision: &str) -> Result<ModelFiles> {
     let hub_err = |file: &str, e: hf_hub::api::sync::ApiError| ModelError::Hub {
         repo: repo.into(),
@@ -251,6 +303,23 @@ fn resolve_online(opts: &HubOptions, repo: &str, revision: &str) -> Result<Model
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_download_that_stops_growing_has_stalled_one_that_grows_has_not() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let tick = std::time::Duration::from_millis(2);
+        let (_tx, rx) = std::sync::mpsc::channel::<u32>();
+        assert!(watch(&rx, || 7, tick * 10, tick).is_err(), "no growth: stalled");
+        let (tx, rx) = std::sync::mpsc::channel::<u32>();
+        let grown = AtomicU64::new(0);
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(tick * 40);
+            tx.send(1).unwrap();
+        });
+        let got = watch(&rx, || grown.fetch_add(1, Ordering::Relaxed), tick * 10, tick);
+        assert_eq!(got, Ok(1), "growing past the stall time is fine");
+        t.join().unwrap();
+    }
 
     #[test]
     fn a_held_download_lock_is_waited_for_then_given_up() {
