@@ -50,6 +50,13 @@ impl<W> Gate<W> {
         Self { worker: Arc::new(OnceLock::new()), metrics, service, expose_model_path }
     }
 
+    /// ModelInfo as callers may see it (a local path by its last component).
+    fn show(&self, info: &mut Option<steer_proto::v1::ModelInfo>) {
+        if let Some(i) = info.as_mut() {
+            i.name = public_name(&i.name, self.expose_model_path);
+        }
+    }
+
     fn get(&self) -> Result<&W, Status> {
         self.worker.get().ok_or_else(|| Status::unavailable("the model is still loading"))
     }
@@ -104,11 +111,8 @@ impl ActivationService for Gate<ActivationWorker> {
         &self,
         r: Request<ActivationServiceGetModelInfoRequest>,
     ) -> Result<Response<ActivationServiceGetModelInfoResponse>, Status> {
-        let expose = self.expose_model_path;
         let mut resp = self.observe("GetModelInfo", r, |w, r| async move { ActivationService::get_model_info(&w, r).await }).await?;
-        if let Some(i) = resp.get_mut().info.as_mut() {
-            i.name = public_name(&i.name, expose);
-        }
+        self.show(&mut resp.get_mut().info);
         Ok(resp)
     }
 }
@@ -130,11 +134,8 @@ impl GenerationService for Gate<GenerationWorker> {
         &self,
         r: Request<GenerationServiceGetModelInfoRequest>,
     ) -> Result<Response<GenerationServiceGetModelInfoResponse>, Status> {
-        let expose = self.expose_model_path;
         let mut resp = self.observe("GetModelInfo", r, |w, r| async move { GenerationService::get_model_info(&w, r).await }).await?;
-        if let Some(i) = resp.get_mut().info.as_mut() {
-            i.name = public_name(&i.name, expose);
-        }
+        self.show(&mut resp.get_mut().info);
         Ok(resp)
     }
 }

@@ -25,7 +25,7 @@ use steer_proto::v1::{
 use tokio_stream::{Stream, StreamExt};
 use tonic::Status;
 
-use crate::openai::error_naming;
+use crate::openai::{body_error, error_naming, stream_error};
 use crate::services::Services;
 
 type Body_<T> = Result<Json<T>, JsonRejection>;
@@ -36,7 +36,7 @@ fn error(status: &Status) -> Response {
 }
 
 fn parse<T>(body: Body_<T>) -> Result<T, Response> {
-    body.map(|Json(t)| t).map_err(|e| error(&Status::invalid_argument(format!("body: {}", e.body_text()))))
+    body.map(|Json(t)| t).map_err(|e| error(&body_error(e)))
 }
 
 fn unary<T: Serialize>(r: Result<tonic::Response<T>, Status>) -> Response {
@@ -60,7 +60,7 @@ where
     let lines = stream.map(move |m| {
         let line = match m {
             Ok(m) => serde_json::to_string(&m).unwrap_or_default(),
-            Err(s) => serde_json::json!({"error": {"code": format!("{:?}", s.code()), "message": s.message()}}).to_string(),
+            Err(s) => stream_error(&s).to_string(),
         };
         Ok::<_, Infallible>(if sse { format!("data: {line}\n\n") } else { format!("{line}\n") })
     });

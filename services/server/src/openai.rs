@@ -116,6 +116,16 @@ pub(crate) fn error_naming(status: &Status, name: fn(&str) -> String) -> Respons
     (http, Json(body)).into_response()
 }
 
+/// A JSON body that does not parse: INVALID_ARGUMENT naming `body`.
+pub(crate) fn body_error(e: JsonRejection) -> Status {
+    Status::invalid_argument(format!("body: {}", e.body_text()))
+}
+
+/// An error that ends a stream already under way (its status line is sent): the last message.
+pub(crate) fn stream_error(s: &Status) -> Value {
+    json!({"error": {"message": s.message(), "code": format!("{:?}", s.code())}})
+}
+
 /// A field of the GenerateSetup this request became, by its name in the OpenAI request.
 fn openai_param(field: &str) -> String {
     let f = field.strip_prefix("setup.").unwrap_or(field);
@@ -179,7 +189,7 @@ fn rename(s: Status) -> Status {
 pub async fn completions(services: Arc<Services>, body: Result<Json<CompletionRequest>, JsonRejection>) -> Response {
     let Json(req) = match body {
         Ok(b) => b,
-        Err(e) => return error(&Status::invalid_argument(format!("body: {}", e.body_text()))),
+        Err(e) => return error(&body_error(e)),
     };
     match start(&services, &req).await {
         Ok(resp) => resp,
@@ -218,22 +228,21 @@ async fn start(services: &Arc<Services>, req: &CompletionRequest) -> Result<Resp
     let call = GenerateFromTensorsRequest { setup: Some(setup), tensors };
     let events = services.generation.generate_from_tensors(tonic::Request::new(call)).await?.into_inner();
     let model = req.model.clone().unwrap_or_else(|| "steer".into());
-    let id = format!("cmpl-{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
-    let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
-    // Choice index = row: unsteered rows (compare only) first, then the steered ones.
-    let index = |row: u32, _steered: bool| row;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let (id, created) = (format!("cmpl-{:x}", now.as_nanos()), now.as_secs());
+    // A choice's index is its row: unsteered rows (compare only) first, then the steered ones.
     let head = move |choices: Value| json!({"id": id, "object": "text_completion", "created": created, "model": model, "choices": choices});
     if req.stream {
         let sse = events.map(move |ev| {
             let line = match ev.map(|e| e.event) {
                 Ok(Some(generate_from_tensors_response::Event::Token(t))) => head(json!([{
-                    "index": index(t.row, t.steered), "text": t.text_delta, "logprobs": null, "finish_reason": null, "steered": t.steered,
+                    "index": t.row, "text": t.text_delta, "logprobs": null, "finish_reason": null, "steered": t.steered,
                 }])),
                 Ok(Some(generate_from_tensors_response::Event::Finished(f))) => head(json!([{
-                    "index": index(f.row, f.steered), "text": "", "logprobs": null, "finish_reason": finish_reason(f.reason), "steered": f.steered,
+                    "index": f.row, "text": "", "logprobs": null, "finish_reason": finish_reason(f.reason), "steered": f.steered,
                 }])),
                 Ok(None) => return Ok::<_, Infallible>(String::new()),
-                Err(s) => json!({"error": {"message": s.message(), "code": format!("{:?}", s.code())}}),
+                Err(s) => stream_error(&s),
             };
             Ok(format!("data: {line}\n\n"))
         });
@@ -253,16 +262,16 @@ async fn start(services: &Arc<Services>, req: &CompletionRequest) -> Result<Resp
                         rows.push(f);
                     }
                 }
-                Err(s) => return json!({"error": {"message": s.message(), "code": format!("{:?}", s.code())}}).to_string(),
+                Err(s) => return stream_error(&s).to_string(),
             }
         }
-        rows.sort_by_key(|f| index(f.row, f.steered));
+        rows.sort_by_key(|f| f.row);
         let prompt_tokens = rows.first().map_or(0, |f| f.prompt_tokens);
         let completion_tokens: u32 = rows.iter().map(|f| f.generated_tokens).sum();
         let choices: Vec<Value> = rows
             .iter()
             .map(|f| {
-                json!({"index": index(f.row, f.steered), "text": f.text, "logprobs": null,
+                json!({"index": f.row, "text": f.text, "logprobs": null,
                        "finish_reason": finish_reason(f.reason), "steered": f.steered, "seed": f.seed})
             })
             .collect();
