@@ -29,7 +29,7 @@ pub fn dtype_size(dtype: Dtype) -> Option<usize> {
     match dtype {
         Dtype::F32 => Some(4),
         Dtype::F16 | Dtype::Bf16 => Some(2),
-        Dtype::Unspecified => None,
+        Dtype::Unspecified | Dtype::Q80 => None,
     }
 }
 
@@ -153,6 +153,7 @@ fn decode_f32(dtype: Dtype, bytes: &[u8]) -> Vec<f32> {
         Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
         Dtype::Bf16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
         Dtype::F32 | Dtype::Unspecified => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        Dtype::Q80 => Vec::new(), // weights only: a header with it is refused (no wire size)
     }
 }
 

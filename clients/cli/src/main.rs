@@ -70,13 +70,18 @@ pub struct ModelArgs {
     pub dtype: DtypeArg,
 }
 
-/// Weights' precision.
+/// Weights' precision (activations, steering and sampling stay f32).
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum DtypeArg {
-    /// The post's precision.
+    /// The post's precision: 4 bytes per weight.
     F32,
+    /// IEEE half: 2 bytes per weight.
     F16,
+    /// bfloat16 (as the seed loads GPT-2-XL): 2 bytes per weight.
     Bf16,
+    /// llama.cpp's 8-bit blocks, quantized at load: 1.06 bytes per weight.
+    #[value(name = "q8_0", alias = "q8")]
+    Q8_0,
 }
 
 impl From<DtypeArg> for WeightDtype {
@@ -85,6 +90,7 @@ impl From<DtypeArg> for WeightDtype {
             DtypeArg::F32 => WeightDtype::F32,
             DtypeArg::F16 => WeightDtype::F16,
             DtypeArg::Bf16 => WeightDtype::Bf16,
+            DtypeArg::Q8_0 => WeightDtype::Q8_0,
         }
     }
 }

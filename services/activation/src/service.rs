@@ -99,10 +99,10 @@ impl ActivationWorker {
             .await
     }
 
-    /// Header and chunks of a `[len, d]` tensor, in the engine's dtype; false when the client has gone.
+    /// Header and chunks of a `[len, d]` tensor, in f32 (the residual stream's dtype whatever the
+    /// weights are held in); false when the client has gone.
     async fn send_tensor<T: TensorEvents>(&self, tx: &mpsc::Sender<Result<T, Status>>, values: &[f32], shape: [usize; 2], point: HookPoint, prompt_index: u32) -> bool {
-        let dtype = convert::proto_dtype(self.engine.info().dtype);
-        let (h, chunks) = wire::encode(dtype, values, &shape, Some(convert::proto_point(point)), prompt_index);
+        let (h, chunks) = wire::encode_f32(values, &shape, Some(convert::proto_point(point)), prompt_index);
         if !send(tx, T::header(h)).await {
             return false;
         }

@@ -42,6 +42,7 @@ pub fn proto_dtype(d: WeightDtype) -> Dtype {
         WeightDtype::F32 => Dtype::F32,
         WeightDtype::F16 => Dtype::F16,
         WeightDtype::Bf16 => Dtype::Bf16,
+        WeightDtype::Q8_0 => Dtype::Q80,
     }
 }
 

@@ -109,15 +109,14 @@ fn prefixed(prefix: &str, e: ServiceError) -> ServiceError {
     }
 }
 
-/// A steering tensor: the model's dtype on the wire, `[k, d_model]` with k >= 1, a real hook
-/// point, finite values.
+/// A steering tensor: f32, f16 or bf16 on the wire (added in f32, whatever the weights are
+/// held in), `[k, d_model]` with k >= 1, a real hook point, finite values.
 fn addition(t: WireTensor, engine: &Engine, field: &str) -> Result<Addition, ServiceError> {
     let info = engine.info();
     let h = &t.header;
-    let model_dtype = convert::proto_dtype(info.dtype);
-    if h.dtype != model_dtype as i32 {
+    if Dtype::try_from(h.dtype).ok().and_then(steer_proto::wire::dtype_size).is_none() {
         let got = Dtype::try_from(h.dtype).map_or_else(|_| h.dtype.to_string(), |d| d.as_str_name().to_string());
-        return Err(ServiceError::invalid(format!("{field}.dtype"), format!("{got}, the model runs in {}", model_dtype.as_str_name())));
+        return Err(ServiceError::invalid(format!("{field}.dtype"), format!("{got}: steering tensors are DTYPE_F32, DTYPE_F16 or DTYPE_BF16")));
     }
     if h.shape.len() != 2 || h.shape[0] == 0 || h.shape[1] != info.d_model as u64 {
         return Err(ServiceError::invalid(format!("{field}.shape"), format!("{:?}: expected [k, {}] (d_model) with k >= 1", h.shape, info.d_model)));

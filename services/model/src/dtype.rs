@@ -17,24 +17,37 @@ pub enum WeightDtype {
     F32,
     F16,
     Bf16,
+    /// llama.cpp's 8-bit blocks (32 int8 and one f16 scale each): 1.0625 bytes per weight.
+    Q8_0,
 }
 
 impl WeightDtype {
-    pub const ALL: [WeightDtype; 3] = [WeightDtype::F32, WeightDtype::F16, WeightDtype::Bf16];
+    pub const ALL: [WeightDtype; 4] = [WeightDtype::F32, WeightDtype::F16, WeightDtype::Bf16, WeightDtype::Q8_0];
 
     pub fn name(self) -> &'static str {
         match self {
             WeightDtype::F32 => "f32",
             WeightDtype::F16 => "f16",
             WeightDtype::Bf16 => "bf16",
+            WeightDtype::Q8_0 => "q8_0",
         }
     }
 
-    pub fn candle(self) -> candle_core::DType {
+    /// Bytes per weight of the large matrices (what a decoded token streams per parameter).
+    pub fn bytes_per_weight(self) -> f64 {
         match self {
-            WeightDtype::F32 => candle_core::DType::F32,
-            WeightDtype::F16 => candle_core::DType::F16,
-            WeightDtype::Bf16 => candle_core::DType::BF16,
+            WeightDtype::F32 => 4.0,
+            WeightDtype::F16 | WeightDtype::Bf16 => 2.0,
+            WeightDtype::Q8_0 => 34.0 / 32.0,
+        }
+    }
+
+    /// The 16-bit kind, for f16 and bf16.
+    pub fn half(self) -> Option<crate::kernels::HalfKind> {
+        match self {
+            WeightDtype::F16 => Some(crate::kernels::HalfKind::F16),
+            WeightDtype::Bf16 => Some(crate::kernels::HalfKind::Bf16),
+            _ => None,
         }
     }
 }
@@ -47,13 +60,14 @@ impl fmt::Display for WeightDtype {
 
 impl FromStr for WeightDtype {
     type Err = ModelError;
-    /// `f32`, `f16` or `bf16` (case-insensitive; `float32`, `float16`, `bfloat16` too).
+    /// `f32`, `f16`, `bf16` or `q8_0` (case-insensitive; `float32`, `float16`, `bfloat16`, `q8` too).
     fn from_str(s: &str) -> Result<Self, ModelError> {
         match s.to_ascii_lowercase().as_str() {
             "f32" | "float32" => Ok(WeightDtype::F32),
             "f16" | "float16" => Ok(WeightDtype::F16),
             "bf16" | "bfloat16" => Ok(WeightDtype::Bf16),
-            _ => Err(ModelError::invalid("dtype", format!("`{s}`: expected f32, f16 or bf16"))),
+            "q8_0" | "q8" => Ok(WeightDtype::Q8_0),
+            _ => Err(ModelError::invalid("dtype", format!("`{s}`: expected f32, f16, bf16 or q8_0"))),
         }
     }
 }

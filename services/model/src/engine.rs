@@ -6,7 +6,6 @@ use std::ops::ControlFlow;
 use std::time::Instant;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
-use candle_nn::VarBuilder;
 use serde::Serialize;
 
 use crate::config::Config;
@@ -132,11 +131,10 @@ impl Engine {
         let cfg = Config::from_file(&files.config)?;
         let tokenizer = Gpt2Tokenizer::from_dir(&files.dir)?;
         let t0 = Instant::now();
-        let tensors = weights::load(&files.weights, opts.dtype.candle(), &opts.device)?;
-        let vb = VarBuilder::from_tensors(tensors, opts.dtype.candle(), &opts.device);
-        let model = Gpt2::load(vb, &cfg).map_err(|e| ModelError::Weights {
-            path: files.weights[0].clone(),
-            message: e.to_string(),
+        let mut params = weights::load(&files.weights, opts.dtype, &opts.device)?;
+        let model = Gpt2::load(&mut params, &cfg, &opts.device).map_err(|e| match e {
+            e @ ModelError::Weights { .. } => e,
+            e => ModelError::Weights { path: files.weights[0].clone(), message: e.to_string() },
         })?;
         tracing::info!(model = %source.name(), secs = t0.elapsed().as_secs_f64(), "weights loaded");
         Ok(Self::new(model, tokenizer, source.name(), source.revision(), opts.dtype))
@@ -155,6 +153,11 @@ impl Engine {
             dtype,
         };
         Self { model, tokenizer, info }
+    }
+
+    /// Bytes of weights a decode step streams (every matrix in its loaded dtype).
+    pub fn weight_bytes(&self) -> usize {
+        self.model.weight_bytes()
     }
 
     pub fn info(&self) -> &ModelInfo {

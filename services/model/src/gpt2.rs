@@ -1,30 +1,32 @@
 //! GPT-2 in candle, in the shape of candle-transformers' model files: a component per struct,
-//! each with `load(vb, cfg)` and `forward`. Hook points sit between blocks (see `hooks`).
+//! each with `load(params, prefix, cfg)` and `forward`. Hook points sit between blocks (see
+//! `hooks`). The large matrices are [`Matrix`]es in the loaded dtype; activations are f32.
 
-use candle_core::{DType, Device, Module, Storage, Tensor, D};
+use candle_core::{DType, Device, Module, Tensor, D};
 use rayon::prelude::*;
-use candle_nn::{Embedding, LayerNorm, VarBuilder};
+use candle_nn::{Embedding, LayerNorm};
 
 use crate::config::{Activation, Config};
 use crate::error::Result;
 use crate::hooks::Hooks;
 use crate::kernels;
 use crate::kv_cache::{KvCache, LayerKv, RowKv};
+use crate::matrix::Matrix;
+use crate::weights::Params;
 
-/// GPT-2's `Conv1D`: weight stored `[in, out]`, so `y = x . w + b`.
+/// GPT-2's `Conv1D`: `y = x . W + b`, `W` mapping `n_in` features to `n_out`.
 #[derive(Debug, Clone)]
 pub struct Conv1D {
-    weight: Tensor,
+    weight: Matrix,
     bias: Tensor,
-    n_in: usize,
     n_out: usize,
 }
 
 impl Conv1D {
-    pub fn load(vb: VarBuilder, n_in: usize, n_out: usize) -> Result<Self> {
-        let weight = vb.get((n_in, n_out), "weight")?.contiguous()?;
-        let bias = vb.get(n_out, "bias")?;
-        Ok(Self { weight, bias, n_in, n_out })
+    pub fn load(p: &mut Params, prefix: &str, n_in: usize, n_out: usize) -> Result<Self> {
+        let weight = p.matrix(&format!("{prefix}.weight"), n_in, n_out)?;
+        let bias = p.tensor(&format!("{prefix}.bias"), &[n_out])?;
+        Ok(Self { weight, bias, n_out })
     }
 
     /// x: [.., n_in] -> [.., n_out]
@@ -32,44 +34,19 @@ impl Conv1D {
         let mut out_dims = x.dims().to_vec();
         let m: usize = out_dims[..out_dims.len() - 1].iter().product();
         *out_dims.last_mut().unwrap() = self.n_out;
-        if let Some(y) = self.forward_small_m(x, m)? {
-            return Ok(y.reshape(out_dims)?);
-        }
-        let x2 = x.reshape((m, self.n_in))?;
-        let y = x2.matmul(&self.weight)?.broadcast_add(&self.bias)?;
-        Ok(y.reshape(out_dims)?)
+        let x2 = x.reshape((m, self.weight.n_in()))?;
+        Ok(self.weight.matmul(&x2, Some(&self.bias))?.reshape(out_dims)?)
     }
 
-    /// The bandwidth-bound decode shapes on CPU in f32 go to our kernel.
-    fn forward_small_m(&self, x: &Tensor, m: usize) -> Result<Option<Tensor>> {
-        if m > kernels::SMALL_M_MAX || x.dtype() != DType::F32 || !x.device().is_cpu() {
-            return Ok(None);
-        }
-        let x = x.contiguous()?;
-        let y = {
-            let (xs, xl) = x.storage_and_layout();
-            let (ws, wl) = self.weight.storage_and_layout();
-            let (bs, bl) = self.bias.storage_and_layout();
-            let (Storage::Cpu(xs), Storage::Cpu(ws), Storage::Cpu(bs)) = (&*xs, &*ws, &*bs) else {
-                return Ok(None);
-            };
-            let (Some((x0, x1)), Some((w0, w1)), Some((b0, b1))) =
-                (xl.contiguous_offsets(), wl.contiguous_offsets(), bl.contiguous_offsets())
-            else {
-                return Ok(None);
-            };
-            let xs = &xs.as_slice::<f32>()?[x0..x1];
-            let ws = &ws.as_slice::<f32>()?[w0..w1];
-            let bs = &bs.as_slice::<f32>()?[b0..b1];
-            kernels::small_m_matmul(xs, ws, Some(bs), m, self.n_in, self.n_out)
-        };
-        Ok(Some(Tensor::from_vec(y, (m, self.n_out), x.device())?))
+    /// Bytes of weights.
+    pub fn bytes(&self) -> usize {
+        self.weight.bytes() + self.n_out * 4
     }
 }
 
-fn layer_norm(vb: VarBuilder, size: usize, eps: f64) -> Result<LayerNorm> {
-    let weight = vb.get(size, "weight")?;
-    let bias = vb.get(size, "bias")?;
+fn layer_norm(p: &mut Params, prefix: &str, size: usize, eps: f64) -> Result<LayerNorm> {
+    let weight = p.tensor(&format!("{prefix}.weight"), &[size])?;
+    let bias = p.tensor(&format!("{prefix}.bias"), &[size])?;
     Ok(LayerNorm::new(weight, bias, eps))
 }
 
@@ -83,11 +60,11 @@ pub struct Attention {
 }
 
 impl Attention {
-    pub fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
+    pub fn load(p: &mut Params, prefix: &str, cfg: &Config) -> Result<Self> {
         let d = cfg.n_embd;
         Ok(Self {
-            c_attn: Conv1D::load(vb.pp("c_attn"), d, 3 * d)?,
-            c_proj: Conv1D::load(vb.pp("c_proj"), d, d)?,
+            c_attn: Conv1D::load(p, &format!("{prefix}.c_attn"), d, 3 * d)?,
+            c_proj: Conv1D::load(p, &format!("{prefix}.c_proj"), d, d)?,
             n_head: cfg.n_head,
             head_dim: cfg.head_dim(),
         })
@@ -146,11 +123,11 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    pub fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
+    pub fn load(p: &mut Params, prefix: &str, cfg: &Config) -> Result<Self> {
         let act = cfg.activation().map_err(|m| candle_core::Error::Msg(m))?;
         Ok(Self {
-            c_fc: Conv1D::load(vb.pp("c_fc"), cfg.n_embd, cfg.inner_dim())?,
-            c_proj: Conv1D::load(vb.pp("c_proj"), cfg.inner_dim(), cfg.n_embd)?,
+            c_fc: Conv1D::load(p, &format!("{prefix}.c_fc"), cfg.n_embd, cfg.inner_dim())?,
+            c_proj: Conv1D::load(p, &format!("{prefix}.c_proj"), cfg.inner_dim(), cfg.n_embd)?,
             act,
         })
     }
@@ -181,14 +158,19 @@ pub struct Block {
 }
 
 impl Block {
-    pub fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
+    pub fn load(p: &mut Params, prefix: &str, cfg: &Config) -> Result<Self> {
         let eps = cfg.layer_norm_epsilon;
         Ok(Self {
-            ln_1: layer_norm(vb.pp("ln_1"), cfg.n_embd, eps)?,
-            attn: Attention::load(vb.pp("attn"), cfg)?,
-            ln_2: layer_norm(vb.pp("ln_2"), cfg.n_embd, eps)?,
-            mlp: Mlp::load(vb.pp("mlp"), cfg)?,
+            ln_1: layer_norm(p, &format!("{prefix}.ln_1"), cfg.n_embd, eps)?,
+            attn: Attention::load(p, &format!("{prefix}.attn"), cfg)?,
+            ln_2: layer_norm(p, &format!("{prefix}.ln_2"), cfg.n_embd, eps)?,
+            mlp: Mlp::load(p, &format!("{prefix}.mlp"), cfg)?,
         })
+    }
+
+    /// Bytes of weights (the matrices; layer norms are noise).
+    pub fn bytes(&self) -> usize {
+        self.attn.c_attn.bytes() + self.attn.c_proj.bytes() + self.mlp.c_fc.bytes() + self.mlp.c_proj.bytes()
     }
 
     pub fn forward(&self, x: &Tensor, mask: &Tensor, kv: &mut LayerKv) -> Result<Tensor> {
@@ -228,42 +210,44 @@ pub struct SharedPrefix<'a> {
 /// GPT-2 language model (lm_head tied to `wte`).
 #[derive(Debug, Clone)]
 pub struct Gpt2 {
-    wte: Embedding,
+    /// Token embeddings, `[V, d]`; also the lm_head.
+    wte: Matrix,
     wpe: Embedding,
     blocks: Vec<Block>,
     ln_f: LayerNorm,
-    lm_head: Tensor, // wte, [V, d]
     cfg: Config,
-    dtype: DType,
     device: Device,
 }
 
 impl Gpt2 {
-    /// `vb` is rooted at the transformer (names `wte.weight`, `h.0.ln_1.weight`, ...).
-    pub fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
-        let wte_w = vb.get((cfg.vocab_size, cfg.n_embd), "wte.weight")?;
-        let wpe_w = vb.get((cfg.n_positions, cfg.n_embd), "wpe.weight")?;
+    /// `p` holds the transformer's parameters (names `wte.weight`, `h.0.ln_1.weight`, ...).
+    pub fn load(p: &mut Params, cfg: &Config, device: &Device) -> Result<Self> {
+        let wte = p.matrix("wte.weight", cfg.n_embd, cfg.vocab_size)?;
+        let wpe_w = p.tensor("wpe.weight", &[cfg.n_positions, cfg.n_embd])?;
         let blocks = (0..cfg.n_layer)
-            .map(|i| Block::load(vb.pp(format!("h.{i}")), cfg))
+            .map(|i| Block::load(p, &format!("h.{i}"), cfg))
             .collect::<Result<Vec<_>>>()?;
-        let ln_f = layer_norm(vb.pp("ln_f"), cfg.n_embd, cfg.layer_norm_epsilon)?;
+        let ln_f = layer_norm(p, "ln_f", cfg.n_embd, cfg.layer_norm_epsilon)?;
         Ok(Self {
-            wte: Embedding::new(wte_w.clone(), cfg.n_embd),
+            wte,
             wpe: Embedding::new(wpe_w, cfg.n_embd),
             blocks,
             ln_f,
-            lm_head: wte_w,
             cfg: cfg.clone(),
-            dtype: vb.dtype(),
-            device: vb.device().clone(),
+            device: device.clone(),
         })
     }
 
     pub fn config(&self) -> &Config {
         &self.cfg
     }
+    /// The activations' dtype: f32, whatever the weights are held in.
     pub fn dtype(&self) -> DType {
-        self.dtype
+        DType::F32
+    }
+    /// Bytes of weights streamed per decoded token (every matrix, the lm_head included).
+    pub fn weight_bytes(&self) -> usize {
+        self.wte.bytes() + self.blocks.iter().map(Block::bytes).sum::<usize>()
     }
     pub fn device(&self) -> &Device {
         &self.device
@@ -299,7 +283,9 @@ impl Gpt2 {
 
     /// Token + position embeddings: stream 0 before any hook, [B, T, d].
     fn embed(&self, step: &Step) -> Result<Tensor> {
-        Ok((self.wte.forward(&step.ids)? + self.wpe.forward(&step.positions)?)?)
+        let ids = step.ids.flatten_all()?.to_vec1::<u32>()?;
+        let tokens = self.wte.gather(&ids, &self.device)?.reshape(step.positions.dims().iter().copied().chain([self.cfg.n_embd]).collect::<Vec<_>>())?;
+        Ok((tokens + self.wpe.forward(&step.positions)?)?)
     }
 
     /// Residual streams `range` (stream s > 0 is block s - 1's output), with the hooks at each;
@@ -335,9 +321,8 @@ impl Gpt2 {
     pub fn decode(&self, ids: &[u32], kv: &mut [&mut RowKv]) -> Result<Tensor> {
         let m = ids.len();
         let positions: Vec<u32> = kv.iter().map(|r| r.len() as u32).collect();
-        let ids = Tensor::from_slice(ids, m, &self.device)?;
         let positions = Tensor::from_vec(positions, m, &self.device)?;
-        let mut x = (self.wte.forward(&ids)? + self.wpe.forward(&positions)?)?;
+        let mut x = (self.wte.gather(ids, &self.device)? + self.wpe.forward(&positions)?)?;
         for (layer, block) in self.blocks.iter().enumerate() {
             x = block.decode(&x, layer, kv)?;
         }
@@ -345,19 +330,8 @@ impl Gpt2 {
     }
 
     /// hidden [N, d] -> logits [N, V] in f32.
+    /// The lm_head is `wte`'s rows: one dot product per vocabulary entry, streamed once.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        let (n, d) = hidden.dims2()?;
-        let v = self.cfg.vocab_size;
-        if n <= kernels::SMALL_M_MAX && self.dtype == DType::F32 && self.device.is_cpu() {
-            // lm_head as [V, d] rows: one dot product per vocabulary entry, streamed once.
-            let h = hidden.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-            let (ws, wl) = self.lm_head.storage_and_layout();
-            if let (Storage::Cpu(ws), Some((w0, w1))) = (&*ws, wl.contiguous_offsets()) {
-                let w = &ws.as_slice::<f32>()?[w0..w1];
-                let y = kernels::rows_dot(&h, w, n, d, v);
-                return Ok(Tensor::from_vec(y, (n, v), &self.device)?);
-            }
-        }
-        Ok(hidden.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?)
+        self.wte.matmul(hidden, None)
     }
 }

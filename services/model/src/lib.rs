@@ -2,7 +2,8 @@
 //! generation of rows of different lengths, and the sampler ActAdd uses. No gRPC in here.
 //!
 //! - [`config`]: `config.json`; [`dtype`]: the weights' element type; [`gpt2`]: the network; [`hooks`]: capture/add on the residual stream;
-//! - [`kv_cache`]; [`kernels`]: CPU kernels for decode shapes; [`sampler`]: next-token rules;
+//! - [`kv_cache`]; [`kernels`]: CPU kernels for decode shapes; [`matrix`]: weight matrices in f32,
+//!   bf16, f16 or [`quant`]'s q8_0; [`sampler`]: next-token rules;
 //! - [`tokenizer`]; [`source`]: local directory or hub; [`weights`]: safetensors I/O;
 //! - [`random`]: random checkpoints for tests and benchmarks; [`engine`]: the API the services use.
 
@@ -14,6 +15,8 @@ pub mod gpt2;
 pub mod hooks;
 pub mod kernels;
 pub mod kv_cache;
+pub mod matrix;
+pub mod quant;
 pub mod random;
 pub mod sampler;
 pub mod source;

@@ -1,17 +1,71 @@
-//! Reading `model.safetensors` (single file or sharded) into named tensors.
+//! Reading `model.safetensors` (single file or sharded) into [`Params`]: the large matrices in
+//! the dtype asked for ([`Matrix`]), everything else f32.
 //!
-//! Tensors are read with plain file reads, not memory-mapped: a mapping keeps the file's pages
-//! resident next to the converted copy and doubles peak memory (12 GB instead of 6 for GPT-2-XL).
+//! Tensors are read with plain file reads, not memory-mapped, and each is converted as soon as
+//! it is read: a mapping keeps the file's pages resident next to the converted copy, and
+//! converting after loading everything holds both; either way peak memory would be the
+//! checkpoint plus the model (12 GB instead of 6 for GPT-2-XL in f32; 9 instead of 3 in bf16).
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use serde::Deserialize;
 
+use crate::dtype::WeightDtype;
 use crate::error::{ModelError, Result};
+use crate::kernels::HalfKind;
+use crate::matrix::{Layout, Matrix, Role, Source};
+
+/// A checkpoint's parameters as the model holds them, by canonical name (`h.0.attn.c_attn.weight`).
+pub struct Params {
+    pub dense: HashMap<String, Tensor>,
+    pub matrices: HashMap<String, Matrix>,
+    /// Where they came from, for error messages.
+    pub origin: PathBuf,
+}
+
+impl Params {
+    pub fn new(origin: PathBuf) -> Self {
+        Self { dense: HashMap::new(), matrices: HashMap::new(), origin }
+    }
+
+    fn missing(&self, name: &str, what: String) -> ModelError {
+        ModelError::Weights { path: self.origin.clone(), message: format!("{name}: {what}") }
+    }
+
+    /// An f32 tensor of exactly `shape`.
+    pub fn tensor(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self.dense.remove(name).ok_or_else(|| self.missing(name, "missing".into()))?;
+        if t.dims() != shape {
+            return Err(self.missing(name, format!("shape {:?}, expected {shape:?}", t.dims())));
+        }
+        Ok(t)
+    }
+
+    /// A matrix mapping `n_in` to `n_out` features (a table: `n_in` = d, `n_out` = rows).
+    pub fn matrix(&mut self, name: &str, n_in: usize, n_out: usize) -> Result<Matrix> {
+        let m = self.matrices.remove(name).ok_or_else(|| self.missing(name, "missing".into()))?;
+        if (m.n_in(), m.n_out()) != (n_in, n_out) {
+            return Err(self.missing(name, format!("maps {} to {} features, expected {n_in} to {n_out}", m.n_in(), m.n_out())));
+        }
+        Ok(m)
+    }
+}
+
+/// Which parameters are the large matrices (held in the asked dtype), and what for.
+pub fn matrix_role(name: &str) -> Option<Role> {
+    const LINEARS: [&str; 4] = [".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight"];
+    if name == "wte.weight" {
+        Some(Role::Table)
+    } else if LINEARS.iter().any(|s| name.ends_with(s)) {
+        Some(Role::Linear)
+    } else {
+        None
+    }
+}
 
 /// Buffers the hub checkpoints carry that are not parameters (causal-mask constants), and the
 /// lm_head, which GPT-2 ties to `wte`.
@@ -66,16 +120,16 @@ pub fn shards_of(index: &Path) -> Result<Vec<PathBuf>> {
     Ok(files.into_iter().map(|f| dir.join(f)).collect())
 }
 
-/// Loads every parameter of `files` as `dtype` on `device`, keyed by canonical name.
-pub fn load(files: &[PathBuf], dtype: DType, device: &Device) -> Result<HashMap<String, Tensor>> {
-    let mut out = HashMap::new();
+/// Loads every parameter of `files`: the large matrices as `dtype`, the rest as f32.
+pub fn load(files: &[PathBuf], dtype: WeightDtype, device: &Device) -> Result<Params> {
+    let mut out = Params::new(files.first().cloned().unwrap_or_default());
     for path in files {
         load_file(path, dtype, device, &mut out)?;
     }
     Ok(out)
 }
 
-fn load_file(path: &Path, dtype: DType, device: &Device, out: &mut HashMap<String, Tensor>) -> Result<()> {
+fn load_file(path: &Path, dtype: WeightDtype, device: &Device, out: &mut Params) -> Result<()> {
     let bad = |message: String| ModelError::Weights { path: path.into(), message };
     let mut file = File::open(path).map_err(|e| ModelError::io(path, e))?;
     let file_len = file.metadata().map_err(|e| ModelError::io(path, e))?.len();
@@ -111,28 +165,46 @@ fn load_file(path: &Path, dtype: DType, device: &Device, out: &mut HashMap<Strin
             return Err(bad(format!("{name}: data offsets {s}..{t} do not match shape {:?}", e.shape)));
         }
         file.seek(SeekFrom::Start(data_start + s)).map_err(|e| ModelError::io(path, e))?;
-        let tensor = match elem {
+        let src = match elem {
             4 => {
                 let mut v = vec![0f32; n];
                 file.read_exact(bytemuck_f32(&mut v)).map_err(|e| ModelError::io(path, e))?;
-                Tensor::from_vec(v, e.shape.as_slice(), device)?
+                Source::F32(v)
             }
             _ => {
                 let mut v = vec![0u16; n];
                 file.read_exact(bytemuck_u16(&mut v)).map_err(|e| ModelError::io(path, e))?;
-                if e.dtype == "F16" {
-                    let v: Vec<half::f16> = v.into_iter().map(half::f16::from_bits).collect();
-                    Tensor::from_vec(v, e.shape.as_slice(), device)?
-                } else {
-                    let v: Vec<half::bf16> = v.into_iter().map(half::bf16::from_bits).collect();
-                    Tensor::from_vec(v, e.shape.as_slice(), device)?
-                }
+                Source::Half(v, if e.dtype == "F16" { HalfKind::F16 } else { HalfKind::Bf16 })
             }
         };
-        let tensor = if tensor.dtype() == dtype { tensor } else { tensor.to_dtype(dtype)? };
-        out.insert(canonical(&name).to_string(), tensor);
+        let name = canonical(&name).to_string();
+        insert(out, name, src, &e.shape, dtype, device).map_err(|err| bad(err.to_string()))?;
     }
     Ok(())
+}
+
+/// Adds one parameter read from a checkpoint: a matrix (Hugging Face's layouts: Conv1D
+/// `[in, out]`, tables `[rows, d]`) converted to `dtype`, or a dense f32 tensor.
+fn insert(out: &mut Params, name: String, src: Source, shape: &[usize], dtype: WeightDtype, device: &Device) -> Result<()> {
+    match (matrix_role(&name), shape) {
+        (Some(Role::Linear), &[n_in, n_out]) => {
+            let m = Matrix::new(src, Layout::InOut, n_in, n_out, Role::Linear, dtype, device)?;
+            out.matrices.insert(name, m);
+        }
+        (Some(Role::Table), &[rows, d]) => {
+            let m = Matrix::new(src, Layout::OutIn, d, rows, Role::Table, dtype, device)?;
+            out.matrices.insert(name, m);
+        }
+        _ => {
+            out.dense.insert(name, dense(src, shape, device)?);
+        }
+    }
+    Ok(())
+}
+
+/// A non-matrix parameter as an f32 tensor.
+pub(crate) fn dense(src: Source, shape: &[usize], device: &Device) -> Result<Tensor> {
+    Ok(Tensor::from_vec(src.into_f32(), shape, device)?)
 }
 
 // Safetensors data is little-endian; so is every target we build for.

@@ -1,7 +1,9 @@
 //! `steer bench`: speed, printed (never asserted). The engine's prefill and decode here; the
-//! services over loopback gRPC in [`grpc`]; many clients at once in [`concurrency`].
+//! weights' dtypes side by side against the read-bandwidth limit in [`dtypes`]; the services
+//! over loopback gRPC in [`grpc`]; many clients at once in [`concurrency`].
 
 mod concurrency;
+mod dtypes;
 mod grpc;
 
 use std::time::Instant;
@@ -31,6 +33,13 @@ pub struct BenchArgs {
     /// one at a time, and the stall a long prefill causes to running streams.
     #[arg(long, value_delimiter = ',')]
     concurrency: Vec<usize>,
+    /// Measure each of these weight dtypes (f32, bf16, f16, q8_0), each in its own process,
+    /// against this machine's read-bandwidth limit and against f32 (e.g. f32,bf16,f16,q8_0).
+    #[arg(long, value_delimiter = ',')]
+    dtypes: Vec<String>,
+    /// One dtype's measurement for `--dtypes` (printed as one JSON line).
+    #[arg(long, hide = true)]
+    child: bool,
 }
 
 const PROMPT: &str = "I went up to my friend and said"; // 9 tokens with BOS
@@ -52,9 +61,23 @@ fn peak_rss_gb() -> f64 {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
+    if !a.dtypes.is_empty() {
+        return dtypes::compare(&a);
+    }
+    let bandwidth = (!a.child).then(dtypes::read_bandwidth);
     let t = Instant::now();
     let engine = a.model.load()?;
-    println!("load: {:.1} s, peak RSS {:.2} GB", t.elapsed().as_secs_f64(), peak_rss_gb());
+    let weight_bytes = engine.weight_bytes() as u64;
+    println!(
+        "load: {:.1} s, peak RSS {:.2} GB; weights {} ({:.2} GB read per token)",
+        t.elapsed().as_secs_f64(),
+        peak_rss_gb(),
+        engine.info().dtype,
+        weight_bytes as f64 / 1e9
+    );
+    if let Some(bw) = bandwidth {
+        println!("read bandwidth {bw:.1} GB/s: batch-1 limit {:.2} tokens/s", bw * 1e9 / weight_bytes as f64);
+    }
     // Prefill of the 9-token prompt: generate one token.
     let one = GenerateOptions { max_new_tokens: 1, stop_at_eos: false, ..Default::default() };
     engine.generate(&rows(&engine, 1)?, &one, |_| std::ops::ControlFlow::Continue(()))?; // warm-up
@@ -65,6 +88,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         best = best.min(t.elapsed().as_secs_f64());
     }
     println!("prefill 9 tokens (batch 1): {best:.3} s");
+    let mut decode = vec![];
     for &b in &a.batches {
         let opts = GenerateOptions { max_new_tokens: a.tokens + 1, stop_at_eos: false, ..Default::default() };
         let out = engine.generate(&rows(&engine, b)?, &opts, |_| std::ops::ControlFlow::Continue(()))?;
@@ -78,8 +102,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
             b as f64 / step_s,
             o.prefill_secs
         );
+        decode.push((b, 1.0 / step_s));
     }
     println!("peak RSS: {:.2} GB", peak_rss_gb());
+    if a.child {
+        let m = dtypes::Measured { dtype: engine.info().dtype.to_string(), weight_bytes, prefill_secs: best, decode, peak_rss_gb: peak_rss_gb() };
+        println!("{}{}", dtypes::LINE, serde_json::to_string(&m)?);
+    }
     let engine = std::sync::Arc::new(engine);
     if a.grpc {
         crate::commands::runtime()?.block_on(grpc::run(engine.clone(), a.tokens))?;

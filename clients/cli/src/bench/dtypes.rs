@@ -1,0 +1,110 @@
+//! `steer bench --dtypes f32,bf16,f16,q8_0`: the weights' dtypes side by side, in one run.
+//!
+//! Machines differ (read bandwidth 18 to 27 GB/s on the same kind), so the run first measures
+//! the read bandwidth and states each dtype's batch-1 limit: bandwidth / bytes of weights read
+//! per token. Each dtype is then measured in a process of its own (this binary, `--child`), so
+//! that its peak RSS is its own, and reported as a fraction of its limit and against f32.
+
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::BenchArgs;
+
+/// What one process measured for one dtype.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Measured {
+    pub dtype: String,
+    /// Bytes of weights streamed per decode step.
+    pub weight_bytes: u64,
+    pub prefill_secs: f64,
+    /// (batch, tokens/s per row)
+    pub decode: Vec<(usize, f64)>,
+    pub peak_rss_gb: f64,
+}
+
+/// Marks the line a child prints its measurement on.
+pub const LINE: &str = "BENCH-DTYPE ";
+
+/// Sequential read bandwidth of this machine, GB/s: all cores summing a 1 GiB buffer (larger
+/// than any cache), best of 5 passes; the access pattern of the decode kernels.
+pub fn read_bandwidth() -> f64 {
+    let buf = vec![1f32; 1 << 28];
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let t = Instant::now();
+        std::hint::black_box(steer_model::kernels::stream_sum(&buf));
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    (buf.len() * 4) as f64 / best / 1e9
+}
+
+pub fn compare(a: &BenchArgs) -> Result<()> {
+    let bw = read_bandwidth();
+    println!("read bandwidth: {bw:.1} GB/s (a 1 GiB buffer read by every core, best of 5)");
+    let exe = std::env::current_exe().context("locating this binary")?;
+    let mut all = vec![];
+    for dtype in &a.dtypes {
+        eprintln!("measuring {dtype} in its own process");
+        let out = Command::new(&exe)
+            .args(["bench", "--child", "--model", &a.model.model, "--dtype", dtype, "--tokens", &a.tokens.to_string()])
+            .arg("--batches")
+            .arg(a.batches.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(","))
+            .args(a.model.revision.iter().flat_map(|r| ["--revision", r.as_str()]))
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .with_context(|| format!("running {}", exe.display()))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        print!("{text}");
+        if !out.status.success() {
+            bail!("the {dtype} measurement failed ({})", out.status);
+        }
+        let line = text.lines().find_map(|l| l.strip_prefix(LINE)).context("the child printed no measurement")?;
+        all.push(serde_json::from_str::<Measured>(line)?);
+    }
+    println!();
+    print!("{}", table(&all, bw));
+    Ok(())
+}
+
+/// The table: each dtype against its own limit and against f32 (the first f32 row, if any).
+pub fn table(all: &[Measured], bw: f64) -> String {
+    let base = all.iter().find(|m| m.dtype == "f32");
+    let rate = |m: &Measured, b: usize| m.decode.iter().find(|d| d.0 == b).map(|d| d.1);
+    let batches: Vec<usize> = all.first().map(|m| m.decode.iter().map(|d| d.0).collect()).unwrap_or_default();
+    let mut s = String::from("| dtype | weights | batch-1 limit |");
+    for b in &batches {
+        s += &format!(" batch {b} decode |");
+    }
+    s += " prefill 9 tokens | peak RSS |\n|---|---|---|";
+    s += &"---|".repeat(batches.len());
+    s += "---|---|\n";
+    for m in all {
+        let limit = bw * 1e9 / m.weight_bytes as f64;
+        s += &format!("| {} | {:.2} GB | {:.2} tok/s |", m.dtype, m.weight_bytes as f64 / 1e9, limit);
+        for &b in &batches {
+            let Some(r) = rate(m, b) else {
+                s += " - |";
+                continue;
+            };
+            let total = r * b as f64;
+            s += &if b == 1 {
+                format!(" {total:.2} tok/s = {:.0}% of limit", 100.0 * total / limit)
+            } else {
+                format!(" {total:.2} tok/s total")
+            };
+            if let (Some(f), false) = (base.and_then(|f| rate(f, b)), m.dtype == "f32") {
+                s += &format!(" ({:.2}x f32)", r / f);
+            }
+            s += " |";
+        }
+        s += &format!(" {:.3} s", m.prefill_secs);
+        if let (Some(f), false) = (base, m.dtype == "f32") {
+            s += &format!(" ({:.2}x f32)", m.prefill_secs / f.prefill_secs);
+        }
+        s += &format!(" | {:.2} GB |\n", m.peak_rss_gb);
+    }
+    s
+}
