@@ -2,7 +2,7 @@
 // GenerationService.GenerateFromTensors over gRPC-Web (same origin), with a minimal protobuf codec
 // for the few messages it needs. Field numbers come from fields.js, generated from
 // proto/steer/v1/*.proto (scripts/gen_web_fields.py; the test suite checks it is current).
-import { F } from "./fields.js";
+import { E, F } from "./fields.js";
 
 // {number: name} of the named fields of message `msg`, for `decode`.
 const spec = (msg, ...names) => Object.fromEntries(names.map((n) => {
@@ -166,9 +166,10 @@ async function loadModelInfo() {
   try {
     for await (const msg of grpcWeb("/steer.v1.ActivationService/GetModelInfo", new Uint8Array(0))) {
       const resp = decode(msg, spec("ActivationServiceGetModelInfoResponse", "info"));
-      const info = decode(resp.info || new Uint8Array(0), spec("ModelInfo", "name", "n_layer", "d_model"));
+      const info = decode(resp.info || new Uint8Array(0), spec("ModelInfo", "name", "n_layer", "d_model", "dtype"));
       nLayer = Number(info.n_layer || 48n);
-      $("model").textContent = `${info.name ? new TextDecoder().decode(info.name) : "model"}: ${nLayer} layers, d_model ${Number(info.d_model || 0n)}`;
+      const dtype = (E.Dtype[String(Number(info.dtype || 0n))] || "DTYPE_UNSPECIFIED").replace("DTYPE_", "").toLowerCase();
+      $("model").textContent = `${info.name ? new TextDecoder().decode(info.name) : "model"}: ${nLayer} layers, d_model ${Number(info.d_model || 0n)}, weights ${dtype}`;
       modelLoaded = true;
     }
   } catch (err) { $("model").textContent = String(err.message || err); }

@@ -154,3 +154,29 @@ export const F = {
     "logprob": 2
   }
 };
+// Value names of every steer.v1 enum, by enum and number.
+export const E = {
+  "Dtype": {
+    "0": "DTYPE_UNSPECIFIED",
+    "1": "DTYPE_F32",
+    "2": "DTYPE_F16",
+    "3": "DTYPE_BF16",
+    "4": "DTYPE_Q8_0"
+  },
+  "FinishReason": {
+    "0": "FINISH_REASON_UNSPECIFIED",
+    "1": "FINISH_REASON_LENGTH",
+    "2": "FINISH_REASON_EOS",
+    "3": "FINISH_REASON_CANCELLED"
+  },
+  "Hook": {
+    "0": "HOOK_UNSPECIFIED",
+    "1": "HOOK_RESID_PRE",
+    "2": "HOOK_BLOCK_OUTPUT"
+  },
+  "ShortPrompt": {
+    "0": "SHORT_PROMPT_UNSPECIFIED",
+    "1": "SHORT_PROMPT_ERROR",
+    "2": "SHORT_PROMPT_PAD"
+  }
+};

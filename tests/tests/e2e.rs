@@ -1,6 +1,7 @@
 //! End to end over real gRPC on loopback (ephemeral ports), with the tiny random GPT-2.
 
 use std::ops::ControlFlow;
+use std::sync::Arc;
 
 use futures::StreamExt;
 use steer_client::presets;
@@ -12,7 +13,7 @@ use steer_client::v1::{
 };
 use steer_client::{AdditionSpec, RunOptions, SteerClient};
 use steer_e2e::{engine, start};
-use steer_model::{Addition, GenerateOptions, HookPoint, RowRequest};
+use steer_model::{Addition, Engine, GenerateOptions, HookPoint, LoadOptions, ModelSource, RowRequest, WeightDtype};
 use steer_proto::wire;
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -58,12 +59,30 @@ async fn zero_coefficient_gives_the_unsteered_completions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn greedy_steered_output_equals_the_in_process_engine() {
-    let e = engine();
+    greedy_steered_over_grpc_equals_in_process(engine()).await;
+}
+
+/// In every weight dtype the services send f32 steering tensors and steer exactly as the
+/// engine in process does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_weight_dtype_steers_over_grpc_as_in_process() {
+    for dtype in [WeightDtype::Bf16, WeightDtype::F16, WeightDtype::Q8_0] {
+        let e = Engine::load(&ModelSource::Dir(steer_e2e::tiny_dir()), &LoadOptions { dtype, ..Default::default() }).unwrap();
+        greedy_steered_over_grpc_equals_in_process(Arc::new(e)).await;
+    }
+}
+
+async fn greedy_steered_over_grpc_equals_in_process(e: Arc<Engine>) {
     let (server, client) = start(e.clone()).await;
     let adds = [AdditionSpec::new(2, 8.0, "Love "), AdditionSpec::new(2, -8.0, "Hate")];
     let mut opts = short(RunOptions::default(), 15);
     opts.sampling = SamplingParameters { temperature: 0.0, ..opts.sampling };
     opts.n_comparisons = 1;
+    let mut act = ActivationServiceClient::connect(server.url()).await.unwrap();
+    let info = act.get_model_info(ActivationServiceGetModelInfoRequest {}).await.unwrap().into_inner().info.unwrap();
+    assert_eq!(info.dtype, steer_common::convert::proto_dtype(e.info().dtype) as i32, "model info names the weights' dtype");
+    let tensors = client.steering_tensors(&adds, &opts).await.unwrap();
+    assert_eq!(tensors[0].header.dtype, steer_client::v1::Dtype::F32 as i32, "{}: steering travels in f32", e.info().dtype);
     let cmp = client.calculate_and_apply_steering_vector("I hate you because", &adds, &opts).await.unwrap();
 
     let hook = HookPoint::ResidPre(2);
@@ -78,7 +97,7 @@ async fn greedy_steered_output_equals_the_in_process_engine() {
     };
     let gen = GenerateOptions { max_new_tokens: 15, ..Default::default() };
     let local = e.generate(&[row], &gen, |_| ControlFlow::Continue(())).unwrap();
-    assert_eq!(cmp.steered[0].token_ids, local[0].tokens);
+    assert_eq!(cmp.steered[0].token_ids, local[0].tokens, "{}", e.info().dtype);
     server.shutdown().await;
 }
 
@@ -171,8 +190,8 @@ async fn every_invalid_input_gets_invalid_argument_naming_the_field() {
         }, "tensors[0].chunks"),
         ({
             let mut m = one(setup("I hate you"));
-            // A well-formed f16 tensor for an f32 model.
-            let (h, chunks) = wire::encode(steer_client::v1::Dtype::F16, &vec![0.0; 2 * d], &[2, d], Some(PHook { hook: Hook::ResidPre as i32, layer: 1 }), 0);
+            // A q8_0 tensor: a weights-only dtype, never steering data.
+            let (h, chunks) = wire::encode(steer_client::v1::Dtype::Q80, &vec![0.0; 2 * d], &[2, d], Some(PHook { hook: Hook::ResidPre as i32, layer: 1 }), 0);
             m.push(GenerateRequest { msg: Some(generate_request::Msg::Tensor(h)) });
             m.extend(chunks.into_iter().map(|c| GenerateRequest { msg: Some(generate_request::Msg::Chunk(c)) }));
             m

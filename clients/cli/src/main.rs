@@ -102,7 +102,7 @@ impl ModelArgs {
     fn source(&self) -> ModelSource {
         let here = std::path::Path::new(&self.model);
         let tree = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(&self.model);
-        if here.is_relative() && !here.exists() && tree.join("config.json").is_file() {
+        if here.is_relative() && !here.exists() && (tree.join("config.json").is_file() || tree.is_file()) {
             eprintln!("using {} from the source tree ({})", self.model, tree.display());
             return ModelSource::Dir(tree);
         }

@@ -36,7 +36,7 @@ test("weddings example streams into both columns, which differ", { timeout: 240_
   const token = "dashboard-test-token-0123456789";
   const tokens = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "steer-")), "tokens");
   fs.writeFileSync(tokens, token + "\n");
-  const server = spawn(bin, ["serve", "--model", path.join(root, "fixtures/tiny-gpt2"), "--addr", `127.0.0.1:${port}`,
+  const server = spawn(bin, ["serve", "--model", path.join(root, "fixtures/tiny-gpt2"), "--dtype", "bf16", "--addr", `127.0.0.1:${port}`,
     "--auth-tokens", tokens],
     { stdio: "ignore", env: { ...process.env, STEER_LOG: "warn" } });
   const browser = await chromium.launch({
@@ -65,6 +65,8 @@ test("weddings example streams into both columns, which differ", { timeout: 240_
     assert.match(await page.textContent("#status"), /^16: /);
     await page.fill("#token", token);
     await page.click("#run");
+    // The model line (fetched once the token is there) names the weights' dtype.
+    await page.waitForFunction(() => /weights bf16$/.test(document.getElementById("model").textContent), null, { timeout: 30_000 });
     await page.waitForSelector('#results[data-done="true"], #results[data-done="error"]', { timeout: 180_000 });
     const status = await page.textContent("#status");
     assert.equal(await page.getAttribute("#results", "data-done"), "true", status);

@@ -97,7 +97,7 @@ mod tests {
     #[test]
     fn dtypes_map_one_to_one() {
         let mapped: Vec<Dtype> = WeightDtype::ALL.iter().map(|&d| proto_dtype(d)).collect();
-        assert_eq!(mapped, vec![Dtype::F32, Dtype::F16, Dtype::Bf16]);
+        assert_eq!(mapped, vec![Dtype::F32, Dtype::F16, Dtype::Bf16, Dtype::Q80]);
     }
 
     #[test]

@@ -15,7 +15,8 @@ use crate::gpt2::{Gpt2, SharedPrefix, Step};
 use crate::hooks::{Addition, Additions, Captures, HookPoint, Hooks};
 use crate::kv_cache::{KvCache, RowKv};
 use crate::sampler::{Sampler, SamplingParams};
-use crate::source::{HubOptions, ModelSource};
+use crate::gguf;
+use crate::source::{Format, HubOptions, ModelSource};
 use crate::tokenizer::Gpt2Tokenizer;
 use crate::weights;
 
@@ -128,10 +129,22 @@ impl Engine {
     /// Resolves `source` (local directory or hub) and loads it.
     pub fn load(source: &ModelSource, opts: &LoadOptions) -> Result<Self> {
         let files = source.resolve(&opts.hub)?;
-        let cfg = Config::from_file(&files.config)?;
-        let tokenizer = Gpt2Tokenizer::from_dir(&files.dir)?;
         let t0 = Instant::now();
-        let mut params = weights::load(&files.weights, opts.dtype, &opts.device)?;
+        let (cfg, tokenizer, mut params) = match files.format {
+            Format::Safetensors => {
+                let cfg = Config::from_file(&files.config)?;
+                let tokenizer = Gpt2Tokenizer::from_dir(&files.dir)?;
+                (cfg, tokenizer, weights::load(&files.weights, opts.dtype, &opts.device)?)
+            }
+            Format::Gguf => {
+                let g = gguf::load(&files.config, opts.dtype, &opts.device)?;
+                let tokenizer = match g.tokenizer {
+                    Some(t) => t,
+                    None => Gpt2Tokenizer::from_dir(&files.dir)?,
+                };
+                (g.config, tokenizer, g.params)
+            }
+        };
         let model = Gpt2::load(&mut params, &cfg, &opts.device).map_err(|e| match e {
             e @ ModelError::Weights { .. } => e,
             e => ModelError::Weights { path: files.weights[0].clone(), message: e.to_string() },

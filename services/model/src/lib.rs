@@ -4,13 +4,15 @@
 //! - [`config`]: `config.json`; [`dtype`]: the weights' element type; [`gpt2`]: the network; [`hooks`]: capture/add on the residual stream;
 //! - [`kv_cache`]; [`kernels`]: CPU kernels for decode shapes; [`matrix`]: weight matrices in f32,
 //!   bf16, f16 or [`quant`]'s q8_0; [`sampler`]: next-token rules;
-//! - [`tokenizer`]; [`source`]: local directory or hub; [`weights`]: safetensors I/O;
+//! - [`tokenizer`]; [`source`]: local directory, GGUF file or hub; [`weights`]: safetensors I/O;
+//!   [`gguf`]: llama.cpp's GGUF files;
 //! - [`random`]: random checkpoints for tests and benchmarks; [`engine`]: the API the services use.
 
 pub mod config;
 pub mod dtype;
 pub mod engine;
 pub mod error;
+pub mod gguf;
 pub mod gpt2;
 pub mod hooks;
 pub mod kernels;

@@ -141,6 +141,12 @@ impl Matrix {
                 }
             }
         };
+        if let Data::Half(b, HalfKind::F16) = &data {
+            // The f16 kernels take finite values (and a checkpoint with others is broken).
+            if b.iter().any(|&x| x & 0x7c00 == 0x7c00) {
+                return Err(ModelError::invalid("dtype", "a weight is infinite or NaN in f16 (beyond 65504): use bf16 or f32"));
+            }
+        }
         Ok(Self { data, layout: want, n_in, n_out })
     }
 

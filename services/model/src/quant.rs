@@ -13,7 +13,7 @@
 //! Against candle 0.11's `QMatMul` (its CPU path does the same int8 dot products, ggml's
 //! `vec_dot_q8_0_q8_0`) on the same q8_0 weights, XL's MLP matrices x 12 (beyond the caches),
 //! 2 cores: 25.2 against 19.8 G weights/s at m = 1 (1.27x), 7.3 against 4.8 at m = 6 (1.53x)
-//! (`cargo run --release -p steer-model --example kernel_bench -- --qmatmul`). Kept: this one.
+//! (`cargo run --release -p steer-model --example dtypes -- --qmatmul`). Kept: this one.
 
 use rayon::prelude::*;
 

@@ -14,10 +14,12 @@ pub const DEFAULT_REVISION: &str = "main";
 /// A model to load.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelSource {
-    /// A directory with config.json, model.safetensors and the tokenizer files.
+    /// A directory with config.json, model.safetensors and the tokenizer files, or with one
+    /// GGUF file; or a GGUF file itself.
     Dir(PathBuf),
-    /// A hub repository at a revision (branch, tag or commit).
-    Hub { repo: String, revision: String },
+    /// A hub repository at a revision (branch, tag or commit); `file` names a GGUF file in it
+    /// (`org/name/file.gguf`), otherwise the repository's safetensors checkpoint is loaded.
+    Hub { repo: String, revision: String, file: Option<String> },
 }
 
 impl Default for ModelSource {
@@ -25,22 +27,26 @@ impl Default for ModelSource {
         ModelSource::Hub {
             repo: DEFAULT_REPO.into(),
             revision: DEFAULT_REVISION.into(),
+            file: None,
         }
     }
 }
 
 impl ModelSource {
-    /// An existing directory (or anything that looks like a path) is a `Dir`; anything else a
-    /// hub repo id.
+    /// An existing directory or file (or anything that looks like a path) is a `Dir`; anything
+    /// else a hub repo id, `org/name` or `org/name/file.gguf`.
     pub fn parse(spec: &str, revision: Option<&str>) -> Self {
         let p = Path::new(spec);
-        if p.is_dir() || spec.starts_with('.') || spec.starts_with('/') || spec.starts_with('~') {
-            ModelSource::Dir(p.to_path_buf())
-        } else {
-            ModelSource::Hub {
-                repo: spec.to_string(),
-                revision: revision.unwrap_or(DEFAULT_REVISION).to_string(),
+        if p.exists() || spec.starts_with('.') || spec.starts_with('/') || spec.starts_with('~') {
+            return ModelSource::Dir(p.to_path_buf());
+        }
+        let revision = revision.unwrap_or(DEFAULT_REVISION).to_string();
+        let parts: Vec<&str> = spec.splitn(3, '/').collect();
+        match parts.as_slice() {
+            [org, name, file] if file.ends_with(".gguf") => {
+                ModelSource::Hub { repo: format!("{org}/{name}"), revision, file: Some(file.to_string()) }
             }
+            _ => ModelSource::Hub { repo: spec.to_string(), revision, file: None },
         }
     }
 
@@ -48,7 +54,8 @@ impl ModelSource {
     pub fn name(&self) -> String {
         match self {
             ModelSource::Dir(d) => d.display().to_string(),
-            ModelSource::Hub { repo, .. } => repo.clone(),
+            ModelSource::Hub { repo, file: None, .. } => repo.clone(),
+            ModelSource::Hub { repo, file: Some(f), .. } => format!("{repo}/{f}"),
         }
     }
 
@@ -63,11 +70,11 @@ impl ModelSource {
     pub fn resolve(&self, opts: &HubOptions) -> Result<ModelFiles> {
         match self {
             ModelSource::Dir(dir) => ModelFiles::in_dir(dir),
-            ModelSource::Hub { repo, revision } => {
+            ModelSource::Hub { repo, revision, file } => {
                 if opts.offline {
-                    resolve_from_cache(&opts.cache_dir(), repo, revision)
+                    resolve_from_cache(&opts.cache_dir(), repo, revision, file.as_deref())
                 } else {
-                    resolve_watched(opts, repo, revision)
+                    resolve_watched(opts, repo, revision, file.as_deref())
                 }
             }
         }
@@ -125,29 +132,65 @@ impl HubOptions {
 #[derive(Debug, Clone)]
 pub struct ModelFiles {
     pub dir: PathBuf,
+    pub format: Format,
+    /// `config.json`; for GGUF, the GGUF file (its metadata holds the hyper-parameters).
     pub config: PathBuf,
     pub weights: Vec<PathBuf>,
 }
 
+/// How a checkpoint is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Hugging Face: config.json, model.safetensors (or shards), tokenizer files.
+    Safetensors,
+    /// One llama.cpp GGUF file.
+    Gguf,
+}
+
 impl ModelFiles {
-    pub fn in_dir(dir: &Path) -> Result<Self> {
-        if !dir.is_dir() {
-            return Err(ModelError::NotFound(format!("model directory {} does not exist", dir.display())));
+    /// A GGUF file, a directory holding a Hugging Face checkpoint, or one holding one GGUF file.
+    pub fn in_dir(path: &Path) -> Result<Self> {
+        if path.is_file() && path.extension().is_some_and(|e| e == "gguf") {
+            return Ok(Self::gguf(path.to_path_buf()));
         }
-        let config = dir.join("config.json");
+        if !path.is_dir() {
+            return Err(ModelError::NotFound(format!("model directory or .gguf file {} does not exist", path.display())));
+        }
+        let config = path.join("config.json");
         if !config.exists() {
-            return Err(ModelError::NotFound(format!("no config.json in {}", dir.display())));
+            let mut ggufs: Vec<PathBuf> = std::fs::read_dir(path)
+                .map_err(|e| ModelError::io(path, e))?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
+                .collect();
+            ggufs.sort();
+            return match ggufs.len() {
+                0 => Err(ModelError::NotFound(format!("no config.json and no .gguf file in {}", path.display()))),
+                1 => Ok(Self::gguf(ggufs.remove(0))),
+                _ => Err(ModelError::NotFound(format!(
+                    "{} holds several GGUF files; name one: {}",
+                    path.display(),
+                    ggufs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+                ))),
+            };
         }
         Ok(Self {
-            dir: dir.to_path_buf(),
+            dir: path.to_path_buf(),
+            format: Format::Safetensors,
             config,
-            weights: weights::weight_files(dir)?,
+            weights: weights::weight_files(path)?,
         })
+    }
+
+    fn gguf(file: PathBuf) -> Self {
+        let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self { dir, format: Format::Gguf, config: file.clone(), weights: vec![file] }
     }
 }
 
 /// Hub cache layout: `models--ORG--NAME/refs/REV` holds a commit, `snapshots/COMMIT/FILE`.
-fn resolve_from_cache(cache: &Path, repo: &str, revision: &str) -> Result<ModelFiles> {
+fn resolve_from_cache(cache: &Path, repo: &str, revision: &str, file: Option<&str>) -> Result<ModelFiles> {
     let hub_repo = Repo::with_revision(repo.to_string(), RepoType::Model, revision.to_string());
     let repo_dir = cache.join(hub_repo.folder_name());
     let not_found = |what: String| {
@@ -162,6 +205,10 @@ fn resolve_from_cache(cache: &Path, repo: &str, revision: &str) -> Result<ModelF
         Err(_) => return Err(not_found(format!("no refs/{revision} and no snapshots/{revision}"))),
     };
     let snapshot = repo_dir.join("snapshots").join(&commit);
+    if let Some(file) = file {
+        let path = snapshot.join(file);
+        return if path.is_file() { Ok(ModelFiles::gguf(path)) } else { Err(not_found(format!("no snapshots/{commit}/{file}"))) };
+    }
     if !snapshot.join("config.json").exists() {
         return Err(not_found(format!("no snapshots/{commit}/config.json")));
     }
@@ -217,14 +264,14 @@ pub fn offline_hint(repo: &str) -> String {
 
 /// [`resolve_online`] on its own thread, watched: hf-hub 0.5 sets no timeouts, so a download
 /// whose repo cache stops growing for `stall_timeout` fails here instead of hanging the load.
-fn resolve_watched(opts: &HubOptions, repo: &str, revision: &str) -> Result<ModelFiles> {
+fn resolve_watched(opts: &HubOptions, repo: &str, revision: &str, file: Option<&str>) -> Result<ModelFiles> {
     let blobs = opts.cache_dir().join(Repo::model(repo.to_string()).folder_name()).join("blobs");
     let (tx, rx) = std::sync::mpsc::channel();
-    let (o, r, v) = (opts.clone(), repo.to_string(), revision.to_string());
+    let (o, r, v, f) = (opts.clone(), repo.to_string(), revision.to_string(), file.map(str::to_string));
     std::thread::Builder::new()
         .name("hub-download".into())
         .spawn(move || {
-            let _ = tx.send(resolve_online(&o, &r, &v));
+            let _ = tx.send(resolve_online(&o, &r, &v, f.as_deref()));
         })
         .map_err(|e| ModelError::Io { path: blobs.clone(), source: e })?;
     let size = || -> u64 { std::fs::read_dir(&blobs).map(|d| d.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum()).unwrap_or(0) };
@@ -263,7 +310,7 @@ fn watch<T>(
     }
 }
 
-fn resolve_online(opts: &HubOptions, repo: &str, revision: &str) -> Result<ModelFiles> {
+fn resolve_online(opts: &HubOptions, repo: &str, revision: &str, file: Option<&str>) -> Result<ModelFiles> {
     let hub_err = |file: &str, e: hf_hub::api::sync::ApiError| ModelError::Hub {
         repo: repo.into(),
         revision: revision.into(),
@@ -277,6 +324,9 @@ fn resolve_online(opts: &HubOptions, repo: &str, revision: &str) -> Result<Model
     let api = builder.build().map_err(|e| hub_err("(api)", e))?;
     let api_repo = api.repo(Repo::with_revision(repo.into(), RepoType::Model, revision.into()));
     let r = Locked { repo: &api_repo, wait: opts.lock_wait };
+    if let Some(file) = file {
+        return Ok(ModelFiles::gguf(r.get(file).map_err(|e| hub_err(file, e))?));
+    }
     let config = r.get("config.json").map_err(|e| hub_err("config.json", e))?;
     let weights = match r.get("model.safetensors") {
         Ok(p) => vec![p],
@@ -297,7 +347,7 @@ fn resolve_online(opts: &HubOptions, repo: &str, revision: &str) -> Result<Model
         r.get("merges.txt").map_err(|e| hub_err("merges.txt", e))?;
     }
     let dir = config.parent().unwrap().to_path_buf();
-    Ok(ModelFiles { dir, config, weights })
+    Ok(ModelFiles { dir, format: Format::Safetensors, config, weights })
 }
 
 #[cfg(test)]
@@ -346,7 +396,11 @@ mod tests {
     fn parse_tells_paths_from_repo_ids() {
         assert_eq!(
             ModelSource::parse("openai-community/gpt2-xl", None),
-            ModelSource::Hub { repo: "openai-community/gpt2-xl".into(), revision: "main".into() }
+            ModelSource::Hub { repo: "openai-community/gpt2-xl".into(), revision: "main".into(), file: None }
+        );
+        assert_eq!(
+            ModelSource::parse("ggml-org/gpt2-GGUF/gpt2-q8_0.gguf", Some("v1")),
+            ModelSource::Hub { repo: "ggml-org/gpt2-GGUF".into(), revision: "v1".into(), file: Some("gpt2-q8_0.gguf".into()) }
         );
         assert_eq!(ModelSource::parse("./m", None), ModelSource::Dir("./m".into()));
         let t = tempfile::tempdir().unwrap();
@@ -357,7 +411,7 @@ mod tests {
     #[test]
     fn offline_miss_names_what_and_where() {
         let t = tempfile::tempdir().unwrap();
-        let err = resolve_from_cache(t.path(), "openai-community/gpt2-xl", "main").unwrap_err().to_string();
+        let err = resolve_from_cache(t.path(), "openai-community/gpt2-xl", "main", None).unwrap_err().to_string();
         assert!(err.contains("openai-community/gpt2-xl@main"), "{err}");
         assert!(err.contains("models--openai-community--gpt2-xl"), "{err}");
         assert!(err.contains("HF_HUB_OFFLINE"), "{err}");

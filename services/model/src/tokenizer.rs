@@ -62,6 +62,18 @@ impl Gpt2Tokenizer {
         let bpe = BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy())
             .build()
             .map_err(|e| tok_err(format!("{} / {}: {e}", vocab.display(), merges.display())))?;
+        Self::byte_level(bpe)
+    }
+
+    /// From a token list (id = index, byte-level strings as in `vocab.json`) and its merges,
+    /// as a GGUF file carries them.
+    pub fn from_tokens_and_merges(tokens: Vec<String>, merges: Vec<(String, String)>) -> Result<Self> {
+        let vocab: tokenizers::models::bpe::Vocab = tokens.into_iter().enumerate().map(|(i, t)| (t, i as u32)).collect();
+        let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(tok_err)?;
+        Self::byte_level(bpe)
+    }
+
+    fn byte_level(bpe: BPE) -> Result<Self> {
         let mut inner = Tokenizer::new(bpe);
         inner.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
         inner.with_decoder(Some(ByteLevelDecoder::default()));

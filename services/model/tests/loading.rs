@@ -39,10 +39,10 @@ fn offline_hub_cache_hit_loads_without_network() {
     let local = Engine::load(&ModelSource::Dir(tiny()), &LoadOptions::default()).unwrap();
     assert_eq!(logits(&e), logits(&local));
     // A commit hash as the revision reads the snapshot directly.
-    let by_commit = ModelSource::Hub { repo: "openai-community/gpt2-xl".into(), revision: commit.into() };
+    let by_commit = ModelSource::Hub { repo: "openai-community/gpt2-xl".into(), revision: commit.into(), file: None };
     assert!(Engine::load(&by_commit, &opts).is_ok());
     // A revision that is not cached: one error naming what and where.
-    let missing = ModelSource::Hub { repo: "openai-community/gpt2-xl".into(), revision: "v2".into() };
+    let missing = ModelSource::Hub { repo: "openai-community/gpt2-xl".into(), revision: "v2".into(), file: None };
     let err = Engine::load(&missing, &opts).err().unwrap().to_string();
     assert!(err.contains("openai-community/gpt2-xl@v2") && err.contains(&cache.path().display().to_string()), "{err}");
 }

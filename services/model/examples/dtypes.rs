@@ -1,8 +1,9 @@
-//! Bandwidth of the small-m kernels per weight format, on GPT-2-XL's MLP matrix shape
-//! ([1600, 6400] and back), over enough copies to leave the caches: GB/s of weights read and
-//! the fraction of f32's rate. Printed, never asserted.
+//! Rate of the small-m kernels per weight format, on GPT-2-XL's MLP matrix shapes ([1600, 6400]
+//! and back) x 12 (beyond the caches), beside this machine's read bandwidth: GB/s of weights
+//! read and G weights/s. `--qmatmul`: our q8_0 kernel against candle's `QMatMul`. Printed,
+//! never asserted.
 //!
-//!     cargo run --release -p steer-model --example kernel_bench
+//!     cargo run --release -p steer-model --example dtypes [-- --qmatmul]
 
 use std::time::Instant;
 
@@ -11,9 +12,6 @@ use steer_model::matrix::{Layout, Matrix, Role, Source};
 use steer_model::WeightDtype;
 
 fn main() {
-    if std::env::args().any(|a| a == "--resident") {
-        return resident();
-    }
     if std::env::args().any(|a| a == "--qmatmul") {
         return qmatmul();
     }
@@ -49,28 +47,6 @@ fn main() {
             }
             println!("{dtype:>5} m={m}: {:.1} GB/s of weights, {:.1} G weights/s", bytes as f64 / best / 1e9, (2 * copies * d * inner) as f64 / best / 1e9);
         }
-    }
-}
-
-#[allow(dead_code)]
-fn resident() {
-    use steer_model::kernels::{bf16_bits, small_m_matmul};
-    let (k, n) = (1600usize, 1600usize);
-    let w: Vec<f32> = (0..k * n).map(|i| (i % 97) as f32 * 1e-3).collect();
-    let b: Vec<u16> = w.iter().map(|&x| half::bf16::from_f32(x).to_bits()).collect();
-    let x = vec![1f32; k];
-    for _ in 0..2 {
-        let t = Instant::now();
-        for _ in 0..200 {
-            std::hint::black_box(small_m_matmul(&x, &w, None, 1, k, n));
-        }
-        let f = t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        for _ in 0..200 {
-            std::hint::black_box(small_m_matmul(&x, bf16_bits(&b), None, 1, k, n));
-        }
-        let h = t.elapsed().as_secs_f64();
-        println!("resident {k}x{n}: f32 {:.1} G weights/s, bf16 {:.1}", 200.0 * (k * n) as f64 / f / 1e9, 200.0 * (k * n) as f64 / h / 1e9);
     }
 }
 
