@@ -25,7 +25,9 @@ fn main() {
     println!("read bandwidth: {:.1} GB/s", 5.0 * (buf.len() * 4) as f64 / t.elapsed().as_secs_f64() / 1e9);
     drop(buf);
     let data: Vec<f32> = (0..d * inner).map(|i| ((i as u32).wrapping_mul(2654435761) % 1000) as f32 / 5e4 - 0.01).collect();
-    for dtype in WeightDtype::ALL {
+    let only: Option<WeightDtype> = std::env::var("ONLY").ok().and_then(|d| d.parse().ok());
+    let ms: Vec<usize> = std::env::var("M").ok().map_or(vec![1, 6], |m| vec![m.parse().unwrap()]);
+    for dtype in WeightDtype::ALL.into_iter().filter(|d| only.is_none_or(|o| o == *d)) {
         let mats: Vec<(Matrix, Matrix)> = (0..copies)
             .map(|_| {
                 let up = Matrix::new(Source::F32(data.clone()), Layout::InOut, d, inner, Role::Linear, dtype, &dev).unwrap();
@@ -34,7 +36,7 @@ fn main() {
             })
             .collect();
         let bytes: usize = mats.iter().map(|(u, w)| u.bytes() + w.bytes()).sum();
-        for m in [1usize, 6] {
+        for &m in &ms {
             let x = Tensor::ones((m, d), steer_model::DType::F32, &dev).unwrap();
             let mut best = f64::MAX;
             for _ in 0..5 {

@@ -75,8 +75,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
         engine.info().dtype,
         weight_bytes as f64 / 1e9
     );
-    if let Some(bw) = bandwidth {
-        println!("read bandwidth {bw:.1} GB/s: batch-1 limit {:.2} tokens/s", bw * 1e9 / weight_bytes as f64);
+    if let Some((bw, lo, hi)) = bandwidth {
+        println!("read bandwidth {bw:.1} GB/s (median of 9, range {lo:.1}-{hi:.1}): batch-1 limit {:.2} tokens/s", bw * 1e9 / weight_bytes as f64);
     }
     // Prefill of the 9-token prompt: generate one token.
     let one = GenerateOptions { max_new_tokens: 1, stop_at_eos: false, ..Default::default() };
