@@ -209,9 +209,10 @@ fn resolve_from_cache(cache: &Path, repo: &str, revision: &str, file: Option<&st
         let path = snapshot.join(file);
         return if path.is_file() { Ok(ModelFiles::gguf(path)) } else { Err(not_found(format!("no snapshots/{commit}/{file}"))) };
     }
-    if !snapshot.join("config.json").exists() {
-        return Err(not_found(format!("no snapshots/{commit}/config.json")));
+    if !snapshot.is_dir() {
+        return Err(not_found(format!("no snapshots/{commit}")));
     }
+    // config.json and safetensors, or one GGUF file
     ModelFiles::in_dir(&snapshot).map_err(|e| not_found(e.to_string()))
 }
 
@@ -327,7 +328,24 @@ fn resolve_online(opts: &HubOptions, repo: &str, revision: &str, file: Option<&s
     if let Some(file) = file {
         return Ok(ModelFiles::gguf(r.get(file).map_err(|e| hub_err(file, e))?));
     }
-    let config = r.get("config.json").map_err(|e| hub_err("config.json", e))?;
+    let config = match r.get("config.json") {
+        Ok(c) => c,
+        Err(e) => {
+            // A GGUF repository has no config.json: its one .gguf file is the model.
+            let ggufs: Vec<String> = match api_repo.info() {
+                Ok(info) => info.siblings.into_iter().map(|s| s.rfilename).filter(|f| f.ends_with(".gguf")).collect(),
+                Err(_) => vec![],
+            };
+            return match ggufs.as_slice() {
+                [] => Err(hub_err("config.json", e)),
+                [one] => Ok(ModelFiles::gguf(r.get(one).map_err(|e| hub_err(one, e))?)),
+                several => Err(ModelError::NotFound(format!(
+                    "{repo}@{revision} holds several GGUF files; name one as {repo}/FILE: {}",
+                    several.join(", ")
+                ))),
+            };
+        }
+    };
     let weights = match r.get("model.safetensors") {
         Ok(p) => vec![p],
         Err(single) => {

@@ -74,6 +74,10 @@ fn a_gguf_in_the_hub_cache_loads_offline() {
     let e = Engine::load(&source, &LoadOptions { dtype: WeightDtype::Q8_0, hub, ..Default::default() }).unwrap();
     assert_eq!(e.info().name, "ggml-org/tiny-gpt2-GGUF/tiny-gpt2-q8_0.gguf");
     assert_eq!(logits(&e), logits(&load(&ModelSource::Dir(gguf("q8_0")), WeightDtype::Q8_0)));
+    // The repository alone: its one GGUF file.
+    let opts = LoadOptions { dtype: WeightDtype::Q8_0, hub: steer_model::HubOptions { offline: true, cache_dir: Some(cache.path().into()), ..steer_model::HubOptions::from_env() }, ..Default::default() };
+    let whole = Engine::load(&ModelSource::parse("ggml-org/tiny-gpt2-GGUF", None), &opts).unwrap();
+    assert_eq!(logits(&whole), logits(&e));
 }
 
 #[test]
