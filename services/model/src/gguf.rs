@@ -58,6 +58,7 @@ pub fn hf_name(gguf: &str) -> Option<String> {
 pub fn load(path: &Path, dtype: WeightDtype, device: &Device) -> Result<GgufModel> {
     let bad = |message: String| ModelError::Weights { path: path.into(), message };
     let mut file = File::open(path).map_err(|e| ModelError::io(path, e))?;
+    let file_len = file.metadata().map_err(|e| ModelError::io(path, e))?.len();
     let content = Content::read(&mut file).map_err(|e| bad(format!("not a GGUF file: {e}")))?;
     let meta = |key: &str| content.metadata.get(key);
     let arch = meta("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
@@ -92,14 +93,18 @@ pub fn load(path: &Path, dtype: WeightDtype, device: &Device) -> Result<GgufMode
             return Err(bad(format!("{name}: not a GPT-2 tensor")));
         };
         let shape = info.shape.dims().to_vec();
-        let n: usize = shape.iter().product();
+        let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).unwrap_or(usize::MAX);
         let bytes = match info.ggml_dtype {
-            GgmlDType::F32 => n * 4,
-            GgmlDType::F16 | GgmlDType::BF16 => n * 2,
-            GgmlDType::Q8_0 if n % 32 == 0 => n / 32 * 34,
+            GgmlDType::F32 => n.saturating_mul(4),
+            GgmlDType::F16 | GgmlDType::BF16 => n.saturating_mul(2),
+            GgmlDType::Q8_0 if n % 32 == 0 => (n / 32).saturating_mul(34),
             other => return Err(bad(format!("{name}: tensor type {other:?}; this loader reads F32, F16, BF16 and Q8_0"))),
         };
-        let raw = read_at(&mut file, content.tensor_data_offset + info.offset, bytes).map_err(|e| ModelError::io(path, e))?;
+        let at = content.tensor_data_offset.saturating_add(info.offset);
+        if at.saturating_add(bytes as u64) > file_len {
+            return Err(bad(format!("{name}: {shape:?} ({bytes} bytes at {at}) runs past the end of the {file_len}-byte file")));
+        }
+        let raw = read_at(&mut file, at, bytes).map_err(|e| ModelError::io(path, e))?;
         let src = match info.ggml_dtype {
             GgmlDType::F32 => Source::F32(raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()),
             GgmlDType::F16 => Source::Half(u16s(&raw), HalfKind::F16),
@@ -137,7 +142,9 @@ fn tied_copy(file: &mut File, content: &Content, path: &Path) -> Result<()> {
     let (out, embd) = (&content.tensor_infos["output.weight"], &content.tensor_infos["token_embd.weight"]);
     let same_kind = out.ggml_dtype == embd.ggml_dtype && out.shape == embd.shape;
     let size = |i: &candle_core::quantized::gguf_file::TensorInfo| i.shape.elem_count() / i.ggml_dtype.block_size() * i.ggml_dtype.type_size();
-    let equal = same_kind && {
+    let file_len = file.metadata().map_err(|e| ModelError::io(path, e))?.len();
+    let fits = |i: &candle_core::quantized::gguf_file::TensorInfo| content.tensor_data_offset.saturating_add(i.offset).saturating_add(size(i) as u64) <= file_len;
+    let equal = same_kind && fits(out) && fits(embd) && {
         let base = content.tensor_data_offset;
         let a = read_at(file, base + out.offset, size(out)).map_err(|e| ModelError::io(path, e))?;
         let b = read_at(file, base + embd.offset, size(embd)).map_err(|e| ModelError::io(path, e))?;

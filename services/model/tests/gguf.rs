@@ -104,4 +104,8 @@ fn an_untied_output_or_a_foreign_architecture_is_refused_by_name() {
     std::fs::write(dir.path().join("gptj.gguf"), &other).unwrap();
     let err = Engine::load(&ModelSource::Dir(dir.path().join("gptj.gguf")), &LoadOptions::default()).err().unwrap().to_string();
     assert!(err.contains("`gptj`") && err.contains("GPT-2"), "{err}");
+    // Cut short: an error naming a tensor that runs past the end, never a huge allocation.
+    std::fs::write(dir.path().join("short.gguf"), &bytes[..bytes.len() / 2]).unwrap();
+    let err = Engine::load(&ModelSource::Dir(dir.path().join("short.gguf")), &LoadOptions::default()).err().unwrap().to_string();
+    assert!(err.contains("runs past the end"), "{err}");
 }
