@@ -109,7 +109,7 @@ pub fn load(path: &Path, dtype: WeightDtype, device: &Device) -> Result<GgufMode
             GgmlDType::F32 => Source::F32(raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()),
             GgmlDType::F16 => Source::Half(u16s(&raw), HalfKind::F16),
             GgmlDType::BF16 => Source::Half(u16s(&raw), HalfKind::Bf16),
-            _ => Source::Q8(crate::quant::blocks_from_bytes(&raw).ok_or_else(|| bad(format!("{name}: truncated q8_0 data")))?),
+            _ => Source::Q8(crate::quant::Q8Blocks::from_ggml(&raw).ok_or_else(|| bad(format!("{name}: truncated q8_0 data")))?),
         };
         let converted = match (matrix_role(&hf), shape.as_slice()) {
             // GGUF keeps every matrix [out, in] (rows of blocks along `in`).

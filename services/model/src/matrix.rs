@@ -16,7 +16,7 @@ use candle_core::{Device, Storage, Tensor};
 use crate::dtype::WeightDtype;
 use crate::error::{ModelError, Result};
 use crate::kernels::{self, HalfKind};
-use crate::quant::{self, BlockQ8_0, QK8_0};
+use crate::quant::{self, Q8Blocks, QK8_0};
 
 /// What a matrix is for, which fixes the layout its kernels want.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,7 +40,7 @@ pub enum Layout {
 pub enum Source {
     F32(Vec<f32>),
     Half(Vec<u16>, HalfKind),
-    Q8(Vec<BlockQ8_0>),
+    Q8(Q8Blocks),
 }
 
 impl Source {
@@ -49,11 +49,7 @@ impl Source {
         match self {
             Source::F32(v) => v,
             Source::Half(b, kind) => half_to_f32(&b, kind),
-            Source::Q8(b) => {
-                let mut out = Vec::with_capacity(b.len() * QK8_0);
-                quant::dequantize_into(&b, &mut out);
-                out
-            }
+            Source::Q8(b) => b.to_f32(),
         }
     }
 }
@@ -69,7 +65,7 @@ fn half_to_f32(bits: &[u16], kind: HalfKind) -> Vec<f32> {
 enum Data {
     F32(Tensor),
     Half(Vec<u16>, HalfKind),
-    Q8(Vec<BlockQ8_0>),
+    Q8(Q8Blocks),
 }
 
 /// A weight matrix mapping `n_in` features to `n_out`.
@@ -137,7 +133,7 @@ impl Matrix {
                     }
                     WeightDtype::Bf16 => Data::Half(f.iter().map(|&x| half::bf16::from_f32(x).to_bits()).collect(), HalfKind::Bf16),
                     WeightDtype::F16 => Data::Half(f.iter().map(|&x| half::f16::from_f32(x).to_bits()).collect(), HalfKind::F16),
-                    WeightDtype::Q8_0 => Data::Q8(quant::quantize(&f)),
+                    WeightDtype::Q8_0 => Data::Q8(Q8Blocks::quantize(&f)),
                 }
             }
         };
@@ -162,7 +158,7 @@ impl Matrix {
         match &self.data {
             Data::F32(t) => t.elem_count() * 4,
             Data::Half(b, _) => b.len() * 2,
-            Data::Q8(b) => b.len() * std::mem::size_of::<BlockQ8_0>(),
+            Data::Q8(b) => b.bytes(),
         }
     }
 
@@ -226,11 +222,7 @@ impl Matrix {
                 })
             }
             Data::Half(b, kind) => half_to_f32(b, *kind),
-            Data::Q8(b) => {
-                let mut out = Vec::with_capacity(b.len() * QK8_0);
-                quant::dequantize_into(b, &mut out);
-                out
-            }
+            Data::Q8(b) => b.to_f32(),
         };
         Ok(match self.layout {
             Layout::InOut => Tensor::from_vec(f, (self.n_in, self.n_out), device)?,
@@ -254,7 +246,7 @@ impl Matrix {
             let row = id as usize;
             match &self.data {
                 Data::Half(b, kind) => out.extend(half_to_f32(&b[row * d..(row + 1) * d], *kind)),
-                Data::Q8(b) => quant::dequantize_into(&b[row * d / QK8_0..(row + 1) * d / QK8_0], &mut out),
+                Data::Q8(b) => b.dequantize_into(row * d / QK8_0..(row + 1) * d / QK8_0, &mut out),
                 Data::F32(_) => unreachable!("handled above"),
             }
         }
