@@ -18,9 +18,9 @@ use crate::config::Config;
 use crate::dtype::WeightDtype;
 use crate::error::{ModelError, Result};
 use crate::kernels::HalfKind;
-use crate::matrix::{Layout, Matrix, Source};
+use crate::matrix::{Layout, Source};
 use crate::tokenizer::Gpt2Tokenizer;
-use crate::weights::{self, matrix_role, Params};
+use crate::weights::{self, Params};
 
 /// What a GGUF file holds.
 pub struct GgufModel {
@@ -111,16 +111,8 @@ pub fn load(path: &Path, dtype: WeightDtype, device: &Device) -> Result<GgufMode
             GgmlDType::BF16 => Source::Half(u16s(&raw), HalfKind::Bf16),
             _ => Source::Q8(crate::quant::Q8Blocks::from_ggml(&raw).ok_or_else(|| bad(format!("{name}: truncated q8_0 data")))?),
         };
-        let converted = match (matrix_role(&hf), shape.as_slice()) {
-            // GGUF keeps every matrix [out, in] (rows of blocks along `in`).
-            (Some(role), &[n_out, n_in]) => Matrix::new(src, Layout::OutIn, n_in, n_out, role, dtype, device).map(|m| {
-                params.matrices.insert(hf.clone(), m);
-            }),
-            _ => weights::dense(src, &shape, device).map(|t| {
-                params.dense.insert(hf.clone(), t);
-            }),
-        };
-        converted.map_err(|e| bad(format!("{name}: {e}")))?;
+        // GGUF keeps every matrix [out, in] (rows of blocks along `in`).
+        weights::insert(&mut params, hf, src, &shape, Layout::OutIn, dtype, device).map_err(|e| bad(format!("{name}: {e}")))?;
     }
     Ok(GgufModel { config, tokenizer, params })
 }

@@ -113,13 +113,24 @@ pub fn small_m_matmul<E: Elem>(x: &[f32], w: &[E], bias: Option<&[f32]>, m: usiz
         }
     }
     if let Some(b) = bias {
-        for row in y.chunks_exact_mut(n) {
-            for (a, b) in row.iter_mut().zip(b) {
-                *a += b;
-            }
-        }
+        add_bias(&mut y, b);
     }
     y
+}
+
+/// Adds `bias` to each row of `y` (rows of `bias.len()`).
+pub fn add_bias(y: &mut [f32], bias: &[f32]) {
+    for row in y.chunks_exact_mut(bias.len()) {
+        for (a, b) in row.iter_mut().zip(bias) {
+            *a += b;
+        }
+    }
+}
+
+/// Deterministic values in [-1, 1) for the tests of the kernels and the formats built on them.
+#[cfg(test)]
+pub(crate) fn test_data(len: usize, seed: u32) -> Vec<f32> {
+    (0..len).map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0).collect()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -529,9 +540,7 @@ mod tests {
         y
     }
 
-    fn data(len: usize, seed: u32) -> Vec<f32> {
-        (0..len).map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0).collect()
-    }
+    use super::test_data as data;
 
     #[test]
     fn a_rows_result_does_not_depend_on_its_neighbours() {

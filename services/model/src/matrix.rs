@@ -15,7 +15,7 @@ use candle_core::{Device, Storage, Tensor};
 
 use crate::dtype::WeightDtype;
 use crate::error::{ModelError, Result};
-use crate::kernels::{self, HalfKind};
+use crate::kernels::{self, Elem, HalfKind};
 use crate::quant::{self, Q8Blocks, QK8_0};
 
 /// What a matrix is for, which fixes the layout its kernels want.
@@ -54,10 +54,11 @@ impl Source {
     }
 }
 
+/// The kernels' conversions ([`kernels::Elem`]), for whole arrays.
 fn half_to_f32(bits: &[u16], kind: HalfKind) -> Vec<f32> {
     match kind {
-        HalfKind::Bf16 => bits.iter().map(|&x| f32::from_bits((x as u32) << 16)).collect(),
-        HalfKind::F16 => bits.iter().map(|&x| half::f16::from_bits(x).to_f32()).collect(),
+        HalfKind::Bf16 => kernels::bf16_bits(bits).iter().map(|b| b.to_f32()).collect(),
+        HalfKind::F16 => kernels::f16_bits(bits).iter().map(|b| b.to_f32()).collect(),
     }
 }
 
@@ -201,13 +202,13 @@ impl Matrix {
                 let w = &ws.as_slice::<f32>()?[w0..w1];
                 match layout {
                     Layout::InOut => kernels::small_m_matmul(x, w, bias, m, k, n),
-                    Layout::OutIn => with_bias(kernels::rows_dot(x, w, m, k, n), bias, n),
+                    Layout::OutIn => with_bias(kernels::rows_dot(x, w, m, k, n), bias),
                 }
             }
             (Data::Half(b, HalfKind::Bf16), Layout::InOut) => kernels::small_m_matmul(x, kernels::bf16_bits(b), bias, m, k, n),
             (Data::Half(b, HalfKind::F16), Layout::InOut) => kernels::small_m_matmul(x, kernels::f16_bits(b), bias, m, k, n),
-            (Data::Half(b, HalfKind::Bf16), Layout::OutIn) => with_bias(kernels::rows_dot(x, kernels::bf16_bits(b), m, k, n), bias, n),
-            (Data::Half(b, HalfKind::F16), Layout::OutIn) => with_bias(kernels::rows_dot(x, kernels::f16_bits(b), m, k, n), bias, n),
+            (Data::Half(b, HalfKind::Bf16), Layout::OutIn) => with_bias(kernels::rows_dot(x, kernels::bf16_bits(b), m, k, n), bias),
+            (Data::Half(b, HalfKind::F16), Layout::OutIn) => with_bias(kernels::rows_dot(x, kernels::f16_bits(b), m, k, n), bias),
             (Data::Q8(b), _) => quant::matmul_t(x, b, bias, m, k, n),
         })
     }
@@ -254,13 +255,9 @@ impl Matrix {
     }
 }
 
-fn with_bias(mut y: Vec<f32>, bias: Option<&[f32]>, n: usize) -> Vec<f32> {
+fn with_bias(mut y: Vec<f32>, bias: Option<&[f32]>) -> Vec<f32> {
     if let Some(b) = bias {
-        for row in y.chunks_exact_mut(n) {
-            for (a, b) in row.iter_mut().zip(b) {
-                *a += b;
-            }
-        }
+        kernels::add_bias(&mut y, b);
     }
     y
 }
@@ -269,9 +266,7 @@ fn with_bias(mut y: Vec<f32>, bias: Option<&[f32]>, n: usize) -> Vec<f32> {
 mod tests {
     use super::*;
 
-    fn data(len: usize, seed: u32) -> Vec<f32> {
-        (0..len).map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0).collect()
-    }
+    use crate::kernels::test_data as data;
 
     /// Every dtype, from either layout, small and large m, against the f32 product; the
     /// tolerance is the format's: bf16 keeps 8 significant bits (relative step 2^-8), f16 11,

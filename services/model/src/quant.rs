@@ -228,9 +228,7 @@ mod avx2 {
 mod tests {
     use super::*;
 
-    fn data(len: usize, seed: u32) -> Vec<f32> {
-        (0..len).map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0).collect()
-    }
+    use crate::kernels::test_data as data;
 
     #[test]
     fn quantize_round_trip_is_within_half_a_step() {

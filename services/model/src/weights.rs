@@ -178,17 +178,19 @@ fn load_file(path: &Path, dtype: WeightDtype, device: &Device, out: &mut Params)
             }
         };
         let name = canonical(&name).to_string();
-        insert(out, name, src, &e.shape, dtype, device).map_err(|err| bad(err.to_string()))?;
+        insert(out, name, src, &e.shape, Layout::InOut, dtype, device).map_err(|err| bad(err.to_string()))?;
     }
     Ok(())
 }
 
-/// Adds one parameter read from a checkpoint: a matrix (Hugging Face's layouts: Conv1D
-/// `[in, out]`, tables `[rows, d]`) converted to `dtype`, or a dense f32 tensor.
-fn insert(out: &mut Params, name: String, src: Source, shape: &[usize], dtype: WeightDtype, device: &Device) -> Result<()> {
+/// Adds one parameter read from a checkpoint, by canonical name: a matrix converted to `dtype`
+/// (linears stored as `linear`: Hugging Face's Conv1D `[in, out]`, GGUF's `[out, in]`; tables
+/// `[rows, d]` in both), or a dense f32 tensor.
+pub(crate) fn insert(out: &mut Params, name: String, src: Source, shape: &[usize], linear: Layout, dtype: WeightDtype, device: &Device) -> Result<()> {
     match (matrix_role(&name), shape) {
-        (Some(Role::Linear), &[n_in, n_out]) => {
-            let m = Matrix::new(src, Layout::InOut, n_in, n_out, Role::Linear, dtype, device)?;
+        (Some(Role::Linear), &[rows, cols]) => {
+            let (n_in, n_out) = if linear == Layout::InOut { (rows, cols) } else { (cols, rows) };
+            let m = Matrix::new(src, linear, n_in, n_out, Role::Linear, dtype, device)?;
             out.matrices.insert(name, m);
         }
         (Some(Role::Table), &[rows, d]) => {
@@ -203,7 +205,7 @@ fn insert(out: &mut Params, name: String, src: Source, shape: &[usize], dtype: W
 }
 
 /// A non-matrix parameter as an f32 tensor.
-pub(crate) fn dense(src: Source, shape: &[usize], device: &Device) -> Result<Tensor> {
+fn dense(src: Source, shape: &[usize], device: &Device) -> Result<Tensor> {
     Ok(Tensor::from_vec(src.into_f32(), shape, device)?)
 }
 
