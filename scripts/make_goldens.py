@@ -18,6 +18,8 @@ import json
 import sys
 
 import torch
+
+import hf_hooks
 from transformers import GPT2LMHeadModel, GPT2TokenizerFast
 
 MODEL = sys.argv[1] if len(sys.argv) > 1 else "fixtures/tiny-gpt2"
@@ -76,19 +78,7 @@ def steered_greedy(ids, layer, hook, steer):
             h[:, :k] += steer
         return h
 
-    if hook == "resid_pre":
-        def pre(m, args, kwargs):
-            if args:
-                return (add(args[0]),) + tuple(args[1:]), kwargs
-            kwargs["hidden_states"] = add(kwargs["hidden_states"])
-            return args, kwargs
-        handle = blocks[layer].register_forward_pre_hook(pre, with_kwargs=True)
-    else:
-        def post(m, args, out):
-            if isinstance(out, tuple):
-                return (add(out[0]),) + tuple(out[1:])
-            return add(out)
-        handle = blocks[layer].register_forward_hook(post)
+    handle = hf_hooks.register(blocks[layer], hook, add)
     try:
         return greedy(ids)
     finally:

@@ -35,7 +35,7 @@ fuzz_target!(|messages: Vec<Vec<u8>>| {
     let raw = rt.block_on(read::from_stream(tokio_stream::iter(msgs), &limits));
     if let Ok(raw) = raw {
         let cfg = GenerationConfig::default();
-        if let Ok(valid) = validation::validate(raw, engine(), &cfg) {
+        if let Ok(valid) = validation::validate(raw, vec![], engine(), &cfg) {
             assert!(valid.kv_positions() <= cfg.max_batch_tokens);
         }
     }

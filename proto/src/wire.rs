@@ -63,6 +63,7 @@ pub fn encode_bytes(
         point,
         total_bytes: bytes.len() as u64,
         prompt_index,
+        mode: 0,
     };
     let chunks = bytes
         .chunks(MAX_CHUNK_BYTES)

@@ -80,7 +80,7 @@ async fn resource_exhausted_from_a_full_queue_reaches_the_caller() {
 async fn unavailable_while_the_model_loads_reaches_the_caller() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let (services, health) = Services::new(ServeConfig::default()).await; // never made ready
+    let (services, health) = Services::new(ServeConfig::default()).await.unwrap(); // never made ready
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(steer_server::serve(Arc::new(services), health, listener, async move {
         let _ = stopped.await;

@@ -8,9 +8,10 @@ use anyhow::{Context, Result};
 use clap::Args;
 use steer_client::presets;
 use steer_client::v1::TokenEvent;
-use steer_client::{AdditionSpec, Comparison, RunOptions, SteerClient};
+use steer_client::steer_vector::SteeringVector;
+use steer_client::{AdditionSpec, Comparison, RunOptions, SteerClient, SteeringTensor};
 use steer_model::HookKind;
-use steer_server::{LocalServer, ServeConfig};
+use steer_server::LocalServer;
 
 use crate::ModelArgs;
 
@@ -102,6 +103,20 @@ pub struct RunFlags {
     /// Terminal width of the table.
     #[arg(long, default_value_t = 120)]
     width: usize,
+    /// A vector file to add, FILE[:SCALE] (safetensors from `steer vector`, or a llama.cpp
+    /// control-vector .gguf); repeatable, combinable with --add.
+    #[arg(long = "vector", value_name = "FILE[:SCALE]")]
+    vectors: Vec<String>,
+    /// A library vector to add, NAME[:SCALE] (or a digest); the worker fetches it by digest.
+    #[arg(long = "library-vector", value_name = "REF[:SCALE]")]
+    library_vectors: Vec<String>,
+    /// Only the vectors' tensors at these layers (A-B, inclusive), as llama.cpp's
+    /// --control-vector-layer-range.
+    #[arg(long, value_name = "A-B")]
+    vector_layers: Option<String>,
+    /// The embedded server's vector library [default: as `steer serve`].
+    #[arg(long, env = "STEER_VECTOR_DIR")]
+    vector_dir: Option<std::path::PathBuf>,
     #[command(flatten)]
     model: ModelArgs,
 }
@@ -138,7 +153,7 @@ impl RunFlags {
         }
         let model = self.model.clone();
         let engine = Arc::new(tokio::task::spawn_blocking(move || model.load()).await??);
-        let local = LocalServer::start(engine, ServeConfig::default()).await?;
+        let local = LocalServer::start(engine, crate::vector::embedded_config(self.vector_dir.clone())).await?;
         Ok((SteerClient::connect(&local.url(), &[local.url()]).await?, Some(local)))
     }
 }
@@ -189,7 +204,7 @@ pub struct RunArgs {
     #[arg(long)]
     prompt: String,
     /// LAYER:COEFF:TEXT, repeatable (e.g. --add "20:4:I talk about weddings constantly").
-    #[arg(long = "add", required = true)]
+    #[arg(long = "add", required_unless_present_any = ["vectors", "library_vectors"])]
     add: Vec<AdditionSpec>,
     #[command(flatten)]
     opts: RunFlags,
@@ -239,7 +254,7 @@ pub async fn demo(a: DemoArgs) -> Result<()> {
             presets::WRITTEN_FOR_LAYERS
         );
     }
-    let cmp = execute_with(&client, p.prompt, &p.additions, &opts, Progress::Steps).await;
+    let cmp = execute_with(&client, p.prompt, &p.additions, &opts, &a.opts, Progress::Steps).await;
     if let Some(l) = local {
         l.shutdown().await;
     }
@@ -289,7 +304,7 @@ enum Progress {
 /// services the flags name or an embedded server.
 async fn execute(prompt: &str, additions: &[AdditionSpec], opts: &RunOptions, flags: &RunFlags, progress: Progress) -> Result<Outcome> {
     let (client, local) = flags.connect().await?;
-    let cmp = execute_with(&client, prompt, additions, opts, progress).await;
+    let cmp = execute_with(&client, prompt, additions, opts, flags, progress).await;
     if let Some(l) = local {
         l.shutdown().await;
     }
@@ -302,13 +317,31 @@ struct Outcome {
     tokens: Vec<TokenEvent>,
 }
 
-async fn execute_with(client: &SteerClient, prompt: &str, additions: &[AdditionSpec], opts: &RunOptions, progress: Progress) -> Result<Outcome> {
-    let tensors = if additions.is_empty() {
+async fn execute_with(client: &SteerClient, prompt: &str, additions: &[AdditionSpec], opts: &RunOptions, flags: &RunFlags, progress: Progress) -> Result<Outcome> {
+    let mut tensors = if additions.is_empty() {
         vec![]
     } else {
         eprintln!("computing steering tensors ...");
         client.steering_tensors(additions, opts).await?
     };
+    let layers = flags.vector_layers.as_deref().map(crate::vector::parse_range).transpose()?;
+    if !flags.vectors.is_empty() {
+        let info = client.generation_info().await?;
+        for spec in &flags.vectors {
+            let (file, scale) = crate::vector::parse_scaled(spec);
+            let v = SteeringVector::load(&file).with_context(|| format!("--vector {file}"))?;
+            eprintln!("vector {} ({}, {}, {} tensors) x {scale}", v.meta.name, &v.digest()[..12], v.mode().name(), v.tensors.len());
+            tensors.extend(SteeringTensor::from_file(&v, &info, scale, layers).with_context(|| format!("--vector {file}"))?);
+        }
+    }
+    let mut opts = opts.clone();
+    for spec in &flags.library_vectors {
+        let (r, scale) = crate::vector::parse_scaled(spec);
+        let v = client.vector_ref(&r, scale as f64, layers).await.with_context(|| format!("--library-vector {r}"))?;
+        eprintln!("library vector {r} ({}) x {scale}", &v.digest[..12]);
+        opts.vectors.push(v);
+    }
+    let opts = &opts;
     for t in &tensors {
         let norms: Vec<String> = t.position_norms().iter().map(|n| format!("{n:.1}")).collect();
         let point = t.header.point.unwrap_or_default();

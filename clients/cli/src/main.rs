@@ -7,6 +7,7 @@ mod commands;
 mod progress;
 mod serve;
 mod table;
+mod vector;
 
 use std::path::PathBuf;
 
@@ -43,6 +44,11 @@ enum Command {
     GenerationWorker(serve::ServeArgs),
     /// Stream one completion of a prompt, steered by any --add given.
     Generate(commands::GenerateArgs),
+    /// Steering vectors as files and the service's vector library.
+    Vector {
+        #[command(subcommand)]
+        cmd: vector::VectorCommand,
+    },
     /// Write a GPT-2 checkpoint with random weights in the hub layout.
     RandomModel(RandomModelArgs),
     /// Ask a server's health (exit 0 when SERVING): a probe that also works over TLS.
@@ -167,6 +173,7 @@ fn main() -> Result<()> {
         Command::ActivationWorker(a) => commands::runtime()?.block_on(serve::serve(a, Role::Activation)),
         Command::GenerationWorker(a) => commands::runtime()?.block_on(serve::serve(a, Role::Generation)),
         Command::Generate(a) => commands::runtime()?.block_on(commands::generate(a)),
+        Command::Vector { cmd } => commands::runtime()?.block_on(vector::run(cmd)),
         Command::RandomModel(a) => random_model(a),
         Command::Health(a) => commands::runtime()?.block_on(commands::health(a)),
         Command::Bench(a) => bench::run(a),

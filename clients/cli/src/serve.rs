@@ -30,6 +30,64 @@ pub struct ServeArgs {
     limits: LimitArgs,
     #[command(flatten)]
     security: SecurityArgs,
+    #[command(flatten)]
+    pub vectors: VectorArgs,
+}
+
+/// The vector library.
+#[derive(Args, Clone)]
+#[command(next_help_heading = "Vector library")]
+pub struct VectorArgs {
+    /// Directory of the activation service's vector library [default: $XDG_DATA_HOME/steer/vectors,
+    /// else ~/.local/share/steer/vectors].
+    #[arg(long, env = "STEER_VECTOR_DIR")]
+    pub vector_dir: Option<PathBuf>,
+    /// Keep no vector library (the library RPCs answer FAILED_PRECONDITION).
+    #[arg(long, env = "STEER_NO_VECTOR_LIBRARY", conflicts_with = "vector_dir")]
+    pub no_vector_library: bool,
+    /// Most vectors the library holds; a put past it gets RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 1024, env = "STEER_VECTOR_LIBRARY_MAX_ENTRIES")]
+    pub vector_library_max_entries: usize,
+    /// Most MiB the library holds on disk.
+    #[arg(long, default_value_t = 2048, env = "STEER_VECTOR_LIBRARY_MAX_MIB")]
+    pub vector_library_max_mib: u64,
+    /// generation-worker: fetch library vectors from this activation worker (http(s)://host:port).
+    #[arg(long, env = "STEER_VECTOR_SOURCE")]
+    pub vector_source: Option<String>,
+    /// Bearer token for --vector-source.
+    #[arg(long, env = "STEER_VECTOR_SOURCE_TOKEN", hide_env_values = true)]
+    pub vector_source_token: Option<String>,
+}
+
+impl VectorArgs {
+    /// The library's configuration (`None` with --no-vector-library).
+    pub fn library(&self) -> Option<steer_vector::LibraryConfig> {
+        if self.no_vector_library {
+            return None;
+        }
+        let dir = self.vector_dir.clone().unwrap_or_else(default_vector_dir);
+        Some(steer_vector::LibraryConfig {
+            dir,
+            max_entries: self.vector_library_max_entries,
+            max_bytes: self.vector_library_max_mib << 20,
+            ..Default::default()
+        })
+    }
+
+    pub fn config(&self) -> steer_server::VectorsConfig {
+        steer_server::VectorsConfig { library: self.library(), source_url: self.vector_source.clone(), source_token: self.vector_source_token.clone() }
+    }
+}
+
+/// `$XDG_DATA_HOME/steer/vectors`, else `~/.local/share/steer/vectors`, else `./steer-vectors`.
+pub fn default_vector_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("steer/vectors");
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(h) => PathBuf::from(h).join(".local/share/steer/vectors"),
+        None => PathBuf::from("steer-vectors"),
+    }
 }
 
 /// What one request, and all of them together, may take.
@@ -148,6 +206,7 @@ impl ServeArgs {
         }
         c.security.no_reflection = s.no_reflection;
         c.security.expose_model_path = s.expose_model_path;
+        c.vectors = self.vectors.config();
         Ok(c)
     }
 }

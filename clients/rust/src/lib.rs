@@ -17,10 +17,16 @@ use steer_proto::v1::{
     generate_request, generate_response, get_steering_tensors_response, ActivationAddition, GenerateRequest, GenerateResponse,
     GenerateSetup, ActivationServiceGetModelInfoRequest, GenerationServiceGetModelInfoRequest, Hook, ModelInfo, SamplingParameters, GetSteeringTensorsRequest, TensorChunk, TensorHeader,
 };
+use steer_proto::v1::{
+    compute_vector_request, compute_vector_response, ComputeVectorRequest, ContrastPairs, DeleteVectorRequest, GetVectorRequest,
+    ListVectorsRequest, ListVectorsResponse, PutVectorRequest, PutVectorResponse, VectorFile, VectorInfo, VectorRef,
+};
 use steer_proto::wire::TensorAssembler;
+use steer_vector::{Mode, ModelRef, SteeringVector, VectorTensor};
 use tonic::Status;
 
 pub use steer_proto::v1;
+pub use steer_vector;
 
 pub mod connection;
 pub mod presets;
@@ -43,6 +49,9 @@ pub enum ClientError {
     /// A value given to the client (e.g. an addition spec) does not parse.
     #[error("{0}")]
     Parse(String),
+    /// A vector file that does not read, or is for another model.
+    #[error("{0}")]
+    Vector(String),
 }
 
 impl ClientError {
@@ -53,6 +62,7 @@ impl ClientError {
             ClientError::Connect { .. } => tonic::Code::Unavailable,
             ClientError::Protocol(_) => tonic::Code::Internal,
             ClientError::Parse(_) => tonic::Code::InvalidArgument,
+            ClientError::Vector(_) => tonic::Code::FailedPrecondition,
         }
     }
 }
@@ -108,6 +118,8 @@ pub struct RunOptions {
     pub skip_unsteered: bool,
     /// Keep generating past <|endoftext|>.
     pub ignore_eos: bool,
+    /// Library vectors (by digest) the generation worker adds along with the tensors sent.
+    pub vectors: Vec<VectorRef>,
 }
 
 impl Default for RunOptions {
@@ -123,6 +135,7 @@ impl Default for RunOptions {
             top_logprobs: 0,
             skip_unsteered: false,
             ignore_eos: false,
+            vectors: vec![],
         }
     }
 }
@@ -147,6 +160,7 @@ impl RunOptions {
             top_logprobs: self.top_logprobs,
             skip_unsteered: self.skip_unsteered,
             ignore_eos: self.ignore_eos,
+            vectors: self.vectors.clone(),
             ..Default::default()
         }
     }
@@ -157,7 +171,8 @@ impl RunOptions {
     }
 }
 
-/// A steering tensor as received: its header (hook point, shape) and values.
+/// A steering tensor as received (or read from a vector file): its header (hook point, shape,
+/// mode) and values.
 #[derive(Debug, Clone)]
 pub struct SteeringTensor {
     pub header: TensorHeader,
@@ -166,6 +181,24 @@ pub struct SteeringTensor {
 }
 
 impl SteeringTensor {
+    /// A tensor of a vector file, to add as its mode says.
+    pub fn from_vector(t: &VectorTensor, mode: Mode) -> Self {
+        let (mut header, chunks) = steer_proto::wire::encode_f32(&t.values, &[t.k, t.d()], Some(t.point.to_proto()), 0);
+        header.mode = mode.to_proto() as i32;
+        Self { header, values: t.values.clone(), chunks }
+    }
+
+    /// The tensors to send for a vector file: checked against the model the services hold
+    /// (`info`), scaled, narrowed to `layers` (inclusive).
+    pub fn from_file(v: &SteeringVector, info: &ModelInfo, scale: f32, layers: Option<(u32, u32)>) -> Result<Vec<Self>> {
+        v.check_model(&model_ref(info)).map_err(|e| ClientError::Vector(e.to_string()))?;
+        let tensors = v.applied(scale, layers);
+        if tensors.is_empty() {
+            return Err(ClientError::Parse(format!("vector {}: no tensor in layers {layers:?}", v.meta.name)));
+        }
+        Ok(tensors.iter().map(|t| Self::from_vector(t, v.mode())).collect())
+    }
+
     /// L2 norm of each position's vector.
     pub fn position_norms(&self) -> Vec<f32> {
         let d = self.header.shape.get(1).copied().unwrap_or(1).max(1) as usize;
@@ -257,6 +290,61 @@ impl SteerClient {
         self.generation.urls()
     }
 
+    /// Builds a vector file on the activation worker (ActAdd additions or contrast pairs),
+    /// calling `on_progress(done, total)` as a dataset vector's batches finish.
+    pub async fn compute_vector(&self, req: ComputeVectorRequest, mut on_progress: impl FnMut(u32, u32)) -> Result<VectorFile> {
+        let mut stream = self.activation.clone().compute_vector(self.request(req)).await?.into_inner();
+        while let Some(msg) = self.next(&mut stream).await? {
+            match msg.event {
+                Some(compute_vector_response::Event::Progress(p)) => on_progress(p.done, p.total),
+                Some(compute_vector_response::Event::Vector(f)) => return Ok(f),
+                None => {}
+            }
+        }
+        Err(ClientError::Protocol("ComputeVector ended without a vector".into()))
+    }
+
+    /// ActAdd's vector of `additions` (one prefix tensor per layer, with the prompts, token ids,
+    /// padding and BOS choice in its metadata), as a file; `store` also puts it in the library.
+    pub async fn save_vector(&self, name: &str, additions: &[AdditionSpec], opts: &RunOptions, store: bool) -> Result<VectorFile> {
+        let req = ComputeVectorRequest { name: name.into(), source: Some(compute_vector_request::Source::Additions(steering_request(additions, opts))), store };
+        self.compute_vector(req, |_, _| {}).await
+    }
+
+    /// A dataset vector: the mean over `pairs` of reduce(act(positive)) - reduce(act(negative))
+    /// at each point (CAA), one all-positions direction per point.
+    pub async fn train_vector(&self, name: &str, pairs: ContrastPairs, store: bool, on_progress: impl FnMut(u32, u32)) -> Result<VectorFile> {
+        let req = ComputeVectorRequest { name: name.into(), source: Some(compute_vector_request::Source::Pairs(pairs)), store };
+        self.compute_vector(req, on_progress).await
+    }
+
+    /// Puts a vector file in the activation worker's library (under `name`, or its own).
+    pub async fn put_vector(&self, data: Vec<u8>, name: &str) -> Result<PutVectorResponse> {
+        Ok(self.activation.clone().put_vector(self.request(PutVectorRequest { data, name: name.into() })).await?.into_inner())
+    }
+
+    /// A library vector by name, digest or digest prefix.
+    pub async fn get_vector(&self, r: &str) -> Result<VectorFile> {
+        let resp = self.activation.clone().get_vector(self.request(GetVectorRequest { r#ref: r.into() })).await?.into_inner();
+        resp.vector.ok_or_else(|| ClientError::Protocol("GetVector without a vector".into()))
+    }
+
+    pub async fn list_vectors(&self) -> Result<ListVectorsResponse> {
+        Ok(self.activation.clone().list_vectors(self.request(ListVectorsRequest {})).await?.into_inner())
+    }
+
+    pub async fn delete_vector(&self, r: &str) -> Result<VectorInfo> {
+        let resp = self.activation.clone().delete_vector(self.request(DeleteVectorRequest { r#ref: r.into() })).await?.into_inner();
+        resp.deleted.ok_or_else(|| ClientError::Protocol("DeleteVector without the vector".into()))
+    }
+
+    /// A reference to a library vector (by name, digest or prefix) for [`RunOptions::vectors`]:
+    /// its full digest, looked up on the activation worker.
+    pub async fn vector_ref(&self, r: &str, scale: f64, layers: Option<(u32, u32)>) -> Result<VectorRef> {
+        let info = self.get_vector(r).await?.info.ok_or_else(|| ClientError::Protocol("vector without info".into()))?;
+        Ok(VectorRef { digest: info.digest, scale: Some(scale), first_layer: layers.map(|l| l.0), last_layer: layers.map(|l| l.1) })
+    }
+
     /// The steering tensor of each layer for `additions`. A call that fails because the
     /// activation worker is unreachable or restarting is tried again, with backoff, within the
     /// deadline.
@@ -276,15 +364,7 @@ impl SteerClient {
     }
 
     async fn steering_tensors_once(&self, additions: &[AdditionSpec], opts: &RunOptions) -> Result<Vec<SteeringTensor>> {
-        let req = GetSteeringTensorsRequest {
-            additions: additions
-                .iter()
-                .map(|a| ActivationAddition { prompt: a.prompt.clone(), coeff: a.coeff, layer: a.layer })
-                .collect(),
-            hook: opts.hook as i32,
-            use_bos: opts.use_bos,
-            strict_lengths: opts.strict_lengths,
-        };
+        let req = steering_request(additions, opts);
         let mut stream = self.activation.clone().get_steering_tensors(self.request(req)).await?.into_inner();
         let mut out = vec![];
         let mut current: Option<(TensorAssembler, Vec<TensorChunk>)> = None;
@@ -416,6 +496,21 @@ impl SteerClient {
         }
         Err(last.unwrap_or_else(|| ClientError::Protocol("no generation worker".into())))
     }
+}
+
+/// The request for the steering tensors of `additions`.
+fn steering_request(additions: &[AdditionSpec], opts: &RunOptions) -> GetSteeringTensorsRequest {
+    GetSteeringTensorsRequest {
+        additions: additions.iter().map(|a| ActivationAddition { prompt: a.prompt.clone(), coeff: a.coeff, layer: a.layer }).collect(),
+        hook: opts.hook as i32,
+        use_bos: opts.use_bos,
+        strict_lengths: opts.strict_lengths,
+    }
+}
+
+/// The model a service reports, as vector files name models.
+pub fn model_ref(info: &ModelInfo) -> ModelRef {
+    ModelRef { name: info.name.clone(), revision: info.revision.clone(), d_model: info.d_model, n_layer: info.n_layer }
 }
 
 fn no_worker() -> ClientError {

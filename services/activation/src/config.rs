@@ -12,10 +12,14 @@ pub struct ActivationConfig {
     /// Calls computing or streaming at once; one more gets RESOURCE_EXHAUSTED (each holds a
     /// blocking thread while it computes).
     pub max_concurrent: usize,
+    /// Most contrast pairs in one dataset vector.
+    pub max_pairs: usize,
+    /// Pairs per capture forward of a dataset vector, unless the request says.
+    pub pair_batch: usize,
 }
 
 impl Default for ActivationConfig {
     fn default() -> Self {
-        Self { cache_bytes: 512 << 20, max_prompts: 64, max_points: 64, max_concurrent: 8 }
+        Self { cache_bytes: 512 << 20, max_prompts: 64, max_points: 64, max_concurrent: 8, max_pairs: 4096, pair_batch: 8 }
     }
 }

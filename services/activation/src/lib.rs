@@ -4,13 +4,16 @@
 //! one forward.
 //!
 //! [`validation`] (requests into typed values) -> [`service`] (handlers) -> [`cache`] (single
-//! flight, batched) and [`steering`] (padding and the ActAdd sum).
+//! flight, batched) and [`steering`] (padding and the ActAdd sum); [`vectors`] makes vector
+//! files (ActAdd's, and dataset mean differences) and the library RPCs serve a
+//! `steer_vector::Library`.
 
 pub mod cache;
 pub mod config;
 pub mod service;
 pub mod steering;
 pub mod validation;
+pub mod vectors;
 
 pub use cache::ActivationCache;
 pub use config::ActivationConfig;

@@ -12,7 +12,11 @@ use steer_proto::v1::{
     get_activations_response, get_steering_tensors_response, ActivationServiceGetModelInfoRequest,
     ActivationServiceGetModelInfoResponse, AdditionTokens, GetActivationsRequest, GetActivationsResponse,
     GetSteeringTensorsRequest, GetSteeringTensorsResponse, PromptTokens, TensorChunk, TensorHeader, Tokens,
+    compute_vector_request, compute_vector_response, ComputeProgress, ComputeVectorRequest, ComputeVectorResponse, DeleteVectorRequest,
+    DeleteVectorResponse, GetVectorRequest, GetVectorResponse, ListVectorsRequest, ListVectorsResponse, PutVectorRequest, PutVectorResponse,
+    VectorFile,
 };
+use steer_vector::{Library, SteeringVector};
 use steer_proto::wire;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -20,7 +24,15 @@ use tonic::{Request, Response, Status};
 
 use crate::cache::{Activation, ActivationCache, CacheKey};
 use crate::config::ActivationConfig;
-use crate::{steering, validation};
+use crate::{steering, validation, vectors};
+
+/// `field: ...` as `{prefix}field: ...` (an embedded request's fields named from the outer one).
+fn prefixed(prefix: &str, e: ServiceError) -> ServiceError {
+    match e {
+        ServiceError::InvalidArgument { field, reason } => ServiceError::invalid(format!("{prefix}{field}"), reason),
+        other => other,
+    }
+}
 
 /// Serves activations and steering tensors of one loaded model.
 #[derive(Clone)]
@@ -31,6 +43,8 @@ pub struct ActivationWorker {
     model_key: String,
     /// Calls in progress (computing or streaming), against `max_concurrent`.
     calls: Budget,
+    /// The vector library, when this worker keeps one.
+    library: Option<Arc<Library>>,
 }
 
 type Stream<T> = ReceiverStream<Result<T, Status>>;
@@ -69,7 +83,69 @@ impl ActivationWorker {
         let info = engine.info();
         let model_key = format!("{}@{}:{}", info.name, info.revision, info.dtype);
         let calls = Budget::new("--max-activation-calls", "activation calls in progress", config.max_concurrent as u64, 1);
-        Self { cache: ActivationCache::new(config.cache_bytes), engine, config, model_key, calls }
+        Self { cache: ActivationCache::new(config.cache_bytes), engine, config, model_key, calls, library: None }
+    }
+
+    /// Serves the vector library RPCs from `library` (without one they answer FAILED_PRECONDITION).
+    pub fn with_library(mut self, library: Arc<Library>) -> Self {
+        self.library = Some(library);
+        self
+    }
+
+    fn library(&self) -> Result<&Arc<Library>, Status> {
+        self.library.as_ref().ok_or_else(|| Status::failed_precondition("this activation worker keeps no vector library (start it with --vector-dir)"))
+    }
+
+    /// The steering tensor of each point of `plan`: sum of coeff * activation over its group.
+    async fn steering_tensors(&self, plan: &steering::Plan) -> Result<Vec<(HookPoint, [usize; 2], Vec<f32>)>, Status> {
+        let pairs: Vec<(&[u32], HookPoint)> =
+            plan.iter().flat_map(|(&point, group)| group.iter().map(move |a| (a.ids.as_slice(), point))).collect();
+        let mut acts = self.activations(&pairs).await?.into_iter();
+        let mut tensors = vec![];
+        for (&point, group) in plan {
+            let group_acts: Vec<Arc<Activation>> = acts.by_ref().take(group.len()).collect();
+            let shape = [group_acts[0].len, group_acts[0].d];
+            let sum = steering::sum(point, group, group_acts.iter().map(|a| a.values.as_slice()))?;
+            tensors.push((point, shape, sum));
+        }
+        Ok(tensors)
+    }
+
+    /// A vector as the response carries it; with `store`, put in the library first (its info
+    /// then the library's).
+    fn vector_file(&self, v: SteeringVector, store: bool) -> Result<VectorFile, Status> {
+        let data = v.to_bytes();
+        let info = if store {
+            self.library()?.put(&data, None, &convert::model_ref(&self.engine)).map_err(ServiceError::from)?.0
+        } else {
+            v.info(data.len() as u64)
+        };
+        Ok(VectorFile { info: Some(info), data })
+    }
+
+    /// A dataset vector, batch by batch, reporting progress on `tx`.
+    async fn mean_difference(&self, name: &str, valid: &validation::ValidPairs, tx: &mpsc::Sender<Result<ComputeVectorResponse, Status>>) -> Result<Option<SteeringVector>, Status> {
+        let mut md = vectors::MeanDifference::new(&valid.points, self.engine.info().d_model, valid.reduce);
+        let total = valid.pairs.len() as u32;
+        for (b, batch) in valid.pairs.chunks(valid.batch).enumerate() {
+            let wanted: Vec<(&[u32], HookPoint)> = batch
+                .iter()
+                .flat_map(|(p, n)| [p, n])
+                .flat_map(|ids| valid.points.iter().map(move |&pt| (ids.as_slice(), pt)))
+                .collect();
+            let acts = self.activations(&wanted).await?;
+            let np = valid.points.len();
+            for pair in acts.chunks(2 * np) {
+                let (pos, neg) = pair.split_at(np);
+                md.add(&pos.iter().map(|a| a.as_ref()).collect::<Vec<_>>(), &neg.iter().map(|a| a.as_ref()).collect::<Vec<_>>());
+            }
+            let done = ((b + 1) * valid.batch).min(valid.pairs.len()) as u32;
+            let progress = ComputeProgress { done, total };
+            if !send(tx, ComputeVectorResponse { event: Some(compute_vector_response::Event::Progress(progress)) }).await {
+                return Ok(None);
+            }
+        }
+        Ok(Some(md.finish(name, convert::model_ref(&self.engine), valid)?))
     }
 
     pub fn cache(&self) -> &ActivationCache {
@@ -144,6 +220,82 @@ fn capture(engine: &Engine, keys: &[CacheKey], point_of: &HashMap<usize, HookPoi
 impl ActivationService for ActivationWorker {
     type GetActivationsStream = Stream<GetActivationsResponse>;
     type GetSteeringTensorsStream = Stream<GetSteeringTensorsResponse>;
+    type ComputeVectorStream = Stream<ComputeVectorResponse>;
+
+    #[tracing::instrument(skip(self, request), fields(model = %self.model_key, name))]
+    async fn compute_vector(&self, request: Request<ComputeVectorRequest>) -> Result<Response<Self::ComputeVectorStream>, Status> {
+        let call = self.calls.try_take(1)?;
+        let req = request.into_inner();
+        tracing::Span::current().record("name", req.name.as_str());
+        if req.store {
+            self.library()?;
+        }
+        let (tx, rx) = mpsc::channel(16);
+        match req.source {
+            Some(compute_vector_request::Source::Additions(a)) => {
+                let plan = validation::steering(&a, &self.engine, &self.config).map_err(|e| prefixed("additions.", e))?;
+                let tensors = self.steering_tensors(&plan).await?;
+                let v = vectors::actadd(&req.name, convert::model_ref(&self.engine), &a, &plan, tensors)?;
+                let file = self.vector_file(v, req.store)?;
+                let _ = tx.send(Ok(ComputeVectorResponse { event: Some(compute_vector_response::Event::Vector(file)) })).await;
+            }
+            Some(compute_vector_request::Source::Pairs(p)) => {
+                let valid = validation::pairs(&p, &self.engine, &self.config)?;
+                let this = self.clone();
+                tokio::spawn(async move {
+                    let _call = call;
+                    let result = match this.mean_difference(&req.name, &valid, &tx).await {
+                        Ok(Some(v)) => this.vector_file(v, req.store),
+                        Ok(None) => return, // the client left
+                        Err(e) => Err(e),
+                    };
+                    let event = result.map(|f| ComputeVectorResponse { event: Some(compute_vector_response::Event::Vector(f)) });
+                    let _ = tx.send(event).await;
+                });
+            }
+            None => return Err(ServiceError::invalid("source", "additions or pairs").into()),
+        }
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    #[tracing::instrument(skip(self, request), fields(name))]
+    async fn put_vector(&self, request: Request<PutVectorRequest>) -> Result<Response<PutVectorResponse>, Status> {
+        let req = request.into_inner();
+        let (lib, model) = (self.library()?.clone(), convert::model_ref(&self.engine));
+        let (info, replaced) = tokio::task::spawn_blocking(move || lib.put(&req.data, Some(&req.name), &model))
+            .await
+            .map_err(|e| Status::internal(format!("library task: {e}")))?
+            .map_err(ServiceError::from)?;
+        tracing::Span::current().record("name", info.name.as_str());
+        Ok(Response::new(PutVectorResponse { info: Some(info), replaced: replaced.unwrap_or_default() }))
+    }
+
+    #[tracing::instrument(skip(self, request))]
+    async fn get_vector(&self, request: Request<GetVectorRequest>) -> Result<Response<GetVectorResponse>, Status> {
+        let r = request.into_inner().r#ref;
+        let (v, data) = self.library()?.get(&r).map_err(ServiceError::from)?;
+        let info = v.info(data.len() as u64);
+        Ok(Response::new(GetVectorResponse { vector: Some(VectorFile { info: Some(info), data }) }))
+    }
+
+    #[tracing::instrument(skip(self, _request))]
+    async fn list_vectors(&self, _request: Request<ListVectorsRequest>) -> Result<Response<ListVectorsResponse>, Status> {
+        let lib = self.library()?;
+        let cfg = lib.config();
+        Ok(Response::new(ListVectorsResponse {
+            vectors: lib.list(),
+            bytes: lib.bytes(),
+            capacity_bytes: cfg.max_bytes,
+            max_entries: cfg.max_entries as u32,
+        }))
+    }
+
+    #[tracing::instrument(skip(self, request))]
+    async fn delete_vector(&self, request: Request<DeleteVectorRequest>) -> Result<Response<DeleteVectorResponse>, Status> {
+        let r = request.into_inner().r#ref;
+        let info = self.library()?.delete(&r).map_err(ServiceError::from)?;
+        Ok(Response::new(DeleteVectorResponse { deleted: Some(info) }))
+    }
 
     #[tracing::instrument(skip(self, request), fields(model = %self.model_key, prompts, points))]
     async fn get_activations(&self, request: Request<GetActivationsRequest>) -> Result<Response<Self::GetActivationsStream>, Status> {
@@ -184,16 +336,7 @@ impl ActivationService for ActivationWorker {
         let req = request.into_inner();
         tracing::Span::current().record("additions", req.additions.len());
         let plan = validation::steering(&req, &self.engine, &self.config)?;
-        let pairs: Vec<(&[u32], HookPoint)> =
-            plan.iter().flat_map(|(&point, group)| group.iter().map(move |a| (a.ids.as_slice(), point))).collect();
-        let mut acts = self.activations(&pairs).await?.into_iter();
-        let mut tensors = vec![];
-        for (&point, group) in &plan {
-            let group_acts: Vec<Arc<Activation>> = acts.by_ref().take(group.len()).collect();
-            let shape = [group_acts[0].len, group_acts[0].d];
-            let sum = steering::sum(point, group, group_acts.iter().map(|a| a.values.as_slice()))?;
-            tensors.push((point, shape, sum));
-        }
+        let tensors = self.steering_tensors(&plan).await?;
         let (tx, rx) = mpsc::channel(16);
         let this = self.clone();
         tokio::spawn(async move {

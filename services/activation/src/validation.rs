@@ -3,7 +3,7 @@
 
 use steer_common::{convert, ServiceError};
 use steer_model::{Engine, HookPoint};
-use steer_proto::v1::{GetActivationsRequest, GetSteeringTensorsRequest};
+use steer_proto::v1::{ContrastPairs, GetActivationsRequest, GetSteeringTensorsRequest, Reduction};
 
 use crate::config::ActivationConfig;
 use crate::steering::{self, Plan};
@@ -73,4 +73,66 @@ fn encode(engine: &Engine, text: &str, use_bos: bool, field: &str) -> Result<Vec
         return Err(ServiceError::invalid(field, format!("{} tokens exceed the model's {n} positions", ids.len())));
     }
     Ok(ids)
+}
+
+/// Which positions a dataset vector averages, per prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reduce {
+    /// The last token (CAA).
+    LastToken,
+    /// The mean over positions `skip..` (`skip` = 1 drops BOS).
+    Mean { skip: usize },
+}
+
+impl Reduce {
+    pub fn name(self) -> &'static str {
+        match self {
+            Reduce::LastToken => "last_token",
+            Reduce::Mean { .. } => "mean",
+        }
+    }
+}
+
+/// A valid dataset-vector request: each pair tokenised, the points distinct.
+#[derive(Debug, Clone)]
+pub struct ValidPairs {
+    /// (positive, negative) token ids.
+    pub pairs: Vec<(Vec<u32>, Vec<u32>)>,
+    pub points: Vec<HookPoint>,
+    pub reduce: Reduce,
+    pub use_bos: bool,
+    /// Pairs per capture forward.
+    pub batch: usize,
+}
+
+/// Checks a ContrastPairs message (errors name `pairs.<field>`).
+pub fn pairs(req: &ContrastPairs, engine: &Engine, cfg: &ActivationConfig) -> Result<ValidPairs, ServiceError> {
+    let n_layer = engine.info().n_layer;
+    count("pairs.pairs", req.pairs.len(), cfg.max_pairs, "contrast pairs")?;
+    count("pairs.points", req.points.len(), cfg.max_points, "hook points")?;
+    let mut points = vec![];
+    for (i, p) in req.points.iter().enumerate() {
+        let point = convert::hook_point(p.hook, p.layer, n_layer, &format!("pairs.points[{i}]"))?;
+        if !points.contains(&point) {
+            points.push(point);
+        }
+    }
+    let reduce = match Reduction::try_from(req.reduction) {
+        Ok(Reduction::Unspecified | Reduction::LastToken) => Reduce::LastToken,
+        Ok(Reduction::Mean) => Reduce::Mean { skip: usize::from(req.use_bos) },
+        Err(_) => return Err(ServiceError::invalid("pairs.reduction", format!("unknown reduction {}", req.reduction))),
+    };
+    let mut pairs = vec![];
+    for (i, p) in req.pairs.iter().enumerate() {
+        let side = |text: &str, name: &str| {
+            let field = format!("pairs.pairs[{i}].{name}");
+            if text.is_empty() {
+                return Err(ServiceError::invalid(field, "empty prompt"));
+            }
+            encode(engine, text, req.use_bos, &field)
+        };
+        pairs.push((side(&p.positive, "positive")?, side(&p.negative, "negative")?));
+    }
+    let batch = if req.batch_size == 0 { cfg.pair_batch } else { (req.batch_size as usize).min(cfg.max_prompts / 2).max(1) };
+    Ok(ValidPairs { pairs, points, reduce, use_bos: req.use_bos, batch })
 }

@@ -108,3 +108,28 @@ mod tests {
         assert!(sampling(&bad).unwrap_err().to_string().contains("sampling.top_p"));
     }
 }
+
+/// The model a vector made on this engine is for (a local directory by its last component,
+/// as ModelInfo shows it).
+pub fn model_ref(engine: &Engine) -> steer_vector::ModelRef {
+    let i = engine.info();
+    let path = std::path::Path::new(&i.name);
+    let name = if path.exists() { path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default() } else { i.name.clone() };
+    steer_vector::ModelRef { name, revision: i.revision.clone(), d_model: i.d_model as u32, n_layer: i.n_layer as u32 }
+}
+
+pub fn vector_point(p: HookPoint) -> steer_vector::Point {
+    match p {
+        HookPoint::ResidPre(l) => steer_vector::Point::resid_pre(l as u32),
+        HookPoint::BlockOutput(l) => steer_vector::Point::block_output(l as u32),
+    }
+}
+
+/// A vector file's point on this model (its layer checked; errors name `{field}`).
+pub fn engine_point(p: steer_vector::Point, n_layer: usize, field: &str) -> Result<HookPoint, ServiceError> {
+    let hook = match p.hook {
+        steer_vector::HookName::ResidPre => Hook::ResidPre,
+        steer_vector::HookName::BlockOutput => Hook::BlockOutput,
+    };
+    hook_point(hook as i32, p.layer, n_layer, field)
+}

@@ -3,6 +3,7 @@
 //! keeps the `Status` it receives: codes survive every hop.
 
 use steer_model::ModelError;
+use steer_vector::VectorError;
 use tonic::Status;
 
 /// Everything a steer RPC can fail with.
@@ -21,6 +22,9 @@ pub enum ServiceError {
     /// The worker gave up on a request (its client stopped reading): ABORTED.
     #[error("{0}")]
     Aborted(String),
+    /// The request needs what this worker does not have (a vector library): FAILED_PRECONDITION.
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// The client's deadline passed: DEADLINE_EXCEEDED.
     #[error("{0}")]
     DeadlineExceeded(String),
@@ -29,6 +33,11 @@ pub enum ServiceError {
     Stream(Status),
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// Vector files and the library: a bad file is INVALID_ARGUMENT naming the field, one for
+    /// another model FAILED_PRECONDITION, an unknown name NOT_FOUND, a full library
+    /// RESOURCE_EXHAUSTED.
+    #[error(transparent)]
+    Vector(#[from] VectorError),
     /// A bug or a lost task: INTERNAL.
     #[error("internal: {0}")]
     Internal(String),
@@ -50,6 +59,7 @@ impl From<ServiceError> for Status {
             ServiceError::Unavailable(m) => Status::unavailable(m),
             ServiceError::DeadlineExceeded(m) => Status::deadline_exceeded(m),
             ServiceError::Aborted(m) => Status::aborted(m),
+            ServiceError::FailedPrecondition(m) => Status::failed_precondition(m),
             ServiceError::Stream(s) => s,
             ServiceError::Model(ModelError::NotFound(m)) => Status::not_found(m),
             ServiceError::Model(e @ ModelError::Hub { .. }) => Status::unavailable(e.to_string()),
@@ -62,6 +72,11 @@ impl From<ServiceError> for Status {
                 | ModelError::Tokenizer(_)),
             ) => Status::internal(e.to_string()),
             ServiceError::Internal(m) => Status::internal(m),
+            ServiceError::Vector(VectorError::Invalid { field, message }) => steer_proto::status::invalid_argument(&field, &message),
+            ServiceError::Vector(e @ VectorError::WrongModel { .. }) => Status::failed_precondition(e.to_string()),
+            ServiceError::Vector(e @ VectorError::NotFound(_)) => Status::not_found(e.to_string()),
+            ServiceError::Vector(e @ VectorError::Full(_)) => Status::resource_exhausted(e.to_string()),
+            ServiceError::Vector(e @ VectorError::Io { .. }) => Status::internal(e.to_string()),
         }
     }
 }
@@ -95,6 +110,10 @@ mod tests {
             (ModelError::Cancelled.into(), Code::Cancelled),
             (ModelError::Tokenizer("bad".into()).into(), Code::Internal),
             (ModelError::Candle(candle_error()).into(), Code::Internal),
+            (VectorError::invalid("data.digest", "altered").into(), Code::InvalidArgument),
+            (VectorError::WrongModel { field: "setup.vectors[0].model.d_model".into(), message: "1600".into() }.into(), Code::FailedPrecondition),
+            (VectorError::NotFound("love".into()).into(), Code::NotFound),
+            (VectorError::Full("1024 vectors".into()).into(), Code::ResourceExhausted),
         ];
         for (e, want) in cases {
             let shown = e.to_string();

@@ -30,6 +30,8 @@ pub struct GenerationConfig {
     pub max_inflight_bytes: u64,
     /// Longest wait for the next message of a `Generate` request stream.
     pub read_timeout: std::time::Duration,
+    /// Bytes of library vectors kept after fetching (by digest).
+    pub vector_cache_bytes: u64,
     /// Name reported in each finished row (the serving process sets it; empty by default).
     pub worker_id: String,
 }
@@ -49,6 +51,7 @@ impl Default for GenerationConfig {
             max_request_bytes: 64 << 20,
             max_inflight_bytes: 512 << 20,
             read_timeout: std::time::Duration::from_secs(30),
+            vector_cache_bytes: 256 << 20,
             worker_id: String::new(),
         }
     }

@@ -12,6 +12,8 @@ pub mod read;
 pub mod scheduler;
 pub mod service;
 pub mod validation;
+pub mod vectors;
 
 pub use config::GenerationConfig;
 pub use service::GenerationWorker;
+pub use vectors::VectorSource;

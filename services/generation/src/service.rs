@@ -21,6 +21,7 @@ use crate::scheduler::Scheduler;
 use crate::config::GenerationConfig;
 use crate::read::{self, ReadLimits};
 use crate::validation::{self, ValidRequest};
+use crate::vectors::{VectorCache, VectorSource};
 
 /// Generates unsteered and steered completions with one loaded model.
 #[derive(Clone)]
@@ -29,6 +30,7 @@ pub struct GenerationWorker {
     scheduler: Arc<Scheduler>,
     config: GenerationConfig,
     limits: ReadLimits,
+    vectors: Arc<VectorCache>,
 }
 
 impl GenerationWorker {
@@ -42,7 +44,24 @@ impl GenerationWorker {
             read_timeout: config.read_timeout,
             inflight: steer_common::Budget::new("--max-inflight-bytes", "steering tensor bytes in flight", config.max_inflight_bytes, 1024),
         };
-        Self { engine, scheduler, config, limits }
+        let vectors = Arc::new(VectorCache::new(VectorSource::None, config.vector_cache_bytes));
+        Self { engine, scheduler, config, limits, vectors }
+    }
+
+    /// Library vectors referenced by digest come from `source`.
+    pub fn with_vectors(mut self, source: VectorSource) -> Self {
+        self.vectors = Arc::new(VectorCache::new(source, self.config.vector_cache_bytes));
+        self
+    }
+
+    /// Checks a request, its library vectors fetched first.
+    async fn validate(&self, raw: read::RawRequest) -> Result<ValidRequest, Status> {
+        let refs = if raw.setup.vectors.is_empty() {
+            vec![]
+        } else {
+            self.vectors.resolve(&raw.setup.vectors, &convert::model_ref(&self.engine)).await?
+        };
+        Ok(validation::validate(raw, refs, &self.engine, &self.config)?)
     }
 
     pub fn into_server(self) -> GenerationServiceServer<Self> {
@@ -104,7 +123,7 @@ impl GenerationService for GenerationWorker {
     async fn generate(&self, request: Request<Streaming<GenerateRequest>>) -> Result<Response<Self::GenerateStream>, Status> {
         let deadline = deadline(request.metadata());
         let raw = read::from_stream(request.into_inner(), &self.limits).await?;
-        let valid = validation::validate(raw, &self.engine, &self.config)?;
+        let valid = self.validate(raw).await?;
         Ok(Response::new(self.submit(valid, deadline)?))
     }
 
@@ -115,7 +134,7 @@ impl GenerationService for GenerationWorker {
     ) -> Result<Response<Self::GenerateFromTensorsStream>, Status> {
         let deadline = deadline(request.metadata());
         let raw = read::from_inline(request.into_inner(), &self.limits)?;
-        let valid = validation::validate(raw, &self.engine, &self.config)?;
+        let valid = self.validate(raw).await?;
         let out = self.submit(valid, deadline)?.map(|r| {
             r.map(|g| GenerateFromTensorsResponse {
                 event: g.event.map(|e| match e {

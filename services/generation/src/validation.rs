@@ -6,11 +6,13 @@ use std::sync::Arc;
 
 use steer_common::{convert, ServiceError};
 use steer_model::tokenizer::SPACE;
-use steer_model::{Addition, Engine, RowRequest, SamplingParams, MAX_STEERING_ABS};
+use steer_model::{Addition, Engine, Placement, RowRequest, SamplingParams, MAX_STEERING_ABS};
+use steer_vector::Mode;
 use steer_proto::v1::{Dtype, GenerateSetup, ShortPrompt};
 
 use crate::config::GenerationConfig;
 use crate::read::{RawRequest, WireTensor};
+use crate::vectors::RefTensor;
 
 /// A request ready for the engine.
 #[derive(Debug, Clone)]
@@ -36,7 +38,9 @@ impl ValidRequest {
 }
 
 /// Checks everything the engine relies on, naming the field that is wrong.
-pub fn validate(raw: RawRequest, engine: &Engine, cfg: &GenerationConfig) -> Result<ValidRequest, ServiceError> {
+/// `vectors` are the tensors of the request's library references (already fetched, checked
+/// against the model, scaled: see `vectors::VectorCache::resolve`).
+pub fn validate(raw: RawRequest, vectors: Vec<RefTensor>, engine: &Engine, cfg: &GenerationConfig) -> Result<ValidRequest, ServiceError> {
     let RawRequest { setup, tensors, memory } = raw;
     let info = engine.info();
     if setup.prompt.is_empty() {
@@ -58,7 +62,16 @@ pub fn validate(raw: RawRequest, engine: &Engine, cfg: &GenerationConfig) -> Res
         return Err(ServiceError::invalid("tensors", format!("{} tensors, setup.n_tensors says {}", tensors.len(), setup.n_tensors)));
     }
     let sampling = convert::sampling(&setup.sampling.unwrap_or_default()).map_err(|e| prefixed("setup.", e))?;
-    let additions = tensors.into_iter().enumerate().map(|(i, t)| addition(t, engine, &format!("tensors[{i}]"))).collect::<Result<Vec<_>, _>>()?;
+    if tensors.len() + vectors.len() > cfg.max_tensors {
+        let n = tensors.len() + vectors.len();
+        return Err(ServiceError::invalid("setup.vectors", format!("{n} steering tensors with the library vectors'; at most {}", cfg.max_tensors)));
+    }
+    let mut additions = tensors.into_iter().enumerate().map(|(i, t)| addition(t, engine, &format!("tensors[{i}]"))).collect::<Result<Vec<_>, _>>()?;
+    for r in vectors {
+        let field = format!("{}.tensors.{}", r.field, r.tensor.point);
+        let hook = convert::engine_point(r.tensor.point, info.n_layer, &field)?;
+        additions.push(checked(hook, r.tensor.k, r.tensor.values, r.mode, &field)?);
+    }
     let prompt = prompt(&setup, engine, &additions)?;
     if prompt.len() + max_new > info.n_positions {
         return Err(ServiceError::invalid(
@@ -123,20 +136,32 @@ fn addition(t: WireTensor, engine: &Engine, field: &str) -> Result<Addition, Ser
     }
     let point = h.point.unwrap_or_default();
     let hook = convert::hook_point(point.hook, point.layer, info.n_layer, &format!("{field}.point"))?;
-    if t.values.iter().any(|v| !v.is_finite()) {
+    let mode = Mode::from_proto(h.mode).ok_or_else(|| ServiceError::invalid(format!("{field}.mode"), format!("unknown steering mode {}", h.mode)))?;
+    checked(hook, h.shape[0] as usize, t.values, mode, field)
+}
+
+/// An addition from checked values: finite, within [`MAX_STEERING_ABS`], `[1, d]` when added
+/// at all positions.
+fn checked(hook: steer_model::HookPoint, k: usize, values: Vec<f32>, mode: Mode, field: &str) -> Result<Addition, ServiceError> {
+    if values.iter().any(|v| !v.is_finite()) {
         return Err(ServiceError::invalid(format!("{field}.data"), "NaN or Inf in the steering tensor"));
     }
-    if let Some(v) = t.values.iter().find(|v| v.abs() > MAX_STEERING_ABS) {
+    if let Some(v) = values.iter().find(|v| v.abs() > MAX_STEERING_ABS) {
         return Err(ServiceError::invalid(format!("{field}.data"), format!("{v:e}: steering values must be within ±{MAX_STEERING_ABS:e}")));
     }
-    Ok(Addition::new(hook, h.shape[0] as usize, Arc::<[f32]>::from(t.values)))
+    match mode {
+        Mode::Prefix => Ok(Addition::new(hook, k, Arc::<[f32]>::from(values))),
+        Mode::AllPositions if k == 1 => Ok(Addition::all_positions(hook, Arc::<[f32]>::from(values))),
+        Mode::AllPositions => Err(ServiceError::invalid(format!("{field}.shape"), format!("[{k}, d_model]: an ALL_POSITIONS tensor is one direction, [1, d_model]"))),
+    }
 }
 
 /// The prompt's ids; one shorter than the steering is an error, or padded with spaces after
 /// BOS (`short_prompt = PAD`).
 fn prompt(setup: &GenerateSetup, engine: &Engine, additions: &[Addition]) -> Result<Vec<u32>, ServiceError> {
     let mut prompt = engine.encode(&setup.prompt, setup.use_bos)?;
-    let k_max = additions.iter().map(|a| a.k).max().unwrap_or(0);
+    // Only prefix additions need prompt positions; a direction at all positions fits any prompt.
+    let k_max = additions.iter().filter(|a| a.placement == Placement::Prefix).map(|a| a.k).max().unwrap_or(0);
     if k_max > prompt.len() {
         if setup.short_prompt != ShortPrompt::Pad as i32 {
             return Err(ServiceError::invalid(

@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::dtype::WeightDtype;
 use crate::error::{ModelError, Result};
 use crate::gpt2::{Gpt2, SharedPrefix, Step};
-use crate::hooks::{Addition, Additions, Captures, HookPoint, Hooks};
+use crate::hooks::{Addition, Additions, Captures, HookPoint, Hooks, Placement};
 use crate::kv_cache::{KvCache, RowKv};
 use crate::sampler::{Sampler, SamplingParams};
 use crate::gguf;
@@ -57,7 +57,8 @@ pub struct ModelInfo {
 pub struct RowRequest {
     /// Prompt token ids (BOS already prepended if wanted).
     pub prompt: Vec<u32>,
-    /// Steering: each added at positions 0..k-1 of the prompt, in the prefill only.
+    /// Steering: prefix additions at positions 0..k-1 of the prompt, in the prefill only;
+    /// all-positions ones at every position and every decode step.
     pub additions: Vec<Addition>,
     pub sampling: SamplingParams,
     pub seed: u64,
@@ -369,8 +370,10 @@ impl Engine {
     pub fn step(&self, seqs: &mut [&mut Sequence]) -> Result<()> {
         for group in seqs.chunks_mut(crate::kernels::SMALL_M_MAX) {
             let ids: Vec<u32> = group.iter().map(|s| s.last_token()).collect();
+            let steady: Vec<&[Addition]> = group.iter().map(|s| s.steady.as_slice()).collect();
+            let additions = Additions::decode(&steady, self.info.d_model, self.model.dtype(), self.model.device())?;
             let mut kv: Vec<&mut RowKv> = group.iter_mut().map(|s| &mut s.kv).collect();
-            let hidden = self.model.decode(&ids, &mut kv)?;
+            let hidden = self.model.decode(&ids, &mut kv, additions.as_ref())?;
             let logits = self.model.logits(&hidden)?.to_vec2::<f32>()?;
             for (s, l) in group.iter_mut().zip(logits) {
                 s.logits = Some(l);
@@ -469,6 +472,8 @@ impl Prefill {
 #[derive(Debug)]
 pub struct Sequence {
     kv: RowKv,
+    /// The row's all-positions additions, applied at every decode step.
+    steady: Vec<Addition>,
     sampler: Sampler,
     logits: Option<Vec<f32>>,
     pub tokens: Vec<u32>,
@@ -482,6 +487,7 @@ impl Sequence {
     fn new(row: &RowRequest, kv: RowKv, logits: Vec<f32>, opts: &GenerateOptions) -> Self {
         Self {
             kv,
+            steady: row.additions.iter().filter(|a| a.placement == Placement::AllPositions).cloned().collect(),
             sampler: Sampler::new(row.sampling.clone(), row.seed, &row.prompt),
             logits: Some(logits),
             tokens: vec![],

@@ -8,7 +8,7 @@ use candle_nn::{Embedding, LayerNorm};
 
 use crate::config::{Activation, Config};
 use crate::error::Result;
-use crate::hooks::Hooks;
+use crate::hooks::{Additions, Hooks};
 use crate::kernels;
 use crate::kv_cache::{KvCache, LayerKv, RowKv};
 use crate::matrix::Matrix;
@@ -317,14 +317,20 @@ impl Gpt2 {
 
     /// One decode step of m rows, each with its own cache and position: `ids[r]` is row r's
     /// newest token, at position `kv[r].len()`. Returns the hidden states after `ln_f`, [m, d].
-    /// No steering: ActAdd acts in the prefill only.
-    pub fn decode(&self, ids: &[u32], kv: &mut [&mut RowKv]) -> Result<Tensor> {
+    /// `additions` ([m, d] per stream) are the rows' all-positions directions; ActAdd's prefix
+    /// additions act in the prefill only.
+    pub fn decode(&self, ids: &[u32], kv: &mut [&mut RowKv], additions: Option<&Additions>) -> Result<Tensor> {
         let m = ids.len();
         let positions: Vec<u32> = kv.iter().map(|r| r.len() as u32).collect();
         let positions = Tensor::from_vec(positions, m, &self.device)?;
         let mut x = (self.wte.gather(ids, &self.device)? + self.wpe.forward(&positions)?)?;
-        for (layer, block) in self.blocks.iter().enumerate() {
-            x = block.decode(&x, layer, kv)?;
+        for stream in 0..=self.blocks.len() {
+            if stream > 0 {
+                x = self.blocks[stream - 1].decode(&x, stream - 1, kv)?;
+            }
+            if let Some(delta) = additions.and_then(|a| a.at_stream(stream)) {
+                x = (x + delta)?;
+            }
         }
         Ok(self.ln_f.forward(&x)?)
     }

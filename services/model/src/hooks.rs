@@ -117,32 +117,50 @@ impl FromStr for HookPoint {
     }
 }
 
-/// One steering addition for one row: a `[k, d_model]` f32 tensor, row-major on the host,
-/// added at positions 0..k-1 of the row's prompt (BOS included when present), at `hook`, in the
-/// prefill pass only. The values are shared (`Arc`) by every row that carries them.
-///
 /// Largest magnitude a steering value may have. Far beyond any useful steering (GPT-2-XL's
 /// residual stream norms are in the hundreds to thousands), and small enough that a layer norm's
 /// sum of squares over d_model stays finite in f32 (a 3e38 value would make it Inf, then NaN).
 pub const MAX_STEERING_ABS: f32 = 1e7;
 
+/// Where an addition lands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Placement {
+    /// ActAdd: a `[k, d_model]` tensor at positions 0..k-1 of the prompt (BOS included when
+    /// present), in the prefill pass only.
+    #[default]
+    Prefix,
+    /// Control vectors, CAA: a `[1, d_model]` direction at every position of the prompt and
+    /// at every generated token (in each decode step).
+    AllPositions,
+}
+
+/// One steering addition for one row: f32 values, row-major on the host, added at `hook` as
+/// its [`Placement`] says. The values are shared (`Arc`) by every row that carries them.
+///
 /// The engine trusts its additions: the services validate them once, at their edge (layer in
-/// range, `k <= prompt length`, values finite and within [`MAX_STEERING_ABS`]); the engine only
-/// `debug_assert`s.
+/// range, `k <= prompt length`, `k = 1` for all positions, values finite and within
+/// [`MAX_STEERING_ABS`]); the engine only `debug_assert`s.
 #[derive(Debug, Clone)]
 pub struct Addition {
     pub hook: HookPoint,
-    /// Positions covered.
+    /// Positions covered (1 for [`Placement::AllPositions`]).
     pub k: usize,
     /// `k * d_model` values.
     pub values: Arc<[f32]>,
+    pub placement: Placement,
 }
 
 impl Addition {
+    /// An ActAdd (prefix) addition of `k` positions.
     pub fn new(hook: HookPoint, k: usize, values: impl Into<Arc<[f32]>>) -> Self {
         let values = values.into();
         debug_assert!(k > 0 && values.len() % k == 0, "{} values for k = {k}", values.len());
-        Self { hook, k, values }
+        Self { hook, k, values, placement: Placement::Prefix }
+    }
+
+    /// A `[1, d_model]` direction added at every position.
+    pub fn all_positions(hook: HookPoint, values: impl Into<Arc<[f32]>>) -> Self {
+        Self { placement: Placement::AllPositions, ..Self::new(hook, 1, values) }
     }
 
     /// From a `[k, d]` tensor of any float dtype (e.g. a capture).
@@ -154,12 +172,13 @@ impl Addition {
 
     /// True when both carry the very same values (shared, not compared element by element).
     pub fn same_as(&self, other: &Addition) -> bool {
-        self.hook == other.hook && self.k == other.k && Arc::ptr_eq(&self.values, &other.values)
+        self.hook == other.hook && self.k == other.k && self.placement == other.placement && Arc::ptr_eq(&self.values, &other.values)
     }
 }
 
-/// The additions of one batched forward, resolved per stream into a `[B, T, d]` delta that is
-/// zero for unsteered rows, padding and positions past each row's k.
+/// The additions of one batched forward, resolved per stream into a `[B, T, d]` delta (a
+/// `[B, d]` one for a decode step) that is zero for unsteered rows, padding and positions past
+/// each prefix addition's k.
 #[derive(Debug, Clone, Default)]
 pub struct Additions {
     deltas: BTreeMap<usize, Tensor>,
@@ -185,18 +204,43 @@ impl Additions {
                 debug_assert!(offsets[row] + k <= seq_len, "steering tensor longer than row {row}'s prompt");
                 let delta = host.entry(add.hook.stream()).or_insert_with(|| vec![0f32; b * seq_len * d_model]);
                 let start = (row * seq_len + offsets[row]) * d_model;
-                for (dst, src) in delta[start..start + k * d_model].iter_mut().zip(add.values.iter()) {
+                let positions = match add.placement {
+                    Placement::Prefix => &mut delta[start..start + k * d_model],
+                    Placement::AllPositions => &mut delta[start..(row + 1) * seq_len * d_model],
+                };
+                for pos in positions.chunks_mut(k * d_model) {
+                    for (dst, src) in pos.iter_mut().zip(add.values.iter()) {
+                        *dst += src;
+                    }
+                }
+            }
+        }
+        Self::from_host(host, &[b, seq_len, d_model], dtype, device)
+    }
+
+    /// The all-positions additions of one decode step: row b's directions, `[B, d]` per stream
+    /// (prefix additions act in the prefill only and are skipped). `None` when no row has any.
+    pub fn decode(rows: &[&[Addition]], d_model: usize, dtype: DType, device: &Device) -> Result<Option<Self>> {
+        let b = rows.len();
+        let mut host: BTreeMap<usize, Vec<f32>> = BTreeMap::new();
+        for (row, adds) in rows.iter().enumerate() {
+            for add in adds.iter().filter(|a| a.placement == Placement::AllPositions) {
+                let delta = host.entry(add.hook.stream()).or_insert_with(|| vec![0f32; b * d_model]);
+                for (dst, src) in delta[row * d_model..(row + 1) * d_model].iter_mut().zip(add.values.iter()) {
                     *dst += src;
                 }
             }
         }
+        Self::from_host(host, &[b, d_model], dtype, device)
+    }
+
+    fn from_host(host: BTreeMap<usize, Vec<f32>>, shape: &[usize], dtype: DType, device: &Device) -> Result<Option<Self>> {
         if host.is_empty() {
             return Ok(None);
         }
         let mut deltas = BTreeMap::new();
         for (stream, v) in host {
-            let t = Tensor::from_vec(v, (b, seq_len, d_model), device)?.to_dtype(dtype)?;
-            deltas.insert(stream, t);
+            deltas.insert(stream, Tensor::from_vec(v, shape, device)?.to_dtype(dtype)?);
         }
         Ok(Some(Self { deltas }))
     }
@@ -291,5 +335,21 @@ mod tests {
         assert!(a.at_stream(0).is_none());
         let none: [&[Addition]; 2] = [&[], &[]];
         assert!(Additions::build(&none, &[0, 0], 4, 2, DType::F32, &dev).unwrap().is_none());
+    }
+
+    #[test]
+    fn all_positions_directions_cover_every_real_position_and_each_decode_step() {
+        let dev = Device::Cpu;
+        let dir = [Addition::all_positions(HookPoint::BlockOutput(0), vec![1f32, -1.]), Addition::new(HookPoint::ResidPre(1), 1, vec![5f32, 5.])];
+        let rows: [&[Addition]; 2] = [&dir, &[]];
+        let a = Additions::build(&rows, &[1, 0], 3, 2, DType::F32, &dev).unwrap().unwrap();
+        let delta = a.at_stream(1).unwrap().to_vec3::<f32>().unwrap();
+        // Row 0 is left-padded by one: the padding gets nothing; the prefix addition lands once.
+        assert_eq!(delta[0], vec![vec![0., 0.], vec![6., 4.], vec![1., -1.]]);
+        assert_eq!(delta[1], vec![vec![0., 0.]; 3]);
+        let step = Additions::decode(&rows, 2, DType::F32, &dev).unwrap().unwrap();
+        assert_eq!(step.at_stream(1).unwrap().to_vec2::<f32>().unwrap(), vec![vec![1., -1.], vec![0., 0.]]);
+        let prefix_only: [&[Addition]; 1] = [&dir[1..]];
+        assert!(Additions::decode(&prefix_only, 2, DType::F32, &dev).unwrap().is_none());
     }
 }

@@ -29,7 +29,7 @@ pub use config::Config;
 pub use dtype::WeightDtype;
 pub use engine::{Engine, FinishReason, GenerateOptions, LoadOptions, ModelInfo, Prefill, RowOutput, RowRequest, Sequence, TokenEvent};
 pub use error::{ModelError, Result};
-pub use hooks::{Addition, HookKind, HookPoint, MAX_STEERING_ABS};
+pub use hooks::{Addition, HookKind, HookPoint, Placement, MAX_STEERING_ABS};
 pub use sampler::SamplingParams;
 pub use source::{HubOptions, ModelSource};
 pub use tokenizer::Gpt2Tokenizer;

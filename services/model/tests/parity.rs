@@ -184,3 +184,39 @@ fn actadd_steering_tensor_and_steered_greedy_match_hugging_face() {
         assert_ne!(plain[0], ids(&a["steered_greedy"]), "the steering must change something");
     }
 }
+
+/// all_positions steering (control vectors, CAA): a direction added at every position of every
+/// pass, against a Hugging Face forward hook that does the same (scripts/make_vector_goldens.py).
+#[test]
+fn all_positions_steering_matches_a_hugging_face_hook_at_every_position() {
+    let e = engine();
+    let text = std::fs::read_to_string(fixtures().join("goldens/tiny-gpt2-vectors.json")).unwrap();
+    let g: Value = serde_json::from_str(&text).unwrap();
+    for c in g["all_positions"].as_array().unwrap() {
+        let layer = c["layer"].as_u64().unwrap() as usize;
+        let hook = match c["hook"].as_str().unwrap() {
+            "resid_pre" => HookPoint::ResidPre(layer),
+            _ => HookPoint::BlockOutput(layer),
+        };
+        let golden: Vec<f32> = c["direction"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        // Our captures give the same direction.
+        let acts = e.capture(&[e.encode("Love ", true).unwrap(), e.encode("Hate", true).unwrap()], &[hook]).unwrap();
+        let last = |t: &Tensor| t.get(t.dim(0).unwrap() - 1).unwrap().to_vec1::<f32>().unwrap();
+        let coeff = c["coeff"].as_f64().unwrap() as f32;
+        let ours: Vec<f32> = last(&acts[0][0]).iter().zip(last(&acts[1][0])).map(|(p, m)| coeff * (p - m)).collect();
+        assert!(max_abs_diff(&[ours], &[golden.clone()]) < 1e-4, "{hook}: direction");
+        let prompt = ids(&c["prompt_ids"]);
+        let dir = Addition::all_positions(hook, golden.clone());
+        for cache in [true, false] {
+            let got = run(&e, &greedy_rows(&[prompt.clone()], vec![vec![dir.clone()]]), 20, cache);
+            assert_eq!(got[0], ids(&c["steered_greedy"]), "{hook}, kv cache {cache}");
+        }
+        // Beside an unsteered row and a prefix (ActAdd) row of the same values: each its own.
+        let prefix = Addition::new(hook, 1, golden);
+        let mixed = run(&e, &greedy_rows(&[prompt.clone(), prompt.clone(), prompt.clone()], vec![vec![], vec![dir], vec![prefix]]), 20, true);
+        assert_eq!(mixed[0], ids(&c["unsteered_greedy"]), "{hook}");
+        assert_eq!(mixed[1], ids(&c["steered_greedy"]), "{hook}: mixed batch");
+        assert_ne!(mixed[2], mixed[1], "{hook}: prefix placement differs from all positions");
+        assert_ne!(mixed[0], mixed[1], "{hook}: the direction must change something");
+    }
+}

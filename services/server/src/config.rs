@@ -40,6 +40,20 @@ pub struct ServeConfig {
     /// The generation engine counts as stuck (health NOT_SERVING) when it has work and has not
     /// finished an iteration for this long.
     pub watchdog: Duration,
+    pub vectors: VectorsConfig,
+}
+
+/// The vector library (kept by the activation service) and where a generation-only worker
+/// fetches library vectors from.
+#[derive(Debug, Clone, Default)]
+pub struct VectorsConfig {
+    /// The library's directory and bounds; `None`: no library.
+    pub library: Option<steer_vector::LibraryConfig>,
+    /// A generation-only worker fetches library vectors from this activation worker
+    /// (`http(s)://host:port`); with both services in one process the local library is used.
+    pub source_url: Option<String>,
+    /// Bearer token for `source_url`.
+    pub source_token: Option<String>,
 }
 
 impl Default for ServeConfig {
@@ -53,6 +67,7 @@ impl Default for ServeConfig {
             grace: Duration::from_secs(10),
             max_message_bytes: 8 << 20,
             watchdog: Duration::from_secs(60),
+            vectors: VectorsConfig::default(),
         }
     }
 }

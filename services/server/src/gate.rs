@@ -12,6 +12,8 @@ use steer_generation::GenerationWorker;
 use steer_proto::v1::activation_service_server::ActivationService;
 use steer_proto::v1::generation_service_server::GenerationService;
 use steer_proto::v1::{
+    ComputeVectorRequest, DeleteVectorRequest, DeleteVectorResponse, GetVectorRequest, GetVectorResponse, ListVectorsRequest,
+    ListVectorsResponse, PutVectorRequest, PutVectorResponse,
     ActivationServiceGetModelInfoRequest, ActivationServiceGetModelInfoResponse, GenerateFromTensorsRequest, GenerateRequest,
     GenerationServiceGetModelInfoRequest, GenerationServiceGetModelInfoResponse, GetActivationsRequest, GetSteeringTensorsRequest,
 };
@@ -101,6 +103,22 @@ impl<W> Gate<W> {
 impl ActivationService for Gate<ActivationWorker> {
     type GetActivationsStream = <ActivationWorker as ActivationService>::GetActivationsStream;
     type GetSteeringTensorsStream = <ActivationWorker as ActivationService>::GetSteeringTensorsStream;
+    type ComputeVectorStream = <ActivationWorker as ActivationService>::ComputeVectorStream;
+    async fn compute_vector(&self, r: Request<ComputeVectorRequest>) -> Result<Response<Self::ComputeVectorStream>, Status> {
+        self.observe("ComputeVector", r, |w, r| async move { w.compute_vector(r).await }).await
+    }
+    async fn put_vector(&self, r: Request<PutVectorRequest>) -> Result<Response<PutVectorResponse>, Status> {
+        self.observe("PutVector", r, |w, r| async move { w.put_vector(r).await }).await
+    }
+    async fn get_vector(&self, r: Request<GetVectorRequest>) -> Result<Response<GetVectorResponse>, Status> {
+        self.observe("GetVector", r, |w, r| async move { w.get_vector(r).await }).await
+    }
+    async fn list_vectors(&self, r: Request<ListVectorsRequest>) -> Result<Response<ListVectorsResponse>, Status> {
+        self.observe("ListVectors", r, |w, r| async move { w.list_vectors(r).await }).await
+    }
+    async fn delete_vector(&self, r: Request<DeleteVectorRequest>) -> Result<Response<DeleteVectorResponse>, Status> {
+        self.observe("DeleteVector", r, |w, r| async move { w.delete_vector(r).await }).await
+    }
     async fn get_activations(&self, r: Request<GetActivationsRequest>) -> Result<Response<Self::GetActivationsStream>, Status> {
         self.observe("GetActivations", r, |w, r| async move { w.get_activations(r).await }).await
     }

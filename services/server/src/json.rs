@@ -19,6 +19,7 @@ use serde::Serialize;
 use steer_proto::v1::activation_service_server::ActivationService;
 use steer_proto::v1::generation_service_server::GenerationService;
 use steer_proto::v1::{
+    ComputeVectorRequest, DeleteVectorRequest, GetVectorRequest, ListVectorsRequest, PutVectorRequest,
     ActivationServiceGetModelInfoRequest, GenerateFromTensorsRequest, GenerationServiceGetModelInfoRequest, GetActivationsRequest,
     GetSteeringTensorsRequest,
 };
@@ -102,6 +103,21 @@ pub fn router(services: &Arc<Services>) -> axum::Router {
         });
         r = route(r, services, "/v1/rpc/steer.v1.ActivationService/GetModelInfo", |s, req: ActivationServiceGetModelInfoRequest, _| async move {
             unary(ActivationService::get_model_info(&s.activation, tonic::Request::new(req)).await)
+        });
+        r = route(r, services, "/v1/rpc/steer.v1.ActivationService/ComputeVector", |s, req: ComputeVectorRequest, h| async move {
+            streamed(s.activation.compute_vector(tonic::Request::new(req)).await, &h)
+        });
+        r = route(r, services, "/v1/rpc/steer.v1.ActivationService/PutVector", |s, req: PutVectorRequest, _| async move {
+            unary(s.activation.put_vector(tonic::Request::new(req)).await)
+        });
+        r = route(r, services, "/v1/rpc/steer.v1.ActivationService/GetVector", |s, req: GetVectorRequest, _| async move {
+            unary(s.activation.get_vector(tonic::Request::new(req)).await)
+        });
+        r = route(r, services, "/v1/rpc/steer.v1.ActivationService/ListVectors", |s, req: ListVectorsRequest, _| async move {
+            unary(s.activation.list_vectors(tonic::Request::new(req)).await)
+        });
+        r = route(r, services, "/v1/rpc/steer.v1.ActivationService/DeleteVector", |s, req: DeleteVectorRequest, _| async move {
+            unary(s.activation.delete_vector(tonic::Request::new(req)).await)
         });
     }
     if services.cfg.role.generation() {

@@ -21,7 +21,7 @@ pub mod serve;
 pub mod services;
 pub mod tls;
 
-pub use config::{read_tokens, Role, SecurityConfig, ServeConfig, TlsFiles, TransportConfig};
+pub use config::{read_tokens, Role, SecurityConfig, ServeConfig, TlsFiles, TransportConfig, VectorsConfig};
 pub use error::ServerError;
 pub use local::LocalServer;
 pub use serve::{run, serve, shutdown_signal};

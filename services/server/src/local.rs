@@ -29,7 +29,7 @@ impl LocalServer {
         }
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let tls = cfg.security.tls.is_some();
-        let (services, health) = Services::new(cfg).await;
+        let (services, health) = Services::new(cfg).await.map_err(std::io::Error::other)?;
         services.ready(engine).await;
         let task = tokio::spawn(serve(Arc::new(services), health, listener, async move {
             let _ = rx.await;

@@ -121,7 +121,7 @@ where
 {
     let listener = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr: addr.to_string(), source })?;
     tracing::info!(addr = %listener.local_addr()?, role = ?cfg.role, "listening (loading the model)");
-    let (services, health) = Services::new(cfg).await;
+    let (services, health) = Services::new(cfg).await?;
     let services = Arc::new(services);
     if let Some(addr) = metrics_addr {
         let bound = services.serve_metrics(addr).await.map_err(|source| ServerError::Bind { addr: addr.to_string(), source })?;

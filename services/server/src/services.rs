@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use steer_activation::ActivationWorker;
-use steer_generation::GenerationWorker;
+use steer_generation::{GenerationWorker, VectorSource};
+use steer_vector::Library;
 use steer_model::Engine;
 use steer_telemetry::Metrics;
 use tonic_health::pb::health_server::{Health, HealthServer};
@@ -14,6 +15,7 @@ use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
 use crate::config::ServeConfig;
+use crate::error::ServerError;
 use crate::gate::Gate;
 
 pub(crate) const ACTIVATION: &str = "steer.v1.ActivationService";
@@ -26,10 +28,20 @@ pub struct Services {
     pub(crate) generation: Gate<GenerationWorker>,
     reporter: HealthReporter,
     draining: Arc<AtomicBool>,
+    library: Option<Arc<Library>>,
 }
 
 impl Services {
-    pub async fn new(cfg: ServeConfig) -> (Self, HealthServer<impl Health>) {
+    /// Opens the vector library (when this process keeps one) before anything is served.
+    pub async fn new(cfg: ServeConfig) -> Result<(Self, HealthServer<impl Health>), ServerError> {
+        let library = match (&cfg.vectors.library, cfg.role.activation()) {
+            (Some(l), true) => {
+                let l = l.clone();
+                let lib = tokio::task::spawn_blocking(move || Library::open(l)).await.map_err(|e| ServerError::Config(e.to_string()))?;
+                Some(Arc::new(lib.map_err(|e| ServerError::Config(format!("vector library: {e}")))?))
+            }
+            _ => None,
+        };
         let (reporter, health) = tonic_health::server::health_reporter();
         for name in ["", ACTIVATION, GENERATION] {
             reporter.set_service_status(name, ServingStatus::NotServing).await;
@@ -43,19 +55,40 @@ impl Services {
             metrics,
             reporter,
             draining: Arc::new(AtomicBool::new(false)),
+            library,
         };
-        (s, health)
+        Ok((s, health))
+    }
+
+    /// Where the generation worker finds library vectors: this process's library, or the
+    /// activation worker named in the configuration.
+    fn vector_source(&self) -> VectorSource {
+        if let Some(lib) = &self.library {
+            return VectorSource::Local(lib.clone());
+        }
+        match &self.cfg.vectors.source_url {
+            Some(url) => VectorSource::remote(url, self.cfg.vectors.source_token.clone()).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "--vector-source: library vectors unavailable");
+                VectorSource::None
+            }),
+            None => VectorSource::None,
+        }
     }
 
     /// Installs the workers on the loaded engine and reports SERVING.
     pub async fn ready(&self, engine: Arc<Engine>) {
         let role = self.cfg.role;
         if role.activation() {
-            let _ = self.activation.worker.set(ActivationWorker::new(engine.clone(), self.cfg.activation.clone()));
+            let mut worker = ActivationWorker::new(engine.clone(), self.cfg.activation.clone());
+            if let Some(lib) = &self.library {
+                worker = worker.with_library(lib.clone());
+            }
+            let _ = self.activation.worker.set(worker);
             self.reporter.set_service_status(ACTIVATION, ServingStatus::Serving).await;
         }
         if role.generation() {
-            let _ = self.generation.worker.set(GenerationWorker::new(engine, self.cfg.generation.clone(), self.metrics.clone()));
+            let worker = GenerationWorker::new(engine, self.cfg.generation.clone(), self.metrics.clone()).with_vectors(self.vector_source());
+            let _ = self.generation.worker.set(worker);
             self.reporter.set_service_status(GENERATION, ServingStatus::Serving).await;
             self.watch_generation();
         }

@@ -60,7 +60,7 @@ pub async fn run(engine: Arc<Engine>, tokens: usize) -> Result<()> {
         tensors: tensors.iter().map(|t| steer_generation::read::WireTensor { header: t.header.clone(), values: t.values.clone() }).collect(),
         memory: Default::default(),
     };
-    let valid = steer_generation::validation::validate(raw, &engine, &Default::default())?;
+    let valid = steer_generation::validation::validate(raw, vec![], &engine, &Default::default())?;
     let gen = GenerateOptions { max_new_tokens: valid.max_new_tokens, ..Default::default() };
     let t = Instant::now();
     let local = engine.generate(&valid.rows, &gen, |_| std::ops::ControlFlow::Continue(()))?;

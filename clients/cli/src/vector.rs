@@ -1,0 +1,435 @@
+//! `steer vector ...`: steering vectors as files (save, show, train, export/import GGUF) and
+//! the activation service's library (put, get, list, delete), against running services or an
+//! embedded server that keeps the library in --vector-dir.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use steer_client::steer_vector::{self, SteeringVector};
+use steer_client::v1::{ContrastPair, ContrastPairs, Reduction, VectorFile, VectorInfo};
+use steer_client::{AdditionSpec, RunOptions, SteerClient};
+use steer_server::{LocalServer, ServeConfig, VectorsConfig};
+
+use crate::commands::{ConnectArgs, HookArg};
+use crate::ModelArgs;
+
+#[derive(Subcommand)]
+pub enum VectorCommand {
+    /// Compute ActAdd's steering tensors of --add ... and write them as a vector file.
+    Save(SaveArgs),
+    /// Print a vector file's metadata and per-layer norms (.safetensors, or a llama.cpp .gguf).
+    Show(ShowArgs),
+    /// A dataset vector: mean difference of activations over contrast pairs (CAA).
+    Train(TrainArgs),
+    /// Write a vector file as a llama.cpp control vector (GGUF).
+    Export(ExportArgs),
+    /// Read a llama.cpp control vector (GGUF) into a vector file.
+    Import(ImportArgs),
+    /// Put a vector file in the activation service's library.
+    Put(PutArgs),
+    /// Fetch a library vector (by name, digest or digest prefix) into a file.
+    Get(GetArgs),
+    /// List the library.
+    List(ServiceArgs),
+    /// Delete a library vector.
+    Delete(DeleteArgs),
+}
+
+/// Which activation service: a running one, or one embedded here (loading --model) with its
+/// library in --vector-dir.
+#[derive(Args, Clone)]
+pub struct ServiceArgs {
+    /// A running activation worker's URL (else the services are embedded in this process).
+    #[arg(long, env = "STEER_ACTIVATION_URL")]
+    activation_url: Option<String>,
+    /// Library directory of the embedded server [default: as `steer serve`].
+    #[arg(long, env = "STEER_VECTOR_DIR")]
+    vector_dir: Option<PathBuf>,
+    #[command(flatten)]
+    conn: ConnectArgs,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+impl ServiceArgs {
+    pub async fn connect(&self) -> Result<(SteerClient, Option<LocalServer>)> {
+        if let Some(url) = &self.activation_url {
+            return Ok((SteerClient::connect_with(url, &[url.clone()], self.conn.options()?).await?, None));
+        }
+        let model = self.model.clone();
+        let engine = Arc::new(tokio::task::spawn_blocking(move || model.load()).await??);
+        let local = LocalServer::start(engine, embedded_config(self.vector_dir.clone())).await?;
+        Ok((SteerClient::connect(&local.url(), &[local.url()]).await?, Some(local)))
+    }
+}
+
+/// An embedded server's configuration: the defaults, with the library in `dir` (or the default
+/// library directory).
+pub fn embedded_config(dir: Option<PathBuf>) -> ServeConfig {
+    let library = steer_vector::LibraryConfig { dir: dir.unwrap_or_else(crate::serve::default_vector_dir), ..Default::default() };
+    ServeConfig { vectors: VectorsConfig { library: Some(library), ..Default::default() }, ..Default::default() }
+}
+
+#[derive(Args)]
+pub struct SaveArgs {
+    /// The file to write (NAME.safetensors).
+    out: PathBuf,
+    /// LAYER:COEFF:TEXT, repeatable (as for `steer run`).
+    #[arg(long = "add", required = true)]
+    add: Vec<AdditionSpec>,
+    /// Contrast prompts at one layer must have equal token lengths (else they are space-padded).
+    #[arg(long)]
+    strict_lengths: bool,
+    #[command(flatten)]
+    made: MadeArgs,
+    #[command(flatten)]
+    service: ServiceArgs,
+}
+
+/// How a computed vector is read and kept.
+#[derive(Args)]
+pub struct MadeArgs {
+    /// Where the activations are read (and the vector added).
+    #[arg(long, value_enum, default_value_t = HookArg::ResidPre)]
+    hook: HookArg,
+    /// Do not prepend <|endoftext|> to the prompts.
+    #[arg(long)]
+    no_bos: bool,
+    /// Name in the metadata [default: the file's stem].
+    #[arg(long)]
+    name: Option<String>,
+    /// Also put it in the library.
+    #[arg(long)]
+    store: bool,
+}
+
+impl MadeArgs {
+    fn name(&self, out: &Path) -> String {
+        self.name.clone().unwrap_or_else(|| stem(out))
+    }
+}
+
+#[derive(Args)]
+pub struct ShowArgs {
+    file: PathBuf,
+    /// Print the metadata as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// JSON lines, one pair each: {"positive": "...", "negative": "..."}.
+    #[arg(long)]
+    pairs: PathBuf,
+    /// Layers: 10-20, 6 or 3,5,7.
+    #[arg(long)]
+    layers: String,
+    /// The file to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Which positions of each prompt are averaged.
+    #[arg(long, value_enum, default_value_t = ReductionArg::LastToken)]
+    reduction: ReductionArg,
+    /// Pairs per forward [default: the worker's].
+    #[arg(long)]
+    batch_size: Option<u32>,
+    #[command(flatten)]
+    made: MadeArgs,
+    #[command(flatten)]
+    service: ServiceArgs,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum ReductionArg {
+    /// The last token's activation (CAA).
+    LastToken,
+    /// The mean over the prompt's positions (BOS excluded).
+    Mean,
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// A vector file (all_positions, as `steer vector train` writes).
+    file: PathBuf,
+    /// The control-vector GGUF to write.
+    #[arg(long)]
+    gguf: PathBuf,
+}
+
+#[derive(Args)]
+pub struct ImportArgs {
+    /// A llama.cpp control vector.
+    gguf: PathBuf,
+    /// The vector file to write.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+pub struct PutArgs {
+    file: PathBuf,
+    /// Library name [default: the file's own].
+    #[arg(long)]
+    name: Option<String>,
+    #[command(flatten)]
+    service: ServiceArgs,
+}
+
+#[derive(Args)]
+pub struct GetArgs {
+    /// Name, digest or digest prefix (8+ hex digits).
+    reference: String,
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    service: ServiceArgs,
+}
+
+#[derive(Args)]
+pub struct DeleteArgs {
+    reference: String,
+    #[command(flatten)]
+    service: ServiceArgs,
+}
+
+pub async fn run(cmd: VectorCommand) -> Result<()> {
+    match cmd {
+        VectorCommand::Save(a) => save(a).await,
+        VectorCommand::Show(a) => show(&a),
+        VectorCommand::Train(a) => train(a).await,
+        VectorCommand::Export(a) => {
+            let v = SteeringVector::load(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
+            let bytes = steer_vector::gguf::export(&v).with_context(|| format!("exporting {}", a.file.display()))?;
+            write(&a.gguf, &bytes)?;
+            eprintln!("wrote {} ({} directions, llama.cpp numbering)", a.gguf.display(), v.tensors.len());
+            Ok(())
+        }
+        VectorCommand::Import(a) => {
+            let v = SteeringVector::load(&a.gguf).with_context(|| format!("reading {}", a.gguf.display()))?;
+            v.save(&a.out)?;
+            eprintln!("wrote {} ({})", a.out.display(), v.digest());
+            Ok(())
+        }
+        VectorCommand::Put(a) => {
+            let data = std::fs::read(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
+            let data = if a.file.extension().is_some_and(|e| e == "gguf") { SteeringVector::load(&a.file)?.to_bytes() } else { data };
+            with_service(&a.service, |c| async move {
+                let r = c.put_vector(data, a.name.as_deref().unwrap_or("")).await?;
+                let info = r.info.unwrap_or_default();
+                print_infos(std::slice::from_ref(&info));
+                if !r.replaced.is_empty() {
+                    eprintln!("replaced {}", r.replaced);
+                }
+                Ok(())
+            })
+            .await
+        }
+        VectorCommand::Get(a) => {
+            with_service(&a.service, |c| async move {
+                let f = c.get_vector(&a.reference).await?;
+                write(&a.out, &f.data)?;
+                eprintln!("wrote {} ({})", a.out.display(), f.info.unwrap_or_default().digest);
+                Ok(())
+            })
+            .await
+        }
+        VectorCommand::List(a) => {
+            with_service(&a, |c| async move {
+                let l = c.list_vectors().await?;
+                print_infos(&l.vectors);
+                eprintln!("{} vectors, {} of {} bytes, at most {} vectors", l.vectors.len(), l.bytes, l.capacity_bytes, l.max_entries);
+                Ok(())
+            })
+            .await
+        }
+        VectorCommand::Delete(a) => {
+            with_service(&a.service, |c| async move {
+                let info = c.delete_vector(&a.reference).await?;
+                eprintln!("deleted {} ({})", info.name, info.digest);
+                Ok(())
+            })
+            .await
+        }
+    }
+}
+
+/// Runs `f` against the service, shutting an embedded one down after.
+async fn with_service<F, Fut>(s: &ServiceArgs, f: F) -> Result<()>
+where
+    F: FnOnce(SteerClient) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let (client, local) = s.connect().await?;
+    let r = f(client).await;
+    if let Some(l) = local {
+        l.shutdown().await;
+    }
+    r
+}
+
+fn stem(p: &Path) -> String {
+    p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Writes a computed vector and says what it holds.
+fn written(out: &Path, f: &VectorFile) -> Result<()> {
+    write(out, &f.data)?;
+    let v = SteeringVector::from_bytes(&f.data)?;
+    eprint!("{}", v.describe());
+    eprintln!("wrote {}", out.display());
+    Ok(())
+}
+
+async fn save(a: SaveArgs) -> Result<()> {
+    let opts = RunOptions {
+        hook: steer_common::convert::proto_hook(a.made.hook.into()),
+        use_bos: !a.made.no_bos,
+        strict_lengths: a.strict_lengths,
+        ..RunOptions::default()
+    };
+    let name = a.made.name(&a.out);
+    with_service(&a.service, |c| async move {
+        let f = c.save_vector(&name, &a.add, &opts, a.made.store).await?;
+        written(&a.out, &f)
+    })
+    .await
+}
+
+fn show(a: &ShowArgs) -> Result<()> {
+    let v = SteeringVector::load(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&v.meta)?);
+    } else {
+        print!("{}", v.describe());
+    }
+    Ok(())
+}
+
+async fn train(a: TrainArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&a.pairs).with_context(|| format!("reading {}", a.pairs.display()))?;
+    let pairs = parse_pairs(&text).with_context(|| format!("in {}", a.pairs.display()))?;
+    let hook = steer_common::convert::proto_hook(a.made.hook.into()) as i32;
+    let points = parse_layers(&a.layers)?.into_iter().map(|layer| steer_client::v1::HookPoint { hook, layer }).collect();
+    let reduction = match a.reduction {
+        ReductionArg::LastToken => Reduction::LastToken,
+        ReductionArg::Mean => Reduction::Mean,
+    } as i32;
+    let n = pairs.len();
+    let req = ContrastPairs { pairs, points, reduction, use_bos: !a.made.no_bos, batch_size: a.batch_size.unwrap_or(0) };
+    let name = a.made.name(&a.out);
+    with_service(&a.service, |c| async move {
+        let bar = crate::progress::Steps::new(n as u64);
+        let mut bar = Some(bar);
+        let f = c
+            .train_vector(&name, req, a.made.store, |done, _| {
+                if let Some(b) = bar.as_mut() {
+                    b.update(done as u64, done as usize);
+                }
+            })
+            .await?;
+        if let Some(b) = bar {
+            b.finish(n);
+        }
+        written(&a.out, &f)
+    })
+    .await
+}
+
+/// `{"positive": ..., "negative": ...}` per line (blank lines skipped).
+pub fn parse_pairs(text: &str) -> Result<Vec<ContrastPair>> {
+    #[derive(serde::Deserialize)]
+    struct Pair {
+        positive: String,
+        negative: String,
+    }
+    let mut out = vec![];
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let p: Pair = serde_json::from_str(line).with_context(|| format!("line {}: expected {{\"positive\": \"...\", \"negative\": \"...\"}}", i + 1))?;
+        out.push(ContrastPair { positive: p.positive, negative: p.negative });
+    }
+    if out.is_empty() {
+        bail!("no pairs");
+    }
+    Ok(out)
+}
+
+/// `10-20` (inclusive), `6`, or `3,5,7`.
+pub fn parse_layers(s: &str) -> Result<Vec<u32>> {
+    let mut out = vec![];
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = || anyhow::anyhow!("`{s}`: layers are A-B, L or L,M,...");
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (u32, u32) = (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?);
+                if a > b {
+                    return Err(bad());
+                }
+                out.extend(a..=b);
+            }
+            None => out.push(part.parse().map_err(|_| bad())?),
+        }
+    }
+    if out.is_empty() {
+        bail!("no layers in `{s}`");
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+/// A layer range `A-B` (inclusive) or one layer.
+pub fn parse_range(s: &str) -> Result<(u32, u32)> {
+    let layers = parse_layers(s)?;
+    let (a, b) = (layers[0], *layers.last().unwrap());
+    if layers.len() as u32 != b - a + 1 {
+        bail!("`{s}`: a layer range is A-B");
+    }
+    Ok((a, b))
+}
+
+/// `FILE[:SCALE]` (a trailing `:number` is the scale; 1 otherwise).
+pub fn parse_scaled(s: &str) -> (String, f32) {
+    match s.rsplit_once(':') {
+        Some((f, scale)) if !f.is_empty() => match scale.parse::<f32>() {
+            Ok(x) if x.is_finite() => (f.to_string(), x),
+            _ => (s.to_string(), 1.0),
+        },
+        _ => (s.to_string(), 1.0),
+    }
+}
+
+fn print_infos(infos: &[VectorInfo]) {
+    println!("{:<24} {:<16} {:<14} {:>4} {:>10}  points", "name", "digest", "mode", "k", "bytes");
+    for i in infos {
+        let mode = steer_vector::Mode::from_proto(i.mode).map_or("?", |m| m.name());
+        let points: Vec<String> = i.points.iter().filter_map(steer_vector::Point::from_proto).map(|p| p.to_string()).collect();
+        println!("{:<24} {:<16} {:<14} {:>4} {:>10}  {}", i.name, &i.digest[..i.digest.len().min(16)], mode, i.positions, i.bytes, points.join(" "));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse() {
+        assert_eq!(parse_layers("10-12").unwrap(), vec![10, 11, 12]);
+        assert_eq!(parse_layers("3,5, 4").unwrap(), vec![3, 4, 5]);
+        assert!(parse_layers("5-3").is_err() && parse_layers("x").is_err());
+        assert_eq!(parse_range("2-4").unwrap(), (2, 4));
+        assert!(parse_range("2,4").is_err());
+        assert_eq!(parse_scaled("v.safetensors:-2.5"), ("v.safetensors".into(), -2.5));
+        assert_eq!(parse_scaled("v.safetensors"), ("v.safetensors".into(), 1.0));
+        assert_eq!(parse_scaled("C:/dir/v.gguf"), ("C:/dir/v.gguf".into(), 1.0));
+        let pairs = parse_pairs("{\"positive\": \"a\", \"negative\": \"b\"}\n\n{\"positive\": \"c\", \"negative\": \"d\"}\n").unwrap();
+        assert_eq!(pairs.len(), 2);
+        assert!(parse_pairs("{\"pos\": 1}").unwrap_err().to_string().contains("line 1"));
+    }
+}

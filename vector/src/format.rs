@@ -1,0 +1,575 @@
+//! The vector file: safetensors with one `[k, d_model]` f32 tensor per hook point and JSON
+//! metadata under the `steer` key (format name under `format`).
+//!
+//! The digest is SHA-256 over what steers: the format name, the mode, and each tensor's name,
+//! shape and little-endian f32 bytes in point order. Names, prompts and other metadata do not
+//! change it, so two files that steer the same way have the same digest, and a file whose bytes
+//! were damaged fails to load.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use steer_proto::v1;
+
+use crate::error::{Result, VectorError};
+
+/// Written in the file's metadata; a reader refuses any other.
+pub const FORMAT: &str = "steer.vector/1";
+
+/// How the vector is added (proto `SteeringMode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// ActAdd: `[k, d]` at positions 0..k-1 of the prompt, in the prefill only.
+    #[default]
+    Prefix,
+    /// Control vectors, CAA: `[1, d]` at every position, generated tokens included.
+    AllPositions,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Prefix => "prefix",
+            Mode::AllPositions => "all_positions",
+        }
+    }
+
+    pub fn to_proto(self) -> v1::SteeringMode {
+        match self {
+            Mode::Prefix => v1::SteeringMode::Prefix,
+            Mode::AllPositions => v1::SteeringMode::AllPositions,
+        }
+    }
+
+    /// UNSPECIFIED is PREFIX; an unknown value is `None`.
+    pub fn from_proto(m: i32) -> Option<Self> {
+        match v1::SteeringMode::try_from(m).ok()? {
+            v1::SteeringMode::Unspecified | v1::SteeringMode::Prefix => Some(Mode::Prefix),
+            v1::SteeringMode::AllPositions => Some(Mode::AllPositions),
+        }
+    }
+}
+
+impl FromStr for Mode {
+    type Err = VectorError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().replace('-', "_").as_str() {
+            "prefix" => Ok(Mode::Prefix),
+            "all_positions" => Ok(Mode::AllPositions),
+            _ => Err(VectorError::invalid("mode", format!("`{s}`: expected prefix or all_positions"))),
+        }
+    }
+}
+
+/// The hook of a point, as named in files (proto `Hook`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HookName {
+    ResidPre,
+    BlockOutput,
+}
+
+/// A hook point: `resid_pre.L` is the stream entering block L, `block_output.L` the one
+/// leaving it (= `resid_pre.(L+1)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Point {
+    pub hook: HookName,
+    pub layer: u32,
+}
+
+impl Point {
+    pub fn resid_pre(layer: u32) -> Self {
+        Self { hook: HookName::ResidPre, layer }
+    }
+
+    pub fn block_output(layer: u32) -> Self {
+        Self { hook: HookName::BlockOutput, layer }
+    }
+
+    /// The residual stream it names (0..=n_layer).
+    pub fn stream(self) -> u32 {
+        match self.hook {
+            HookName::ResidPre => self.layer,
+            HookName::BlockOutput => self.layer + 1,
+        }
+    }
+
+    pub fn to_proto(self) -> v1::HookPoint {
+        let hook = match self.hook {
+            HookName::ResidPre => v1::Hook::ResidPre,
+            HookName::BlockOutput => v1::Hook::BlockOutput,
+        };
+        v1::HookPoint { hook: hook as i32, layer: self.layer }
+    }
+
+    /// UNSPECIFIED is RESID_PRE; an unknown hook is `None`.
+    pub fn from_proto(p: &v1::HookPoint) -> Option<Self> {
+        let hook = match v1::Hook::try_from(p.hook).ok()? {
+            v1::Hook::Unspecified | v1::Hook::ResidPre => HookName::ResidPre,
+            v1::Hook::BlockOutput => HookName::BlockOutput,
+        };
+        Some(Self { hook, layer: p.layer })
+    }
+}
+
+impl fmt::Display for Point {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hook = match self.hook {
+            HookName::ResidPre => "resid_pre",
+            HookName::BlockOutput => "block_output",
+        };
+        write!(f, "{hook}.{}", self.layer)
+    }
+}
+
+impl FromStr for Point {
+    type Err = VectorError;
+    /// `resid_pre.6`, `block_output.20`.
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || VectorError::invalid("tensor", format!("`{s}`: expected resid_pre.L or block_output.L"));
+        let (hook, layer) = s.split_once('.').ok_or_else(bad)?;
+        let layer = layer.parse().map_err(|_| bad())?;
+        match hook {
+            "resid_pre" => Ok(Self::resid_pre(layer)),
+            "block_output" => Ok(Self::block_output(layer)),
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// One tensor of a vector: `k` positions of `d` values, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VectorTensor {
+    pub point: Point,
+    pub k: usize,
+    pub values: Vec<f32>,
+}
+
+impl VectorTensor {
+    pub fn d(&self) -> usize {
+        self.values.len() / self.k.max(1)
+    }
+
+    /// L2 norm over all values.
+    pub fn norm(&self) -> f32 {
+        self.values.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>().sqrt() as f32
+    }
+
+    /// L2 norm of each position's vector.
+    pub fn position_norms(&self) -> Vec<f32> {
+        self.values.chunks(self.d().max(1)).map(|r| r.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>().sqrt() as f32).collect()
+    }
+}
+
+/// The model a vector was made for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ModelRef {
+    /// Hub repo id or local directory ("" when unknown, e.g. from a GGUF control vector).
+    pub name: String,
+    #[serde(default)]
+    pub revision: String,
+    pub d_model: u32,
+    /// 0 when unknown.
+    pub n_layer: u32,
+}
+
+impl ModelRef {
+    /// The model's own name without directories (`openai-community/gpt2-xl` and
+    /// `/models/gpt2-xl` are both `gpt2-xl`), lower case.
+    fn short(&self) -> String {
+        let name = self.name.trim_end_matches(['/', '\\']).trim_end_matches(".gguf");
+        name.rsplit(['/', '\\']).next().unwrap_or("").to_ascii_lowercase()
+    }
+}
+
+/// One ActAdd term as it was computed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdditionMeta {
+    pub prompt: String,
+    pub coeff: f64,
+    pub layer: u32,
+    /// Token ids as added, after BOS and padding.
+    pub tokens: Vec<u32>,
+    /// Space tokens appended.
+    pub padding: u32,
+}
+
+/// Where a vector came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Origin {
+    /// ActAdd: per layer, sum of coeff * activation(prompt), the prompts at one layer
+    /// right-padded with `pad_token` to equal length.
+    ActAdd { additions: Vec<AdditionMeta>, use_bos: bool, strict_lengths: bool, pad_token: u32 },
+    /// Mean over `pairs` contrast pairs of reduce(act(positive)) - reduce(act(negative)).
+    MeanDifference { pairs: usize, reduction: String, use_bos: bool },
+    /// Read from a llama.cpp control-vector GGUF.
+    Gguf { model_hint: String, layer_count: u32 },
+}
+
+/// Per-tensor metadata (derived from the tensors; written for readers of the JSON alone).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TensorMeta {
+    pub name: String,
+    pub hook: HookName,
+    pub layer: u32,
+    pub k: usize,
+    pub norm: f32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Metadata {
+    pub format: String,
+    pub name: String,
+    pub model: ModelRef,
+    pub mode: Mode,
+    pub origin: Origin,
+    pub tensors: Vec<TensorMeta>,
+    /// 64 hex digits (see the module doc).
+    pub digest: String,
+    pub created_by: String,
+}
+
+/// A steering vector: tensors in point order and their metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SteeringVector {
+    pub meta: Metadata,
+    pub tensors: Vec<VectorTensor>,
+}
+
+impl SteeringVector {
+    /// Checks the tensors (`d_model` values per position, `k = 1` for all_positions, one per
+    /// point, finite) and computes the derived metadata and digest.
+    pub fn new(name: impl Into<String>, model: ModelRef, mode: Mode, origin: Origin, mut tensors: Vec<VectorTensor>) -> Result<Self> {
+        if tensors.is_empty() {
+            return Err(VectorError::invalid("tensors", "a vector needs at least one tensor"));
+        }
+        tensors.sort_by_key(|t| t.point);
+        let d = model.d_model as usize;
+        for (i, t) in tensors.iter().enumerate() {
+            let field = format!("tensors[{i}]");
+            if t.k == 0 || d == 0 || t.values.len() != t.k * d {
+                return Err(VectorError::invalid(field, format!("{}: {} values for k = {} and d_model = {d}", t.point, t.values.len(), t.k)));
+            }
+            if mode == Mode::AllPositions && t.k != 1 {
+                return Err(VectorError::invalid(field, format!("{}: an all_positions vector is [1, d_model], not [{}, {d}]", t.point, t.k)));
+            }
+            if model.n_layer > 0 && t.point.layer >= model.n_layer {
+                return Err(VectorError::invalid(field, format!("{}: layer must be in 0..{}", t.point, model.n_layer)));
+            }
+            if i > 0 && tensors[i - 1].point == t.point {
+                return Err(VectorError::invalid(field, format!("{}: two tensors at one point", t.point)));
+            }
+            if t.values.iter().any(|v| !v.is_finite()) {
+                return Err(VectorError::invalid(field, format!("{}: NaN or Inf", t.point)));
+            }
+        }
+        let meta = Metadata {
+            format: FORMAT.into(),
+            name: name.into(),
+            model,
+            mode,
+            origin,
+            tensors: tensors
+                .iter()
+                .map(|t| TensorMeta { name: t.point.to_string(), hook: t.point.hook, layer: t.point.layer, k: t.k, norm: t.norm() })
+                .collect(),
+            digest: digest(mode, &tensors),
+            created_by: format!("steer {}", env!("CARGO_PKG_VERSION")),
+        };
+        Ok(Self { meta, tensors })
+    }
+
+    pub fn digest(&self) -> &str {
+        &self.meta.digest
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.meta.mode
+    }
+
+    /// The same tensors under another name.
+    pub fn renamed(mut self, name: impl Into<String>) -> Self {
+        self.meta.name = name.into();
+        self
+    }
+
+    /// The safetensors bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = self
+            .tensors
+            .iter()
+            .map(|t| {
+                let bytes: &[u8] = bytemuck_f32(&t.values);
+                let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![t.k, t.d()], bytes).expect("shape matches");
+                (t.point.to_string(), view)
+            })
+            .collect();
+        let info = HashMap::from([
+            ("format".to_string(), FORMAT.to_string()),
+            ("steer".to_string(), serde_json::to_string(&self.meta).expect("metadata serialises")),
+        ]);
+        safetensors::serialize(views, Some(info)).expect("in-memory serialisation")
+    }
+
+    /// Reads and checks a vector file's bytes: the format, every tensor against the metadata,
+    /// and the digest.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| VectorError::invalid("file", format!("not a safetensors file: {e}")))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| VectorError::invalid("file", e.to_string()))?;
+        let info = header.metadata().clone().unwrap_or_default();
+        if info.get("format").map(String::as_str) != Some(FORMAT) {
+            return Err(VectorError::invalid("file", format!("not a steering vector file (no `format: {FORMAT}` in its metadata)")));
+        }
+        let meta: Metadata = serde_json::from_str(info.get("steer").map(String::as_str).unwrap_or(""))
+            .map_err(|e| VectorError::invalid("metadata", format!("unreadable: {e}")))?;
+        if st.len() != meta.tensors.len() {
+            return Err(VectorError::invalid("tensors", format!("{} tensors, the metadata lists {}", st.len(), meta.tensors.len())));
+        }
+        let mut tensors = vec![];
+        for (i, m) in meta.tensors.iter().enumerate() {
+            let field = format!("tensors[{i}]");
+            let view = st.tensor(&m.name).map_err(|_| VectorError::invalid(&field, format!("`{}` listed but missing", m.name)))?;
+            if view.dtype() != safetensors::Dtype::F32 || view.shape().len() != 2 || view.shape()[0] != m.k {
+                return Err(VectorError::invalid(field, format!("`{}`: {:?} {:?}, expected F32 [{}, d_model]", m.name, view.dtype(), view.shape(), m.k)));
+            }
+            let values = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            tensors.push(VectorTensor { point: m.name.parse::<Point>().map_err(|e| e.within(&field))?, k: m.k, values });
+        }
+        let checked = Self::new(meta.name.clone(), meta.model.clone(), meta.mode, meta.origin.clone(), tensors)?;
+        if checked.meta.digest != meta.digest {
+            return Err(VectorError::invalid("digest", format!("the tensors hash to {}, the file says {}: the file was altered", checked.meta.digest, meta.digest)));
+        }
+        Ok(Self { meta: Metadata { created_by: meta.created_by, ..checked.meta }, tensors: checked.tensors })
+    }
+
+    /// Writes the file (`.safetensors`).
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        std::fs::write(path, self.to_bytes()).map_err(|e| VectorError::io(path, e))
+    }
+
+    /// Reads a vector file: a `.gguf` as a llama.cpp control vector, anything else as ours.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|e| VectorError::io(path, e))?;
+        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+            let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            return crate::gguf::import(&bytes, &name);
+        }
+        Self::from_bytes(&bytes)
+    }
+
+    /// Refuses a vector made for a model of another shape, or another model by name (names are
+    /// compared without directories and case; an unknown name or depth is not compared).
+    pub fn check_model(&self, model: &ModelRef) -> Result<()> {
+        let mine = &self.meta.model;
+        if mine.d_model != model.d_model {
+            return Err(VectorError::WrongModel {
+                field: "model.d_model".into(),
+                message: format!("the vector is for d_model {} ({}), the model has {}", mine.d_model, mine.name, model.d_model),
+            });
+        }
+        if mine.n_layer != 0 && model.n_layer != 0 && mine.n_layer != model.n_layer {
+            return Err(VectorError::WrongModel {
+                field: "model.n_layer".into(),
+                message: format!("the vector is for {} layers ({}), the model has {}", mine.n_layer, mine.name, model.n_layer),
+            });
+        }
+        if let Some(t) = self.tensors.iter().find(|t| model.n_layer != 0 && t.point.layer >= model.n_layer) {
+            return Err(VectorError::WrongModel {
+                field: format!("tensors.{}", t.point),
+                message: format!("layer {} does not exist in a {}-layer model", t.point.layer, model.n_layer),
+            });
+        }
+        let (a, b) = (mine.short(), model.short());
+        if !a.is_empty() && !b.is_empty() && a != b {
+            return Err(VectorError::WrongModel {
+                field: "model.name".into(),
+                message: format!("the vector was made for `{}`, this is `{}`", mine.name, model.name),
+            });
+        }
+        Ok(())
+    }
+
+    /// The tensors to apply: values times `scale`, only those whose layer is in `layers`
+    /// (inclusive; all when `None`).
+    pub fn applied(&self, scale: f32, layers: Option<(u32, u32)>) -> Vec<VectorTensor> {
+        self.tensors
+            .iter()
+            .filter(|t| layers.is_none_or(|(a, b)| (a..=b).contains(&t.point.layer)))
+            .map(|t| VectorTensor { point: t.point, k: t.k, values: t.values.iter().map(|v| v * scale).collect() })
+            .collect()
+    }
+
+    /// Longest tensor's positions.
+    pub fn positions(&self) -> usize {
+        self.tensors.iter().map(|t| t.k).max().unwrap_or(0)
+    }
+
+    /// The proto summary (`bytes`: the file's size).
+    pub fn info(&self, bytes: u64) -> v1::VectorInfo {
+        v1::VectorInfo {
+            name: self.meta.name.clone(),
+            digest: self.meta.digest.clone(),
+            mode: self.meta.mode.to_proto() as i32,
+            points: self.tensors.iter().map(|t| t.point.to_proto()).collect(),
+            positions: self.positions() as u32,
+            bytes,
+            model: self.meta.model.name.clone(),
+            d_model: self.meta.model.d_model,
+            n_layer: self.meta.model.n_layer,
+            metadata_json: serde_json::to_string(&self.meta).expect("metadata serialises"),
+            norms: self.tensors.iter().map(VectorTensor::norm).collect(),
+        }
+    }
+
+    /// A human-readable summary: metadata and per-layer norms.
+    pub fn describe(&self) -> String {
+        use std::fmt::Write;
+        let m = &self.meta;
+        let mut s = String::new();
+        let _ = writeln!(s, "name      {}", m.name);
+        let _ = writeln!(s, "digest    {}", m.digest);
+        let _ = writeln!(s, "model     {} (rev {}, d_model {}, {} layers)", or_unknown(&m.model.name), or_unknown(&m.model.revision), m.model.d_model, m.model.n_layer);
+        let _ = writeln!(s, "mode      {}", m.mode.name());
+        match &m.origin {
+            Origin::ActAdd { additions, use_bos, strict_lengths, pad_token } => {
+                let _ = writeln!(s, "origin    ActAdd: {} additions, BOS {use_bos}, strict lengths {strict_lengths}, pad token {pad_token}", additions.len());
+                for a in additions {
+                    let _ = writeln!(s, "          layer {:>3} coeff {:>+8.3} {:?} tokens {:?} (+{} pad)", a.layer, a.coeff, a.prompt, a.tokens, a.padding);
+                }
+            }
+            Origin::MeanDifference { pairs, reduction, use_bos } => {
+                let _ = writeln!(s, "origin    mean difference over {pairs} contrast pairs, {reduction}, BOS {use_bos}");
+            }
+            Origin::Gguf { model_hint, layer_count } => {
+                let _ = writeln!(s, "origin    llama.cpp control vector (model_hint {model_hint:?}, layer_count {layer_count})");
+            }
+        }
+        let _ = writeln!(s, "{:<18} {:>4} {:>12}  position norms", "tensor", "k", "norm");
+        for t in &self.tensors {
+            let norms: Vec<String> = t.position_norms().iter().map(|n| format!("{n:.3}")).collect();
+            let _ = writeln!(s, "{:<18} {:>4} {:>12.4}  [{}]", t.point.to_string(), t.k, t.norm(), norms.join(", "));
+        }
+        s
+    }
+}
+
+fn or_unknown(s: &str) -> &str {
+    if s.is_empty() {
+        "?"
+    } else {
+        s
+    }
+}
+
+fn bytemuck_f32(v: &[f32]) -> &[u8] {
+    // SAFETY: f32 has no padding and any byte pattern is a valid u8; the files are
+    // little-endian, as is every target we build for (checked below).
+    const _: () = assert!(cfg!(target_endian = "little"), "vector files are little-endian");
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+}
+
+/// SHA-256 over the format, the mode and each tensor's name, shape and bytes, in point order.
+fn digest(mode: Mode, tensors: &[VectorTensor]) -> String {
+    let mut h = Sha256::new();
+    h.update(FORMAT.as_bytes());
+    h.update(b"\n");
+    h.update(mode.name().as_bytes());
+    h.update(b"\n");
+    for t in tensors {
+        h.update(format!("{} {} {}\n", t.point, t.k, t.d()).as_bytes());
+        h.update(bytemuck_f32(&t.values));
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn model() -> ModelRef {
+        ModelRef { name: "fixtures/tiny-gpt2".into(), revision: "main".into(), d_model: 4, n_layer: 3 }
+    }
+
+    pub fn actadd() -> SteeringVector {
+        let origin = Origin::ActAdd {
+            additions: vec![AdditionMeta { prompt: "Love".into(), coeff: 5.0, layer: 1, tokens: vec![50256, 1, 2], padding: 0 }],
+            use_bos: true,
+            strict_lengths: false,
+            pad_token: 220,
+        };
+        let tensors = vec![
+            VectorTensor { point: Point::resid_pre(2), k: 1, values: vec![0.5, -1.0, 2.0, 0.0] },
+            VectorTensor { point: Point::resid_pre(1), k: 2, values: (0..8).map(|i| i as f32 * 0.25).collect() },
+        ];
+        SteeringVector::new("love", model(), Mode::Prefix, origin, tensors).unwrap()
+    }
+
+    #[test]
+    fn round_trips_bytes_and_keeps_the_digest() {
+        let v = actadd();
+        assert_eq!(v.tensors[0].point, Point::resid_pre(1), "tensors in point order");
+        assert_eq!(v.digest().len(), 64);
+        let back = SteeringVector::from_bytes(&v.to_bytes()).unwrap();
+        assert_eq!(back, v);
+        // Names do not change the digest; values do.
+        assert_eq!(v.clone().renamed("other").digest(), v.digest());
+        let mut t = v.tensors.clone();
+        t[1].values[0] += 1.0;
+        let w = SteeringVector::new("love", model(), Mode::Prefix, v.meta.origin.clone(), t).unwrap();
+        assert_ne!(w.digest(), v.digest());
+    }
+
+    #[test]
+    fn a_damaged_file_is_refused() {
+        let v = actadd();
+        let mut bytes = v.to_bytes();
+        let n = bytes.len();
+        bytes[n - 1] ^= 0x40; // last tensor byte
+        let err = SteeringVector::from_bytes(&bytes).unwrap_err();
+        assert!(err.to_string().starts_with("digest:"), "{err}");
+        assert!(SteeringVector::from_bytes(b"not a file").unwrap_err().to_string().starts_with("file:"));
+    }
+
+    #[test]
+    fn shapes_and_modes_are_checked() {
+        let o = actadd().meta.origin;
+        let bad = vec![VectorTensor { point: Point::resid_pre(0), k: 2, values: vec![0.0; 8] }];
+        let err = SteeringVector::new("x", model(), Mode::AllPositions, o.clone(), bad).unwrap_err();
+        assert!(err.to_string().contains("[1, d_model]"), "{err}");
+        let bad = vec![VectorTensor { point: Point::resid_pre(0), k: 1, values: vec![0.0; 5] }];
+        assert!(SteeringVector::new("x", model(), Mode::Prefix, o.clone(), bad).unwrap_err().to_string().starts_with("tensors[0]"));
+        let bad = vec![VectorTensor { point: Point::resid_pre(3), k: 1, values: vec![0.0; 4] }];
+        assert!(SteeringVector::new("x", model(), Mode::Prefix, o, bad).is_err());
+    }
+
+    #[test]
+    fn other_models_are_refused_naming_the_field() {
+        let v = actadd();
+        v.check_model(&ModelRef { name: "/tmp/copy/tiny-gpt2/".into(), ..model() }).unwrap();
+        let err = v.check_model(&ModelRef { d_model: 1600, ..model() }).unwrap_err();
+        assert!(matches!(&err, VectorError::WrongModel { field, .. } if field == "model.d_model"), "{err}");
+        let err = v.check_model(&ModelRef { n_layer: 48, ..model() }).unwrap_err();
+        assert!(matches!(&err, VectorError::WrongModel { field, .. } if field == "model.n_layer"), "{err}");
+        let err = v.check_model(&ModelRef { name: "openai-community/gpt2-xl".into(), ..model() }).unwrap_err();
+        assert!(matches!(&err, VectorError::WrongModel { field, .. } if field == "model.name"), "{err}");
+    }
+
+    #[test]
+    fn applied_scales_and_selects_layers() {
+        let v = actadd();
+        let a = v.applied(2.0, Some((2, 5)));
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].values, vec![1.0, -2.0, 4.0, 0.0]);
+        assert_eq!(v.applied(1.0, None).len(), 2);
+        assert!(v.describe().contains("resid_pre.1"));
+        assert_eq!("block_output.3".parse::<Point>().unwrap().stream(), 4);
+    }
+}

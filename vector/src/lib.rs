@@ -1,0 +1,17 @@
+//! `steer-vector`: steering vectors as artifacts, shared by the services and the clients.
+//!
+//! - [`format`]: a vector file is safetensors with one `[k, d_model]` f32 tensor per hook point
+//!   (named `resid_pre.6`, `block_output.20`) and JSON metadata (model, mode, where it came
+//!   from: additions with prompts, token ids, coefficients, padding and BOS, or contrast
+//!   pairs), and a content digest over what steers (mode, points, values), checked on load.
+//! - [`gguf`]: llama.cpp control vectors (`direction.N`, `controlvector.*`), both ways.
+//! - [`library`]: a bounded on-disk store of vector files by name and digest.
+
+pub mod error;
+pub mod format;
+pub mod gguf;
+pub mod library;
+
+pub use error::{Result, VectorError};
+pub use format::{AdditionMeta, HookName, Metadata, Mode, ModelRef, Origin, Point, SteeringVector, VectorTensor, FORMAT};
+pub use library::{Library, LibraryConfig};
