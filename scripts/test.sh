@@ -2,7 +2,8 @@
 # The whole test suite: Rust (unit, parity, end-to-end, multi-process), the contract, the
 # deployment manifests, the dashboard in a real browser, the Python client, and the fuzz targets.
 # Needs: cargo; npm (buf and playwright-core come from the npm registry); Debian's chromium;
-# python3 with grpcio, grpcio-tools 1.85.1, protobuf, pytest, kubernetes-validate, pyyaml, setuptools, wheel
+# python3 with grpcio, grpcio-tools 1.85.1, protobuf, pytest, kubernetes-validate, pyyaml, setuptools, wheel,
+# numpy and gguf (llama.cpp's GGUF reader/writer, for the control-vector round trips)
 # (.ci/run installs them, the Python ones into a venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,5 +35,9 @@ python3 clients/python/generate.py
 rm -rf target/py-wheel target/py-venv
 python3 -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir target/py-wheel ./clients/python
 python3 -m venv --system-site-packages target/py-venv
+# A venv made from a venv's python sees the base interpreter's packages, not that venv's: point
+# it at the running python3's site-packages too (numpy, gguf, grpcio from .ci/run's venv).
+target/py-venv/bin/python -c 'import sys, sysconfig; print(sys.argv[1], file=open(sysconfig.get_paths()["purelib"] + "/parent-site.pth", "w"))' \
+  "$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 target/py-venv/bin/python -m pip install --quiet --no-deps target/py-wheel/steer_client-*.whl
 (cd clients/python/tests && STEER_BIN="$OLDPWD/target/debug/steer" "$OLDPWD/target/py-venv/bin/python" -m pytest -q -p no:cacheprovider .)

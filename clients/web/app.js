@@ -1,4 +1,4 @@
-// steer dashboard: calls ActivationService.GetSteeringTensors and
+// steer dashboard: calls ActivationService.GetSteeringTensors, the vector library RPCs and
 // GenerationService.GenerateFromTensors over gRPC-Web (same origin), with a minimal protobuf codec
 // for the few messages it needs. Field numbers come from fields.js, generated from
 // proto/steer/v1/*.proto (scripts/gen_web_fields.py; the test suite checks it is current).
@@ -59,6 +59,9 @@ const decode = (u8, spec) => {
   }
   return out;
 };
+// Every value of a repeated field (messages as bytes), in order.
+const repeated = (u8, field) => Array.from(fields(u8)).filter(([f]) => f === field).map(([, , v]) => v);
+const text = (v) => (v ? new TextDecoder().decode(v) : "");
 // Packed varints -> a fake message of field-1 varints, so `fields` can read them.
 function packedToFields(u8) {
   const w = []; let start = true;
@@ -113,7 +116,8 @@ function parseAdditions(text) {
   });
 }
 
-async function steeringTensors(additions, hook, useBos, signal) {
+// A GetSteeringTensorsRequest (also the `additions` source of ComputeVector).
+function steeringRequest(additions, hook, useBos) {
   const w = new Writer();
   for (const a of additions) {
     const A = F.ActivationAddition;
@@ -121,8 +125,13 @@ async function steeringTensors(additions, hook, useBos, signal) {
     w.message(F.GetSteeringTensorsRequest.additions, m);
   }
   w.uint(F.GetSteeringTensorsRequest.hook, hook); w.bool(F.GetSteeringTensorsRequest.use_bos, useBos);
+  return w;
+}
+
+async function steeringTensors(additions, hook, useBos, signal) {
   const tensors = [];
-  for await (const msg of grpcWeb("/steer.v1.ActivationService/GetSteeringTensors", w.finish(), signal)) {
+  if (!additions.length) return tensors; // library vectors only
+  for await (const msg of grpcWeb("/steer.v1.ActivationService/GetSteeringTensors", steeringRequest(additions, hook, useBos).finish(), signal)) {
     const ev = decode(msg, spec("GetSteeringTensorsResponse", "header", "chunk"));
     if (ev.header) tensors.push({ headerBytes: ev.header, header: decode(ev.header, spec("TensorHeader", "dtype", "shape", "total_bytes")), parts: [] });
     if (ev.chunk) tensors[tensors.length - 1].parts.push(decode(ev.chunk, spec("TensorChunk", "data")).data || new Uint8Array(0));
@@ -171,6 +180,7 @@ async function loadModelInfo() {
       const dtype = (E.Dtype[String(Number(info.dtype || 0n))] || "DTYPE_UNSPECIFIED").replace("DTYPE_", "").toLowerCase();
       $("model").textContent = `${info.name ? new TextDecoder().decode(info.name) : "model"}: ${nLayer} layers, d_model ${Number(info.d_model || 0n)}, weights ${dtype}`;
       modelLoaded = true;
+      listLibrary(); // it failed too if the token was missing
     }
   } catch (err) { $("model").textContent = String(err.message || err); }
 }
@@ -190,6 +200,96 @@ async function applyPreset() {
 
 let controller = null;
 let lastRun = null;
+
+// ---- the vector library (ActivationService Put/Get/List/DeleteVector, ComputeVector) ----
+// Applied library vectors: digest -> {name, scale input}; sent as GenerateSetup.vectors.
+const applied = new Map();
+
+async function unary(path, body) {
+  for await (const msg of grpcWeb(path, body)) return msg;
+  throw new Error(path + ": no response");
+}
+
+function vectorInfo(u8) {
+  const V = F.VectorInfo;
+  const info = decode(u8, spec("VectorInfo", "name", "digest", "mode", "positions", "bytes"));
+  const points = repeated(u8, V.points).map((p) => {
+    const hp = decode(p, spec("HookPoint", "hook", "layer"));
+    return `${Number(hp.hook || 0n) === 2 ? "block_output" : "resid_pre"}.${Number(hp.layer || 0n)}`;
+  });
+  const mode = (E.SteeringMode[String(Number(info.mode || 0n))] || "").replace("STEERING_MODE_", "").toLowerCase();
+  return { name: text(info.name), digest: text(info.digest), mode, points, positions: Number(info.positions || 0n), bytes: Number(info.bytes || 0n) };
+}
+
+async function listLibrary() {
+  const el = $("library");
+  try {
+    const resp = await unary("/steer.v1.ActivationService/ListVectors", new Uint8Array(0));
+    const infos = repeated(resp, F.ListVectorsResponse.vectors).map(vectorInfo);
+    el.innerHTML = infos.length ? "" : "<tr><td colspan=6>(empty)</td></tr>";
+    for (const v of infos) {
+      const tr = document.createElement("tr");
+      tr.dataset.digest = v.digest;
+      tr.innerHTML = `<td class="name"></td><td><code>${v.digest.slice(0, 12)}</code></td><td>${v.mode}</td><td>${v.points.join(" ")}</td>`
+        + `<td>${v.bytes}</td><td><button type="button" class="apply">apply</button> <button type="button" class="download">download</button> `
+        + `<button type="button" class="delete">delete</button></td>`;
+      tr.querySelector(".name").textContent = v.name;
+      tr.querySelector(".apply").onclick = () => applyVector(v);
+      tr.querySelector(".download").onclick = () => downloadVector(v);
+      tr.querySelector(".delete").onclick = async () => { await deleteVector(v); };
+      el.appendChild(tr);
+    }
+    $("library_status").textContent = `${infos.length} vectors`;
+  } catch (err) { $("library_status").textContent = String(err.message || err); }
+}
+
+function applyVector(v) {
+  if (applied.has(v.digest)) return;
+  const span = document.createElement("span");
+  span.className = "applied";
+  span.dataset.digest = v.digest;
+  span.innerHTML = `<b></b> x <input type="number" step="any" value="1" class="scale"> <button type="button">remove</button>`;
+  span.querySelector("b").textContent = v.name;
+  span.querySelector("button").onclick = () => { applied.delete(v.digest); span.remove(); };
+  $("applied").appendChild(span);
+  applied.set(v.digest, { name: v.name, scale: span.querySelector(".scale") });
+}
+
+async function downloadVector(v) {
+  const G = F.GetVectorRequest;
+  const w = new Writer(); w.string(G.ref, v.digest);
+  const resp = await unary("/steer.v1.ActivationService/GetVector", w.finish());
+  const file = decode(decode(resp, spec("GetVectorResponse", "vector")).vector, spec("VectorFile", "data"));
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(new Blob([file.data], { type: "application/octet-stream" }));
+  a.download = `${v.name || v.digest.slice(0, 12)}.safetensors`;
+  a.click();
+  URL.revokeObjectURL(a.href);
+}
+
+async function deleteVector(v) {
+  const w = new Writer(); w.string(F.DeleteVectorRequest.ref, v.digest);
+  await unary("/steer.v1.ActivationService/DeleteVector", w.finish());
+  applied.delete(v.digest);
+  document.querySelector(`.applied[data-digest="${v.digest}"]`)?.remove();
+  await listLibrary();
+}
+
+// Saves the form's additions as a library vector (ComputeVector with store).
+async function saveVector() {
+  const C = F.ComputeVectorRequest;
+  try {
+    const w = new Writer();
+    w.string(C.name, $("vector_name").value.trim());
+    w.message(C.additions, steeringRequest(parseAdditions($("additions").value), Number($("hook").value), $("bos").checked));
+    w.bool(C.store, true);
+    for await (const msg of grpcWeb("/steer.v1.ActivationService/ComputeVector", w.finish())) {
+      const ev = decode(msg, spec("ComputeVectorResponse", "vector"));
+      if (ev.vector) $("library_status").textContent = "saved " + vectorInfo(decode(ev.vector, spec("VectorFile", "info")).info).name;
+    }
+    await listLibrary();
+  } catch (err) { $("library_status").textContent = String(err.message || err); }
+}
 
 function exportJson() {
   if (!lastRun) return;
@@ -238,6 +338,11 @@ async function run(ev) {
     setup.string(G.prompt, prompt); setup.bool(G.use_bos, useBos); setup.message(G.sampling, sampling);
     setup.uint(G.n_comparisons, n); setup.uint(G.max_new_tokens, tokens); setup.uint(G.seed, Number($("seed").value));
     setup.uint(G.n_tensors, tensors.length);
+    for (const [digest, a] of applied) {
+      const R = F.VectorRef;
+      const r = new Writer(); r.string(R.digest, digest); r.double(R.scale, Number(a.scale.value));
+      setup.message(G.vectors, r);
+    }
     const req = new Writer();
     req.message(F.GenerateFromTensorsRequest.setup, setup);
     for (const t of tensors) {
@@ -265,7 +370,7 @@ async function run(ev) {
     results.dataset.done = finished === 2 * n ? "true" : "error";
     const text = (el) => Array.from(el.querySelectorAll(".text"), (t) => t.textContent);
     lastRun = {
-      prompt, additions, hook: hook === 2 ? "BLOCK_OUTPUT" : "RESID_PRE", use_bos: useBos, tokens, comparisons: n,
+      prompt, additions, vectors: Array.from(applied, ([digest, a]) => ({ digest, name: a.name, scale: Number(a.scale.value) })), hook: hook === 2 ? "BLOCK_OUTPUT" : "RESID_PRE", use_bos: useBos, tokens, comparisons: n,
       seed: Number($("seed").value),
       sampling: { temperature: Number($("temperature").value), top_p: Number($("top_p").value), top_k: Number($("top_k").value),
         repetition_penalty: Number($("rep").value), frequency_penalty: Number($("freq").value), presence_penalty: Number($("presence").value) },
@@ -291,5 +396,7 @@ $("cancel").addEventListener("click", () => controller && controller.abort());
 $("export").addEventListener("click", exportJson);
 for (const name of Object.keys(PRESETS)) $("preset").insertAdjacentHTML("beforeend", `<option>${name}</option>`);
 $("preset").addEventListener("change", applyPreset);
+$("lib_refresh").addEventListener("click", listLibrary);
+$("save_vector").addEventListener("click", saveVector);
 loadModelInfo();
 $("token").value = sessionStorage.getItem("steer-token") || "";

@@ -23,6 +23,37 @@ export const F = {
     "capacity_bytes": 5,
     "evictions": 6
   },
+  "ComputeProgress": {
+    "done": 1,
+    "total": 2
+  },
+  "ComputeVectorRequest": {
+    "name": 1,
+    "additions": 2,
+    "pairs": 3,
+    "store": 4
+  },
+  "ComputeVectorResponse": {
+    "progress": 1,
+    "vector": 2
+  },
+  "ContrastPair": {
+    "positive": 1,
+    "negative": 2
+  },
+  "ContrastPairs": {
+    "pairs": 1,
+    "points": 2,
+    "reduction": 3,
+    "use_bos": 4,
+    "batch_size": 5
+  },
+  "DeleteVectorRequest": {
+    "ref": 1
+  },
+  "DeleteVectorResponse": {
+    "deleted": 1
+  },
   "GenerateFromTensorsRequest": {
     "setup": 1,
     "tensors": 2
@@ -51,7 +82,8 @@ export const F = {
     "top_logprobs": 8,
     "skip_unsteered": 9,
     "short_prompt": 10,
-    "ignore_eos": 11
+    "ignore_eos": 11,
+    "vectors": 12
   },
   "GenerationServiceGetModelInfoRequest": {},
   "GenerationServiceGetModelInfoResponse": {
@@ -78,6 +110,12 @@ export const F = {
     "header": 2,
     "chunk": 3
   },
+  "GetVectorRequest": {
+    "ref": 1
+  },
+  "GetVectorResponse": {
+    "vector": 1
+  },
   "HookPoint": {
     "hook": 1,
     "layer": 2
@@ -85,6 +123,13 @@ export const F = {
   "InlineTensor": {
     "header": 1,
     "data": 2
+  },
+  "ListVectorsRequest": {},
+  "ListVectorsResponse": {
+    "vectors": 1,
+    "bytes": 2,
+    "capacity_bytes": 3,
+    "max_entries": 4
   },
   "ModelInfo": {
     "name": 1,
@@ -102,6 +147,14 @@ export const F = {
   "PromptTokens": {
     "prompt_index": 1,
     "tokens": 2
+  },
+  "PutVectorRequest": {
+    "data": 1,
+    "name": 2
+  },
+  "PutVectorResponse": {
+    "info": 1,
+    "replaced": 2
   },
   "RowFinished": {
     "row": 1,
@@ -134,7 +187,8 @@ export const F = {
     "shape": 2,
     "point": 3,
     "total_bytes": 4,
-    "prompt_index": 5
+    "prompt_index": 5,
+    "mode": 6
   },
   "TokenEvent": {
     "row": 1,
@@ -152,6 +206,29 @@ export const F = {
   "TopLogprob": {
     "token_id": 1,
     "logprob": 2
+  },
+  "VectorFile": {
+    "info": 1,
+    "data": 2
+  },
+  "VectorInfo": {
+    "name": 1,
+    "digest": 2,
+    "mode": 3,
+    "points": 4,
+    "positions": 5,
+    "bytes": 6,
+    "model": 7,
+    "d_model": 8,
+    "n_layer": 9,
+    "metadata_json": 10,
+    "norms": 11
+  },
+  "VectorRef": {
+    "digest": 1,
+    "scale": 2,
+    "first_layer": 3,
+    "last_layer": 4
   }
 };
 // Value names of every steer.v1 enum, by enum and number.
@@ -174,9 +251,19 @@ export const E = {
     "1": "HOOK_RESID_PRE",
     "2": "HOOK_BLOCK_OUTPUT"
   },
+  "Reduction": {
+    "0": "REDUCTION_UNSPECIFIED",
+    "1": "REDUCTION_LAST_TOKEN",
+    "2": "REDUCTION_MEAN"
+  },
   "ShortPrompt": {
     "0": "SHORT_PROMPT_UNSPECIFIED",
     "1": "SHORT_PROMPT_ERROR",
     "2": "SHORT_PROMPT_PAD"
+  },
+  "SteeringMode": {
+    "0": "STEERING_MODE_UNSPECIFIED",
+    "1": "STEERING_MODE_PREFIX",
+    "2": "STEERING_MODE_ALL_POSITIONS"
   }
 };

@@ -31,13 +31,22 @@ def wait_until_serving(client, proc, limit=120):
             time.sleep(0.1)
 
 
+BINARY = os.environ.get("STEER_BIN", str(ROOT / "target" / "debug" / "steer"))
+
+
 @pytest.fixture(scope="session")
-def server():
-    binary = os.environ.get("STEER_BIN", str(ROOT / "target" / "debug" / "steer"))
+def vector_dir(tmp_path_factory):
+    """The server's vector library."""
+    return tmp_path_factory.mktemp("vectors")
+
+
+@pytest.fixture(scope="session")
+def server(vector_dir):
+    binary = BINARY
     port = _free_port()
     proc = subprocess.Popen(
         [binary, "serve", "--model", str(ROOT / "fixtures" / "tiny-gpt2"), "--addr", f"127.0.0.1:{port}",
-         "--worker-id", "py-test"],
+         "--worker-id", "py-test", "--vector-dir", str(vector_dir)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "STEER_LOG": "warn"})
     addr = f"127.0.0.1:{port}"
     from steer_client import SteerClient

@@ -36,8 +36,9 @@ test("weddings example streams into both columns, which differ", { timeout: 240_
   const token = "dashboard-test-token-0123456789";
   const tokens = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "steer-")), "tokens");
   fs.writeFileSync(tokens, token + "\n");
+  const vectors = fs.mkdtempSync(path.join(os.tmpdir(), "steer-vectors-"));
   const server = spawn(bin, ["serve", "--model", path.join(root, "fixtures/tiny-gpt2"), "--dtype", "bf16", "--addr", `127.0.0.1:${port}`,
-    "--auth-tokens", tokens],
+    "--auth-tokens", tokens, "--vector-dir", vectors],
     { stdio: "ignore", env: { ...process.env, STEER_LOG: "warn" } });
   const browser = await chromium.launch({
     executablePath: chromiumPath,
@@ -78,13 +79,33 @@ test("weddings example streams into both columns, which differ", { timeout: 240_
     assert.notDeepEqual(steered, unsteered, "steering changed nothing");
     assert.ok(await page.evaluate(() => window.__updates) > 4 * 5, "tokens did not stream");
     assert.equal((await page.$$("#norms .norm")).length, 8, "per-position norms of the [8, 64] steering tensor (BOS + 7 tokens)");
-    fs.mkdirSync(path.join(root, "artifacts"), { recursive: true });
-    await page.screenshot({ path: path.join(root, "artifacts/dashboard.png"), fullPage: true });
     // Export: the run as JSON, downloaded.
     const [download] = await Promise.all([page.waitForEvent("download"), page.click("#export")]);
     const exported = JSON.parse(fs.readFileSync(await download.path(), "utf8"));
     assert.deepEqual(exported.steered, steered);
     assert.equal(exported.sampling.top_p, 0.3);
+    // The vector library: save the additions as a vector, apply it alone (no additions), and
+    // get the same steered completions; download it as a vector file.
+    await page.fill("#vector_name", "weddings");
+    await page.click("#save_vector");
+    await page.waitForSelector("#library tr[data-digest] .name");
+    assert.equal(await page.textContent("#library tr[data-digest] .name"), "weddings");
+    await page.click("#library tr[data-digest] .apply");
+    await page.fill("#additions", "");
+    await page.click("#run");
+    await page.waitForSelector('#results[data-done="true"], #results[data-done="error"]', { timeout: 180_000 });
+    assert.equal(await page.getAttribute("#results", "data-done"), "true", await page.textContent("#status"));
+    const fromLibrary = await page.$$eval("#steered .completion .text", (els) => els.map((e) => e.textContent));
+    assert.deepEqual(fromLibrary, steered, "the library vector steers as its additions did");
+    const [file] = await Promise.all([page.waitForEvent("download"), page.click("#library tr[data-digest] .download")]);
+    const bytes = fs.readFileSync(await file.path());
+    const n = Number(bytes.readBigUInt64LE(0));
+    const meta = JSON.parse(bytes.subarray(8, 8 + n).toString()).__metadata__;
+    assert.equal(meta.format, "steer.vector/1");
+    assert.equal(JSON.parse(meta.steer).name, "weddings");
+    fs.mkdirSync(path.join(root, "artifacts"), { recursive: true });
+    await page.screenshot({ path: path.join(root, "artifacts/dashboard.png"), fullPage: true });
+    await page.click(".applied button"); // remove it again
     // A preset fills the form, its layers scaled from GPT-2-XL's 48 to the model's 4.
     await page.selectOption("#preset", "weddings (ARENA)");
     await page.waitForSelector('#preset[data-applied="weddings (ARENA)"]');

@@ -22,7 +22,8 @@ from ._proto.steer.v1 import activation_pb2, activation_pb2_grpc
 from ._proto.steer.v1 import generation_pb2, generation_pb2_grpc
 from ._proto.steer.v1 import tensor_pb2
 
-__all__ = ["SteerClient", "Completion", "POST", "SEED", "activation_pb2", "generation_pb2", "tensor_pb2"]
+__all__ = ["SteerClient", "Completion", "POST", "SEED", "activation_pb2", "generation_pb2", "tensor_pb2", "load_vector",
+           "parse_vector", "Vector"]
 
 HOOKS = {"resid_pre": tensor_pb2.HOOK_RESID_PRE, "block_output": tensor_pb2.HOOK_BLOCK_OUTPUT}
 
@@ -130,16 +131,17 @@ class SteerClient:
         return tensors
 
     def generate_stream(self, prompt: str, tensors: Sequence[SteeringTensor], n_tokens=50, n_comparisons=3,
-                        use_bos=True, seed=0, preset=POST, timeout=None, **sampling):
+                        use_bos=True, seed=0, preset=POST, timeout=None, vectors=(), **sampling):
         """Yields GenerateResponse events (TokenEvent or RowFinished) as the server streams them.
 
         Sampling starts from `preset` (POST or SEED); keywords temperature, top_p, top_k,
-        repetition_penalty, frequency_penalty, presence_penalty override it.
+        repetition_penalty, frequency_penalty, presence_penalty override it. `vectors`: library
+        vectors by digest (VectorRef messages, see vector_ref), added along with `tensors`.
         """
         sampling = _sampling(preset, sampling)
         setup = generation_pb2.GenerateSetup(
             prompt=prompt, use_bos=use_bos, sampling=sampling, n_comparisons=n_comparisons,
-            max_new_tokens=n_tokens, seed=seed, n_tensors=len(tensors))
+            max_new_tokens=n_tokens, seed=seed, n_tensors=len(tensors), vectors=list(vectors))
 
         def requests():
             yield generation_pb2.GenerateRequest(setup=setup)
@@ -162,11 +164,15 @@ class SteerClient:
                                       strict_lengths, **sampling)
         return [c.text for c in unsteered], [c.text for c in steered]
 
-    def run(self, prompt, activation_additions, n_tokens=50, n_comparisons=3, use_bos=True, hook="resid_pre",
-            strict_lengths=False, **sampling) -> Tuple[List[Completion], List[Completion]]:
-        """Like calculate_and_apply_steering_vector, with token ids, seeds and workers."""
-        tensors = self.steering_tensors(activation_additions, hook=hook, use_bos=use_bos,
-                                        strict_lengths=strict_lengths)
+    def run(self, prompt, activation_additions=(), n_tokens=50, n_comparisons=3, use_bos=True, hook="resid_pre",
+            strict_lengths=False, tensors=(), **sampling) -> Tuple[List[Completion], List[Completion]]:
+        """Like calculate_and_apply_steering_vector, with token ids, seeds and workers. `tensors`
+        (e.g. a vector file's, `load_vector(path).steering_tensors()`) are added too, and
+        `vectors=[client.vector_ref(name)]` adds library vectors."""
+        tensors = list(tensors)
+        if activation_additions:
+            tensors += self.steering_tensors(activation_additions, hook=hook, use_bos=use_bos,
+                                             strict_lengths=strict_lengths)
         unsteered: List[Completion] = []
         steered: List[Completion] = []
         for msg in self.generate_stream(prompt, tensors, n_tokens=n_tokens, n_comparisons=n_comparisons,
@@ -177,3 +183,76 @@ class SteerClient:
                                generation_pb2.FinishReason.Name(f.reason), f.seed, f.worker)
                 (steered if f.steered else unsteered).append(c)
         return unsteered, steered
+
+    # Vectors as artifacts: files made by the activation service, and its library.
+
+    def compute_vector(self, request, on_progress=None, timeout=None):
+        """A ComputeVectorRequest -> VectorFile (info, data), calling on_progress(done, total)."""
+        for msg in self.activation.ComputeVector(request, **self._call(timeout)):
+            kind = msg.WhichOneof("event")
+            if kind == "progress" and on_progress:
+                on_progress(msg.progress.done, msg.progress.total)
+            elif kind == "vector":
+                return msg.vector
+        raise RuntimeError("ComputeVector ended without a vector")
+
+    def save_vector(self, name, activation_additions, hook="resid_pre", use_bos=True, strict_lengths=False,
+                    store=False, timeout=None):
+        """ActAdd's steering tensors of `activation_additions` ((layer, coeff, text) tuples) as a
+        vector file (VectorFile: .info, .data bytes); `store` also puts it in the library."""
+        additions = activation_pb2.GetSteeringTensorsRequest(
+            additions=[activation_pb2.ActivationAddition(layer=l, coeff=c, prompt=p) for l, c, p in activation_additions],
+            hook=HOOKS[hook], use_bos=use_bos, strict_lengths=strict_lengths)
+        req = activation_pb2.ComputeVectorRequest(name=name, additions=additions, store=store)
+        return self.compute_vector(req, timeout=timeout)
+
+    def train_vector(self, name, pairs, layers, hook="resid_pre", reduction="last_token", use_bos=True,
+                     batch_size=0, store=False, on_progress=None, timeout=None):
+        """A dataset vector (CAA): the mean over `pairs` ((positive, negative) texts) of the
+        difference of their activations at `layers`, at the last token or averaged over
+        positions (`reduction="mean"`, BOS excluded); one all-positions direction per layer."""
+        reductions = {"last_token": activation_pb2.REDUCTION_LAST_TOKEN, "mean": activation_pb2.REDUCTION_MEAN}
+        req = activation_pb2.ComputeVectorRequest(name=name, store=store, pairs=activation_pb2.ContrastPairs(
+            pairs=[activation_pb2.ContrastPair(positive=p, negative=n) for p, n in pairs],
+            points=[tensor_pb2.HookPoint(hook=HOOKS[hook], layer=l) for l in layers],
+            reduction=reductions[reduction], use_bos=use_bos, batch_size=batch_size))
+        return self.compute_vector(req, on_progress, timeout)
+
+    def put_vector(self, data: bytes, name: str = "", timeout=None):
+        """Stores a vector file in the library; returns PutVectorResponse (info, replaced)."""
+        return self.activation.PutVector(activation_pb2.PutVectorRequest(data=data, name=name), **self._call(timeout))
+
+    def get_vector(self, ref: str, timeout=None):
+        """A library vector (VectorFile) by name, digest or digest prefix (8+ hex digits)."""
+        return self.activation.GetVector(activation_pb2.GetVectorRequest(ref=ref), **self._call(timeout)).vector
+
+    def list_vectors(self, timeout=None):
+        return self.activation.ListVectors(activation_pb2.ListVectorsRequest(), **self._call(timeout))
+
+    def delete_vector(self, ref: str, timeout=None):
+        return self.activation.DeleteVector(activation_pb2.DeleteVectorRequest(ref=ref), **self._call(timeout)).deleted
+
+    def vector_ref(self, ref: str, scale: float = 1.0, layers: Optional[Tuple[int, int]] = None):
+        """A VectorRef for generate_stream/run(vectors=...): the library vector's full digest."""
+        r = generation_pb2.VectorRef(digest=self.get_vector(ref).info.digest, scale=scale)
+        if layers is not None:
+            r.first_layer, r.last_layer = layers
+        return r
+
+    def activations(self, prompts, layers, hook="resid_pre", use_bos=True, timeout=None):
+        """Residual-stream activations: out[prompt][layer_index] = (shape, flat f32 values)."""
+        req = activation_pb2.GetActivationsRequest(
+            prompts=list(prompts), use_bos=use_bos, points=[tensor_pb2.HookPoint(hook=HOOKS[hook], layer=l) for l in layers])
+        out = [[] for _ in prompts]
+        current = None
+        for msg in self.activation.GetActivations(req, **self._call(timeout)):
+            kind = msg.WhichOneof("event")
+            if kind == "header":
+                current = SteeringTensor(header=msg.header)
+                out[msg.header.prompt_index].append(current)
+            elif kind == "chunk":
+                current.chunks.append(msg.chunk)
+        return [[(tuple(t.header.shape), t.values()) for t in row] for row in out]
+
+
+from .vectors import Vector, load_vector, parse_vector  # noqa: E402
