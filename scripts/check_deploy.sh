@@ -16,14 +16,18 @@ c = yaml.safe_load(open("deploy/compose.yaml"))
 assert set(c["services"]) == {"activation", "generation"}, c["services"].keys()
 for name, s in c["services"].items():
     assert s["command"][0] in ("activation-worker", "generation-worker"), name
-    assert "hf-cache:/models" in s["volumes"], name
+    assert "hf-cache:/models" in s.get("volumes", []), name
     assert s["restart"] == "unless-stopped", name
     # Published on the host's loopback unless STEER_PUBLISH_ADDR says otherwise.
     assert all(p.startswith("${STEER_PUBLISH_ADDR:-127.0.0.1}:") for p in s["ports"]), (name, s["ports"])
+# The vector library on a volume; generation workers fetch library vectors from the activation worker.
+assert "vectors:/vectors" in c["services"]["activation"]["volumes"]
+assert c["services"]["generation"]["environment"]["STEER_VECTOR_SOURCE"] == "http://activation:50051"
 sec = yaml.safe_load(open("deploy/compose.secure.yaml"))
 for name in ("activation", "generation"):
     env = sec["services"][name]["environment"]
     assert {"STEER_TLS_CERT", "STEER_TLS_KEY", "STEER_AUTH_TOKENS"} <= set(env), name
+assert sec["services"]["generation"]["environment"]["STEER_VECTOR_SOURCE"].startswith("https://")
 print("deploy/compose.yaml, compose.secure.yaml: structure ok (docker compose plugin not installed)")
 PY
 fi

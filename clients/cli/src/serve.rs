@@ -54,9 +54,12 @@ pub struct VectorArgs {
     /// generation-worker: fetch library vectors from this activation worker (http(s)://host:port).
     #[arg(long, env = "STEER_VECTOR_SOURCE")]
     pub vector_source: Option<String>,
-    /// Bearer token for --vector-source.
+    /// Bearer token for --vector-source [default: the first of --auth-tokens].
     #[arg(long, env = "STEER_VECTOR_SOURCE_TOKEN", hide_env_values = true)]
     pub vector_source_token: Option<String>,
+    /// Trust this CA (PEM) for an https:// --vector-source (default: the system's roots).
+    #[arg(long, env = "STEER_VECTOR_SOURCE_CA")]
+    pub vector_source_ca: Option<PathBuf>,
 }
 
 impl VectorArgs {
@@ -74,8 +77,16 @@ impl VectorArgs {
         })
     }
 
-    pub fn config(&self) -> steer_server::VectorsConfig {
-        steer_server::VectorsConfig { library: self.library(), source_url: self.vector_source.clone(), source_token: self.vector_source_token.clone() }
+    /// The vectors' configuration; a worker's own first token stands for --vector-source-token
+    /// when none is given (workers of one deployment share their tokens).
+    pub fn config(&self, own_tokens: &[String]) -> Result<steer_server::VectorsConfig> {
+        let source_ca = self.vector_source_ca.as_ref().map(|p| std::fs::read(p).with_context(|| format!("reading {}", p.display()))).transpose()?;
+        Ok(steer_server::VectorsConfig {
+            library: self.library(),
+            source_url: self.vector_source.clone(),
+            source_token: self.vector_source_token.clone().or_else(|| own_tokens.first().cloned()),
+            source_ca,
+        })
     }
 }
 
@@ -206,7 +217,7 @@ impl ServeArgs {
         }
         c.security.no_reflection = s.no_reflection;
         c.security.expose_model_path = s.expose_model_path;
-        c.vectors = self.vectors.config();
+        c.vectors = self.vectors.config(&c.security.tokens)?;
         Ok(c)
     }
 }

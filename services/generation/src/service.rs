@@ -56,7 +56,12 @@ impl GenerationWorker {
 
     /// Checks a request, its library vectors fetched first.
     async fn validate(&self, raw: read::RawRequest) -> Result<ValidRequest, Status> {
-        let refs = if raw.setup.vectors.is_empty() {
+        let n = raw.setup.vectors.len();
+        if n > self.config.max_tensors {
+            let max = self.config.max_tensors;
+            return Err(steer_common::ServiceError::invalid("setup.vectors", format!("{n} library vectors; at most {max}")).into());
+        }
+        let refs = if n == 0 {
             vec![]
         } else {
             self.vectors.resolve(&raw.setup.vectors, &convert::model_ref(&self.engine)).await?

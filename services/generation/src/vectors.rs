@@ -27,12 +27,16 @@ pub enum VectorSource {
 }
 
 impl VectorSource {
-    /// An activation worker at `url` (`http://` or `https://` with the system's roots), dialled
-    /// on first use.
-    pub fn remote(url: &str, token: Option<String>) -> Result<Self, String> {
+    /// An activation worker at `url` (`http://`, or `https://` trusting `ca_pem` or else the
+    /// system's roots), dialled on first use.
+    pub fn remote(url: &str, token: Option<String>, ca_pem: Option<&[u8]>) -> Result<Self, String> {
         let mut ep = tonic::transport::Endpoint::from_shared(url.to_string()).map_err(|e| format!("{url}: {e}"))?;
         if url.starts_with("https://") {
-            ep = ep.tls_config(tonic::transport::ClientTlsConfig::new().with_native_roots()).map_err(|e| format!("{url}: {e}"))?;
+            let tls = match ca_pem {
+                Some(pem) => tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+                None => tonic::transport::ClientTlsConfig::new().with_native_roots(),
+            };
+            ep = ep.tls_config(tls).map_err(|e| format!("{url}: {e}"))?;
         }
         let ep = ep.connect_timeout(std::time::Duration::from_secs(5)).timeout(std::time::Duration::from_secs(60));
         Ok(Self::Remote { client: ActivationServiceClient::new(ep.connect_lazy()).max_decoding_message_size(64 << 20), token })

@@ -54,6 +54,8 @@ pub struct VectorsConfig {
     pub source_url: Option<String>,
     /// Bearer token for `source_url`.
     pub source_token: Option<String>,
+    /// CA (PEM) to trust for an `https://` `source_url` (else the system's roots).
+    pub source_ca: Option<Vec<u8>>,
 }
 
 impl Default for ServeConfig {

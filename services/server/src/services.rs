@@ -67,7 +67,7 @@ impl Services {
             return VectorSource::Local(lib.clone());
         }
         match &self.cfg.vectors.source_url {
-            Some(url) => VectorSource::remote(url, self.cfg.vectors.source_token.clone()).unwrap_or_else(|e| {
+            Some(url) => VectorSource::remote(url, self.cfg.vectors.source_token.clone(), self.cfg.vectors.source_ca.as_deref()).unwrap_or_else(|e| {
                 tracing::error!(error = %e, "--vector-source: library vectors unavailable");
                 VectorSource::None
             }),
