@@ -355,3 +355,38 @@ async fn a_dns_name_brings_every_address_it_resolves_to_into_the_pool() {
     }
     server.shutdown().await;
 }
+
+/// A generation-only worker fetches library vectors from an activation worker that wants TLS
+/// and a token: with the CA and the token it works; without the token the request fails as
+/// UNAVAILABLE (the worker's misconfiguration), never as the client's fault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn library_vectors_are_fetched_over_tls_with_the_workers_token() {
+    let p = pki();
+    let token = "s3cret-token-0123456789".to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = ServeConfig::default();
+    cfg.security.tls = Some(TlsFiles { cert_pem: p.server.0.clone().into(), key_pem: p.server.1.clone().into(), client_ca_pem: None });
+    cfg.security.tokens = vec![token.clone()];
+    cfg.vectors.library = Some(steer_client::steer_vector::LibraryConfig { dir: dir.path().into(), ..Default::default() });
+    let act = LocalServer::start(engine(), cfg).await.unwrap();
+    let tls = ConnectOptions { tls_ca_pem: Some(p.ca.clone().into()), token: Some(token.clone()), ..ConnectOptions::default() };
+    let client = SteerClient::connect_with(&act.url(), &[act.url()], tls).await.unwrap();
+    let digest = client.save_vector("love", &adds(), &quick(), true).await.unwrap().info.unwrap().digest;
+    let with_ref = RunOptions { vectors: vec![steer_client::v1::VectorRef { digest, ..Default::default() }], ..quick() };
+    for (tok, want) in [(Some(token.clone()), None), (None, Some(Code::Unavailable))] {
+        let mut g = ServeConfig { role: steer_server::Role::Generation, ..Default::default() };
+        g.vectors = steer_server::VectorsConfig { source_url: Some(act.url()), source_token: tok, source_ca: Some(p.ca.clone().into()), ..Default::default() };
+        let gen = LocalServer::start(engine(), g).await.unwrap();
+        let gc = SteerClient::connect(&gen.url(), &[gen.url()]).await.unwrap();
+        let r = gc.generate("I hate you because", &[], &with_ref, |_| {}).await;
+        match want {
+            None => assert_eq!(r.unwrap().steered.len(), 1),
+            Some(code) => {
+                let err = r.unwrap_err();
+                assert!(err.code() == code && err.to_string().contains("setup.vectors[0]"), "{err}");
+            }
+        }
+        gen.shutdown().await;
+    }
+    act.shutdown().await;
+}

@@ -129,3 +129,26 @@ def test_bad_vectors_name_their_field(client):
     with pytest.raises(grpc.RpcError) as e:
         client.train_vector("x", [("a", "")], [1])
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "pairs.pairs[0].negative" in e.value.details()
+
+
+def test_library_vectors_over_http_json_and_the_openai_endpoint(server, client):
+    import json
+
+    from test_openai import _post
+
+    adds = [{"prompt": t, "coeff": c, "layer": l} for l, c, t in LOVE_HATE]
+    lines = _post(server, "/v1/rpc/steer.v1.ActivationService/ComputeVector",
+                  {"name": "love-json", "additions": {"additions": adds, "useBos": True}, "store": True}).splitlines()
+    info = [json.loads(l) for l in lines if "vector" in l][-1]["vector"]["info"]
+    assert info["name"] == "love-json" and info["mode"] == "STEERING_MODE_PREFIX"
+    listed = json.loads(_post(server, "/v1/rpc/steer.v1.ActivationService/ListVectors", {}))
+    assert "love-json" in [v["name"] for v in listed["vectors"]]
+    # /v1/completions with the library vector by name: the gRPC client's steered text.
+    body = {"model": "steer", "prompt": "I hate you because", "max_tokens": 6, "seed": 3, "temperature": 1.0,
+            "top_p": 0.3, "frequency_penalty": 1.0, "steering": {"vectors": [{"name": "love-json"}]}}
+    r = json.loads(_post(server, "/v1/completions", body))
+    _, want = client.calculate_and_apply_steering_vector("I hate you because", LOVE_HATE, n_tokens=6,
+                                                         n_comparisons=1, seed=3)
+    assert r["choices"][0]["text"] == want[0]
+    bad = json.loads(_post(server, "/v1/completions", {**body, "steering": {"vectors": [{"name": "nope"}]}}))
+    assert bad["error"]["param"] == "steering.vectors[0].name"

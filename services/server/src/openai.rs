@@ -31,7 +31,7 @@ use steer_proto::v1::activation_service_server::ActivationService;
 use steer_proto::v1::generation_service_server::GenerationService;
 use steer_proto::v1::{
     generate_from_tensors_response, get_steering_tensors_response, ActivationAddition, FinishReason, GenerateFromTensorsRequest,
-    GenerateSetup, GetSteeringTensorsRequest, Hook, InlineTensor, SamplingParameters,
+    GenerateSetup, GetSteeringTensorsRequest, GetVectorRequest, Hook, InlineTensor, SamplingParameters, VectorRef,
 };
 use tokio_stream::StreamExt;
 use tonic::{Code, Status};
@@ -77,7 +77,12 @@ pub struct Steering {
     /// `resid_pre` (default) or `block_output`.
     #[serde(default)]
     pub hook: Option<String>,
+    #[serde(default)]
     pub additions: Vec<SteeringAddition>,
+    /// Library vectors, by name, digest or digest prefix, each with an optional scale and layer
+    /// range.
+    #[serde(default)]
+    pub vectors: Vec<SteeringVectorRef>,
     /// Return the unsteered completions too (first), each choice marked.
     #[serde(default)]
     pub compare: bool,
@@ -92,6 +97,37 @@ pub struct SteeringAddition {
     pub layer: u32,
     pub coeff: f64,
     pub text: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SteeringVectorRef {
+    /// Name, digest or digest prefix (8+ hex digits) in the library.
+    pub name: String,
+    #[serde(default)]
+    pub scale: Option<f64>,
+    #[serde(default)]
+    pub first_layer: Option<u32>,
+    #[serde(default)]
+    pub last_layer: Option<u32>,
+}
+
+/// The library vectors of `s` as references by digest (names resolved in this process's library).
+async fn vector_refs(services: &Services, s: &Steering) -> Result<Vec<VectorRef>, Status> {
+    let mut out = vec![];
+    for (i, v) in s.vectors.iter().enumerate() {
+        if !services.cfg.role.activation() {
+            return Err(Status::failed_precondition("library vectors need the ActivationService in this process (steer serve)"));
+        }
+        let got = services.activation.get_vector(tonic::Request::new(GetVectorRequest { r#ref: v.name.clone() })).await;
+        let file = got.map_err(|e| match e.code() {
+            Code::NotFound => steer_proto::status::invalid_argument(&format!("steering.vectors[{i}].name"), e.message()),
+            _ => e,
+        })?;
+        let digest = file.into_inner().vector.and_then(|f| f.info).map(|i| i.digest).unwrap_or_default();
+        out.push(VectorRef { digest, scale: v.scale, first_layer: v.first_layer, last_layer: v.last_layer });
+    }
+    Ok(out)
 }
 
 /// An OpenAI error object with the HTTP status of the gRPC code; `param` names the field.
@@ -134,6 +170,7 @@ fn openai_param(field: &str) -> String {
         "max_new_tokens" => "max_tokens".into(),
         "n_comparisons" => "n".into(),
         _ if f.starts_with("tensors") => "steering".into(),
+        _ if f.starts_with("vectors") => format!("steering.{f}"),
         _ => f.into(),
     }
 }
@@ -206,6 +243,10 @@ async fn start(services: &Arc<Services>, req: &CompletionRequest) -> Result<Resp
         Some(s) if !s.additions.is_empty() => steering_tensors(services, s, use_bos).await?,
         _ => vec![],
     };
+    let vectors = match &req.steering {
+        Some(s) => vector_refs(services, s).await?,
+        None => vec![],
+    };
     let compare = req.steering.as_ref().is_some_and(|s| s.compare);
     let n = req.n.unwrap_or(1);
     let setup = GenerateSetup {
@@ -223,6 +264,7 @@ async fn start(services: &Arc<Services>, req: &CompletionRequest) -> Result<Resp
         seed: req.seed.unwrap_or(0),
         n_tensors: tensors.len() as u32,
         skip_unsteered: !compare,
+        vectors,
         ..Default::default()
     };
     let call = GenerateFromTensorsRequest { setup: Some(setup), tensors };
