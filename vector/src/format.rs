@@ -301,12 +301,13 @@ impl SteeringVector {
 
     /// The safetensors bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
+        let bytes: Vec<Vec<u8>> = self.tensors.iter().map(|t| le_bytes(&t.values)).collect();
         let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = self
             .tensors
             .iter()
-            .map(|t| {
-                let bytes: &[u8] = bytemuck_f32(&t.values);
-                let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![t.k, t.d()], bytes).expect("shape matches");
+            .zip(&bytes)
+            .map(|(t, b)| {
+                let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![t.k, t.d()], b).expect("shape matches");
                 (t.point.to_string(), view)
             })
             .collect();
@@ -469,11 +470,9 @@ fn or_unknown(s: &str) -> &str {
     }
 }
 
-fn bytemuck_f32(v: &[f32]) -> &[u8] {
-    // SAFETY: f32 has no padding and any byte pattern is a valid u8; the files are
-    // little-endian, as is every target we build for (checked below).
-    const _: () = assert!(cfg!(target_endian = "little"), "vector files are little-endian");
-    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+/// Little-endian f32 bytes (the files' and the digest's byte order on any host).
+fn le_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
 /// SHA-256 over the format, the mode and each tensor's name, shape and bytes, in point order.
@@ -485,7 +484,7 @@ fn digest(mode: Mode, tensors: &[VectorTensor]) -> String {
     h.update(b"\n");
     for t in tensors {
         h.update(format!("{} {} {}\n", t.point, t.k, t.d()).as_bytes());
-        h.update(bytemuck_f32(&t.values));
+        h.update(le_bytes(&t.values));
     }
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -87,6 +87,16 @@ pub fn import(bytes: &[u8], name: &str) -> Result<SteeringVector> {
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
     names.sort();
     for tname in names {
+        // Nothing is allocated from the header: a direction is F32 and lies inside the file.
+        let info = &content.tensor_infos[tname];
+        let n = info.shape.elem_count();
+        let end = (content.tensor_data_offset as usize).saturating_add(info.offset as usize).saturating_add(n.saturating_mul(4));
+        if info.ggml_dtype != GgmlDType::F32 || info.shape.rank() != 1 || end > bytes.len() {
+            return Err(VectorError::invalid(
+                tname.clone(),
+                format!("{:?} {:?}: a direction is F32 [n_embd] within the file ({} bytes)", info.ggml_dtype, info.shape.dims(), bytes.len()),
+            ));
+        }
         let il: u32 = tname
             .strip_prefix("direction.")
             .and_then(|n| n.parse().ok())
@@ -164,5 +174,9 @@ mod tests {
         let v = SteeringVector::new("x", model(), Mode::AllPositions, directions().meta.origin, t).unwrap();
         assert!(export(&v).unwrap_err().to_string().contains("direction.0"));
         assert!(import(b"GGUF", "x").is_err());
+        // A direction that runs past the end of the file is named, not allocated.
+        let bytes = export(&directions()).unwrap();
+        let err = import(&bytes[..bytes.len() - 40], "x").unwrap_err();
+        assert!(err.to_string().starts_with("direction.") && err.to_string().contains("within the file"), "{err}");
     }
 }

@@ -137,9 +137,10 @@ impl Library {
         Ok((SteeringVector::from_bytes(&bytes)?, bytes))
     }
 
-    /// Every vector, by name.
+    /// Every vector, by name (without `metadata_json`, which `get` has: a list stays small).
     pub fn list(&self) -> Vec<VectorInfo> {
-        let mut all: Vec<VectorInfo> = self.entries.lock().expect("library lock").values().cloned().collect();
+        let mut all: Vec<VectorInfo> =
+            self.entries.lock().expect("library lock").values().map(|e| VectorInfo { metadata_json: String::new(), ..e.clone() }).collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
     }
