@@ -124,6 +124,13 @@ export const F = {
     "header": 1,
     "data": 2
   },
+  "KlContribution": {
+    "token_id": 1,
+    "text": 2,
+    "p_steered": 3,
+    "p_unsteered": 4,
+    "contribution": 5
+  },
   "ListVectorsRequest": {},
   "ListVectorsResponse": {
     "vectors": 1,
@@ -178,6 +185,22 @@ export const F = {
     "frequency_penalty": 5,
     "presence_penalty": 6
   },
+  "ScoreRequest": {
+    "texts": 1,
+    "use_bos": 2,
+    "tensors": 3,
+    "vectors": 4,
+    "include_unsteered": 5,
+    "short_prompt": 6,
+    "kl_top": 7
+  },
+  "ScoreResponse": {
+    "score": 1
+  },
+  "ScoreText": {
+    "prompt": 1,
+    "continuation": 2
+  },
   "TensorChunk": {
     "offset": 1,
     "data": 2
@@ -189,6 +212,17 @@ export const F = {
     "total_bytes": 4,
     "prompt_index": 5,
     "mode": 6
+  },
+  "TextScore": {
+    "index": 1,
+    "steered": 2,
+    "token_ids": 3,
+    "logprobs": 4,
+    "sum": 5,
+    "mean": 6,
+    "prompt_tokens": 7,
+    "next_token_kl": 8,
+    "kl_top": 9
   },
   "TokenEvent": {
     "row": 1,

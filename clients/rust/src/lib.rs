@@ -188,6 +188,11 @@ impl SteeringTensor {
         Self { header, values: t.values.clone(), chunks }
     }
 
+    /// The tensor in one piece (GenerateFromTensors, Score).
+    pub fn inline(&self) -> v1::InlineTensor {
+        v1::InlineTensor { header: Some(self.header.clone()), data: self.chunks.iter().flat_map(|c| c.data.iter().copied()).collect() }
+    }
+
     /// The tensors to send for a vector file: checked against the model the services hold
     /// (`info`), scaled, narrowed to `layers` (inclusive).
     pub fn from_file(v: &SteeringVector, info: &ModelInfo, scale: f32, layers: Option<(u32, u32)>) -> Result<Vec<Self>> {
@@ -288,6 +293,29 @@ impl SteerClient {
     /// The generation workers' URLs now (`dns://` names resolved).
     pub fn generation_urls(&self) -> Vec<String> {
         self.generation.urls()
+    }
+
+    /// Teacher-forced scores of `(prompt, continuation)` texts under `tensors` (and
+    /// `opts.vectors`): one [`v1::TextScore`] per text and side (unsteered first when
+    /// `include_unsteered`), in text order. `kl_top` > 0 adds the next-token KL after each text.
+    pub async fn score(&self, texts: &[(String, String)], tensors: &[SteeringTensor], opts: &RunOptions, include_unsteered: bool, kl_top: u32) -> Result<Vec<v1::TextScore>> {
+        let req = v1::ScoreRequest {
+            texts: texts.iter().map(|(p, c)| v1::ScoreText { prompt: p.clone(), continuation: c.clone() }).collect(),
+            use_bos: opts.use_bos,
+            tensors: tensors.iter().map(SteeringTensor::inline).collect(),
+            vectors: opts.vectors.clone(),
+            include_unsteered,
+            short_prompt: 0,
+            kl_top,
+        };
+        let (_, mut g) = self.generation.pick(None).ok_or_else(no_worker)?;
+        let mut stream = g.score(self.request(req)).await?.into_inner();
+        let mut out = vec![];
+        while let Some(msg) = self.next(&mut stream).await? {
+            out.extend(msg.score);
+        }
+        out.sort_by_key(|s| (s.index, s.steered));
+        Ok(out)
     }
 
     /// Builds a vector file on the activation worker (ActAdd additions or contrast pairs),

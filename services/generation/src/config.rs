@@ -30,6 +30,12 @@ pub struct GenerationConfig {
     pub max_inflight_bytes: u64,
     /// Longest wait for the next message of a `Generate` request stream.
     pub read_timeout: std::time::Duration,
+    /// Most texts in one Score request.
+    pub max_score_texts: usize,
+    /// Tokens scored per forward (a batch's logits take this x vocabulary x 4 bytes).
+    pub score_batch_tokens: usize,
+    /// Score calls computing at once; one more gets RESOURCE_EXHAUSTED.
+    pub max_score_calls: usize,
     /// Bytes of library vectors kept after fetching (by digest).
     pub vector_cache_bytes: u64,
     /// Name reported in each finished row (the serving process sets it; empty by default).
@@ -51,6 +57,9 @@ impl Default for GenerationConfig {
             max_request_bytes: 64 << 20,
             max_inflight_bytes: 512 << 20,
             read_timeout: std::time::Duration::from_secs(30),
+            max_score_texts: 1024,
+            score_batch_tokens: 1024,
+            max_score_calls: 2,
             vector_cache_bytes: 256 << 20,
             worker_id: String::new(),
         }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod heartbeat;
 pub mod read;
 pub mod scheduler;
+pub mod score;
 pub mod service;
 pub mod validation;
 pub mod vectors;

@@ -10,7 +10,8 @@ use steer_model::Engine;
 use steer_proto::v1::generation_service_server::{GenerationService, GenerationServiceServer};
 use steer_proto::v1::{
     generate_from_tensors_response, generate_response, GenerateFromTensorsRequest, GenerateFromTensorsResponse, GenerateRequest,
-    GenerateResponse, GenerationServiceGetModelInfoRequest, GenerationServiceGetModelInfoResponse,
+    GenerateResponse, GenerateSetup, GenerationServiceGetModelInfoRequest, GenerationServiceGetModelInfoResponse, ScoreRequest, ScoreResponse,
+    VectorRef,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -21,7 +22,8 @@ use crate::scheduler::Scheduler;
 use crate::config::GenerationConfig;
 use crate::read::{self, ReadLimits};
 use crate::validation::{self, ValidRequest};
-use crate::vectors::{VectorCache, VectorSource};
+use crate::score;
+use crate::vectors::{RefTensor, VectorCache, VectorSource};
 
 /// Generates unsteered and steered completions with one loaded model.
 #[derive(Clone)]
@@ -31,6 +33,8 @@ pub struct GenerationWorker {
     config: GenerationConfig,
     limits: ReadLimits,
     vectors: Arc<VectorCache>,
+    /// Score calls computing, against `max_score_calls`.
+    score_calls: steer_common::Budget,
 }
 
 impl GenerationWorker {
@@ -45,7 +49,8 @@ impl GenerationWorker {
             inflight: steer_common::Budget::new("--max-inflight-bytes", "steering tensor bytes in flight", config.max_inflight_bytes, 1024),
         };
         let vectors = Arc::new(VectorCache::new(VectorSource::None, config.vector_cache_bytes));
-        Self { engine, scheduler, config, limits, vectors }
+        let score_calls = steer_common::Budget::new("--max-score-calls", "Score calls in progress", config.max_score_calls as u64, 1);
+        Self { engine, scheduler, config, limits, vectors, score_calls }
     }
 
     /// Library vectors referenced by digest come from `source`.
@@ -56,17 +61,21 @@ impl GenerationWorker {
 
     /// Checks a request, its library vectors fetched first.
     async fn validate(&self, raw: read::RawRequest) -> Result<ValidRequest, Status> {
-        let n = raw.setup.vectors.len();
+        let refs = self.library_vectors(&raw.setup.vectors).await?;
+        Ok(validation::validate(raw, refs, &self.engine, &self.config)?)
+    }
+
+    /// The tensors of library vectors referenced by digest (none fetched past `max_tensors`).
+    async fn library_vectors(&self, refs: &[VectorRef]) -> Result<Vec<RefTensor>, Status> {
+        let n = refs.len();
         if n > self.config.max_tensors {
             let max = self.config.max_tensors;
             return Err(steer_common::ServiceError::invalid("setup.vectors", format!("{n} library vectors; at most {max}")).into());
         }
-        let refs = if n == 0 {
-            vec![]
-        } else {
-            self.vectors.resolve(&raw.setup.vectors, &convert::model_ref(&self.engine)).await?
-        };
-        Ok(validation::validate(raw, refs, &self.engine, &self.config)?)
+        if n == 0 {
+            return Ok(vec![]);
+        }
+        Ok(self.vectors.resolve(refs, &convert::model_ref(&self.engine)).await?)
     }
 
     pub fn into_server(self) -> GenerationServiceServer<Self> {
@@ -123,6 +132,7 @@ fn deadline(md: &tonic::metadata::MetadataMap) -> Option<Instant> {
 impl GenerationService for GenerationWorker {
     type GenerateStream = ReceiverStream<Result<GenerateResponse, Status>>;
     type GenerateFromTensorsStream = Pin<Box<dyn Stream<Item = Result<GenerateFromTensorsResponse, Status>> + Send>>;
+    type ScoreStream = ReceiverStream<Result<ScoreResponse, Status>>;
 
     #[tracing::instrument(skip(self, request), fields(model = %self.engine.info().name))]
     async fn generate(&self, request: Request<Streaming<GenerateRequest>>) -> Result<Response<Self::GenerateStream>, Status> {
@@ -149,6 +159,34 @@ impl GenerationService for GenerationWorker {
             })
         });
         Ok(Response::new(Box::pin(out)))
+    }
+
+    #[tracing::instrument(skip(self, request), fields(model = %self.engine.info().name, texts))]
+    async fn score(&self, request: Request<ScoreRequest>) -> Result<Response<Self::ScoreStream>, Status> {
+        let call = self.score_calls.try_take(1)?;
+        let mut req = request.into_inner();
+        tracing::Span::current().record("texts", req.texts.len());
+        // The tensors are read as GenerateFromTensors reads them (caps, the worker's byte budget).
+        let inline = GenerateFromTensorsRequest {
+            setup: Some(GenerateSetup { n_tensors: req.tensors.len() as u32, ..Default::default() }),
+            tensors: std::mem::take(&mut req.tensors),
+        };
+        let read::RawRequest { tensors, memory, .. } = read::from_inline(inline, &self.limits)?;
+        let refs = self.library_vectors(&req.vectors).await?;
+        let additions = validation::additions(tensors, refs, &self.engine, &self.config)?;
+        let valid = score::validate(&req, additions, &self.engine, &self.config)?;
+        let (tx, rx) = mpsc::channel(16);
+        let (engine, cfg) = (self.engine.clone(), self.config.clone());
+        let rt = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            let _held = (call, memory);
+            // A reader that stalls past the stall timeout, or leaves, stops the scoring.
+            let send = |msg| rt.block_on(tokio::time::timeout(cfg.stall_timeout, tx.send(msg))).is_ok_and(|r| r.is_ok());
+            if let Err(e) = score::run(&engine, &valid, &cfg, |s| send(Ok(ScoreResponse { score: Some(s) }))) {
+                send(Err(e.into()));
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     #[tracing::instrument(skip(self, _request))]

@@ -8,7 +8,7 @@ use steer_common::{convert, ServiceError};
 use steer_model::tokenizer::SPACE;
 use steer_model::{Addition, Engine, Placement, RowRequest, SamplingParams, MAX_STEERING_ABS};
 use steer_vector::Mode;
-use steer_proto::v1::{Dtype, GenerateSetup, ShortPrompt};
+use steer_proto::v1::{Dtype, ShortPrompt};
 
 use crate::config::GenerationConfig;
 use crate::read::{RawRequest, WireTensor};
@@ -62,17 +62,8 @@ pub fn validate(raw: RawRequest, vectors: Vec<RefTensor>, engine: &Engine, cfg: 
         return Err(ServiceError::invalid("tensors", format!("{} tensors, setup.n_tensors says {}", tensors.len(), setup.n_tensors)));
     }
     let sampling = convert::sampling(&setup.sampling.unwrap_or_default()).map_err(|e| prefixed("setup.", e))?;
-    if tensors.len() + vectors.len() > cfg.max_tensors {
-        let n = tensors.len() + vectors.len();
-        return Err(ServiceError::invalid("setup.vectors", format!("{n} steering tensors with the library vectors'; at most {}", cfg.max_tensors)));
-    }
-    let mut additions = tensors.into_iter().enumerate().map(|(i, t)| addition(t, engine, &format!("tensors[{i}]"))).collect::<Result<Vec<_>, _>>()?;
-    for r in vectors {
-        let field = format!("{}.tensors.{}", r.field, r.tensor.point);
-        let hook = convert::engine_point(r.tensor.point, info.n_layer, &field)?;
-        additions.push(checked(hook, r.tensor.k, r.tensor.values, r.mode, &field)?);
-    }
-    let prompt = prompt(&setup, engine, &additions)?;
+    let additions = additions(tensors, vectors, engine, cfg)?;
+    let prompt = fit(engine.encode(&setup.prompt, setup.use_bos)?, &additions, setup.use_bos, setup.short_prompt, "setup.prompt")?;
     if prompt.len() + max_new > info.n_positions {
         return Err(ServiceError::invalid(
             "setup.max_new_tokens",
@@ -109,6 +100,23 @@ pub fn validate(raw: RawRequest, vectors: Vec<RefTensor>, engine: &Engine, cfg: 
         ));
     }
     Ok(valid)
+}
+
+/// The steering of a request: its streamed or inline tensors (`tensors[i]`) and the tensors of
+/// its library vectors (named by their reference), checked.
+pub fn additions(tensors: Vec<WireTensor>, vectors: Vec<RefTensor>, engine: &Engine, cfg: &GenerationConfig) -> Result<Vec<Addition>, ServiceError> {
+    let info = engine.info();
+    if tensors.len() + vectors.len() > cfg.max_tensors {
+        let n = tensors.len() + vectors.len();
+        return Err(ServiceError::invalid("setup.vectors", format!("{n} steering tensors with the library vectors'; at most {}", cfg.max_tensors)));
+    }
+    let mut additions = tensors.into_iter().enumerate().map(|(i, t)| addition(t, engine, &format!("tensors[{i}]"))).collect::<Result<Vec<_>, _>>()?;
+    for r in vectors {
+        let field = format!("{}.tensors.{}", r.field, r.tensor.point);
+        let hook = convert::engine_point(r.tensor.point, info.n_layer, &field)?;
+        additions.push(checked(hook, r.tensor.k, r.tensor.values, r.mode, &field)?);
+    }
+    Ok(additions)
 }
 
 /// `sampling.top_p: ...` as `setup.sampling.top_p: ...`.
@@ -156,23 +164,19 @@ fn checked(hook: steer_model::HookPoint, k: usize, values: Vec<f32>, mode: Mode,
     }
 }
 
-/// The prompt's ids; one shorter than the steering is an error, or padded with spaces after
-/// BOS (`short_prompt = PAD`).
-fn prompt(setup: &GenerateSetup, engine: &Engine, additions: &[Addition]) -> Result<Vec<u32>, ServiceError> {
-    let mut prompt = engine.encode(&setup.prompt, setup.use_bos)?;
+/// A prompt's ids against the prefix steering: one shorter than a prefix tensor is an error
+/// naming `field`, or padded with spaces after BOS (`short_prompt = PAD`).
+pub fn fit(mut prompt: Vec<u32>, additions: &[Addition], use_bos: bool, short_prompt: i32, field: &str) -> Result<Vec<u32>, ServiceError> {
     // Only prefix additions need prompt positions; a direction at all positions fits any prompt.
     let k_max = additions.iter().filter(|a| a.placement == Placement::Prefix).map(|a| a.k).max().unwrap_or(0);
     if k_max > prompt.len() {
-        if setup.short_prompt != ShortPrompt::Pad as i32 {
+        if short_prompt != ShortPrompt::Pad as i32 {
             return Err(ServiceError::invalid(
-                "setup.prompt",
-                format!(
-                    "the prompt ({} tokens) is shorter than the steering tensor ({k_max} positions); use short_prompt = PAD to pad it",
-                    prompt.len()
-                ),
+                field,
+                format!("{} tokens are fewer than the steering tensor's {k_max} positions; use short_prompt = PAD to pad", prompt.len()),
             ));
         }
-        let at = usize::from(setup.use_bos);
+        let at = usize::from(use_bos);
         let pad = k_max - prompt.len();
         prompt.splice(at..at, std::iter::repeat_n(SPACE, pad));
     }

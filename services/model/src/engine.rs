@@ -241,6 +241,27 @@ impl Engine {
             .collect()
     }
 
+    /// Teacher-forced scores of every row (steered by its additions): the log-probability of
+    /// each token `t >= starts[row]` (and `t >= 1`) given the tokens before it, and with `next`
+    /// the log-softmax of the token after the row.
+    pub fn score(&self, rows: &[Vec<u32>], additions: &[Vec<Addition>], starts: &[usize], next: bool) -> Result<Vec<Scored>> {
+        let logits = self.logits(rows, additions)?;
+        rows.iter()
+            .zip(logits)
+            .zip(starts)
+            .map(|((ids, l), &start)| {
+                let l = l.to_vec2::<f32>()?;
+                let logprobs = (start.max(1)..ids.len()).map(|t| log_softmax_at(&l[t - 1], ids[t] as usize)).collect();
+                let next = next.then(|| {
+                    let last = &l[ids.len() - 1];
+                    let lse = log_sum_exp(last);
+                    last.iter().map(|&x| x - lse).collect()
+                });
+                Ok(Scored { logprobs, next })
+            })
+            .collect()
+    }
+
     fn additions(&self, layout: &Layout, per_row: &[Vec<Addition>]) -> Result<Option<Additions>> {
         if per_row.iter().all(|a| a.is_empty()) {
             return Ok(None);
@@ -573,10 +594,28 @@ fn distinct_rows(rows: &[RowRequest]) -> (Vec<usize>, Vec<u32>) {
     (distinct, fan_out)
 }
 
+/// One row's teacher-forced scores ([`Engine::score`]).
+#[derive(Debug, Clone)]
+pub struct Scored {
+    /// log P(token t | tokens before it), for the scored tokens in order.
+    pub logprobs: Vec<f32>,
+    /// log-softmax over the vocabulary of the token after the row, when asked.
+    pub next: Option<Vec<f32>>,
+}
+
+/// log(sum(exp(logits))), in f64 for the sum.
+fn log_sum_exp(logits: &[f32]) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    max + logits.iter().map(|&l| ((l - max) as f64).exp()).sum::<f64>().ln() as f32
+}
+
+fn log_softmax_at(logits: &[f32], token: usize) -> f32 {
+    logits[token] - log_sum_exp(logits)
+}
+
 /// log-softmax of raw logits: a lookup for any token, and the `n` most likely.
 fn log_probs(logits: &[f32], n: usize) -> (impl Fn(u32) -> f32 + '_, Vec<(u32, f32)>) {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = max + logits.iter().map(|&l| ((l - max) as f64).exp()).sum::<f64>().ln() as f32;
+    let lse = log_sum_exp(logits);
     let top = if n == 0 {
         vec![]
     } else {

@@ -220,3 +220,37 @@ fn all_positions_steering_matches_a_hugging_face_hook_at_every_position() {
         assert_ne!(mixed[0], mixed[1], "{hook}: the direction must change something");
     }
 }
+
+/// Teacher-forced scores (GenerationService.Score's engine path) against Hugging Face, plain,
+/// with an ActAdd prefix tensor and with an all-positions direction
+/// (scripts/make_score_goldens.py); the next-token KL and its largest terms too.
+#[test]
+fn teacher_forced_scores_match_hugging_face_with_and_without_steering() {
+    let e = engine();
+    let text = std::fs::read_to_string(fixtures().join("goldens/tiny-gpt2-score.json")).unwrap();
+    let g: Value = serde_json::from_str(&text).unwrap();
+    let floats = |v: &Value| v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect::<Vec<f32>>();
+    let tensor = matrix(&g["prefix"]["tensor"]);
+    let prefix = Addition::new(HookPoint::ResidPre(2), tensor.len(), tensor.concat());
+    let dir = Addition::all_positions(HookPoint::BlockOutput(1), floats(&g["all_positions"]["direction"]));
+    for t in g["texts"].as_array().unwrap() {
+        let (ids, start) = (ids(&t["ids"]), t["start"].as_u64().unwrap() as usize);
+        let rows = vec![ids.clone(); 3];
+        let scored = e.score(&rows, &[vec![], vec![prefix.clone()], vec![dir.clone()]], &[start; 3], true).unwrap();
+        for (s, key) in scored.iter().zip(["unsteered", "prefix", "all_positions"]) {
+            let want = floats(&t[key]);
+            assert_eq!(s.logprobs.len(), want.len(), "{key}");
+            let err = s.logprobs.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            assert!(err < 1e-4, "{} {key}: max error {err}", t["continuation"]);
+        }
+        if let Some(kl) = t["next_token_kl"].as_f64() {
+            let (p, q) = (scored[1].next.as_ref().unwrap(), scored[0].next.as_ref().unwrap());
+            let terms: Vec<f64> = p.iter().zip(q).map(|(&a, &b)| (a as f64).exp() * (a as f64 - b as f64)).collect();
+            assert!((terms.iter().sum::<f64>() - kl).abs() < 1e-4, "KL");
+            for pair in t["kl_top"].as_array().unwrap() {
+                let (token, value) = (pair[0].as_u64().unwrap() as usize, pair[1].as_f64().unwrap());
+                assert!((terms[token] - value).abs() < 1e-4, "term of token {token}");
+            }
+        }
+    }
+}

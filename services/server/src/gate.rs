@@ -13,7 +13,7 @@ use steer_proto::v1::activation_service_server::ActivationService;
 use steer_proto::v1::generation_service_server::GenerationService;
 use steer_proto::v1::{
     ComputeVectorRequest, DeleteVectorRequest, DeleteVectorResponse, GetVectorRequest, GetVectorResponse, ListVectorsRequest,
-    ListVectorsResponse, PutVectorRequest, PutVectorResponse,
+    ListVectorsResponse, PutVectorRequest, PutVectorResponse, ScoreRequest,
     ActivationServiceGetModelInfoRequest, ActivationServiceGetModelInfoResponse, GenerateFromTensorsRequest, GenerateRequest,
     GenerationServiceGetModelInfoRequest, GenerationServiceGetModelInfoResponse, GetActivationsRequest, GetSteeringTensorsRequest,
 };
@@ -139,6 +139,10 @@ impl ActivationService for Gate<ActivationWorker> {
 impl GenerationService for Gate<GenerationWorker> {
     type GenerateStream = <GenerationWorker as GenerationService>::GenerateStream;
     type GenerateFromTensorsStream = <GenerationWorker as GenerationService>::GenerateFromTensorsStream;
+    type ScoreStream = <GenerationWorker as GenerationService>::ScoreStream;
+    async fn score(&self, r: Request<ScoreRequest>) -> Result<Response<Self::ScoreStream>, Status> {
+        self.observe("Score", r, |w, r| async move { w.score(r).await }).await
+    }
     async fn generate(&self, r: Request<Streaming<GenerateRequest>>) -> Result<Response<Self::GenerateStream>, Status> {
         self.observe("Generate", r, |w, r| async move { w.generate(r).await }).await
     }

@@ -19,7 +19,7 @@ use serde::Serialize;
 use steer_proto::v1::activation_service_server::ActivationService;
 use steer_proto::v1::generation_service_server::GenerationService;
 use steer_proto::v1::{
-    ComputeVectorRequest, DeleteVectorRequest, GetVectorRequest, ListVectorsRequest, PutVectorRequest,
+    ComputeVectorRequest, DeleteVectorRequest, GetVectorRequest, ListVectorsRequest, PutVectorRequest, ScoreRequest,
     ActivationServiceGetModelInfoRequest, GenerateFromTensorsRequest, GenerationServiceGetModelInfoRequest, GetActivationsRequest,
     GetSteeringTensorsRequest,
 };
@@ -123,6 +123,9 @@ pub fn router(services: &Arc<Services>) -> axum::Router {
     if services.cfg.role.generation() {
         r = route(r, services, "/v1/rpc/steer.v1.GenerationService/GenerateFromTensors", |s, req: GenerateFromTensorsRequest, h| async move {
             streamed(s.generation.generate_from_tensors(tonic::Request::new(req)).await, &h)
+        });
+        r = route(r, services, "/v1/rpc/steer.v1.GenerationService/Score", |s, req: ScoreRequest, h| async move {
+            streamed(s.generation.score(tonic::Request::new(req)).await, &h)
         });
         r = route(r, services, "/v1/rpc/steer.v1.GenerationService/GetModelInfo", |s, req: GenerationServiceGetModelInfoRequest, _| async move {
             unary(GenerationService::get_model_info(&s.generation, tonic::Request::new(req)).await)

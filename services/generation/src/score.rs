@@ -1,0 +1,166 @@
+//! `GenerationService.Score`: teacher-forced log-probabilities of continuations under the given
+//! steering, through the same reading (inline tensors, byte budgets), library references and
+//! validation of steering as a generation. Texts are scored in batches (each text's steered and
+//! unsteered rows in one forward) on a blocking thread beside the engine loop; the scores
+//! stream as each batch finishes, and a client that leaves stops the rest.
+
+use steer_common::ServiceError;
+use steer_model::{Addition, Engine};
+use steer_proto::v1::{KlContribution, ScoreRequest, TextScore};
+
+use crate::config::GenerationConfig;
+use crate::validation;
+
+/// One text, tokenised and fitted to the steering.
+#[derive(Debug, Clone)]
+pub struct ScoreText {
+    pub index: usize,
+    /// Prompt then continuation.
+    pub ids: Vec<u32>,
+    /// Where the continuation starts.
+    pub start: usize,
+}
+
+/// A checked Score request.
+#[derive(Debug, Clone)]
+pub struct ValidScore {
+    pub texts: Vec<ScoreText>,
+    pub additions: Vec<Addition>,
+    pub include_unsteered: bool,
+    pub kl_top: usize,
+}
+
+/// Checks the texts (errors name `texts[i].prompt` / `.continuation`) against the model and
+/// the steering's positions.
+pub fn validate(req: &ScoreRequest, additions: Vec<Addition>, engine: &Engine, cfg: &GenerationConfig) -> Result<ValidScore, ServiceError> {
+    let n = req.texts.len();
+    if n == 0 || n > cfg.max_score_texts {
+        return Err(ServiceError::invalid("texts", format!("{n} texts: must be in 1..={}", cfg.max_score_texts)));
+    }
+    if req.kl_top as usize > cfg.max_top_logprobs {
+        return Err(ServiceError::invalid("kl_top", format!("{}: at most {}", req.kl_top, cfg.max_top_logprobs)));
+    }
+    if req.kl_top > 0 && !req.include_unsteered {
+        return Err(ServiceError::invalid("kl_top", "the KL needs the unsteered scores too: set include_unsteered"));
+    }
+    let n_positions = engine.info().n_positions;
+    let mut texts = vec![];
+    for (i, t) in req.texts.iter().enumerate() {
+        let field = format!("texts[{i}]");
+        let prompt = engine.encode(&t.prompt, req.use_bos)?;
+        let continuation = engine.encode(&t.continuation, false)?;
+        if continuation.is_empty() && req.kl_top == 0 {
+            return Err(ServiceError::invalid(format!("{field}.continuation"), "nothing to score"));
+        }
+        if prompt.is_empty() {
+            return Err(ServiceError::invalid(format!("{field}.prompt"), "the first token needs a context: give a prompt or set use_bos"));
+        }
+        // Prefix steering sits at positions 0..k-1 of the whole text (padding, if asked, goes
+        // after BOS and moves the continuation).
+        let n = prompt.len() + continuation.len();
+        let ids = validation::fit([prompt.clone(), continuation].concat(), &additions, req.use_bos, req.short_prompt, &field)?;
+        let start = prompt.len() + (ids.len() - n);
+        if ids.len() > n_positions {
+            return Err(ServiceError::invalid(format!("{field}.continuation"), format!("{} tokens exceed the model's {n_positions} positions", ids.len())));
+        }
+        texts.push(ScoreText { index: i, ids, start });
+    }
+    Ok(ValidScore { texts, additions, include_unsteered: req.include_unsteered, kl_top: req.kl_top as usize })
+}
+
+/// Scores `valid` in batches of at most `cfg.score_batch_tokens` tokens, calling `emit` with
+/// each text's scores (unsteered first); stops early when `emit` returns false.
+pub fn run(engine: &Engine, valid: &ValidScore, cfg: &GenerationConfig, mut emit: impl FnMut(TextScore) -> bool) -> Result<(), ServiceError> {
+    let sides: &[bool] = if valid.include_unsteered { &[false, true] } else { &[true] };
+    let mut batch: Vec<&ScoreText> = vec![];
+    let mut tokens = 0;
+    for (i, t) in valid.texts.iter().enumerate() {
+        batch.push(t);
+        tokens += t.ids.len() * sides.len();
+        let last = i + 1 == valid.texts.len();
+        if tokens < cfg.score_batch_tokens && !last {
+            continue;
+        }
+        let mut rows = vec![];
+        let mut adds = vec![];
+        let mut starts = vec![];
+        for t in &batch {
+            for &steered in sides {
+                rows.push(t.ids.clone());
+                adds.push(if steered { valid.additions.clone() } else { vec![] });
+                starts.push(t.start);
+            }
+        }
+        let scored = engine.score(&rows, &adds, &starts, valid.kl_top > 0)?;
+        for (j, t) in batch.iter().enumerate() {
+            let mut pair = scored[j * sides.len()..(j + 1) * sides.len()].iter().zip(sides);
+            let unsteered_next = if valid.include_unsteered { pair.clone().next().and_then(|(s, _)| s.next.clone()) } else { None };
+            for (s, &steered) in pair.by_ref() {
+                let sum: f64 = s.logprobs.iter().map(|&x| x as f64).sum();
+                let mut score = TextScore {
+                    index: t.index as u32,
+                    steered,
+                    token_ids: t.ids[t.start..].to_vec(),
+                    logprobs: s.logprobs.clone(),
+                    sum,
+                    mean: if s.logprobs.is_empty() { 0.0 } else { sum / s.logprobs.len() as f64 },
+                    prompt_tokens: t.start as u32,
+                    ..Default::default()
+                };
+                if let (true, Some(p), Some(q)) = (steered, &s.next, &unsteered_next) {
+                    let (kl, top) = kl_contributions(p, q, valid.kl_top);
+                    score.next_token_kl = kl;
+                    score.kl_top = top
+                        .into_iter()
+                        .map(|(token, ps, pu, c)| KlContribution {
+                            token_id: token,
+                            text: engine.tokenizer().decode(&[token]).unwrap_or_default(),
+                            p_steered: ps,
+                            p_unsteered: pu,
+                            contribution: c,
+                        })
+                        .collect();
+                }
+                if !emit(score) {
+                    return Ok(());
+                }
+            }
+        }
+        batch.clear();
+        tokens = 0;
+    }
+    Ok(())
+}
+
+/// KL(p || q) from log-probabilities, and the `n` tokens with the largest p * (log p - log q):
+/// (token, p, q, contribution), largest first.
+pub fn kl_contributions(logp: &[f32], logq: &[f32], n: usize) -> (f64, Vec<(u32, f32, f32, f32)>) {
+    let terms: Vec<f64> = logp.iter().zip(logq).map(|(&a, &b)| (a as f64).exp() * (a as f64 - b as f64)).collect();
+    let kl = terms.iter().sum();
+    let mut idx: Vec<usize> = (0..terms.len()).collect();
+    let n = n.min(idx.len());
+    if n > 0 {
+        idx.select_nth_unstable_by(n - 1, |&a, &b| terms[b].total_cmp(&terms[a]));
+    }
+    let mut top: Vec<(u32, f32, f32, f32)> = idx[..n].iter().map(|&i| (i as u32, logp[i].exp(), logq[i].exp(), terms[i] as f32)).collect();
+    top.sort_by(|a, b| b.3.total_cmp(&a.3));
+    (kl, top)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kl_and_its_largest_terms() {
+        let p = [0.7f64, 0.2, 0.1].map(|x| x.ln() as f32);
+        let q = [0.5f64, 0.25, 0.25].map(|x| x.ln() as f32);
+        let (kl, top) = kl_contributions(&p, &q, 2);
+        let want = 0.7 * (0.7f64 / 0.5).ln() + 0.2 * (0.2f64 / 0.25).ln() + 0.1 * (0.1f64 / 0.25).ln();
+        assert!((kl - want).abs() < 1e-6, "{kl} {want}");
+        assert_eq!(top[0].0, 0);
+        assert!((top[0].3 as f64 - 0.7 * (1.4f64).ln()).abs() < 1e-6);
+        assert_eq!(top.len(), 2);
+        assert_eq!(kl_contributions(&p, &p, 3).0, 0.0);
+    }
+}
