@@ -4,6 +4,8 @@
 
 mod bench;
 mod commands;
+mod eval;
+mod plot;
 mod progress;
 mod serve;
 mod table;
@@ -48,6 +50,11 @@ enum Command {
     Vector {
         #[command(subcommand)]
         cmd: vector::VectorCommand,
+    },
+    /// The post's measurements over a sweep: perplexity, kl, topic-words, norms.
+    Eval {
+        #[command(subcommand)]
+        cmd: eval::EvalCommand,
     },
     /// Write a GPT-2 checkpoint with random weights in the hub layout.
     RandomModel(RandomModelArgs),
@@ -174,6 +181,7 @@ fn main() -> Result<()> {
         Command::GenerationWorker(a) => commands::runtime()?.block_on(serve::serve(a, Role::Generation)),
         Command::Generate(a) => commands::runtime()?.block_on(commands::generate(a)),
         Command::Vector { cmd } => commands::runtime()?.block_on(vector::run(cmd)),
+        Command::Eval { cmd } => commands::runtime()?.block_on(eval::run(cmd)),
         Command::RandomModel(a) => random_model(a),
         Command::Health(a) => commands::runtime()?.block_on(commands::health(a)),
         Command::Bench(a) => bench::run(a),

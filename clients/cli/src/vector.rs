@@ -44,6 +44,9 @@ pub struct ServiceArgs {
     /// A running activation worker's URL (else the services are embedded in this process).
     #[arg(long, env = "STEER_ACTIVATION_URL")]
     activation_url: Option<String>,
+    /// Generation workers' URLs, for the commands that generate or score [default: the activation URL].
+    #[arg(long, requires = "activation_url")]
+    generation_url: Vec<String>,
     /// Library directory of the embedded server [default: as `steer serve`].
     #[arg(long, env = "STEER_VECTOR_DIR")]
     vector_dir: Option<PathBuf>,
@@ -56,7 +59,8 @@ pub struct ServiceArgs {
 impl ServiceArgs {
     pub async fn connect(&self) -> Result<(SteerClient, Option<LocalServer>)> {
         if let Some(url) = &self.activation_url {
-            return Ok((SteerClient::connect_with(url, &[url.clone()], self.conn.options()?).await?, None));
+            let gen = if self.generation_url.is_empty() { vec![url.clone()] } else { self.generation_url.clone() };
+            return Ok((SteerClient::connect_with(url, &gen, self.conn.options()?).await?, None));
         }
         let model = self.model.clone();
         let engine = Arc::new(tokio::task::spawn_blocking(move || model.load()).await??);

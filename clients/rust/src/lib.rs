@@ -29,6 +29,7 @@ pub use steer_proto::v1;
 pub use steer_vector;
 
 pub mod connection;
+pub mod eval;
 pub mod presets;
 
 pub use connection::ConnectOptions;
@@ -186,6 +187,12 @@ impl SteeringTensor {
         let (mut header, chunks) = steer_proto::wire::encode_f32(&t.values, &[t.k, t.d()], Some(t.point.to_proto()), 0);
         header.mode = mode.to_proto() as i32;
         Self { header, values: t.values.clone(), chunks }
+    }
+
+    /// A prefix (ActAdd) tensor of `values.len() / d` positions at `point`.
+    pub fn prefix(point: v1::HookPoint, values: Vec<f32>, d: usize) -> Self {
+        let (header, chunks) = steer_proto::wire::encode_f32(&values, &[values.len() / d.max(1), d], Some(point), 0);
+        Self { header, values, chunks }
     }
 
     /// The tensor in one piece (GenerateFromTensors, Score).
