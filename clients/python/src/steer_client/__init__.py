@@ -22,7 +22,7 @@ from ._proto.steer.v1 import activation_pb2, activation_pb2_grpc
 from ._proto.steer.v1 import generation_pb2, generation_pb2_grpc
 from ._proto.steer.v1 import tensor_pb2
 
-__all__ = ["SteerClient", "Completion", "POST", "SEED", "activation_pb2", "generation_pb2", "tensor_pb2", "load_vector",
+__all__ = ["evals", "SteerClient", "Completion", "POST", "SEED", "activation_pb2", "generation_pb2", "tensor_pb2", "load_vector",
            "parse_vector", "Vector"]
 
 HOOKS = {"resid_pre": tensor_pb2.HOOK_RESID_PRE, "block_output": tensor_pb2.HOOK_BLOCK_OUTPUT}
@@ -256,3 +256,4 @@ class SteerClient:
 
 
 from .vectors import Vector, load_vector, parse_vector  # noqa: E402
+from . import evals  # noqa: E402
