@@ -396,6 +396,85 @@ $("cancel").addEventListener("click", () => controller && controller.abort());
 $("export").addEventListener("click", exportJson);
 for (const name of Object.keys(PRESETS)) $("preset").insertAdjacentHTML("beforeend", `<option>${name}</option>`);
 $("preset").addEventListener("change", applyPreset);
+// ---- Evaluate: steered / unsteered perplexity of the texts at each layer (GenerationService.Score) ----
+let evalController = null;
+
+function layerList(spec) {
+  const out = [];
+  for (const part of spec.split(",").map((p) => p.trim()).filter(Boolean)) {
+    const m = /^(\d+)(?:-(\d+))?$/.exec(part);
+    if (!m) throw new Error(`layers: ${part}`);
+    for (let l = Number(m[1]); l <= Number(m[2] ?? m[1]); l++) out.push(l);
+  }
+  return out.filter((l) => l < nLayer);
+}
+
+// exp(-sum / tokens) of each side's scores.
+async function scoreRatio(texts, tensors, useBos, signal) {
+  const R = F.ScoreRequest, T = F.ScoreText, I = F.InlineTensor;
+  const w = new Writer();
+  for (const t of texts) { const m = new Writer(); m.string(T.continuation, t); w.message(R.texts, m); }
+  w.bool(R.use_bos, useBos); w.bool(R.include_unsteered, true);
+  for (const t of tensors) { const it = new Writer(); it.bytes(I.header, t.headerBytes); it.bytes(I.data, t.data); w.message(R.tensors, it); }
+  const acc = { true: [0, 0], false: [0, 0] };
+  for await (const msg of grpcWeb("/steer.v1.GenerationService/Score", w.finish(), signal)) {
+    const s = decode(decode(msg, spec("ScoreResponse", "score")).score, spec("TextScore", "steered", "sum", "logprobs"));
+    const side = acc[Boolean(s.steered)];
+    side[0] += s.sum || 0; side[1] += s.logprobs ? s.logprobs.length / 4 : 0;
+  }
+  const ppl = ([sum, n]) => Math.exp(-sum / Math.max(n, 1));
+  return { steered: ppl(acc.true), unsteered: ppl(acc.false) };
+}
+
+function drawPlot(points, xLabel, yLabel) {
+  const W = 640, H = 300, L = 60, B = 40, T = 20, Rm = 20;
+  const xs = points.map((p) => p[0]), ys = points.map((p) => p[1]);
+  const [x0, x1] = [Math.min(...xs), Math.max(...xs) + (xs.length < 2 ? 1 : 0)];
+  const pad = (Math.max(...ys) - Math.min(...ys)) * 0.1 || 0.01;
+  const [y0, y1] = [Math.min(...ys) - pad, Math.max(...ys) + pad];
+  const sx = (x) => L + (x - x0) / (x1 - x0) * (W - L - Rm), sy = (y) => T + (H - T - B) * (1 - (y - y0) / (y1 - y0));
+  const path = points.map((p) => `${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join(" ");
+  const dots = points.map((p) => `<circle cx="${sx(p[0]).toFixed(1)}" cy="${sy(p[1]).toFixed(1)}" r="3" fill="#1f77b4"/>`).join("");
+  const yt = [y0 + pad, (y0 + y1) / 2, y1 - pad].map((v) => `<text x="${L - 6}" y="${sy(v) + 4}" text-anchor="end">${v.toFixed(3)}</text>`).join("");
+  const xt = points.map((p) => `<text x="${sx(p[0])}" y="${H - B + 16}" text-anchor="middle">${p[0]}</text>`).join("");
+  const one = sy(1) >= T && sy(1) <= H - B ? `<line x1="${L}" x2="${W - Rm}" y1="${sy(1)}" y2="${sy(1)}" stroke="#aaa" stroke-dasharray="4"/>` : "";
+  $("eval_plot").innerHTML = `<svg width="${W}" height="${H}" font-size="11" font-family="sans-serif">`
+    + `<rect x="${L}" y="${T}" width="${W - L - Rm}" height="${H - T - B}" fill="none" stroke="#444"/>${one}`
+    + `<polyline fill="none" stroke="#1f77b4" stroke-width="2" points="${path}"/>${dots}${yt}${xt}`
+    + `<text class="x-label" x="${(L + W - Rm) / 2}" y="${H - 6}" text-anchor="middle">${xLabel}</text>`
+    + `<text class="y-label" transform="translate(14,${(T + H - B) / 2}) rotate(-90)" text-anchor="middle">${yLabel}</text></svg>`;
+  $("eval_plot").dataset.points = String(points.length);
+}
+
+async function evaluate() {
+  evalController = new AbortController();
+  const signal = evalController.signal;
+  $("eval_cancel").disabled = false; $("eval_run").disabled = true;
+  $("eval_plot").dataset.points = "0";
+  try {
+    if (!modelLoaded) await loadModelInfo();
+    const layers = layerList($("eval_layers").value), coeff = Number($("eval_coeff").value);
+    const texts = $("eval_texts").value.split("\n").filter((t) => t.trim());
+    const useBos = $("bos").checked, hook = Number($("hook").value);
+    const points = [];
+    for (const [i, layer] of layers.entries()) {
+      const adds = [{ layer, coeff, prompt: $("eval_plus").value }, { layer, coeff: -coeff, prompt: $("eval_minus").value }];
+      const tensors = await steeringTensors(adds, hook, useBos, signal);
+      const r = await scoreRatio(texts, tensors, useBos, signal);
+      points.push([layer, r.steered / r.unsteered]);
+      $("eval_status").textContent = `${i + 1}/${layers.length} layers`;
+      drawPlot(points, "layer", "perplexity ratio (steered / unsteered)");
+    }
+    $("eval_status").textContent = `done: ${points.length} layers, ${texts.length} texts`;
+  } catch (err) {
+    $("eval_status").textContent = signal.aborted ? "cancelled" : String(err.message || err);
+  } finally {
+    $("eval_cancel").disabled = true; $("eval_run").disabled = false;
+  }
+}
+
+$("eval_run").addEventListener("click", evaluate);
+$("eval_cancel").addEventListener("click", () => evalController && evalController.abort());
 $("lib_refresh").addEventListener("click", listLibrary);
 $("save_vector").addEventListener("click", saveVector);
 loadModelInfo();

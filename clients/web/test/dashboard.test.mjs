@@ -106,6 +106,16 @@ test("weddings example streams into both columns, which differ", { timeout: 240_
     fs.mkdirSync(path.join(root, "artifacts"), { recursive: true });
     await page.screenshot({ path: path.join(root, "artifacts/dashboard.png"), fullPage: true });
     await page.click(".applied button"); // remove it again
+    // Evaluate: the perplexity ratio at every layer of the model, plotted with named axes.
+    await page.click("#evaluate summary");
+    await page.fill("#eval_layers", "0-3");
+    await page.click("#eval_run");
+    await page.waitForFunction(() => /^done|^\d+: /.test(document.getElementById("eval_status").textContent), null, { timeout: 120_000 });
+    assert.match(await page.textContent("#eval_status"), /^done: 4 layers, 3 texts$/);
+    assert.equal(await page.getAttribute("#eval_plot", "data-points"), "4");
+    assert.equal(await page.textContent("#eval_plot .x-label"), "layer");
+    assert.equal(await page.textContent("#eval_plot .y-label"), "perplexity ratio (steered / unsteered)");
+    await page.screenshot({ path: path.join(root, "artifacts/dashboard-evaluate.png"), fullPage: true });
     // A preset fills the form, its layers scaled from GPT-2-XL's 48 to the model's 4.
     await page.selectOption("#preset", "weddings (ARENA)");
     await page.waitForSelector('#preset[data-applied="weddings (ARENA)"]');
