@@ -34,7 +34,7 @@ async fn perplexity_kl_and_topic_words_equal_independent_computations() {
     let opts = RunOptions { seed: 5, n_tokens: 8, ..RunOptions::default() };
     let sweep = Sweep { plus: " wedding".into(), minus: " ".into(), layers: vec![2], coeffs: vec![4.0] };
     let set = TextSet { name: "w".into(), texts: vec!["The bride smiled at the groom.".into(), "We cut the cake.".into()] };
-    let rows = eval::perplexity_sweep(&client, &sweep, std::slice::from_ref(&set), &opts, |_, _| {}).await.unwrap();
+    let rows = eval::perplexity_sweep(&client, &sweep, std::slice::from_ref(&set), &opts, |_, _, _| {}).await.unwrap();
     // The steering tensor here: 4 * (act(BOS " wedding") - act(BOS " ")), both two tokens.
     let point = HookPoint::ResidPre(2);
     let acts = e.capture(&[e.encode(" wedding", true).unwrap(), e.encode(" ", true).unwrap()], &[point]).unwrap();
@@ -51,7 +51,7 @@ async fn perplexity_kl_and_topic_words_equal_independent_computations() {
 
     // KL after a prompt.
     let prompt = "I'm excited because I'm going to a";
-    let kl_rows = eval::kl_sweep(&client, &sweep, prompt, 3, &opts, |_, _| {}).await.unwrap();
+    let kl_rows = eval::kl_sweep(&client, &sweep, prompt, 3, &opts, |_, _, _| {}).await.unwrap();
     let ids = e.encode(prompt, true).unwrap();
     let last = |adds: Vec<Addition>| log_softmax(&e.logits(&[ids.clone()], &[adds]).unwrap()[0].to_vec2::<f32>().unwrap().pop().unwrap());
     let (ps, pu) = (last(vec![steer]), last(vec![]));
@@ -71,7 +71,7 @@ async fn perplexity_kl_and_topic_words_equal_independent_computations() {
         lower.split(|c: char| !c.is_alphanumeric()).filter(|w| words.iter().any(|x| x == w)).count()
     };
     let mean = |rows: &[steer_client::Completion]| rows.iter().map(|c| count(&c.text)).sum::<usize>() as f64 / 3.0;
-    let t = eval::topic_words(&client, &sweep, prompt, &words, 3, &[Position::Front], &opts, |_, _| {}).await.unwrap();
+    let t = eval::topic_words(&client, &sweep, prompt, &words, 3, &[Position::Front], &opts, |_, _, _| {}).await.unwrap();
     assert_eq!(t[0]["mean_count_unsteered"].as_f64().unwrap(), mean(&cmp.unsteered));
     assert_eq!(t[0]["mean_count_steered"].as_f64().unwrap(), mean(&cmp.steered));
     assert!(t[0]["mean_count_unsteered"].as_f64().unwrap() > 0.0);

@@ -143,12 +143,12 @@ pub async fn run(cmd: EvalCommand) -> Result<()> {
         }
         EvalCommand::Perplexity(a) => {
             let sets = text_sets(&a.sets)?;
-            let rows = sweep_with(&a.sweep, |c, s, o, p| Box::pin(async move { eval::perplexity_sweep(&c, &s, &sets, &o, p).await })).await?;
+            let rows = sweep_with(&a.sweep, "perplexity", |c, s, o, p| Box::pin(async move { eval::perplexity_sweep(&c, &s, &sets, &o, p).await })).await?;
             ("perplexity", a.sweep, rows)
         }
         EvalCommand::Kl(a) => {
             let (prompt, top) = (a.prompt.clone(), a.top);
-            let rows = sweep_with(&a.sweep, |c, s, o, p| Box::pin(async move { eval::kl_sweep(&c, &s, &prompt, top, &o, p).await })).await?;
+            let rows = sweep_with(&a.sweep, "kl", |c, s, o, p| Box::pin(async move { eval::kl_sweep(&c, &s, &prompt, top, &o, p).await })).await?;
             ("kl", a.sweep, rows)
         }
         EvalCommand::TopicWords(a) => {
@@ -167,7 +167,7 @@ pub async fn run(cmd: EvalCommand) -> Result<()> {
                 })
                 .collect::<Result<Vec<_>>>()?;
             let (prompt, n, tokens) = (a.prompt.clone(), a.n, a.tokens);
-            let rows = sweep_with(&a.sweep, |c, s, o, p| {
+            let rows = sweep_with(&a.sweep, "topic-words", |c, s, o, p| {
                 Box::pin(async move {
                     let o = RunOptions { n_tokens: tokens, ..o };
                     eval::topic_words(&c, &s, &prompt, &words, n, &positions, &o, p).await
@@ -178,7 +178,7 @@ pub async fn run(cmd: EvalCommand) -> Result<()> {
         }
         EvalCommand::Norms(a) => {
             let prompt = a.prompt.clone();
-            let rows = sweep_with(&a.sweep, |c, s, o, p| Box::pin(async move { eval::norms(&c, &s, &prompt, &o, p).await })).await?;
+            let rows = sweep_with(&a.sweep, "norms", |c, s, o, p| Box::pin(async move { eval::norms(&c, &s, &prompt, &o, p).await })).await?;
             ("norms", a.sweep, rows)
         }
     };
@@ -196,19 +196,33 @@ pub async fn run(cmd: EvalCommand) -> Result<()> {
 }
 
 type EvalFuture = std::pin::Pin<Box<dyn std::future::Future<Output = steer_client::Result<Vec<Value>>>>>;
+type Progress = Box<dyn FnMut(usize, usize, &Value)>;
 
-/// Connects, runs the eval with a progress line, stops at Ctrl-C, shuts an embedded server down.
-async fn sweep_with<F>(a: &SweepArgs, f: F) -> Result<Vec<Value>>
+/// Connects, runs the eval with a progress line per setting, shuts an embedded server down.
+/// Ctrl-C cancels: the calls in flight end (the workers free their rows), and the settings
+/// already finished are kept (written with --out) before it exits non-zero.
+async fn sweep_with<F>(a: &SweepArgs, name: &str, f: F) -> Result<Vec<Value>>
 where
-    F: FnOnce(std::sync::Arc<steer_client::SteerClient>, Sweep, RunOptions, Box<dyn FnMut(usize, usize)>) -> EvalFuture,
+    F: FnOnce(std::sync::Arc<steer_client::SteerClient>, Sweep, RunOptions, Progress) -> EvalFuture,
 {
     let sweep = a.sweep()?;
     let (client, local) = a.service.connect().await?;
     let client = std::sync::Arc::new(client);
-    let progress: Box<dyn FnMut(usize, usize)> = Box::new(|done, total| eprintln!("  {done}/{total} settings"));
+    let done = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let seen = done.clone();
+    let progress: Progress = Box::new(move |n, total, row| {
+        eprintln!("  {n}/{total} settings");
+        seen.lock().expect("rows").push(row.clone());
+    });
     let result = tokio::select! {
         r = f(client.clone(), sweep, a.opts(), progress) => r.map_err(anyhow::Error::from),
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("cancelled")),
+        _ = tokio::signal::ctrl_c() => {
+            let rows = done.lock().expect("rows").clone();
+            if let Some(dir) = &a.out {
+                write_results(dir, name, &rows)?;
+            }
+            Err(anyhow::anyhow!("cancelled after {} settings", rows.len()))
+        }
     };
     if let Some(l) = local {
         l.shutdown().await;

@@ -58,3 +58,31 @@ fn kl_topic_words_and_norms_run_and_plot() {
         assert!(r["resid_norm"].as_f64().unwrap() > 0.0 && r["kl_random"].as_f64().unwrap() >= 0.0);
     }
 }
+
+/// Ctrl-C (SIGINT) cancels a sweep: it exits non-zero and keeps the settings already finished,
+/// which `steer eval show` reads again.
+#[test]
+fn a_cancelled_sweep_keeps_its_finished_settings() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("r");
+    let tiny = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tiny-gpt2");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_steer"))
+        .args(["eval", "perplexity", "--layers", "0-3", "--coeffs", "1,2,3,4,5,6,7,8,9,10,11,12", "--out", out.to_str().unwrap()])
+        .args(["--model", tiny.to_str().unwrap(), "--vector-dir", dir.path().to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = lines.by_ref().map(|l| l.unwrap()).find(|l| l.contains("/49 settings")).expect("a progress line");
+    assert!(first.contains("1/49"), "{first}");
+    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    assert!(!child.wait().unwrap().success(), "a cancelled sweep exits non-zero");
+    assert!(rest.iter().any(|l| l.contains("cancelled after")), "{rest:?}");
+    let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("perplexity.json")).unwrap()).unwrap();
+    let n = saved["rows"].as_array().unwrap().len();
+    assert!((1..49).contains(&n), "{n} settings kept");
+    assert_eq!(std::fs::read_to_string(out.join("perplexity.csv")).unwrap().lines().count(), 1 + n);
+}

@@ -9,6 +9,9 @@
 //!   at the front, middle or end of the prompt;
 //! - [`norms`]: the residual stream's norm at each layer against the steering tensor's, and the
 //!   KL of a random tensor of the same norms as a control.
+//!
+//! `progress(done, total, row)` sees each setting's row as it finishes, so a caller can keep the
+//! finished part of a sweep it cancels (dropping the future stops it between calls).
 
 use serde_json::{json, Value};
 
@@ -64,7 +67,7 @@ async fn set_perplexity(client: &SteerClient, set: &TextSet, prompt: &str, tenso
 /// Steered and unsteered perplexity of each text set per setting (`method: "actadd"`), then
 /// one object for prompting (`method: "prompting"`: the plus text as the texts' prompt, no
 /// steering). Each set's measures are `{perplexity_unsteered, perplexity_steered, ratio}`.
-pub async fn perplexity_sweep(client: &SteerClient, sweep: &Sweep, sets: &[TextSet], opts: &RunOptions, mut progress: impl FnMut(usize, usize)) -> Result<Vec<Value>> {
+pub async fn perplexity_sweep(client: &SteerClient, sweep: &Sweep, sets: &[TextSet], opts: &RunOptions, mut progress: impl FnMut(usize, usize, &Value)) -> Result<Vec<Value>> {
     let settings = sweep.settings();
     let mut base = vec![];
     for set in sets {
@@ -86,20 +89,20 @@ pub async fn perplexity_sweep(client: &SteerClient, sweep: &Sweep, sets: &[TextS
             steered.push(set_perplexity(client, set, "", &tensors, opts).await?);
         }
         rows.push(json!({"method": "actadd", "layer": layer, "coeff": coeff, "sets": measures(&steered)}));
-        progress(i + 1, settings.len() + 1);
+        progress(i + 1, settings.len() + 1, &rows[i]);
     }
     let mut prompted = vec![];
     for set in sets {
         prompted.push(set_perplexity(client, set, &sweep.plus, &[], opts).await?);
     }
     rows.push(json!({"method": "prompting", "layer": null, "coeff": null, "prompt": sweep.plus, "sets": measures(&prompted)}));
-    progress(settings.len() + 1, settings.len() + 1);
+    progress(settings.len() + 1, settings.len() + 1, &rows[settings.len()]);
     Ok(rows)
 }
 
 /// KL(steered || unsteered) of the next token after `prompt` per setting, with the `top`
 /// tokens contributing most.
-pub async fn kl_sweep(client: &SteerClient, sweep: &Sweep, prompt: &str, top: u32, opts: &RunOptions, mut progress: impl FnMut(usize, usize)) -> Result<Vec<Value>> {
+pub async fn kl_sweep(client: &SteerClient, sweep: &Sweep, prompt: &str, top: u32, opts: &RunOptions, mut progress: impl FnMut(usize, usize, &Value)) -> Result<Vec<Value>> {
     let settings = sweep.settings();
     let mut rows = vec![];
     for (i, &(layer, coeff)) in settings.iter().enumerate() {
@@ -111,7 +114,7 @@ pub async fn kl_sweep(client: &SteerClient, sweep: &Sweep, prompt: &str, top: u3
             .map(|k| json!({"token_id": k.token_id, "text": k.text, "contribution": k.contribution, "p_steered": k.p_steered, "p_unsteered": k.p_unsteered}))
             .collect();
         rows.push(json!({"layer": layer, "coeff": coeff, "kl": s.next_token_kl, "top": top}));
-        progress(i + 1, settings.len());
+        progress(i + 1, settings.len(), &rows[i]);
     }
     Ok(rows)
 }
@@ -164,7 +167,7 @@ pub async fn topic_words(
     n: u32,
     positions: &[Position],
     opts: &RunOptions,
-    mut progress: impl FnMut(usize, usize),
+    mut progress: impl FnMut(usize, usize, &Value),
 ) -> Result<Vec<Value>> {
     let settings = sweep.settings();
     let per_call = client.generation_info().await?.max_comparisons.clamp(1, 16);
@@ -196,7 +199,7 @@ pub async fn topic_words(
                 "mean_count_unsteered": counts[0] as f64 / n, "mean_count_steered": counts[1] as f64 / n,
                 "fraction_unsteered": any[0] as f64 / n, "fraction_steered": any[1] as f64 / n,
             }));
-            progress(rows.len(), total);
+            progress(rows.len(), total, &rows[rows.len() - 1]);
         }
     }
     Ok(rows)
@@ -216,7 +219,7 @@ fn shifted(t: &SteeringTensor, offset: usize) -> SteeringTensor {
 /// Per layer: the mean norm of the prompt's residual stream (BOS excluded) against the steering
 /// tensor's mean position norm, and the next-token KL of the steering against that of a random
 /// tensor with the same position norms (seeded), the post's control.
-pub async fn norms(client: &SteerClient, sweep: &Sweep, prompt: &str, opts: &RunOptions, mut progress: impl FnMut(usize, usize)) -> Result<Vec<Value>> {
+pub async fn norms(client: &SteerClient, sweep: &Sweep, prompt: &str, opts: &RunOptions, mut progress: impl FnMut(usize, usize, &Value)) -> Result<Vec<Value>> {
     let settings = sweep.settings();
     let mut rows = vec![];
     for (i, &(layer, coeff)) in settings.iter().enumerate() {
@@ -236,7 +239,7 @@ pub async fn norms(client: &SteerClient, sweep: &Sweep, prompt: &str, opts: &Run
             "layer": layer, "coeff": coeff, "resid_norm": resid, "steering_norm": steering, "ratio": steering / resid,
             "kl_steering": kl_steering, "kl_random": kl_random,
         }));
-        progress(i + 1, settings.len());
+        progress(i + 1, settings.len(), &rows[i]);
     }
     Ok(rows)
 }
