@@ -1,6 +1,6 @@
 //! Compiles proto/steer/v1/*.proto with protox (pure Rust: no system protoc needed).
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["steer/v1/tensor.proto", "steer/v1/activation.proto", "steer/v1/generation.proto"];
+    let files = ["steer/v1/tensor.proto", "steer/v1/activation.proto", "steer/v1/generation.proto", "steer/v1/eval.proto"];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

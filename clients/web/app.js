@@ -396,8 +396,7 @@ $("cancel").addEventListener("click", () => controller && controller.abort());
 $("export").addEventListener("click", exportJson);
 for (const name of Object.keys(PRESETS)) $("preset").insertAdjacentHTML("beforeend", `<option>${name}</option>`);
 $("preset").addEventListener("change", applyPreset);
-// ---- Evaluate: steered / unsteered perplexity of the texts at each layer (GenerationService.Score) ----
-let evalController = null;
+// ---- Evaluate: steered / unsteered perplexity of the texts at each layer (EvalService sweeps) ----
 
 function layerList(spec) {
   const out = [];
@@ -407,23 +406,6 @@ function layerList(spec) {
     for (let l = Number(m[1]); l <= Number(m[2] ?? m[1]); l++) out.push(l);
   }
   return out.filter((l) => l < nLayer);
-}
-
-// exp(-sum / tokens) of each side's scores.
-async function scoreRatio(texts, tensors, useBos, signal) {
-  const R = F.ScoreRequest, T = F.ScoreText, I = F.InlineTensor;
-  const w = new Writer();
-  for (const t of texts) { const m = new Writer(); m.string(T.continuation, t); w.message(R.texts, m); }
-  w.bool(R.use_bos, useBos); w.bool(R.include_unsteered, true);
-  for (const t of tensors) { const it = new Writer(); it.bytes(I.header, t.headerBytes); it.bytes(I.data, t.data); w.message(R.tensors, it); }
-  const acc = { true: [0, 0], false: [0, 0] };
-  for await (const msg of grpcWeb("/steer.v1.GenerationService/Score", w.finish(), signal)) {
-    const s = decode(decode(msg, spec("ScoreResponse", "score")).score, spec("TextScore", "steered", "sum", "logprobs"));
-    const side = acc[Boolean(s.steered)];
-    side[0] += s.sum || 0; side[1] += s.logprobs ? s.logprobs.length / 4 : 0;
-  }
-  const ppl = ([sum, n]) => Math.exp(-sum / Math.max(n, 1));
-  return { steered: ppl(acc.true), unsteered: ppl(acc.false) };
 }
 
 function drawPlot(points, xLabel, yLabel) {
@@ -446,35 +428,78 @@ function drawPlot(points, xLabel, yLabel) {
   $("eval_plot").dataset.points = String(points.length);
 }
 
+// The sweep runs as a job of the server (EvalService): watched as it goes, cancellable, and
+// listed afterwards so that any past sweep can be shown again.
+let evalId = null;
+
+const SWEEP_DONE = new Set(["SWEEP_STATE_DONE", "SWEEP_STATE_CANCELLED", "SWEEP_STATE_FAILED"]);
+
+function sweepOf(u8) {
+  const s = decode(u8, spec("Sweep", "id", "state", "done", "total", "error"));
+  const rows = repeated(u8, F.Sweep.rows_json).map((r) => JSON.parse(text(r)));
+  return { id: text(s.id), state: E.SweepState[String(Number(s.state || 0n))], done: Number(s.done || 0n),
+    total: Number(s.total || 0n), error: text(s.error), rows };
+}
+
+// The perplexity ratio of the first text set per layer, and prompting's as a reference.
+function plotSweep(sw) {
+  const pts = sw.rows.filter((r) => r.method === "actadd").map((r) => [r.layer, Object.values(r.sets)[0].ratio]);
+  const prompting = sw.rows.find((r) => r.method === "prompting");
+  if (pts.length) drawPlot(pts, "layer", "perplexity ratio (steered / unsteered)");
+  $("eval_status").textContent = `${sw.id}: ${sw.state.replace("SWEEP_STATE_", "").toLowerCase()}, ${sw.done}/${sw.total} settings`
+    + (prompting ? `, prompting ratio ${Object.values(prompting.sets)[0].ratio.toFixed(3)}` : "") + (sw.error ? `: ${sw.error}` : "");
+}
+
+async function watchSweep(id) {
+  const w = new Writer(); w.string(F.WatchSweepRequest.id, id);
+  let last = null;
+  for await (const msg of grpcWeb("/steer.v1.EvalService/WatchSweep", w.finish())) {
+    last = sweepOf(decode(msg, spec("WatchSweepResponse", "sweep")).sweep);
+    plotSweep(last);
+  }
+  return last;
+}
+
+async function listSweeps() {
+  const resp = await unary("/steer.v1.EvalService/ListSweeps", new Uint8Array(0));
+  const sweeps = repeated(resp, F.ListSweepsResponse.sweeps).map(sweepOf);
+  $("eval_history").innerHTML = "<option value=''>(past sweeps)</option>" + sweeps.map((s) => `<option value="${s.id}">${s.id}: ${s.state.replace("SWEEP_STATE_", "").toLowerCase()}, ${s.done}/${s.total}</option>`).join("");
+}
+
 async function evaluate() {
-  evalController = new AbortController();
-  const signal = evalController.signal;
   $("eval_cancel").disabled = false; $("eval_run").disabled = true;
   $("eval_plot").dataset.points = "0";
   try {
     if (!modelLoaded) await loadModelInfo();
-    const layers = layerList($("eval_layers").value), coeff = Number($("eval_coeff").value);
-    const texts = $("eval_texts").value.split("\n").filter((t) => t.trim());
-    const useBos = $("bos").checked, hook = Number($("hook").value);
-    const points = [];
-    for (const [i, layer] of layers.entries()) {
-      const adds = [{ layer, coeff, prompt: $("eval_plus").value }, { layer, coeff: -coeff, prompt: $("eval_minus").value }];
-      const tensors = await steeringTensors(adds, hook, useBos, signal);
-      const r = await scoreRatio(texts, tensors, useBos, signal);
-      points.push([layer, r.steered / r.unsteered]);
-      $("eval_status").textContent = `${i + 1}/${layers.length} layers`;
-      drawPlot(points, "layer", "perplexity ratio (steered / unsteered)");
-    }
-    $("eval_status").textContent = `done: ${points.length} layers, ${texts.length} texts`;
+    const S = F.StartSweepRequest, T = F.EvalTextSet;
+    const w = new Writer();
+    w.uint(S.kind, 1); // SWEEP_KIND_PERPLEXITY
+    w.string(S.plus, $("eval_plus").value); w.string(S.minus, $("eval_minus").value);
+    for (const l of layerList($("eval_layers").value)) { w.tag(S.layers, 0); w.varint(l); }
+    w.double(S.coeffs, Number($("eval_coeff").value));
+    w.uint(S.hook, Number($("hook").value)); w.bool(S.use_bos, $("bos").checked);
+    const set = new Writer(); set.string(T.name, "texts");
+    for (const t of $("eval_texts").value.split("\n").filter((t) => t.trim())) set.string(T.texts, t);
+    w.message(S.sets, set);
+    const started = sweepOf(decode(await unary("/steer.v1.EvalService/StartSweep", w.finish()), spec("StartSweepResponse", "sweep")).sweep);
+    evalId = started.id;
+    const last = await watchSweep(evalId);
+    $("eval_status").dataset.state = last ? last.state : "";
+    await listSweeps();
   } catch (err) {
-    $("eval_status").textContent = signal.aborted ? "cancelled" : String(err.message || err);
+    $("eval_status").textContent = String(err.message || err);
   } finally {
     $("eval_cancel").disabled = true; $("eval_run").disabled = false;
   }
 }
 
 $("eval_run").addEventListener("click", evaluate);
-$("eval_cancel").addEventListener("click", () => evalController && evalController.abort());
+$("eval_cancel").addEventListener("click", async () => {
+  if (!evalId) return;
+  const w = new Writer(); w.string(F.CancelSweepRequest.id, evalId);
+  await unary("/steer.v1.EvalService/CancelSweep", w.finish());
+});
+$("eval_history").addEventListener("change", async () => { if ($("eval_history").value) await watchSweep($("eval_history").value); });
 $("lib_refresh").addEventListener("click", listLibrary);
 $("save_vector").addEventListener("click", saveVector);
 loadModelInfo();

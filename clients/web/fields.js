@@ -23,6 +23,12 @@ export const F = {
     "capacity_bytes": 5,
     "evictions": 6
   },
+  "CancelSweepRequest": {
+    "id": 1
+  },
+  "CancelSweepResponse": {
+    "sweep": 1
+  },
   "ComputeProgress": {
     "done": 1,
     "total": 2
@@ -53,6 +59,10 @@ export const F = {
   },
   "DeleteVectorResponse": {
     "deleted": 1
+  },
+  "EvalTextSet": {
+    "name": 1,
+    "texts": 2
   },
   "GenerateFromTensorsRequest": {
     "setup": 1,
@@ -131,6 +141,10 @@ export const F = {
     "p_unsteered": 4,
     "contribution": 5
   },
+  "ListSweepsRequest": {},
+  "ListSweepsResponse": {
+    "sweeps": 1
+  },
   "ListVectorsRequest": {},
   "ListVectorsResponse": {
     "vectors": 1,
@@ -201,6 +215,30 @@ export const F = {
     "prompt": 1,
     "continuation": 2
   },
+  "StartSweepRequest": {
+    "kind": 1,
+    "plus": 2,
+    "minus": 3,
+    "layers": 4,
+    "coeffs": 5,
+    "hook": 6,
+    "use_bos": 7,
+    "sets": 8,
+    "prompt": 9,
+    "top": 10
+  },
+  "StartSweepResponse": {
+    "sweep": 1
+  },
+  "Sweep": {
+    "id": 1,
+    "kind": 2,
+    "state": 3,
+    "done": 4,
+    "total": 5,
+    "rows_json": 6,
+    "error": 7
+  },
   "TensorChunk": {
     "offset": 1,
     "data": 2
@@ -263,6 +301,12 @@ export const F = {
     "scale": 2,
     "first_layer": 3,
     "last_layer": 4
+  },
+  "WatchSweepRequest": {
+    "id": 1
+  },
+  "WatchSweepResponse": {
+    "sweep": 1
   }
 };
 // Value names of every steer.v1 enum, by enum and number.
@@ -299,5 +343,17 @@ export const E = {
     "0": "STEERING_MODE_UNSPECIFIED",
     "1": "STEERING_MODE_PREFIX",
     "2": "STEERING_MODE_ALL_POSITIONS"
+  },
+  "SweepKind": {
+    "0": "SWEEP_KIND_UNSPECIFIED",
+    "1": "SWEEP_KIND_PERPLEXITY",
+    "2": "SWEEP_KIND_KL"
+  },
+  "SweepState": {
+    "0": "SWEEP_STATE_UNSPECIFIED",
+    "1": "SWEEP_STATE_RUNNING",
+    "2": "SWEEP_STATE_DONE",
+    "3": "SWEEP_STATE_CANCELLED",
+    "4": "SWEEP_STATE_FAILED"
   }
 };

@@ -143,12 +143,12 @@ pub async fn run(cmd: EvalCommand) -> Result<()> {
         }
         EvalCommand::Perplexity(a) => {
             let sets = text_sets(&a.sets)?;
-            let rows = sweep_with(&a.sweep, "perplexity", |c, s, o, p| Box::pin(async move { eval::perplexity_sweep(&c, &s, &sets, &o, p).await })).await?;
+            let rows = sweep_with(&a.sweep, "perplexity", |c, s, o, p| Box::pin(async move { eval::perplexity_sweep(c.as_ref(), &s, &sets, &o, p).await })).await?;
             ("perplexity", a.sweep, rows)
         }
         EvalCommand::Kl(a) => {
             let (prompt, top) = (a.prompt.clone(), a.top);
-            let rows = sweep_with(&a.sweep, "kl", |c, s, o, p| Box::pin(async move { eval::kl_sweep(&c, &s, &prompt, top, &o, p).await })).await?;
+            let rows = sweep_with(&a.sweep, "kl", |c, s, o, p| Box::pin(async move { eval::kl_sweep(c.as_ref(), &s, &prompt, top, &o, p).await })).await?;
             ("kl", a.sweep, rows)
         }
         EvalCommand::TopicWords(a) => {

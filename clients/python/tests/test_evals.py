@@ -52,3 +52,16 @@ def test_norms_equal_numpy_and_words_are_counted_whole(client):
     assert evals.count_words("A Wedding! wedding-cake, unmarried; married", evals.WEDDING_WORDS) == 3
     t = evals.topic_words(client, " wedding", " ", [1], [4.0], "I went up to my friend and said", n=2, n_tokens=5)
     assert t[0]["completions"] == 2 and 0 <= t[0]["fraction_steered"] <= 1
+
+
+def test_a_server_sweep_equals_the_client_side_one_and_is_kept(client):
+    sets = {"w": ["The bride smiled at the groom.", "We cut the cake."]}
+    sweep_id = evals.start_sweep(client, "perplexity", " wedding", " ", [1, 2], [2.0], sets)
+    seen = []
+    done = evals.watch_sweep(client, sweep_id, lambda d, t: seen.append((d, t)))
+    assert done["state"] == "SWEEP_STATE_DONE" and seen[-1] == (3, 3)
+    local = evals.perplexity_sweep(client, " wedding", " ", [1, 2], [2.0], sets)
+    for a, b in zip(done["rows"], local):
+        assert math.isclose(a["sets"]["w"]["ratio"], b["sets"]["w"]["ratio"], rel_tol=1e-12)
+    assert sweep_id in [s["id"] for s in evals.list_sweeps(client)]
+    assert evals.watch_sweep(client, sweep_id)["rows"] == done["rows"]

@@ -15,8 +15,41 @@
 
 use serde_json::{json, Value};
 
+use std::future::Future;
+
 use crate::v1::{get_activations_response, GetActivationsRequest, HookPoint, TextScore};
 use crate::{AdditionSpec, ClientError, Result, RunOptions, SteerClient, SteeringTensor};
+
+/// What the score-based evals ([`perplexity_sweep`], [`kl_sweep`]) need: steering tensors and
+/// Score. A [`SteerClient`] over gRPC, or a serving process calling its own services in
+/// process (steer-server's sweep jobs).
+pub trait Backend: Sync {
+    fn steering_tensors(&self, additions: &[AdditionSpec], opts: &RunOptions) -> impl Future<Output = Result<Vec<SteeringTensor>>> + Send;
+    fn score(
+        &self,
+        texts: &[(String, String)],
+        tensors: &[SteeringTensor],
+        opts: &RunOptions,
+        include_unsteered: bool,
+        kl_top: u32,
+    ) -> impl Future<Output = Result<Vec<TextScore>>> + Send;
+}
+
+impl Backend for SteerClient {
+    fn steering_tensors(&self, additions: &[AdditionSpec], opts: &RunOptions) -> impl Future<Output = Result<Vec<SteeringTensor>>> + Send {
+        SteerClient::steering_tensors(self, additions, opts)
+    }
+    fn score(
+        &self,
+        texts: &[(String, String)],
+        tensors: &[SteeringTensor],
+        opts: &RunOptions,
+        include_unsteered: bool,
+        kl_top: u32,
+    ) -> impl Future<Output = Result<Vec<TextScore>>> + Send {
+        SteerClient::score(self, texts, tensors, opts, include_unsteered, kl_top)
+    }
+}
 
 /// The post's wedding words.
 pub const WEDDING_WORDS: &[&str] = &["wedding", "weddings", "wed", "marry", "married", "marriage", "bride", "groom", "honeymoon"];
@@ -59,7 +92,7 @@ pub fn perplexity<'a>(scores: impl IntoIterator<Item = &'a TextScore>) -> f64 {
     (-sum / n.max(1) as f64).exp()
 }
 
-async fn set_perplexity(client: &SteerClient, set: &TextSet, prompt: &str, tensors: &[SteeringTensor], opts: &RunOptions) -> Result<f64> {
+async fn set_perplexity(client: &impl Backend, set: &TextSet, prompt: &str, tensors: &[SteeringTensor], opts: &RunOptions) -> Result<f64> {
     let texts: Vec<(String, String)> = set.texts.iter().map(|t| (prompt.to_string(), t.clone())).collect();
     Ok(perplexity(&client.score(&texts, tensors, opts, false, 0).await?))
 }
@@ -67,7 +100,7 @@ async fn set_perplexity(client: &SteerClient, set: &TextSet, prompt: &str, tenso
 /// Steered and unsteered perplexity of each text set per setting (`method: "actadd"`), then
 /// one object for prompting (`method: "prompting"`: the plus text as the texts' prompt, no
 /// steering). Each set's measures are `{perplexity_unsteered, perplexity_steered, ratio}`.
-pub async fn perplexity_sweep(client: &SteerClient, sweep: &Sweep, sets: &[TextSet], opts: &RunOptions, mut progress: impl FnMut(usize, usize, &Value)) -> Result<Vec<Value>> {
+pub async fn perplexity_sweep(client: &impl Backend, sweep: &Sweep, sets: &[TextSet], opts: &RunOptions, mut progress: impl FnMut(usize, usize, &Value)) -> Result<Vec<Value>> {
     let settings = sweep.settings();
     let mut base = vec![];
     for set in sets {
@@ -102,7 +135,7 @@ pub async fn perplexity_sweep(client: &SteerClient, sweep: &Sweep, sets: &[TextS
 
 /// KL(steered || unsteered) of the next token after `prompt` per setting, with the `top`
 /// tokens contributing most.
-pub async fn kl_sweep(client: &SteerClient, sweep: &Sweep, prompt: &str, top: u32, opts: &RunOptions, mut progress: impl FnMut(usize, usize, &Value)) -> Result<Vec<Value>> {
+pub async fn kl_sweep(client: &impl Backend, sweep: &Sweep, prompt: &str, top: u32, opts: &RunOptions, mut progress: impl FnMut(usize, usize, &Value)) -> Result<Vec<Value>> {
     let settings = sweep.settings();
     let mut rows = vec![];
     for (i, &(layer, coeff)) in settings.iter().enumerate() {
@@ -119,7 +152,7 @@ pub async fn kl_sweep(client: &SteerClient, sweep: &Sweep, prompt: &str, top: u3
     Ok(rows)
 }
 
-async fn next_token_kl(client: &SteerClient, prompt: &str, tensors: &[SteeringTensor], top: u32, opts: &RunOptions) -> Result<TextScore> {
+async fn next_token_kl(client: &impl Backend, prompt: &str, tensors: &[SteeringTensor], top: u32, opts: &RunOptions) -> Result<TextScore> {
     let scores = client.score(&[(prompt.to_string(), String::new())], tensors, opts, true, top.max(1)).await?;
     scores.into_iter().find(|s| s.steered).ok_or_else(|| ClientError::Protocol("Score without the steered side".into()))
 }

@@ -306,15 +306,7 @@ impl SteerClient {
     /// `opts.vectors`): one [`v1::TextScore`] per text and side (unsteered first when
     /// `include_unsteered`), in text order. `kl_top` > 0 adds the next-token KL after each text.
     pub async fn score(&self, texts: &[(String, String)], tensors: &[SteeringTensor], opts: &RunOptions, include_unsteered: bool, kl_top: u32) -> Result<Vec<v1::TextScore>> {
-        let req = v1::ScoreRequest {
-            texts: texts.iter().map(|(p, c)| v1::ScoreText { prompt: p.clone(), continuation: c.clone() }).collect(),
-            use_bos: opts.use_bos,
-            tensors: tensors.iter().map(SteeringTensor::inline).collect(),
-            vectors: opts.vectors.clone(),
-            include_unsteered,
-            short_prompt: 0,
-            kl_top,
-        };
+        let req = score_request(texts, tensors, opts, include_unsteered, kl_top);
         let (_, mut g) = self.generation.pick(None).ok_or_else(no_worker)?;
         let mut stream = g.score(self.request(req)).await?.into_inner();
         let mut out = vec![];
@@ -400,29 +392,16 @@ impl SteerClient {
 
     async fn steering_tensors_once(&self, additions: &[AdditionSpec], opts: &RunOptions) -> Result<Vec<SteeringTensor>> {
         let req = steering_request(additions, opts);
-        let mut stream = self.activation.clone().get_steering_tensors(self.request(req)).await?.into_inner();
-        let mut out = vec![];
-        let mut current: Option<(TensorAssembler, Vec<TensorChunk>)> = None;
-        while let Some(msg) = self.next(&mut stream).await? {
-            match msg.event {
-                Some(get_steering_tensors_response::Event::Header(h)) => {
-                    let asm = TensorAssembler::new(h, MAX_TENSOR_BYTES).map_err(|e| ClientError::Protocol(e.to_string()))?;
-                    current = Some((asm, vec![]));
-                }
-                Some(get_steering_tensors_response::Event::Chunk(c)) => {
-                    let (asm, chunks) = current.as_mut().ok_or_else(|| ClientError::Protocol("chunk before header".into()))?;
-                    asm.push(&c).map_err(|e| ClientError::Protocol(e.to_string()))?;
-                    chunks.push(c);
-                }
-                _ => {}
+        let stream = self.activation.clone().get_steering_tensors(self.request(req)).await?.into_inner();
+        // Each message within the deadline (a stopped worker never hangs the caller).
+        let deadline = self.opts.deadline;
+        let timed = futures::stream::unfold(stream, move |mut s| async move {
+            match tokio::time::timeout(deadline, s.next()).await {
+                Ok(m) => m.map(|m| (m, s)),
+                Err(_) => Some((Err(Status::deadline_exceeded("no message from the worker within the client's deadline")), s)),
             }
-            if current.as_ref().is_some_and(|(a, _)| a.is_complete()) {
-                let (asm, chunks) = current.take().unwrap();
-                let (header, _, values) = asm.finish_f32().map_err(|e| ClientError::Protocol(e.to_string()))?;
-                out.push(SteeringTensor { header, values, chunks });
-            }
-        }
-        Ok(out)
+        });
+        collect_steering_tensors(Box::pin(timed)).await
     }
 
     /// The next message of a response stream, or DEADLINE_EXCEEDED when none comes within the
@@ -533,8 +512,50 @@ impl SteerClient {
     }
 }
 
+/// The Score request of `texts` under `tensors` and `opts.vectors`.
+pub fn score_request(texts: &[(String, String)], tensors: &[SteeringTensor], opts: &RunOptions, include_unsteered: bool, kl_top: u32) -> v1::ScoreRequest {
+    v1::ScoreRequest {
+        texts: texts.iter().map(|(p, c)| v1::ScoreText { prompt: p.clone(), continuation: c.clone() }).collect(),
+        use_bos: opts.use_bos,
+        tensors: tensors.iter().map(SteeringTensor::inline).collect(),
+        vectors: opts.vectors.clone(),
+        include_unsteered,
+        short_prompt: 0,
+        kl_top,
+    }
+}
+
+/// Steering tensors from a GetSteeringTensors response stream (any transport).
+pub async fn collect_steering_tensors<S>(mut stream: S) -> Result<Vec<SteeringTensor>>
+where
+    S: futures::Stream<Item = std::result::Result<v1::GetSteeringTensorsResponse, Status>> + Unpin,
+{
+    let mut out = vec![];
+    let mut current: Option<(TensorAssembler, Vec<TensorChunk>)> = None;
+    while let Some(msg) = stream.next().await {
+        match msg?.event {
+            Some(get_steering_tensors_response::Event::Header(h)) => {
+                let asm = TensorAssembler::new(h, MAX_TENSOR_BYTES).map_err(|e| ClientError::Protocol(e.to_string()))?;
+                current = Some((asm, vec![]));
+            }
+            Some(get_steering_tensors_response::Event::Chunk(c)) => {
+                let (asm, chunks) = current.as_mut().ok_or_else(|| ClientError::Protocol("chunk before header".into()))?;
+                asm.push(&c).map_err(|e| ClientError::Protocol(e.to_string()))?;
+                chunks.push(c);
+            }
+            _ => {}
+        }
+        if current.as_ref().is_some_and(|(a, _)| a.is_complete()) {
+            let (asm, chunks) = current.take().expect("complete");
+            let (header, _, values) = asm.finish_f32().map_err(|e| ClientError::Protocol(e.to_string()))?;
+            out.push(SteeringTensor { header, values, chunks });
+        }
+    }
+    Ok(out)
+}
+
 /// The request for the steering tensors of `additions`.
-fn steering_request(additions: &[AdditionSpec], opts: &RunOptions) -> GetSteeringTensorsRequest {
+pub fn steering_request(additions: &[AdditionSpec], opts: &RunOptions) -> GetSteeringTensorsRequest {
     GetSteeringTensorsRequest {
         additions: additions.iter().map(|a| ActivationAddition { prompt: a.prompt.clone(), coeff: a.coeff, layer: a.layer }).collect(),
         hook: opts.hook as i32,

@@ -110,12 +110,17 @@ test("weddings example streams into both columns, which differ", { timeout: 240_
     await page.click("#evaluate summary");
     await page.fill("#eval_layers", "0-3");
     await page.click("#eval_run");
-    await page.waitForFunction(() => /^done|^\d+: /.test(document.getElementById("eval_status").textContent), null, { timeout: 120_000 });
-    assert.match(await page.textContent("#eval_status"), /^done: 4 layers, 3 texts$/);
+    await page.waitForSelector('#eval_status[data-state]', { timeout: 120_000 });
+    assert.equal(await page.getAttribute("#eval_status", "data-state"), "SWEEP_STATE_DONE", await page.textContent("#eval_status"));
+    assert.match(await page.textContent("#eval_status"), /^sweep-1: done, 5\/5 settings, prompting ratio /);
     assert.equal(await page.getAttribute("#eval_plot", "data-points"), "4");
     assert.equal(await page.textContent("#eval_plot .x-label"), "layer");
     assert.equal(await page.textContent("#eval_plot .y-label"), "perplexity ratio (steered / unsteered)");
     await page.screenshot({ path: path.join(root, "artifacts/dashboard-evaluate.png"), fullPage: true });
+    // The sweep is the server's: listed, and shown again from there.
+    await page.evaluate(() => { document.getElementById("eval_plot").innerHTML = ""; document.getElementById("eval_plot").dataset.points = "0"; });
+    await page.selectOption("#eval_history", "sweep-1");
+    await page.waitForSelector('#eval_plot[data-points="4"]');
     // A preset fills the form, its layers scaled from GPT-2-XL's 48 to the model's 4.
     await page.selectOption("#preset", "weddings (ARENA)");
     await page.waitForSelector('#preset[data-applied="weddings (ARENA)"]');

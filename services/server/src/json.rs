@@ -120,6 +120,23 @@ pub fn router(services: &Arc<Services>) -> axum::Router {
             unary(s.activation.delete_vector(tonic::Request::new(req)).await)
         });
     }
+    if services.cfg.role == crate::config::Role::Both {
+        use steer_proto::v1::eval_service_server::EvalService;
+        use steer_proto::v1::{CancelSweepRequest, ListSweepsRequest, StartSweepRequest, WatchSweepRequest};
+        let sweeps = |s: &Arc<Services>| crate::sweeps::SweepService::new(s.clone());
+        r = route(r, services, "/v1/rpc/steer.v1.EvalService/StartSweep", move |s, req: StartSweepRequest, _| async move {
+            unary(sweeps(&s).start_sweep(tonic::Request::new(req)).await)
+        });
+        r = route(r, services, "/v1/rpc/steer.v1.EvalService/WatchSweep", move |s, req: WatchSweepRequest, h| async move {
+            streamed(sweeps(&s).watch_sweep(tonic::Request::new(req)).await, &h)
+        });
+        r = route(r, services, "/v1/rpc/steer.v1.EvalService/CancelSweep", move |s, req: CancelSweepRequest, _| async move {
+            unary(sweeps(&s).cancel_sweep(tonic::Request::new(req)).await)
+        });
+        r = route(r, services, "/v1/rpc/steer.v1.EvalService/ListSweeps", move |s, req: ListSweepsRequest, _| async move {
+            unary(sweeps(&s).list_sweeps(tonic::Request::new(req)).await)
+        });
+    }
     if services.cfg.role.generation() {
         r = route(r, services, "/v1/rpc/steer.v1.GenerationService/GenerateFromTensors", |s, req: GenerateFromTensorsRequest, h| async move {
             streamed(s.generation.generate_from_tensors(tonic::Request::new(req)).await, &h)

@@ -19,6 +19,7 @@ pub mod local;
 pub mod openai;
 pub mod serve;
 pub mod services;
+pub mod sweeps;
 pub mod tls;
 
 pub use config::{read_tokens, Role, SecurityConfig, ServeConfig, TlsFiles, TransportConfig, VectorsConfig};

@@ -60,6 +60,10 @@ pub async fn serve(
     if let Some(g) = gen {
         grpc.add_service(g);
     }
+    // Sweep jobs call both services in process.
+    if role == crate::config::Role::Both {
+        grpc.add_service(crate::sweeps::SweepService::new(services.clone()).into_server());
+    }
     let router = builder
         .accept_http1(true)
         .layer(crate::dashboard::layer())

@@ -29,6 +29,8 @@ pub struct Services {
     reporter: HealthReporter,
     draining: Arc<AtomicBool>,
     library: Option<Arc<Library>>,
+    /// EvalService's sweep jobs (a process serving both services).
+    pub(crate) sweeps: crate::sweeps::SweepStore,
 }
 
 impl Services {
@@ -56,6 +58,7 @@ impl Services {
             reporter,
             draining: Arc::new(AtomicBool::new(false)),
             library,
+            sweeps: Default::default(),
         };
         Ok((s, health))
     }

@@ -8,10 +8,11 @@ makes a pandas DataFrame when pandas is installed.
     rows = evals.perplexity_sweep(c, " wedding", " ", layers=range(0, 48, 4), coeffs=[1, 2, 4])
     evals.kl_sweep(c, " weddings", " ", [16], [1], "I'm excited because I'm going to a")
 """
+import json
 import math
 import pathlib
 import re
-from typing import Dict, Iterable, List, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
 from ._proto.steer.v1 import generation_pb2
 
@@ -133,6 +134,61 @@ def norms(client, plus, minus, layers, coeffs, prompt, hook="resid_pre", use_bos
         rows.append({"layer": layer, "coeff": float(coeff), "resid_norm": resid, "steering_norm": steering,
                      "ratio": steering / resid})
     return rows
+
+
+# Sweeps as jobs of the server (EvalService, on `steer serve`): start, watch, cancel, fetch again.
+
+KINDS = {"perplexity": 1, "kl": 2}
+
+
+def _eval_stub(client):
+    from ._proto.steer.v1 import eval_pb2_grpc
+
+    return eval_pb2_grpc.EvalServiceStub(client._channels[0])
+
+
+def start_sweep(client, kind, plus, minus, layers, coeffs, sets: Optional[Dict[str, List[str]]] = None, prompt="",
+                top=10, hook="resid_pre", use_bos=True) -> str:
+    """Starts a perplexity or kl sweep on the server; returns its id."""
+    from ._proto.steer.v1 import eval_pb2
+    from . import HOOKS
+
+    req = eval_pb2.StartSweepRequest(
+        kind=KINDS[kind], plus=plus, minus=minus, layers=list(layers), coeffs=[float(c) for c in coeffs],
+        hook=HOOKS[hook], use_bos=use_bos, prompt=prompt, top=top,
+        sets=[eval_pb2.EvalTextSet(name=n, texts=t) for n, t in (sets or {}).items()])
+    return _eval_stub(client).StartSweep(req, **client._call(None)).sweep.id
+
+
+def _sweep_dict(s) -> dict:
+    from ._proto.steer.v1 import eval_pb2
+
+    return {"id": s.id, "state": eval_pb2.SweepState.Name(s.state), "done": s.done, "total": s.total,
+            "error": s.error, "rows": [json.loads(r) for r in s.rows_json]}
+
+
+def watch_sweep(client, sweep_id, on_progress=None) -> dict:
+    """Follows a sweep until it ends (at once for an ended one): its state and rows."""
+    from ._proto.steer.v1 import eval_pb2
+
+    last = None
+    for m in _eval_stub(client).WatchSweep(eval_pb2.WatchSweepRequest(id=sweep_id), **client._call(None)):
+        last = _sweep_dict(m.sweep)
+        if on_progress:
+            on_progress(last["done"], last["total"])
+    return last
+
+
+def cancel_sweep(client, sweep_id) -> dict:
+    from ._proto.steer.v1 import eval_pb2
+
+    return _sweep_dict(_eval_stub(client).CancelSweep(eval_pb2.CancelSweepRequest(id=sweep_id), **client._call(None)).sweep)
+
+
+def list_sweeps(client) -> List[dict]:
+    from ._proto.steer.v1 import eval_pb2
+
+    return [_sweep_dict(s) for s in _eval_stub(client).ListSweeps(eval_pb2.ListSweepsRequest(), **client._call(None)).sweeps]
 
 
 def to_frame(rows: List[dict]):

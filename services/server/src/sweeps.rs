@@ -1,0 +1,244 @@
+//! `steer.v1.EvalService`: sweeps of the post's measurements as jobs of a process that serves
+//! both services. A job runs `steer_client::eval`'s sweep against this process's own services,
+//! called in process (no network, no second authentication), records each setting's row as it
+//! finishes, can be cancelled (keeping the rows it has), and is kept, rows and all, for
+//! fetching again by id: the last [`KEEP`] jobs, at most [`MAX_RUNNING`] running at once.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use steer_client::eval::{self, Backend, TextSet};
+use steer_client::{AdditionSpec, RunOptions, SteeringTensor};
+use steer_proto::v1::activation_service_server::ActivationService;
+use steer_proto::v1::eval_service_server::{EvalService, EvalServiceServer};
+use steer_proto::v1::generation_service_server::GenerationService;
+use steer_proto::v1::{
+    CancelSweepRequest, CancelSweepResponse, Hook, ListSweepsRequest, ListSweepsResponse, StartSweepRequest, StartSweepResponse, Sweep,
+    SweepKind, SweepState, TextScore, WatchSweepRequest, WatchSweepResponse,
+};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status};
+
+use crate::services::Services;
+
+/// Jobs kept for fetching again (the oldest finished ones go first).
+pub const KEEP: usize = 32;
+/// Jobs running at once; one more is RESOURCE_EXHAUSTED.
+pub const MAX_RUNNING: usize = 4;
+/// Most settings (layers x coefficients) in one sweep.
+pub const MAX_SETTINGS: usize = 1024;
+
+struct Job {
+    status: watch::Sender<Sweep>,
+    task: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl Job {
+    fn sweep(&self) -> Sweep {
+        self.status.borrow().clone()
+    }
+
+    fn running(&self) -> bool {
+        self.status.borrow().state == SweepState::Running as i32
+    }
+}
+
+/// The jobs of one process.
+#[derive(Default)]
+pub struct SweepStore {
+    jobs: Mutex<VecDeque<Arc<Job>>>,
+    next: AtomicU64,
+}
+
+impl SweepStore {
+    fn find(&self, id: &str) -> Result<Arc<Job>, Status> {
+        let jobs = self.jobs.lock().expect("sweeps");
+        jobs.iter().find(|j| j.status.borrow().id == id).cloned().ok_or_else(|| Status::not_found(format!("no sweep `{id}`")))
+    }
+}
+
+/// This process's own services, called in process.
+struct Local(Arc<Services>);
+
+impl Backend for Local {
+    fn steering_tensors(&self, additions: &[AdditionSpec], opts: &RunOptions) -> impl Future<Output = steer_client::Result<Vec<SteeringTensor>>> + Send {
+        let (services, req) = (self.0.clone(), steer_client::steering_request(additions, opts));
+        async move {
+            let stream = services.activation.get_steering_tensors(Request::new(req)).await?.into_inner();
+            steer_client::collect_steering_tensors(stream).await
+        }
+    }
+
+    fn score(
+        &self,
+        texts: &[(String, String)],
+        tensors: &[SteeringTensor],
+        opts: &RunOptions,
+        include_unsteered: bool,
+        kl_top: u32,
+    ) -> impl Future<Output = steer_client::Result<Vec<TextScore>>> + Send {
+        let (services, req) = (self.0.clone(), steer_client::score_request(texts, tensors, opts, include_unsteered, kl_top));
+        async move {
+            let mut stream = services.generation.score(Request::new(req)).await?.into_inner();
+            let mut out = vec![];
+            while let Some(m) = stream.next().await {
+                out.extend(m?.score);
+            }
+            out.sort_by_key(|s| (s.index, s.steered));
+            Ok(out)
+        }
+    }
+}
+
+/// The EvalService of a process serving both services.
+#[derive(Clone)]
+pub struct SweepService {
+    services: Arc<Services>,
+}
+
+impl SweepService {
+    pub fn new(services: Arc<Services>) -> Self {
+        Self { services }
+    }
+
+    pub fn into_server(self) -> EvalServiceServer<Self> {
+        EvalServiceServer::new(self)
+    }
+
+    fn store(&self) -> &SweepStore {
+        &self.services.sweeps
+    }
+}
+
+fn invalid(field: &str, reason: &str) -> Status {
+    steer_proto::status::invalid_argument(field, reason)
+}
+
+/// The sweep a request asks for, checked (errors name the field).
+fn spec(req: &StartSweepRequest) -> Result<(SweepKind, eval::Sweep, RunOptions, Vec<TextSet>), Status> {
+    let kind = match SweepKind::try_from(req.kind) {
+        Ok(k @ (SweepKind::Perplexity | SweepKind::Kl)) => k,
+        _ => return Err(invalid("kind", "SWEEP_KIND_PERPLEXITY or SWEEP_KIND_KL")),
+    };
+    if req.layers.is_empty() {
+        return Err(invalid("layers", "at least one layer"));
+    }
+    if req.coeffs.is_empty() || req.coeffs.iter().any(|c| !c.is_finite()) {
+        return Err(invalid("coeffs", "at least one, all finite"));
+    }
+    if req.layers.len() * req.coeffs.len() > MAX_SETTINGS {
+        return Err(invalid("layers", &format!("{} settings; at most {MAX_SETTINGS}", req.layers.len() * req.coeffs.len())));
+    }
+    if kind == SweepKind::Kl && req.prompt.is_empty() {
+        return Err(invalid("prompt", "the KL sweep needs a prompt"));
+    }
+    let hook = match Hook::try_from(req.hook) {
+        Ok(Hook::BlockOutput) => Hook::BlockOutput,
+        Ok(_) => Hook::ResidPre,
+        Err(_) => return Err(invalid("hook", "unknown hook")),
+    };
+    let sets = if req.sets.is_empty() {
+        eval::default_text_sets()
+    } else {
+        req.sets.iter().map(|s| TextSet { name: s.name.clone(), texts: s.texts.clone() }).collect()
+    };
+    if let Some(i) = sets.iter().position(|s| s.texts.is_empty() || s.name.is_empty()) {
+        return Err(invalid(&format!("sets[{i}]"), "a text set needs a name and texts"));
+    }
+    let sweep = eval::Sweep { plus: req.plus.clone(), minus: req.minus.clone(), layers: req.layers.clone(), coeffs: req.coeffs.clone() };
+    Ok((kind, sweep, RunOptions { hook, use_bos: req.use_bos, ..RunOptions::default() }, sets))
+}
+
+#[tonic::async_trait]
+impl EvalService for SweepService {
+    type WatchSweepStream = ReceiverStream<Result<WatchSweepResponse, Status>>;
+
+    #[tracing::instrument(skip(self, request), fields(id))]
+    async fn start_sweep(&self, request: Request<StartSweepRequest>) -> Result<Response<StartSweepResponse>, Status> {
+        let req = request.into_inner();
+        let (kind, sweep, opts, sets) = spec(&req)?;
+        let store = self.store();
+        let mut jobs = store.jobs.lock().expect("sweeps");
+        if jobs.iter().filter(|j| j.running()).count() >= MAX_RUNNING {
+            return Err(Status::resource_exhausted(format!("{MAX_RUNNING} sweeps are running; wait for one or cancel it")));
+        }
+        while jobs.len() >= KEEP {
+            match jobs.iter().position(|j| !j.running()) {
+                Some(i) => drop(jobs.remove(i)),
+                None => break,
+            }
+        }
+        let id = format!("sweep-{}", store.next.fetch_add(1, Ordering::Relaxed) + 1);
+        tracing::Span::current().record("id", id.as_str());
+        let settings = sweep.settings().len() + usize::from(kind == SweepKind::Perplexity);
+        let first = Sweep { id: id.clone(), kind: kind as i32, state: SweepState::Running as i32, total: settings as u32, ..Default::default() };
+        let (tx, _) = watch::channel(first.clone());
+        let job = Arc::new(Job { status: tx, task: Mutex::new(None) });
+        let (backend, runner, top, prompt) = (Local(self.services.clone()), job.clone(), req.top.clamp(1, 50), req.prompt.clone());
+        let task = tokio::spawn(async move {
+            let progress = |done: usize, total: usize, row: &serde_json::Value| {
+                runner.status.send_modify(|s| {
+                    s.done = done as u32;
+                    s.total = total as u32;
+                    s.rows_json.push(row.to_string());
+                });
+            };
+            let result = match kind {
+                SweepKind::Kl => eval::kl_sweep(&backend, &sweep, &prompt, top, &opts, progress).await,
+                _ => eval::perplexity_sweep(&backend, &sweep, &sets, &opts, progress).await,
+            };
+            runner.status.send_modify(|s| match result {
+                Ok(_) => s.state = SweepState::Done as i32,
+                Err(e) => {
+                    s.state = SweepState::Failed as i32;
+                    s.error = e.to_string();
+                }
+            });
+        });
+        *job.task.lock().expect("task") = Some(task.abort_handle());
+        jobs.push_back(job);
+        Ok(Response::new(StartSweepResponse { sweep: Some(first) }))
+    }
+
+    #[tracing::instrument(skip(self, request))]
+    async fn watch_sweep(&self, request: Request<WatchSweepRequest>) -> Result<Response<Self::WatchSweepStream>, Status> {
+        let job = self.store().find(&request.into_inner().id)?;
+        let mut rx = job.status.subscribe();
+        let (tx, out) = mpsc::channel(8);
+        tokio::spawn(async move {
+            loop {
+                let s = rx.borrow_and_update().clone();
+                let ended = s.state != SweepState::Running as i32;
+                if tx.send(Ok(WatchSweepResponse { sweep: Some(s) })).await.is_err() || ended || rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(out)))
+    }
+
+    #[tracing::instrument(skip(self, request))]
+    async fn cancel_sweep(&self, request: Request<CancelSweepRequest>) -> Result<Response<CancelSweepResponse>, Status> {
+        let job = self.store().find(&request.into_inner().id)?;
+        if let Some(t) = job.task.lock().expect("task").take() {
+            t.abort();
+        }
+        job.status.send_modify(|s| {
+            if s.state == SweepState::Running as i32 {
+                s.state = SweepState::Cancelled as i32;
+            }
+        });
+        Ok(Response::new(CancelSweepResponse { sweep: Some(job.sweep()) }))
+    }
+
+    #[tracing::instrument(skip(self, _request))]
+    async fn list_sweeps(&self, _request: Request<ListSweepsRequest>) -> Result<Response<ListSweepsResponse>, Status> {
+        let jobs = self.store().jobs.lock().expect("sweeps");
+        let sweeps = jobs.iter().map(|j| Sweep { rows_json: vec![], ..j.sweep() }).collect();
+        Ok(Response::new(ListSweepsResponse { sweeps }))
+    }
+}
