@@ -225,7 +225,12 @@ export const F = {
     "use_bos": 7,
     "sets": 8,
     "prompt": 9,
-    "top": 10
+    "top": 10,
+    "n": 11,
+    "n_tokens": 12,
+    "words": 13,
+    "positions": 14,
+    "seed": 15
   },
   "StartSweepResponse": {
     "sweep": 1
@@ -347,7 +352,9 @@ export const E = {
   "SweepKind": {
     "0": "SWEEP_KIND_UNSPECIFIED",
     "1": "SWEEP_KIND_PERPLEXITY",
-    "2": "SWEEP_KIND_KL"
+    "2": "SWEEP_KIND_KL",
+    "3": "SWEEP_KIND_TOPIC_WORDS",
+    "4": "SWEEP_KIND_NORMS"
   },
   "SweepState": {
     "0": "SWEEP_STATE_UNSPECIFIED",

@@ -170,7 +170,7 @@ pub async fn run(cmd: EvalCommand) -> Result<()> {
             let rows = sweep_with(&a.sweep, "topic-words", |c, s, o, p| {
                 Box::pin(async move {
                     let o = RunOptions { n_tokens: tokens, ..o };
-                    eval::topic_words(&c, &s, &prompt, &words, n, &positions, &o, p).await
+                    eval::topic_words(c.as_ref(), &s, &prompt, &words, n, &positions, &o, p).await
                 })
             })
             .await?;
@@ -178,7 +178,7 @@ pub async fn run(cmd: EvalCommand) -> Result<()> {
         }
         EvalCommand::Norms(a) => {
             let prompt = a.prompt.clone();
-            let rows = sweep_with(&a.sweep, "norms", |c, s, o, p| Box::pin(async move { eval::norms(&c, &s, &prompt, &o, p).await })).await?;
+            let rows = sweep_with(&a.sweep, "norms", |c, s, o, p| Box::pin(async move { eval::norms(c.as_ref(), &s, &prompt, &o, p).await })).await?;
             ("norms", a.sweep, rows)
         }
     };

@@ -65,3 +65,7 @@ def test_a_server_sweep_equals_the_client_side_one_and_is_kept(client):
         assert math.isclose(a["sets"]["w"]["ratio"], b["sets"]["w"]["ratio"], rel_tol=1e-12)
     assert sweep_id in [s["id"] for s in evals.list_sweeps(client)]
     assert evals.watch_sweep(client, sweep_id)["rows"] == done["rows"]
+
+    norms_id = evals.start_sweep(client, "norms", "Anger", "Calm", [0, 2], [10.0], prompt="I think you're")
+    rows = evals.watch_sweep(client, norms_id)["rows"]
+    assert [r["layer"] for r in rows] == [0, 2] and all(r["resid_norm"] > 0 for r in rows)

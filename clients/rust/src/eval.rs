@@ -17,14 +17,22 @@ use serde_json::{json, Value};
 
 use std::future::Future;
 
-use crate::v1::{get_activations_response, GetActivationsRequest, HookPoint, TextScore};
-use crate::{AdditionSpec, ClientError, Result, RunOptions, SteerClient, SteeringTensor};
+use crate::v1::{get_activations_response, GetActivationsRequest, GetActivationsResponse, HookPoint, TextScore};
+use crate::{AdditionSpec, ClientError, Comparison, Result, RunOptions, SteerClient, SteeringTensor};
 
-/// What the score-based evals ([`perplexity_sweep`], [`kl_sweep`]) need: steering tensors and
-/// Score. A [`SteerClient`] over gRPC, or a serving process calling its own services in
-/// process (steer-server's sweep jobs).
+/// Activations as `[prompt][point] = (len, d, values)`.
+pub type Activations = Vec<Vec<(usize, usize, Vec<f32>)>>;
+
+/// What the evals need of the services: steering tensors, Score, generations and activations.
+/// A [`SteerClient`] over gRPC, or a serving process calling its own services in process
+/// (steer-server's sweep jobs).
 pub trait Backend: Sync {
     fn steering_tensors(&self, additions: &[AdditionSpec], opts: &RunOptions) -> impl Future<Output = Result<Vec<SteeringTensor>>> + Send;
+    /// Unsteered and steered completions (`opts.n_comparisons` each).
+    fn comparison(&self, prompt: &str, tensors: &[SteeringTensor], opts: &RunOptions) -> impl Future<Output = Result<Comparison>> + Send;
+    /// Most comparisons one generation may ask for.
+    fn max_comparisons(&self) -> impl Future<Output = Result<u32>> + Send;
+    fn activations(&self, prompts: &[String], points: &[HookPoint], use_bos: bool) -> impl Future<Output = Result<Activations>> + Send;
     fn score(
         &self,
         texts: &[(String, String)],
@@ -38,6 +46,15 @@ pub trait Backend: Sync {
 impl Backend for SteerClient {
     fn steering_tensors(&self, additions: &[AdditionSpec], opts: &RunOptions) -> impl Future<Output = Result<Vec<SteeringTensor>>> + Send {
         SteerClient::steering_tensors(self, additions, opts)
+    }
+    fn comparison(&self, prompt: &str, tensors: &[SteeringTensor], opts: &RunOptions) -> impl Future<Output = Result<Comparison>> + Send {
+        SteerClient::generate(self, prompt, tensors, opts, |_| {})
+    }
+    fn max_comparisons(&self) -> impl Future<Output = Result<u32>> + Send {
+        async move { Ok(self.generation_info().await?.max_comparisons) }
+    }
+    fn activations(&self, prompts: &[String], points: &[HookPoint], use_bos: bool) -> impl Future<Output = Result<Activations>> + Send {
+        SteerClient::activations(self, prompts, points, use_bos)
     }
     fn score(
         &self,
@@ -193,7 +210,7 @@ pub fn count_words(text: &str, words: &[String]) -> usize {
 /// Topic-word counts in `n` unsteered and `n` steered completions of `prompt` per setting and
 /// position: mean count per completion and the fraction of completions with any.
 pub async fn topic_words(
-    client: &SteerClient,
+    client: &impl Backend,
     sweep: &Sweep,
     prompt: &str,
     words: &[String],
@@ -203,8 +220,9 @@ pub async fn topic_words(
     mut progress: impl FnMut(usize, usize, &Value),
 ) -> Result<Vec<Value>> {
     let settings = sweep.settings();
-    let per_call = client.generation_info().await?.max_comparisons.clamp(1, 16);
-    let prompt_len = client.tokenize(prompt, opts.use_bos).await?.len();
+    let per_call = client.max_comparisons().await?.clamp(1, 16);
+    // The prompt's length: its activation at the embeddings (a forward that stops there).
+    let prompt_len = client.activations(&[prompt.to_string()], &[HookPoint { hook: 1, layer: 0 }], opts.use_bos).await?[0][0].0;
     let total = settings.len() * positions.len();
     let mut rows = vec![];
     for &(layer, coeff) in &settings {
@@ -216,7 +234,7 @@ pub async fn topic_words(
             while done < n {
                 let batch = (n - done).min(per_call);
                 let o = RunOptions { n_comparisons: batch, seed: opts.seed + done as u64, ..opts.clone() };
-                let cmp = client.generate(prompt, &placed, &o, |_| {}).await?;
+                let cmp = client.comparison(prompt, &placed, &o).await?;
                 for (side, rows) in [&cmp.unsteered, &cmp.steered].into_iter().enumerate() {
                     for c in rows {
                         let k = count_words(&c.text, words);
@@ -252,7 +270,7 @@ fn shifted(t: &SteeringTensor, offset: usize) -> SteeringTensor {
 /// Per layer: the mean norm of the prompt's residual stream (BOS excluded) against the steering
 /// tensor's mean position norm, and the next-token KL of the steering against that of a random
 /// tensor with the same position norms (seeded), the post's control.
-pub async fn norms(client: &SteerClient, sweep: &Sweep, prompt: &str, opts: &RunOptions, mut progress: impl FnMut(usize, usize, &Value)) -> Result<Vec<Value>> {
+pub async fn norms(client: &impl Backend, sweep: &Sweep, prompt: &str, opts: &RunOptions, mut progress: impl FnMut(usize, usize, &Value)) -> Result<Vec<Value>> {
     let settings = sweep.settings();
     let mut rows = vec![];
     for (i, &(layer, coeff)) in settings.iter().enumerate() {
@@ -305,37 +323,46 @@ fn random_like(t: &SteeringTensor, norms: &[f64], seed: u64) -> SteeringTensor {
     SteeringTensor::prefix(t.header.point.unwrap_or_default(), values, d)
 }
 
-/// The activations of each prompt at each point: `out[prompt][point] = (len, d, values)`.
-impl SteerClient {
-    pub async fn activations(&self, prompts: &[String], points: &[HookPoint], use_bos: bool) -> Result<Vec<Vec<(usize, usize, Vec<f32>)>>> {
-        let req = GetActivationsRequest { prompts: prompts.to_vec(), use_bos, points: points.to_vec() };
-        let mut stream = self.activation.clone().get_activations(self.request(req)).await?.into_inner();
-        let mut out: Vec<Vec<(usize, usize, Vec<f32>)>> = vec![vec![]; prompts.len()];
-        let mut current: Option<(usize, usize, usize, Vec<u8>)> = None;
-        while let Some(msg) = self.next(&mut stream).await? {
-            match msg.event {
-                Some(get_activations_response::Event::Header(h)) => {
-                    let (len, d) = (h.shape.first().copied().unwrap_or(0) as usize, h.shape.get(1).copied().unwrap_or(0) as usize);
-                    if len.saturating_mul(d) > (crate::MAX_TENSOR_BYTES / 4) as usize || h.prompt_index as usize >= prompts.len() {
-                        return Err(ClientError::Protocol(format!("activation header {:?} out of range", h.shape)));
-                    }
-                    current = Some((h.prompt_index as usize, len, d, Vec::with_capacity(len * d * 4)));
+/// Activations from a GetActivations response stream (any transport), for `n` prompts.
+pub async fn collect_activations<S>(mut stream: S, n: usize) -> Result<Activations>
+where
+    S: futures::Stream<Item = std::result::Result<GetActivationsResponse, tonic::Status>> + Unpin,
+{
+    use futures::StreamExt;
+    let mut out: Activations = vec![vec![]; n];
+    let mut current: Option<(usize, usize, usize, Vec<u8>)> = None;
+    while let Some(msg) = stream.next().await {
+        match msg?.event {
+            Some(get_activations_response::Event::Header(h)) => {
+                let (len, d) = (h.shape.first().copied().unwrap_or(0) as usize, h.shape.get(1).copied().unwrap_or(0) as usize);
+                if len.saturating_mul(d) > (crate::MAX_TENSOR_BYTES / 4) as usize || h.prompt_index as usize >= n {
+                    return Err(ClientError::Protocol(format!("activation header {:?} out of range", h.shape)));
                 }
-                Some(get_activations_response::Event::Chunk(c)) => {
-                    let (_, _, _, buf) = current.as_mut().ok_or_else(|| ClientError::Protocol("chunk before header".into()))?;
-                    buf.extend_from_slice(&c.data);
-                }
-                _ => {}
+                current = Some((h.prompt_index as usize, len, d, Vec::with_capacity(len * d * 4)));
             }
-            if let Some((i, len, d, buf)) = current.take() {
-                if buf.len() == len * d * 4 {
-                    out[i].push((len, d, buf.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()));
-                } else {
-                    current = Some((i, len, d, buf));
-                }
+            Some(get_activations_response::Event::Chunk(c)) => {
+                let (_, _, _, buf) = current.as_mut().ok_or_else(|| ClientError::Protocol("chunk before header".into()))?;
+                buf.extend_from_slice(&c.data);
+            }
+            _ => {}
+        }
+        if let Some((i, len, d, buf)) = current.take() {
+            if buf.len() == len * d * 4 {
+                out[i].push((len, d, buf.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()));
+            } else {
+                current = Some((i, len, d, buf));
             }
         }
-        Ok(out)
+    }
+    Ok(out)
+}
+
+impl SteerClient {
+    /// The activations of each prompt at each point: `out[prompt][point] = (len, d, values)`.
+    pub async fn activations(&self, prompts: &[String], points: &[HookPoint], use_bos: bool) -> Result<Activations> {
+        let req = GetActivationsRequest { prompts: prompts.to_vec(), use_bos, points: points.to_vec() };
+        let stream = self.activation.clone().get_activations(self.request(req)).await?.into_inner();
+        collect_activations(self.within(stream), prompts.len()).await
     }
 
     /// The token ids of `text` as the model sees them (BOS first when `use_bos`).

@@ -393,15 +393,19 @@ impl SteerClient {
     async fn steering_tensors_once(&self, additions: &[AdditionSpec], opts: &RunOptions) -> Result<Vec<SteeringTensor>> {
         let req = steering_request(additions, opts);
         let stream = self.activation.clone().get_steering_tensors(self.request(req)).await?.into_inner();
-        // Each message within the deadline (a stopped worker never hangs the caller).
+        collect_steering_tensors(self.within(stream)).await
+    }
+
+    /// A response stream whose every message must come within the deadline (else
+    /// DEADLINE_EXCEEDED): a stopped worker never hangs the caller.
+    fn within<T: Send + 'static>(&self, stream: tonic::Streaming<T>) -> std::pin::Pin<Box<dyn futures::Stream<Item = std::result::Result<T, Status>> + Send>> {
         let deadline = self.opts.deadline;
-        let timed = futures::stream::unfold(stream, move |mut s| async move {
+        Box::pin(futures::stream::unfold(stream, move |mut s| async move {
             match tokio::time::timeout(deadline, s.next()).await {
                 Ok(m) => m.map(|m| (m, s)),
                 Err(_) => Some((Err(Status::deadline_exceeded("no message from the worker within the client's deadline")), s)),
             }
-        });
-        collect_steering_tensors(Box::pin(timed)).await
+        }))
     }
 
     /// The next message of a response stream, or DEADLINE_EXCEEDED when none comes within the

@@ -1,4 +1,5 @@
-//! `steer.v1.EvalService`: sweeps of the post's measurements as jobs of a process that serves
+//! `steer.v1.EvalService`: sweeps of the post's measurements (perplexity, KL, topic words,
+//! norms) as jobs of a process that serves
 //! both services. A job runs `steer_client::eval`'s sweep against this process's own services,
 //! called in process (no network, no second authentication), records each setting's row as it
 //! finishes, can be cancelled (keeping the rows it has), and is kept, rows and all, for
@@ -10,12 +11,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use steer_client::eval::{self, Backend, TextSet};
-use steer_client::{AdditionSpec, RunOptions, SteeringTensor};
+use steer_client::{AdditionSpec, Comparison, Completion, RunOptions, SteeringTensor};
 use steer_proto::v1::activation_service_server::ActivationService;
 use steer_proto::v1::eval_service_server::{EvalService, EvalServiceServer};
 use steer_proto::v1::generation_service_server::GenerationService;
 use steer_proto::v1::{
-    CancelSweepRequest, CancelSweepResponse, Hook, ListSweepsRequest, ListSweepsResponse, StartSweepRequest, StartSweepResponse, Sweep,
+    generate_from_tensors_response, CancelSweepRequest, CancelSweepResponse, GenerateFromTensorsRequest, GetActivationsRequest, Hook, HookPoint,
+    ListSweepsRequest, ListSweepsResponse, StartSweepRequest, StartSweepResponse, Sweep,
     SweepKind, SweepState, TextScore, WatchSweepRequest, WatchSweepResponse,
 };
 use tokio::sync::{mpsc, watch};
@@ -65,6 +67,38 @@ impl SweepStore {
 struct Local(Arc<Services>);
 
 impl Backend for Local {
+    fn comparison(&self, prompt: &str, tensors: &[SteeringTensor], opts: &RunOptions) -> impl Future<Output = steer_client::Result<Comparison>> + Send {
+        let req = GenerateFromTensorsRequest { setup: Some(opts.setup(prompt, tensors.len())), tensors: tensors.iter().map(SteeringTensor::inline).collect() };
+        let services = self.0.clone();
+        async move {
+            let mut stream = services.generation.generate_from_tensors(Request::new(req)).await?.into_inner();
+            let mut cmp = Comparison { unsteered: vec![], steered: vec![] };
+            while let Some(m) = stream.next().await {
+                if let Some(generate_from_tensors_response::Event::Finished(f)) = m?.event {
+                    let c = Completion::from(f);
+                    if c.steered { cmp.steered.push(c) } else { cmp.unsteered.push(c) }
+                }
+            }
+            cmp.unsteered.sort_by_key(|c| c.row);
+            cmp.steered.sort_by_key(|c| c.row);
+            Ok(cmp)
+        }
+    }
+
+    fn max_comparisons(&self) -> impl Future<Output = steer_client::Result<u32>> + Send {
+        let n = self.0.cfg.generation.max_comparisons as u32;
+        async move { Ok(n) }
+    }
+
+    fn activations(&self, prompts: &[String], points: &[HookPoint], use_bos: bool) -> impl Future<Output = steer_client::Result<eval::Activations>> + Send {
+        let req = GetActivationsRequest { prompts: prompts.to_vec(), use_bos, points: points.to_vec() };
+        let (services, n) = (self.0.clone(), prompts.len());
+        async move {
+            let stream = services.activation.get_activations(Request::new(req)).await?.into_inner();
+            eval::collect_activations(stream, n).await
+        }
+    }
+
     fn steering_tensors(&self, additions: &[AdditionSpec], opts: &RunOptions) -> impl Future<Output = steer_client::Result<Vec<SteeringTensor>>> + Send {
         let (services, req) = (self.0.clone(), steer_client::steering_request(additions, opts));
         async move {
@@ -121,8 +155,8 @@ fn invalid(field: &str, reason: &str) -> Status {
 /// The sweep a request asks for, checked (errors name the field).
 fn spec(req: &StartSweepRequest) -> Result<(SweepKind, eval::Sweep, RunOptions, Vec<TextSet>), Status> {
     let kind = match SweepKind::try_from(req.kind) {
-        Ok(k @ (SweepKind::Perplexity | SweepKind::Kl)) => k,
-        _ => return Err(invalid("kind", "SWEEP_KIND_PERPLEXITY or SWEEP_KIND_KL")),
+        Ok(SweepKind::Unspecified) | Err(_) => return Err(invalid("kind", "SWEEP_KIND_PERPLEXITY, _KL, _TOPIC_WORDS or _NORMS")),
+        Ok(k) => k,
     };
     if req.layers.is_empty() {
         return Err(invalid("layers", "at least one layer"));
@@ -133,8 +167,14 @@ fn spec(req: &StartSweepRequest) -> Result<(SweepKind, eval::Sweep, RunOptions, 
     if req.layers.len() * req.coeffs.len() > MAX_SETTINGS {
         return Err(invalid("layers", &format!("{} settings; at most {MAX_SETTINGS}", req.layers.len() * req.coeffs.len())));
     }
-    if kind == SweepKind::Kl && req.prompt.is_empty() {
-        return Err(invalid("prompt", "the KL sweep needs a prompt"));
+    if kind != SweepKind::Perplexity && req.prompt.is_empty() {
+        return Err(invalid("prompt", "this sweep needs a prompt"));
+    }
+    if req.n > 1000 || req.n_tokens > 1000 {
+        return Err(invalid("n", "at most 1000 completions of at most 1000 tokens"));
+    }
+    if let Some(p) = req.positions.iter().find(|p| !["front", "middle", "end"].contains(&p.as_str())) {
+        return Err(invalid("positions", &format!("`{p}`: front, middle or end")));
     }
     let hook = match Hook::try_from(req.hook) {
         Ok(Hook::BlockOutput) => Hook::BlockOutput,
@@ -150,7 +190,8 @@ fn spec(req: &StartSweepRequest) -> Result<(SweepKind, eval::Sweep, RunOptions, 
         return Err(invalid(&format!("sets[{i}]"), "a text set needs a name and texts"));
     }
     let sweep = eval::Sweep { plus: req.plus.clone(), minus: req.minus.clone(), layers: req.layers.clone(), coeffs: req.coeffs.clone() };
-    Ok((kind, sweep, RunOptions { hook, use_bos: req.use_bos, ..RunOptions::default() }, sets))
+    let opts = RunOptions { hook, use_bos: req.use_bos, seed: req.seed, n_tokens: if req.n_tokens == 0 { 40 } else { req.n_tokens }, ..RunOptions::default() };
+    Ok((kind, sweep, opts, sets))
 }
 
 #[tonic::async_trait]
@@ -174,11 +215,25 @@ impl EvalService for SweepService {
         }
         let id = format!("sweep-{}", store.next.fetch_add(1, Ordering::Relaxed) + 1);
         tracing::Span::current().record("id", id.as_str());
-        let settings = sweep.settings().len() + usize::from(kind == SweepKind::Perplexity);
+        let settings = match kind {
+            SweepKind::Perplexity => sweep.settings().len() + 1,
+            SweepKind::TopicWords => sweep.settings().len() * if req.positions.is_empty() { 1 } else { req.positions.len() },
+            _ => sweep.settings().len(),
+        };
         let first = Sweep { id: id.clone(), kind: kind as i32, state: SweepState::Running as i32, total: settings as u32, ..Default::default() };
         let (tx, _) = watch::channel(first.clone());
         let job = Arc::new(Job { status: tx, task: Mutex::new(None) });
         let (backend, runner, top, prompt) = (Local(self.services.clone()), job.clone(), req.top.clamp(1, 50), req.prompt.clone());
+        let n = if req.n == 0 { 20 } else { req.n };
+        let words: Vec<String> = if req.words.is_empty() { eval::WEDDING_WORDS.iter().map(|w| w.to_string()).collect() } else { req.words.clone() };
+        let positions: Vec<eval::Position> = match req.positions.is_empty() {
+            true => vec![eval::Position::Front],
+            false => req.positions.iter().map(|p| match p.as_str() {
+                "middle" => eval::Position::Middle,
+                "end" => eval::Position::End,
+                _ => eval::Position::Front,
+            }).collect(),
+        };
         let task = tokio::spawn(async move {
             let progress = |done: usize, total: usize, row: &serde_json::Value| {
                 runner.status.send_modify(|s| {
@@ -189,6 +244,8 @@ impl EvalService for SweepService {
             };
             let result = match kind {
                 SweepKind::Kl => eval::kl_sweep(&backend, &sweep, &prompt, top, &opts, progress).await,
+                SweepKind::TopicWords => eval::topic_words(&backend, &sweep, &prompt, &words, n, &positions, &opts, progress).await,
+                SweepKind::Norms => eval::norms(&backend, &sweep, &prompt, &opts, progress).await,
                 _ => eval::perplexity_sweep(&backend, &sweep, &sets, &opts, progress).await,
             };
             runner.status.send_modify(|s| match result {

@@ -138,7 +138,7 @@ def norms(client, plus, minus, layers, coeffs, prompt, hook="resid_pre", use_bos
 
 # Sweeps as jobs of the server (EvalService, on `steer serve`): start, watch, cancel, fetch again.
 
-KINDS = {"perplexity": 1, "kl": 2}
+KINDS = {"perplexity": 1, "kl": 2, "topic-words": 3, "norms": 4}
 
 
 def _eval_stub(client):
@@ -148,14 +148,15 @@ def _eval_stub(client):
 
 
 def start_sweep(client, kind, plus, minus, layers, coeffs, sets: Optional[Dict[str, List[str]]] = None, prompt="",
-                top=10, hook="resid_pre", use_bos=True) -> str:
-    """Starts a perplexity or kl sweep on the server; returns its id."""
+                top=10, hook="resid_pre", use_bos=True, n=0, n_tokens=0, words=(), positions=(), seed=0) -> str:
+    """Starts a perplexity, kl, topic-words or norms sweep on the server; returns its id."""
     from ._proto.steer.v1 import eval_pb2
     from . import HOOKS
 
     req = eval_pb2.StartSweepRequest(
         kind=KINDS[kind], plus=plus, minus=minus, layers=list(layers), coeffs=[float(c) for c in coeffs],
-        hook=HOOKS[hook], use_bos=use_bos, prompt=prompt, top=top,
+        hook=HOOKS[hook], use_bos=use_bos, prompt=prompt, top=top, n=n, n_tokens=n_tokens, words=list(words),
+        positions=list(positions), seed=seed,
         sets=[eval_pb2.EvalTextSet(name=n, texts=t) for n, t in (sets or {}).items()])
     return _eval_stub(client).StartSweep(req, **client._call(None)).sweep.id
 
