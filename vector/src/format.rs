@@ -1,5 +1,5 @@
 //! The vector file: safetensors with one `[k, d_model]` f32 tensor per hook point and JSON
-//! metadata under the `steer` key (format name under `format`).
+//! metadata under the `steer` key (its `format` field names the format).
 //!
 //! The digest is SHA-256 over what steers: the format name, the mode, and each tensor's name,
 //! shape and little-endian f32 bytes in point order. Names, prompts and other metadata do not
@@ -311,10 +311,9 @@ impl SteeringVector {
                 (t.point.to_string(), view)
             })
             .collect();
-        let info = HashMap::from([
-            ("format".to_string(), FORMAT.to_string()),
-            ("steer".to_string(), serde_json::to_string(&self.meta).expect("metadata serialises")),
-        ]);
+        // One key (the format is inside): a HashMap of several would serialise in a different
+        // order each time, and the same vector must give the same bytes.
+        let info = HashMap::from([("steer".to_string(), serde_json::to_string(&self.meta).expect("metadata serialises"))]);
         safetensors::serialize(views, Some(info)).expect("in-memory serialisation")
     }
 
@@ -324,8 +323,9 @@ impl SteeringVector {
         let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| VectorError::invalid("file", format!("not a safetensors file: {e}")))?;
         let (_, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| VectorError::invalid("file", e.to_string()))?;
         let info = header.metadata().clone().unwrap_or_default();
-        if info.get("format").map(String::as_str) != Some(FORMAT) {
-            return Err(VectorError::invalid("file", format!("not a steering vector file (no `format: {FORMAT}` in its metadata)")));
+        let format = info.get("steer").and_then(|m| serde_json::from_str::<serde_json::Value>(m).ok()).and_then(|m| m["format"].as_str().map(str::to_string));
+        if format.as_deref() != Some(FORMAT) {
+            return Err(VectorError::invalid("file", format!("not a steering vector file (no `steer` metadata of format {FORMAT})")));
         }
         let meta: Metadata = serde_json::from_str(info.get("steer").map(String::as_str).unwrap_or(""))
             .map_err(|e| VectorError::invalid("metadata", format!("unreadable: {e}")))?;
@@ -518,6 +518,7 @@ pub(crate) mod tests {
         assert_eq!(v.digest().len(), 64);
         let back = SteeringVector::from_bytes(&v.to_bytes()).unwrap();
         assert_eq!(back, v);
+        assert_eq!(back.to_bytes(), v.to_bytes(), "the same vector, the same bytes");
         // Names do not change the digest; values do.
         assert_eq!(v.clone().renamed("other").digest(), v.digest());
         let mut t = v.tensors.clone();

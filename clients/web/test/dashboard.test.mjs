@@ -101,7 +101,7 @@ test("weddings example streams into both columns, which differ", { timeout: 240_
     const bytes = fs.readFileSync(await file.path());
     const n = Number(bytes.readBigUInt64LE(0));
     const meta = JSON.parse(bytes.subarray(8, 8 + n).toString()).__metadata__;
-    assert.equal(meta.format, "steer.vector/1");
+    assert.equal(JSON.parse(meta.steer).format, "steer.vector/1");
     assert.equal(JSON.parse(meta.steer).name, "weddings");
     fs.mkdirSync(path.join(root, "artifacts"), { recursive: true });
     await page.screenshot({ path: path.join(root, "artifacts/dashboard.png"), fullPage: true });

@@ -78,9 +78,9 @@ def parse_vector(data: bytes) -> Vector:
     (n,) = struct.unpack("<Q", data[:8])
     header = json.loads(data[8:8 + n])
     info = header.pop("__metadata__", {}) or {}
-    if info.get("format") != FORMAT:
-        raise ValueError(f"not a steering vector file (no format {FORMAT} in its metadata)")
-    meta = json.loads(info["steer"])
+    meta = json.loads(info.get("steer") or "{}")
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"not a steering vector file (no steer metadata of format {FORMAT})")
     body = data[8 + n:]
     tensors = []
     for t in meta["tensors"]:
