@@ -364,18 +364,6 @@ impl SteerClient {
         let stream = self.activation.clone().get_activations(self.request(req)).await?.into_inner();
         collect_activations(self.within(stream), prompts.len()).await
     }
-
-    /// The token ids of `text` as the model sees them (BOS first when `use_bos`).
-    pub async fn tokenize(&self, text: &str, use_bos: bool) -> Result<Vec<u32>> {
-        let req = GetActivationsRequest { prompts: vec![text.to_string()], use_bos, points: vec![HookPoint { hook: 1, layer: 0 }] };
-        let mut stream = self.activation.clone().get_activations(self.request(req)).await?.into_inner();
-        while let Some(msg) = self.next(&mut stream).await? {
-            if let Some(get_activations_response::Event::Tokens(t)) = msg.event {
-                return Ok(t.tokens.map(|t| t.ids).unwrap_or_default());
-            }
-        }
-        Err(ClientError::Protocol("no tokens".into()))
-    }
 }
 
 #[cfg(test)]
