@@ -168,7 +168,26 @@ struct RandomModelArgs {
     prefixed: bool,
 }
 
-fn main() -> Result<()> {
+/// Errors are printed as their chain of causes; the backtrace that anyhow captures when
+/// RUST_BACKTRACE is set in a developer's shell is shown only with RUST_LIB_BACKTRACE=1.
+fn main() -> std::process::ExitCode {
+    match steer() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            if std::env::var_os("RUST_LIB_BACKTRACE").is_some_and(|v| v == "1") {
+                eprintln!("Error: {e:?}");
+            } else {
+                eprintln!("Error: {e}");
+                for cause in e.chain().skip(1) {
+                    eprintln!("  caused by: {}", cause.to_string().replace('\n', "\n    "));
+                }
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn steer() -> Result<()> {
     let cli = Cli::parse();
     let serving = matches!(cli.command, Command::Serve(_) | Command::ActivationWorker(_) | Command::GenerationWorker(_));
     let default_log = if serving { "info" } else { "warn" };
