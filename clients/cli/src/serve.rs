@@ -129,6 +129,11 @@ struct LimitArgs {
     /// Prefill chunk: prompt positions prefilled per iteration while others decode.
     #[arg(long, default_value_t = 32, env = "STEER_MAX_PREFILL_TOKENS")]
     max_prefill_tokens: usize,
+    /// Prompt positions prefilled per iteration while others decode, over waiting requests
+    /// oldest first, in whole chunks: higher brings new requests' first tokens sooner, at the
+    /// cost of longer gaps in the running streams.
+    #[arg(long, default_value_t = 32, env = "STEER_PREFILL_TOKENS_PER_STEP", value_parser = clap::value_parser!(u32).range(1..))]
+    prefill_tokens_per_step: u32,
     /// Bytes of steering tensors one generation request may send (as f32, plus their wire form).
     #[arg(long, default_value_t = 64 << 20, env = "STEER_MAX_REQUEST_BYTES")]
     max_request_bytes: u64,
@@ -196,6 +201,7 @@ impl ServeArgs {
         g.max_batch_rows = l.max_batch_rows;
         g.max_batch_tokens = l.max_batch_tokens;
         g.max_prefill_tokens = l.max_prefill_tokens;
+        g.prefill_tokens_per_step = l.prefill_tokens_per_step as usize;
         g.max_request_bytes = l.max_request_bytes;
         g.max_inflight_bytes = l.max_inflight_bytes;
         g.stall_timeout = secs(l.stall_timeout_secs);

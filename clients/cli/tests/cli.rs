@@ -51,3 +51,20 @@ fn a_missing_model_names_the_offline_alternatives() {
     assert!(!out.status.success());
     assert!(stderr.contains("no-such-dir"), "{stderr}");
 }
+
+#[test]
+fn errors_are_a_chain_of_causes_without_a_backtrace_even_when_rust_backtrace_is_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_steer"))
+        .args(["generate", "--prompt", "Hi", "--model", "./no-such-dir", "--tokens", "1"])
+        .current_dir(dir.path())
+        .env("RUST_BACKTRACE", "1")
+        .env_remove("RUST_LIB_BACKTRACE")
+        .output()
+        .expect("run steer");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let error = stderr.lines().find(|l| l.starts_with("Error: ")).unwrap_or_else(|| panic!("no Error: line in {stderr}"));
+    assert!(error.contains("no-such-dir"), "{stderr}");
+    assert!(!stderr.to_lowercase().contains("backtrace") && !stderr.contains("at /"), "a backtrace in user output: {stderr}");
+}

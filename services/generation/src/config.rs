@@ -20,6 +20,11 @@ pub struct GenerationConfig {
     /// Prefill chunk (prompt positions): a long prompt is prefilled this many positions per
     /// iteration while other rows decode, so they wait one chunk, not a whole prompt.
     pub max_prefill_tokens: usize,
+    /// Prompt positions prefilled per iteration while other rows decode, over the waiting
+    /// requests oldest first, in whole chunks (at least one). One chunk (the default) keeps the
+    /// running streams' gaps shortest; more brings new requests' first tokens sooner (a
+    /// prefill-first policy at the prompts' total), as vLLM's and TGI's prefill token budgets do.
+    pub prefill_tokens_per_step: usize,
     /// A request whose client reads nothing for this long is cancelled (ABORTED) and its rows
     /// freed; the other requests never wait for it.
     pub stall_timeout: std::time::Duration,
@@ -53,6 +58,7 @@ impl Default for GenerationConfig {
             max_batch_rows: 32,
             max_batch_tokens: 8192,
             max_prefill_tokens: 32,
+            prefill_tokens_per_step: 32,
             stall_timeout: std::time::Duration::from_secs(10),
             max_request_bytes: 64 << 20,
             max_inflight_bytes: 512 << 20,

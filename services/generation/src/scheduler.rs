@@ -4,8 +4,9 @@
 //! 2. admits waiting requests, first come first served, while they fit the budgets (rows, and KV
 //!    positions reserved as prompt + max_new_tokens per row), and prefills them: each request
 //!    in its own forward with its own steering (positions 0..k-1, prefill only), in chunks of
-//!    `max_prefill_tokens` positions. While other rows decode, one chunk per iteration (a long
-//!    prompt stalls them for a chunk, not for its whole prefill); while none do, back to back.
+//!    `max_prefill_tokens` positions. While other rows decode, `prefill_tokens_per_step`
+//!    positions per iteration, one chunk by default (a long prompt stalls them for a chunk, not
+//!    for its whole prefill); while none do, back to back.
 //!    A request's first tokens go out as soon as its prefill ends;
 //! 3. runs one decode step for every running row of every request (`Engine::step`);
 //! 4. samples each row with its own sampler (seed, penalties) and queues its events;
@@ -358,15 +359,18 @@ impl EngineLoop {
         })
     }
 
-    /// Prefills in chunks of `max_prefill_tokens`, oldest request first: one chunk per
-    /// iteration while other rows decode (so they wait one chunk, not a whole prompt), back to
-    /// back while none do, until one request has its first tokens. Chunk boundaries depend on
-    /// the request alone, so its numbers do too.
+    /// Prefills in chunks of `max_prefill_tokens`, oldest request first. While other rows
+    /// decode, chunks run until `prefill_tokens_per_step` positions were prefilled in this
+    /// iteration (one chunk by default: they wait one chunk, not a whole prompt); while none do,
+    /// back to back until one request has its first tokens. Chunk boundaries depend on the
+    /// request alone, so its numbers do too.
     fn prefill(&mut self) {
         let mut decoding = self.running.iter().any(|r| r.decoding_rows() > 0);
+        let mut spent = 0;
         for r in self.running.iter_mut().filter(|r| !r.ended) {
             while let Some(p) = r.prefill.as_mut() {
                 let span = tracing::info_span!("prefill", rows = r.request.rows.len(), remaining = p.remaining());
+                spent += p.remaining().min(self.cfg.max_prefill_tokens.max(1));
                 match span.in_scope(|| self.engine.prefill_chunk(p, self.cfg.max_prefill_tokens)) {
                     Err(e) => r.end(Some(e.into())),
                     Ok(None) => {}
@@ -381,7 +385,7 @@ impl EngineLoop {
                         decoding = true;
                     }
                 }
-                if decoding {
+                if decoding && spent >= self.cfg.prefill_tokens_per_step {
                     return;
                 }
             }
@@ -430,5 +434,80 @@ impl EngineLoop {
         self.metrics.batch_rows.set(rows as i64);
         self.metrics.requests_running.set(self.running.len() as i64);
         self.metrics.kv_bytes.set(kv as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use steer_model::{LoadOptions, ModelSource, SamplingParams};
+
+    fn engine() -> Arc<Engine> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tiny-gpt2");
+        Arc::new(Engine::load(&ModelSource::Dir(dir), &LoadOptions::default()).expect("the tiny fixture loads"))
+    }
+
+    /// A job of two plain rows (one comparison, no steering) for `prompt`, and its event receiver.
+    fn job(engine: &Engine, prompt: &str) -> (Job, mpsc::Receiver<Event>) {
+        let ids = engine.encode(prompt, true).unwrap();
+        let (rows, n_unsteered) = crate::validation::pair_rows(&ids, &SamplingParams::greedy(), 1, 0, &[], false);
+        let request = ValidRequest {
+            rows,
+            n_unsteered,
+            max_new_tokens: 8,
+            stop_at_eos: false,
+            top_logprobs: 0,
+            prompt_tokens: ids.len(),
+            memory: Arc::new(Default::default()),
+        };
+        let (tx, rx) = mpsc::channel(64);
+        (Job { request, events: tx, queued_at: Instant::now(), deadline: None }, rx)
+    }
+
+    /// One request decodes while three arrive: how many of the three finish their prefill in
+    /// the next iteration, with chunks of 8 positions and `budget` positions per iteration.
+    fn prefilled_in_one_iteration(budget: usize) -> usize {
+        let engine = engine();
+        let cfg = GenerationConfig { max_prefill_tokens: 8, prefill_tokens_per_step: budget, ..Default::default() };
+        let (_tx, rx) = std::sync::mpsc::channel();
+        let mut lp = EngineLoop {
+            heartbeat: Default::default(),
+            engine: engine.clone(),
+            cfg,
+            rx,
+            depth: Default::default(),
+            metrics: Metrics::new(),
+            waiting: VecDeque::new(),
+            running: vec![],
+        };
+        let mut receivers = vec![];
+        let (first, rx) = job(&engine, "I went up to my friend and said");
+        receivers.push(rx);
+        lp.waiting.push_back(first);
+        lp.depth.fetch_add(1, Ordering::SeqCst);
+        lp.admit();
+        lp.prefill();
+        assert!(lp.running[0].prefill.is_none(), "alone, a prompt is prefilled back to back");
+        for prompt in ["Hi there", "To see the eiffel tower, people flock to", "I hate you because"] {
+            let (j, rx) = job(&engine, prompt);
+            receivers.push(rx);
+            lp.waiting.push_back(j);
+            lp.depth.fetch_add(1, Ordering::SeqCst);
+        }
+        lp.admit();
+        lp.prefill();
+        lp.running[1..].iter().filter(|r| r.prefill.is_none()).count()
+    }
+
+    #[test]
+    fn the_prefill_budget_sets_how_many_positions_join_per_iteration() {
+        // Prompts of 3, 12 and 5 positions (with BOS), in chunks of 3 | 8, 4 | 5: positions
+        // done after each chunk 3, 11, 15, 20. An iteration stops at the first chunk that
+        // reaches the budget, and a budget past the total prefills all three before the next
+        // decode step.
+        assert_eq!(prefilled_in_one_iteration(1), 1);
+        assert_eq!(prefilled_in_one_iteration(8), 1);
+        assert_eq!(prefilled_in_one_iteration(12), 2);
+        assert_eq!(prefilled_in_one_iteration(1024), 3);
     }
 }

@@ -43,11 +43,13 @@ async fn one(client: &SteerClient, i: usize, tensors: &[SteeringTensor], started
     Ok(Outcome { started, times: times.into_inner().unwrap() })
 }
 
+#[derive(Clone, Copy)]
 struct Stats {
     tokens_per_s: f64,
     ttft_p50: f64,
     ttft_p99: f64,
     itl_p50: f64,
+    itl_p99: f64,
 }
 
 fn stats(outcomes: &[Outcome], wall: f64) -> Stats {
@@ -61,60 +63,80 @@ fn stats(outcomes: &[Outcome], wall: f64) -> Stats {
         .flat_map(|o| o.times.iter())
         .flat_map(|t| t.windows(2).map(|w| w[1].duration_since(w[0]).as_secs_f64()))
         .collect();
-    Stats { tokens_per_s: tokens as f64 / wall, ttft_p50: percentile(&mut ttft, 0.5), ttft_p99: percentile(&mut ttft, 0.99), itl_p50: percentile(&mut itl, 0.5) }
+    Stats {
+        tokens_per_s: tokens as f64 / wall,
+        ttft_p50: percentile(&mut ttft, 0.5),
+        ttft_p99: percentile(&mut ttft, 0.99),
+        itl_p50: percentile(&mut itl, 0.5),
+        itl_p99: percentile(&mut itl, 0.99),
+    }
 }
 
-pub async fn run(engine: Arc<Engine>, levels: &[usize]) -> Result<()> {
+/// The table for each prefill budget (`prefill_tokens_per_step`) in `budgets`; the one-at-a-time
+/// baseline is measured once per N, with the first.
+pub async fn run(engine: Arc<Engine>, levels: &[usize], budgets: &[usize]) -> Result<()> {
     let most = levels.iter().copied().max().unwrap_or(1);
-    let mut cfg = ServeConfig::default();
-    cfg.generation.max_batch_rows = cfg.generation.max_batch_rows.max(2 * most);
-    cfg.generation.max_queue = cfg.generation.max_queue.max(most);
-    let server = LocalServer::start(engine.clone(), cfg).await?;
-    let client = Arc::new(SteerClient::connect(&server.url(), &[server.url()]).await?);
-    let layer = (engine.info().n_layer as u32 * 20 / 48).max(1);
-    let adds = [
-        AdditionSpec::new(layer, 4.0, "I talk about weddings constantly  "),
-        AdditionSpec::new(layer, -4.0, "I do not talk about weddings constantly"),
-    ];
-    let tensors = Arc::new(client.steering_tensors(&adds, &RunOptions::default()).await?);
-    one(&client, 0, &tensors, Instant::now()).await?; // warm-up
-    println!("concurrency: N clients at once, each 1 unsteered + 1 steered row of {TOKENS} tokens, prompts of 9-38 tokens");
-    println!("| N | aggregate tokens/s | one at a time | ratio | TTFT p50 | TTFT p99 | inter-token p50 | (one at a time: TTFT p50, inter-token p50) |");
-    println!("|---|---|---|---|---|---|---|---|");
-    for &n in levels {
-        let started = Instant::now();
-        let tasks: Vec<_> = (0..n)
-            .map(|i| {
-                let (client, tensors) = (client.clone(), tensors.clone());
-                tokio::spawn(async move { one(&client, i, &tensors, started).await })
-            })
-            .collect();
-        let mut together = vec![];
-        for t in tasks {
-            together.push(t.await??);
-        }
-        let wall = started.elapsed().as_secs_f64();
-        let c = stats(&together, wall);
-        let started = Instant::now();
-        let mut alone = vec![];
-        for i in 0..n {
-            alone.push(one(&client, i, &tensors, Instant::now()).await?);
-        }
-        let s = stats(&alone, started.elapsed().as_secs_f64());
+    let mut alone_stats = std::collections::HashMap::new();
+    for (b, &budget) in budgets.iter().enumerate() {
+        let mut cfg = ServeConfig::default();
+        cfg.generation.max_batch_rows = cfg.generation.max_batch_rows.max(2 * most);
+        cfg.generation.max_queue = cfg.generation.max_queue.max(most);
+        cfg.generation.prefill_tokens_per_step = budget;
+        let server = LocalServer::start(engine.clone(), cfg).await?;
+        let client = Arc::new(SteerClient::connect(&server.url(), &[server.url()]).await?);
+        let layer = (engine.info().n_layer as u32 * 20 / 48).max(1);
+        let adds = [
+            AdditionSpec::new(layer, 4.0, "I talk about weddings constantly  "),
+            AdditionSpec::new(layer, -4.0, "I do not talk about weddings constantly"),
+        ];
+        let tensors = Arc::new(client.steering_tensors(&adds, &RunOptions::default()).await?);
+        one(&client, 0, &tensors, Instant::now()).await?; // warm-up
         println!(
-            "| {n} | {:.2} | {:.2} | {:.2}x | {:.2} s | {:.2} s | {:.3} s | ({:.2} s, {:.3} s) |",
-            c.tokens_per_s,
-            s.tokens_per_s,
-            c.tokens_per_s / s.tokens_per_s,
-            c.ttft_p50,
-            c.ttft_p99,
-            c.itl_p50,
-            s.ttft_p50,
-            s.itl_p50
+            "concurrency: N clients at once, each 1 unsteered + 1 steered row of {TOKENS} tokens, prompts of 9-38 tokens; \
+             prefill {budget} positions per step while others decode (--prefill-tokens-per-step)"
         );
+        println!("| N | aggregate tokens/s | one at a time | ratio | TTFT p50 | TTFT p99 | inter-token p50 | inter-token p99 | (one at a time: TTFT p50, inter-token p50) |");
+        println!("|---|---|---|---|---|---|---|---|---|");
+        for &n in levels {
+            let started = Instant::now();
+            let tasks: Vec<_> = (0..n)
+                .map(|i| {
+                    let (client, tensors) = (client.clone(), tensors.clone());
+                    tokio::spawn(async move { one(&client, i, &tensors, started).await })
+                })
+                .collect();
+            let mut together = vec![];
+            for t in tasks {
+                together.push(t.await??);
+            }
+            let c = stats(&together, started.elapsed().as_secs_f64());
+            if !alone_stats.contains_key(&n) {
+                let started = Instant::now();
+                let mut alone = vec![];
+                for i in 0..n {
+                    alone.push(one(&client, i, &tensors, Instant::now()).await?);
+                }
+                alone_stats.insert(n, stats(&alone, started.elapsed().as_secs_f64()));
+            }
+            let s = alone_stats[&n];
+            println!(
+                "| {n} | {:.2} | {:.2} | {:.2}x | {:.2} s | {:.2} s | {:.3} s | {:.3} s | ({:.2} s, {:.3} s) |",
+                c.tokens_per_s,
+                s.tokens_per_s,
+                c.tokens_per_s / s.tokens_per_s,
+                c.ttft_p50,
+                c.ttft_p99,
+                c.itl_p50,
+                c.itl_p99,
+                s.ttft_p50,
+                s.itl_p50
+            );
+        }
+        if b == 0 {
+            stall(&client, &tensors, &engine).await?;
+        }
+        server.shutdown().await;
     }
-    stall(&client, &tensors, &engine).await?;
-    server.shutdown().await;
     Ok(())
 }
 

@@ -33,6 +33,10 @@ pub struct BenchArgs {
     /// one at a time, and the stall a long prefill causes to running streams.
     #[arg(long, value_delimiter = ',')]
     concurrency: Vec<usize>,
+    /// With --concurrency: the serving loop's prefill budgets to compare (prompt positions
+    /// prefilled per step while others decode; the first is `steer serve`'s default).
+    #[arg(long, value_delimiter = ',', default_value = "32")]
+    prefill_tokens_per_step: Vec<usize>,
     /// Measure each of these weight dtypes (f32, bf16, f16, q8_0), each in its own process,
     /// against this machine's read-bandwidth limit and against f32 (e.g. f32,bf16,f16,q8_0).
     #[arg(long, value_delimiter = ',')]
@@ -114,7 +118,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         crate::commands::runtime()?.block_on(grpc::run(engine.clone(), a.tokens))?;
     }
     if !a.concurrency.is_empty() {
-        crate::commands::runtime()?.block_on(concurrency::run(engine, &a.concurrency))?;
+        crate::commands::runtime()?.block_on(concurrency::run(engine, &a.concurrency, &a.prefill_tokens_per_step))?;
     }
     Ok(())
 }
