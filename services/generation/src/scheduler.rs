@@ -369,8 +369,8 @@ impl EngineLoop {
         let mut spent = 0;
         for r in self.running.iter_mut().filter(|r| !r.ended) {
             while let Some(p) = r.prefill.as_mut() {
-                let span = tracing::info_span!("prefill", rows = r.request.rows.len(), remaining = p.remaining());
-                spent += p.remaining().min(self.cfg.max_prefill_tokens.max(1));
+                let before = p.remaining();
+                let span = tracing::info_span!("prefill", rows = r.request.rows.len(), remaining = before);
                 match span.in_scope(|| self.engine.prefill_chunk(p, self.cfg.max_prefill_tokens)) {
                     Err(e) => r.end(Some(e.into())),
                     Ok(None) => {}
@@ -385,6 +385,9 @@ impl EngineLoop {
                         decoding = true;
                     }
                 }
+                // Positions the chunk covered, as the engine counts them (all that were left once
+                // the request's prefill is over or failed).
+                spent += before - r.prefill.as_ref().map_or(0, Prefill::remaining);
                 if decoding && spent >= self.cfg.prefill_tokens_per_step {
                     return;
                 }
