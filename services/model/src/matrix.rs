@@ -16,7 +16,7 @@ use candle_core::{Device, Storage, Tensor};
 use crate::dtype::WeightDtype;
 use crate::error::{ModelError, Result};
 use crate::kernels::{self, Elem, HalfKind};
-use crate::quant::{self, Q8Blocks, QK8_0};
+use crate::quant::{self, Q8Blocks, Q8Rows, QK8_0};
 
 /// What a matrix is for, which fixes the layout its kernels want.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +66,7 @@ fn half_to_f32(bits: &[u16], kind: HalfKind) -> Vec<f32> {
 enum Data {
     F32(Tensor),
     Half(Vec<u16>, HalfKind),
-    Q8(Q8Blocks),
+    Q8(Q8Rows),
 }
 
 /// A weight matrix mapping `n_in` features to `n_out`.
@@ -121,7 +121,7 @@ impl Matrix {
         };
         let relayout = |v: Vec<f32>| if layout == want { v } else { transpose(&v, rows, cols) };
         let data = match (src, dtype) {
-            (Source::Q8(b), WeightDtype::Q8_0) => Data::Q8(b),
+            (Source::Q8(b), WeightDtype::Q8_0) => Data::Q8(Q8Rows::pack(b, n_in / QK8_0)),
             (Source::Half(b, k), WeightDtype::Bf16 | WeightDtype::F16) if Some(k) == dtype.half() => {
                 Data::Half(if layout == want { b } else { transpose(&b, rows, cols) }, k)
             }
@@ -134,7 +134,7 @@ impl Matrix {
                     }
                     WeightDtype::Bf16 => Data::Half(f.iter().map(|&x| half::bf16::from_f32(x).to_bits()).collect(), HalfKind::Bf16),
                     WeightDtype::F16 => Data::Half(f.iter().map(|&x| half::f16::from_f32(x).to_bits()).collect(), HalfKind::F16),
-                    WeightDtype::Q8_0 => Data::Q8(Q8Blocks::quantize(&f)),
+                    WeightDtype::Q8_0 => Data::Q8(Q8Rows::pack(Q8Blocks::quantize(&f), n_in / QK8_0)),
                 }
             }
         };
@@ -247,7 +247,7 @@ impl Matrix {
             let row = id as usize;
             match &self.data {
                 Data::Half(b, kind) => out.extend(half_to_f32(&b[row * d..(row + 1) * d], *kind)),
-                Data::Q8(b) => b.dequantize_into(row * d / QK8_0..(row + 1) * d / QK8_0, &mut out),
+                Data::Q8(b) => b.dequantize_row_into(row, &mut out),
                 Data::F32(_) => unreachable!("handled above"),
             }
         }
