@@ -133,7 +133,6 @@ pub(crate) fn test_data(len: usize, seed: u32) -> Vec<f32> {
     (0..len).map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0).collect()
 }
 
-#[allow(clippy::too_many_arguments)]
 /// Whether this CPU has AVX2, FMA and F16C (every x86 CPU with AVX2 has F16C).
 fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -144,40 +143,52 @@ fn has_avx2() -> bool {
     false
 }
 
+#[allow(clippy::too_many_arguments)]
 fn row_slab<E: Elem>(x: &[f32], w: &[E], acc: &mut [f32], m: usize, k: usize, n: usize, i0: usize, i1: usize) {
+    // One row of 16-bit weights: 8 weight rows per pass (see `WIDE` in `row_slab_generic`).
+    if std::mem::size_of::<E>() == 2 && m == 1 {
+        row_slab_for::<E, true>(x, w, acc, m, k, n, i0, i1)
+    } else {
+        row_slab_for::<E, false>(x, w, acc, m, k, n, i0, i1)
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn row_slab_for<E: Elem, const WIDE: bool>(x: &[f32], w: &[E], acc: &mut [f32], m: usize, k: usize, n: usize, i0: usize, i1: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         if E::IS_F16 && has_avx2() {
             // SAFETY: E is F16Bits, repr(transparent) over u16; the features were just detected.
-            unsafe { f16c::row_slab(x, std::slice::from_raw_parts(w.as_ptr().cast::<u16>(), w.len()), acc, m, k, n, i0, i1) };
+            unsafe { f16c::row_slab::<WIDE>(x, std::slice::from_raw_parts(w.as_ptr().cast::<u16>(), w.len()), acc, m, k, n, i0, i1) };
             return;
         }
         if has_avx2() && std::is_x86_feature_detected!("avx512f") {
             // SAFETY: the features were just detected on this CPU.
-            unsafe { row_slab_avx512(x, w, acc, m, k, n, i0, i1) };
+            unsafe { row_slab_avx512::<E, WIDE>(x, w, acc, m, k, n, i0, i1) };
             return;
         }
         if has_avx2() {
             // SAFETY: the features were just detected on this CPU.
-            unsafe { row_slab_avx2(x, w, acc, m, k, n, i0, i1) };
+            unsafe { row_slab_avx2::<E, WIDE>(x, w, acc, m, k, n, i0, i1) };
             return;
         }
     }
-    row_slab_generic(x, w, acc, m, k, n, i0, i1)
+    row_slab_generic::<E, WIDE>(x, w, acc, m, k, n, i0, i1)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn row_slab_avx2<E: Elem>(x: &[f32], w: &[E], acc: &mut [f32], m: usize, k: usize, n: usize, i0: usize, i1: usize) {
-    row_slab_generic(x, w, acc, m, k, n, i0, i1)
+unsafe fn row_slab_avx2<E: Elem, const WIDE: bool>(x: &[f32], w: &[E], acc: &mut [f32], m: usize, k: usize, n: usize, i0: usize, i1: usize) {
+    row_slab_generic::<E, WIDE>(x, w, acc, m, k, n, i0, i1)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn row_slab_avx512<E: Elem>(x: &[f32], w: &[E], acc: &mut [f32], m: usize, k: usize, n: usize, i0: usize, i1: usize) {
-    row_slab_generic(x, w, acc, m, k, n, i0, i1)
+unsafe fn row_slab_avx512<E: Elem, const WIDE: bool>(x: &[f32], w: &[E], acc: &mut [f32], m: usize, k: usize, n: usize, i0: usize, i1: usize) {
+    row_slab_generic::<E, WIDE>(x, w, acc, m, k, n, i0, i1)
 }
 
 /// The axpy kernel for IEEE-half weights with F16C's `vcvtph2ps` (8 per instruction, against
@@ -188,11 +199,21 @@ mod f16c {
     use super::TILE;
     use std::arch::x86_64::*;
 
+    #[inline(always)]
+    fn f(b: u16) -> f32 {
+        half::f16::from_bits(b).to_f32()
+    }
+
     #[target_feature(enable = "avx2,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn row_slab(x: &[f32], w: &[u16], acc: &mut [f32], m: usize, k: usize, n: usize, i0: usize, i1: usize) {
-        let f = |b: u16| half::f16::from_bits(b).to_f32();
+    pub unsafe fn row_slab<const WIDE: bool>(x: &[f32], w: &[u16], acc: &mut [f32], m: usize, k: usize, n: usize, i0: usize, i1: usize) {
         let mut i = i0;
+        if WIDE {
+            while i + 8 <= i1 {
+                group::<8, 1>(x, w, acc, m, k, n, i);
+                i += 8;
+            }
+        }
         while i + 4 <= i1 {
             let mut t0 = 0;
             while t0 < n {
@@ -243,14 +264,70 @@ mod f16c {
             i += 1;
         }
     }
+
+    /// Weight rows `i..i + R` into `acc`, `P` rows of x per pass: each 8 weights of the R rows
+    /// converted once for them. (The 4-row loop above is written out: this generic one
+    /// measured 0.85x of it at 6 rows.)
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn group<const R: usize, const P: usize>(x: &[f32], w: &[u16], acc: &mut [f32], m: usize, k: usize, n: usize, i: usize) {
+        let mut t0 = 0;
+        while t0 < n {
+            let tw = TILE.min(n - t0);
+            let ws: [&[u16]; R] = std::array::from_fn(|j| &w[(i + j) * n + t0..(i + j) * n + t0 + tw]);
+            let mut r = 0;
+            while r < m {
+                let g = (m - r).min(P);
+                let xs: [[__m256; R]; P] = std::array::from_fn(|q| std::array::from_fn(|j| _mm256_set1_ps(if q < g { x[(r + q) * k + i + j] } else { 0.0 })));
+                let mut c = 0;
+                while c + 8 <= tw {
+                    let v: [__m256; R] = std::array::from_fn(|j| _mm256_cvtph_ps(_mm_loadu_si128(ws[j].as_ptr().add(c).cast())));
+                    for (q, xq) in xs.iter().enumerate().take(g) {
+                        let o = acc.as_mut_ptr().add((r + q) * n + t0 + c);
+                        let mut a = _mm256_loadu_ps(o);
+                        for j in 0..R {
+                            a = _mm256_fmadd_ps(v[j], xq[j], a);
+                        }
+                        _mm256_storeu_ps(o, a);
+                    }
+                    c += 8;
+                }
+                for q in 0..g {
+                    let xr = &x[(r + q) * k + i..(r + q) * k + i + R];
+                    let out = &mut acc[(r + q) * n + t0..(r + q) * n + t0 + tw];
+                    for c in c..tw {
+                        for j in 0..R {
+                            out[c] = f(ws[j][c]).mul_add(xr[j], out[c]);
+                        }
+                    }
+                }
+                r += g;
+            }
+            t0 += tw;
+        }
+    }
 }
 
 /// Adds weight rows i0..i1 into `acc` ([m, n]): 4 rows at a time, column tile by column tile,
 /// so each weight element is loaded from memory once and used for all m rows from L1.
+///
+/// `WIDE` (one row of x, 16-bit weights): 8 weight rows at a time, so 8 streams are in flight
+/// and `acc` is loaded and stored half as often. A 16-bit weight costs a conversion and an FMA
+/// per 2 bytes against f32's FMA per 4, and at one row 4 streams left the 16-bit kernels at
+/// ~24 GB/s against f32's ~28-34; with 8, XL's batch-1 decode went from 1.36x to 1.76x f32's
+/// tokens/s for bf16 and from 1.44x to 2.22x for f16 (`steer bench --dtypes f32,bf16,f16`,
+/// before and after, one session). The sums and their order are those of 4 at a time. Packing
+/// each 4-row group's tiles contiguously (one stream per core) was slower: 20 against 26 GB/s.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn row_slab_generic<E: Elem>(x: &[f32], w: &[E], acc: &mut [f32], m: usize, k: usize, n: usize, i0: usize, i1: usize) {
+fn row_slab_generic<E: Elem, const WIDE: bool>(x: &[f32], w: &[E], acc: &mut [f32], m: usize, k: usize, n: usize, i0: usize, i1: usize) {
     let mut i = i0;
+    if WIDE {
+        while i + 8 <= i1 {
+            rows_group::<E, 8>(x, w, acc, m, k, n, i);
+            i += 8;
+        }
+    }
     while i + 4 <= i1 {
         rows_group::<E, 4>(x, w, acc, m, k, n, i);
         i += 4;
@@ -264,7 +341,8 @@ fn row_slab_generic<E: Elem>(x: &[f32], w: &[E], acc: &mut [f32], m: usize, k: u
 /// Adds weight rows `i..i + R` into `acc`, column tile by column tile: each element of `acc`
 /// is loaded once, takes R FMAs (rows in ascending order, so the sum's order is that of one
 /// row at a time, whatever R) and is stored once; three input rows share each weight vector
-/// loaded from L1. Measured on XL's shapes and not kept: R = 8 (no faster at 1 or 6 rows),
+/// loaded from L1. Measured on XL's shapes and not kept: R = 8 for f32 (no faster at 1 or 6
+/// rows; 16-bit weights at one row do take it, see `row_slab_generic`),
 /// software prefetch of the next tile, in a burst or a line per step (slower); a register-blocked
 /// AVX2 kernel (6 rows x 16 columns of sums in registers over 16-64 weight rows, weights packed
 /// into panels as they stream: the same bits) reached 0.7-0.9x of this at 4-9 rows and 0.9-1.2x
