@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use steer_model::kernels::{rows_dot, small_m_matmul};
+use steer_model::kernels::{bf16_bits, f16_bits, rows_dot, small_m_matmul};
 
 fn main() {
     for &(k, n) in &[(1600usize, 6400usize), (6400, 1600), (1600, 4800), (1600, 1600)] {
@@ -45,14 +45,22 @@ fn main() {
     }
     let (v, d) = (50257usize, 1600usize);
     let w: Vec<f32> = (0..v * d).map(|i| (i % 97) as f32 * 1e-3).collect();
+    let bf: Vec<u16> = w.iter().map(|&x| half::bf16::from_f32(x).to_bits()).collect();
+    let hf: Vec<u16> = w.iter().map(|&x| half::f16::from_f32(x).to_bits()).collect();
     for &m in &[1usize, 6] {
         let h: Vec<f32> = (0..m * d).map(|i| (i % 13) as f32 * 1e-2).collect();
-        let mut best = f64::MAX;
-        for _ in 0..5 {
-            let t = Instant::now();
-            std::hint::black_box(rows_dot(&h, &w, m, d, v));
-            best = best.min(t.elapsed().as_secs_f64());
-        }
-        println!("rows_dot m={m} lm_head: {:.2} ms, {:.1} GB/s", best * 1e3, (v * d * 4) as f64 / best / 1e9);
+        let time = |f: &dyn Fn()| {
+            (0..5)
+                .map(|_| {
+                    let t = Instant::now();
+                    f();
+                    t.elapsed().as_secs_f64()
+                })
+                .fold(f64::MAX, f64::min)
+        };
+        let f32_s = time(&|| drop(std::hint::black_box(rows_dot(&h, &w, m, d, v))));
+        let bf_s = time(&|| drop(std::hint::black_box(rows_dot(&h, bf16_bits(&bf), m, d, v))));
+        let hf_s = time(&|| drop(std::hint::black_box(rows_dot(&h, f16_bits(&hf), m, d, v))));
+        println!("rows_dot m={m} lm_head: f32 {:.2} ms, bf16 {:.2} ms, f16 {:.2} ms", f32_s * 1e3, bf_s * 1e3, hf_s * 1e3);
     }
 }

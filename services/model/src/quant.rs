@@ -17,10 +17,10 @@
 //! over threads.
 //!
 //! Against candle 0.11's `QMatMul` (its CPU path is ggml's `vec_dot_q8_0_q8_0`, one block at a
-//! time) on the same q8_0 weights, XL's MLP matrices x 12 (beyond the caches), 2 cores, with
-//! ggml's layout and AVX2 products (this module before the interleaved groups): 25.2 against
-//! 19.8 G weights/s at m = 1 (1.27x), 7.3 against 4.8 at m = 6 (1.53x)
-//! (`cargo run --release -p steer-model --example dtypes -- --qmatmul`). Kept: this one.
+//! time) on the same q8_0 weights, XL's MLP matrices x 12 (beyond the caches), 2 cores, three
+//! runs: 20.0-24.6 against 17.3-19.9 G weights/s at m = 1 (1.11-1.24x), 10.8-11.5 against 4.4-4.7
+//! at m = 6 (2.30-2.47x) (`cargo run --release -p steer-model --example dtypes -- --qmatmul`).
+//! Kept: this one.
 
 use rayon::prelude::*;
 
