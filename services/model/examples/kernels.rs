@@ -47,7 +47,7 @@ fn main() {
     let w: Vec<f32> = (0..v * d).map(|i| (i % 97) as f32 * 1e-3).collect();
     let bf: Vec<u16> = w.iter().map(|&x| half::bf16::from_f32(x).to_bits()).collect();
     let hf: Vec<u16> = w.iter().map(|&x| half::f16::from_f32(x).to_bits()).collect();
-    for &m in &[1usize, 6] {
+    for &m in &[1usize, 6, 16] {
         let h: Vec<f32> = (0..m * d).map(|i| (i % 13) as f32 * 1e-2).collect();
         let time = |f: &dyn Fn()| {
             (0..5)

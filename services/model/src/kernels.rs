@@ -474,6 +474,11 @@ mod dots {
         let mut acc = [[_mm256_setzero_ps(); 2]; G];
         let mut c = 0;
         while c < whole {
+            if r0 == 0 {
+                // The weight row 4 ahead, a line per 16 weights: 19.5 against 24.2 ms for XL's
+                // f32 lm_head at 6 rows, 12.0 against 15.0 for bf16, -9% at 16 rows.
+                _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(c + 4 * d).cast());
+            }
             let (v0, v1) = (load8(wp.add(c)), load8(wp.add(c + 8)));
             for (q, acc) in acc.iter_mut().enumerate() {
                 let hq = hp.add(q * d + c);
