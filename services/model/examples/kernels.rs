@@ -4,7 +4,46 @@ use std::time::Instant;
 
 use steer_model::kernels::{bf16_bits, f16_bits, rows_dot, small_m_matmul};
 
+/// This machine's f32 FMA rate with every core busy: 12 independent chains of 256-bit FMAs per
+/// thread, so the figure is the pipes' throughput, the ceiling for compute-bound steps (decode at
+/// 16+ rows, prefill).
+#[cfg(target_arch = "x86_64")]
+fn fma_peak() -> Option<f64> {
+    use std::arch::x86_64::*;
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn chains(n: usize) -> f32 {
+        let mut a = [_mm256_set1_ps(0.1); 12];
+        let (b, c) = (_mm256_set1_ps(0.9999), _mm256_set1_ps(1e-6));
+        for _ in 0..n {
+            for x in a.iter_mut() {
+                *x = _mm256_fmadd_ps(*x, b, c);
+            }
+        }
+        a.iter().map(|&x| _mm256_cvtss_f32(x)).sum()
+    }
+    if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+        return None;
+    }
+    let (threads, n) = (std::thread::available_parallelism().map_or(1, |t| t.get()), 100_000_000usize);
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            // SAFETY: the features were just detected on this CPU.
+            s.spawn(|| std::hint::black_box(unsafe { chains(n) }));
+        }
+    });
+    Some((threads * n * 12 * 16) as f64 / t.elapsed().as_secs_f64() / 1e9)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn fma_peak() -> Option<f64> {
+    None
+}
+
 fn main() {
+    if let Some(peak) = fma_peak() {
+        println!("f32 FMA peak, every core: {peak:.1} GFLOP/s");
+    }
     for &(k, n) in &[(1600usize, 6400usize), (6400, 1600), (1600, 4800), (1600, 1600)] {
         let w: Vec<f32> = (0..k * n).map(|i| (i % 97) as f32 * 1e-3).collect();
         for &m in &[1usize, 6, 9, 16, 32] {
