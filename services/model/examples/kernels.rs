@@ -65,7 +65,7 @@ fn main() {
     // Weights that do not fit in cache: 32 distinct 1600x6400 matrices (1.3 GB), as in a forward.
     let (k, n, count) = (1600usize, 6400usize, 32usize);
     let ws: Vec<Vec<f32>> = (0..count).map(|j| (0..k * n).map(|i| ((i + j) % 97) as f32 * 1e-3).collect()).collect();
-    for &m in &[1usize, 6, 9, 16, 32] {
+    for &m in &[1usize, 2, 3, 4, 6, 9, 16, 32] {
         let x: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 1e-2).collect();
         let mut best = f64::MAX;
         for _ in 0..3 {
