@@ -321,42 +321,7 @@ mod f16c {
             }
         }
         while i + 4 <= i1 {
-            let mut t0 = 0;
-            while t0 < n {
-                let tw = TILE.min(n - t0);
-                let wr = |j: usize| &w[(i + j) * n + t0..(i + j) * n + t0 + tw];
-                let (w0, w1, w2, w3) = (wr(0), wr(1), wr(2), wr(3));
-                // Three rows of x per pass: each 8 weights of the 4 rows converted once for them.
-                let mut r = 0;
-                while r < m {
-                    let g = (m - r).min(3);
-                    let xs: [[__m256; 4]; 3] = std::array::from_fn(|q| std::array::from_fn(|j| _mm256_set1_ps(if q < g { x[(r + q) * k + i + j] } else { 0.0 })));
-                    let mut c = 0;
-                    while c + 8 <= tw {
-                        let load = |row: &[u16]| _mm256_cvtph_ps(_mm_loadu_si128(row.as_ptr().add(c).cast()));
-                        let v = [load(w0), load(w1), load(w2), load(w3)];
-                        for (q, xq) in xs.iter().enumerate().take(g) {
-                            let o = acc.as_mut_ptr().add((r + q) * n + t0 + c);
-                            let mut a = _mm256_loadu_ps(o);
-                            a = _mm256_fmadd_ps(v[0], xq[0], a);
-                            a = _mm256_fmadd_ps(v[1], xq[1], a);
-                            a = _mm256_fmadd_ps(v[2], xq[2], a);
-                            a = _mm256_fmadd_ps(v[3], xq[3], a);
-                            _mm256_storeu_ps(o, a);
-                        }
-                        c += 8;
-                    }
-                    for q in 0..g {
-                        let xr = &x[(r + q) * k + i..(r + q) * k + i + 4];
-                        let out = &mut acc[(r + q) * n + t0..(r + q) * n + t0 + tw];
-                        for c in c..tw {
-                            out[c] = f(w3[c]).mul_add(xr[3], f(w2[c]).mul_add(xr[2], f(w1[c]).mul_add(xr[1], f(w0[c]).mul_add(xr[0], out[c]))));
-                        }
-                    }
-                    r += g;
-                }
-                t0 += tw;
-            }
+            group::<4, 3>(x, w, acc, m, k, n, i);
             i += 4;
         }
         while i < i1 {
@@ -372,8 +337,8 @@ mod f16c {
     }
 
     /// Weight rows `i..i + R` into `acc`, `P` rows of x per pass: each 8 weights of the R rows
-    /// converted once for them. (The 4-row loop above is written out: this generic one
-    /// measured 0.85x of it at 6 rows.)
+    /// converted once for them. (At 6 rows this loop measured 0.85x of a written-out 4-row one;
+    /// 2+ rows now take the register-blocked kernel, so here m is 1 on x86.)
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     unsafe fn group<const R: usize, const P: usize>(x: &[f32], w: &[u16], acc: &mut [f32], m: usize, k: usize, n: usize, i: usize) {
