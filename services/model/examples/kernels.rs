@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use steer_model::kernels::{bf16_bits, f16_bits, rows_dot, small_m_matmul};
+use steer_model::kernels::{bf16_bits, f16_bits, rows_dot, matmul};
 
 /// This machine's f32 FMA rate with every core busy: 12 independent chains of 256-bit FMAs per
 /// thread, so the figure is the pipes' throughput, the ceiling for compute-bound steps (decode at
@@ -40,22 +40,28 @@ fn fma_peak() -> Option<f64> {
     None
 }
 
+/// Whether section `name` runs: all by default, or those named in `ONLY` (comma-separated:
+/// cached, uncached, many, lm_head).
+fn wanted(name: &str) -> bool {
+    std::env::var("ONLY").map_or(true, |only| only.split(',').any(|s| s == name))
+}
+
 fn main() {
     if let Some(peak) = fma_peak() {
         println!("f32 FMA peak, every core: {peak:.1} GFLOP/s");
     }
-    for &(k, n) in &[(1600usize, 6400usize), (6400, 1600), (1600, 4800), (1600, 1600)] {
+    for &(k, n) in if wanted("cached") { &[(1600usize, 6400usize), (6400, 1600), (1600, 4800), (1600, 1600)][..] } else { &[] } {
         let w: Vec<f32> = (0..k * n).map(|i| (i % 97) as f32 * 1e-3).collect();
         for &m in &[1usize, 6, 9, 16, 32] {
             let x: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 1e-2).collect();
             let mut best = f64::MAX;
             for _ in 0..20 {
                 let t = Instant::now();
-                std::hint::black_box(small_m_matmul(&x, &w, None, m, k, n));
+                std::hint::black_box(matmul(&x, &w, None, m, k, n));
                 best = best.min(t.elapsed().as_secs_f64());
             }
             println!(
-                "small_m_matmul m={m} k={k} n={n}: {:.3} ms, {:.1} GB/s, {:.1} GFLOP/s",
+                "matmul m={m} k={k} n={n}: {:.3} ms, {:.1} GB/s, {:.1} GFLOP/s",
                 best * 1e3,
                 (k * n * 4) as f64 / best / 1e9,
                 (2 * m * k * n) as f64 / best / 1e9
@@ -65,13 +71,13 @@ fn main() {
     // Weights that do not fit in cache: 32 distinct 1600x6400 matrices (1.3 GB), as in a forward.
     let (k, n, count) = (1600usize, 6400usize, 32usize);
     let ws: Vec<Vec<f32>> = (0..count).map(|j| (0..k * n).map(|i| ((i + j) % 97) as f32 * 1e-3).collect()).collect();
-    for &m in &[1usize, 2, 3, 4, 6, 9, 16, 32] {
+    for &m in if wanted("uncached") { &[1usize, 2, 3, 4, 6, 9, 16, 32][..] } else { &[] } {
         let x: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 1e-2).collect();
         let mut best = f64::MAX;
         for _ in 0..3 {
             let t = Instant::now();
             for w in &ws {
-                std::hint::black_box(small_m_matmul(&x, w, None, m, k, n));
+                std::hint::black_box(matmul(&x, w, None, m, k, n));
             }
             best = best.min(t.elapsed().as_secs_f64());
         }
@@ -82,11 +88,31 @@ fn main() {
             (2 * m * k * n * count) as f64 / best / 1e9
         );
     }
+    // Many rows (prefill, scoring): our kernel against candle's GEMM, in cache-missing weights as above.
+    let dev = candle_core::Device::Cpu;
+    let wt: Vec<candle_core::Tensor> = ws.iter().take(8).map(|w| candle_core::Tensor::from_slice(w, (k, n), &dev).unwrap()).collect();
+    for &m in if wanted("many") { &[16usize, 24, 32, 48, 64, 96, 128, 256][..] } else { &[] } {
+        let x: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 1e-2).collect();
+        let xt = candle_core::Tensor::from_slice(&x, (m, k), &dev).unwrap();
+        let best = |f: &dyn Fn(usize)| {
+            (0..3)
+                .map(|_| {
+                    let t = Instant::now();
+                    (0..wt.len()).for_each(f);
+                    t.elapsed().as_secs_f64()
+                })
+                .fold(f64::MAX, f64::min)
+        };
+        let ours = best(&|j| drop(std::hint::black_box(matmul(&x, &ws[j], None, m, k, n))));
+        let candle = best(&|j| drop(std::hint::black_box(xt.matmul(&wt[j]).unwrap())));
+        let flops = (2 * m * k * n * wt.len()) as f64;
+        println!("many rows m={m}: ours {:.1} GFLOP/s, candle's GEMM {:.1} GFLOP/s", flops / ours / 1e9, flops / candle / 1e9);
+    }
     let (v, d) = (50257usize, 1600usize);
     let w: Vec<f32> = (0..v * d).map(|i| (i % 97) as f32 * 1e-3).collect();
     let bf: Vec<u16> = w.iter().map(|&x| half::bf16::from_f32(x).to_bits()).collect();
     let hf: Vec<u16> = w.iter().map(|&x| half::f16::from_f32(x).to_bits()).collect();
-    for &m in &[1usize, 6, 16] {
+    for &m in if wanted("lm_head") { &[1usize, 6, 16][..] } else { &[] } {
         let h: Vec<f32> = (0..m * d).map(|i| (i % 13) as f32 * 1e-2).collect();
         let time = |f: &dyn Fn()| {
             (0..5)

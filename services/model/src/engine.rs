@@ -385,20 +385,17 @@ impl Engine {
     }
 
     /// One decode step for every sequence given (none finished): each attends over its own
-    /// cache, so sequences of any lengths share the step. Steps of more than
-    /// [`kernels::SMALL_M_MAX`] rows run in groups of that many, so every row always goes
-    /// through the same kernels and its tokens never depend on how many rows share its step.
+    /// cache, so sequences of any lengths share the step, and the host kernels give each row
+    /// the same bits whatever rows share it, so its tokens never depend on the batch.
     pub fn step(&self, seqs: &mut [&mut Sequence]) -> Result<()> {
-        for group in seqs.chunks_mut(crate::kernels::SMALL_M_MAX) {
-            let ids: Vec<u32> = group.iter().map(|s| s.last_token()).collect();
-            let steady: Vec<&[Addition]> = group.iter().map(|s| s.steady.as_slice()).collect();
-            let additions = Additions::decode(&steady, self.info.d_model, self.model.dtype(), self.model.device())?;
-            let mut kv: Vec<&mut RowKv> = group.iter_mut().map(|s| &mut s.kv).collect();
-            let hidden = self.model.decode(&ids, &mut kv, additions.as_ref())?;
-            let logits = self.model.logits(&hidden)?.to_vec2::<f32>()?;
-            for (s, l) in group.iter_mut().zip(logits) {
-                s.logits = Some(l);
-            }
+        let ids: Vec<u32> = seqs.iter().map(|s| s.last_token()).collect();
+        let steady: Vec<&[Addition]> = seqs.iter().map(|s| s.steady.as_slice()).collect();
+        let additions = Additions::decode(&steady, self.info.d_model, self.model.dtype(), self.model.device())?;
+        let mut kv: Vec<&mut RowKv> = seqs.iter_mut().map(|s| &mut s.kv).collect();
+        let hidden = self.model.decode(&ids, &mut kv, additions.as_ref())?;
+        let logits = self.model.logits(&hidden)?.to_vec2::<f32>()?;
+        for (s, l) in seqs.iter_mut().zip(logits) {
+            s.logits = Some(l);
         }
         Ok(())
     }

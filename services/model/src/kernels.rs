@@ -2,7 +2,7 @@
 //!
 //! Decoding multiplies a handful of rows (batch x 1 token) by every weight matrix: the time goes
 //! to streaming the weights from memory, once per step. A general GEMM tiles for reuse and leaves
-//! bandwidth on the table at m <= 16; `small_m_matmul` instead streams each weight row once,
+//! bandwidth on the table at m <= 16; `matmul` instead streams each weight row once,
 //! uses it for all m input rows while it is in L1, and splits the output columns over threads.
 
 use rayon::prelude::*;
@@ -74,9 +74,6 @@ pub fn f16_bits(bits: &[u16]) -> &[F16Bits] {
     unsafe { std::slice::from_raw_parts(bits.as_ptr().cast(), bits.len()) }
 }
 
-/// Rows at or below this use [`small_m_matmul`]; above, candle's GEMM wins.
-pub const SMALL_M_MAX: usize = 32;
-
 /// Column tile (floats) one task works on: 4 weight rows of it stay in L1.
 const TILE: usize = 1024;
 
@@ -85,7 +82,7 @@ const TILE: usize = 1024;
 /// The weight rows are split into one contiguous slab per thread, so that each core streams its
 /// slab front to back (the access pattern hardware prefetchers serve best); each thread keeps a
 /// partial `[m, n]` sum in cache, and the partials are added at the end.
-pub fn small_m_matmul<E: Elem>(x: &[f32], w: &[E], bias: Option<&[f32]>, m: usize, k: usize, n: usize) -> Vec<f32> {
+pub fn matmul<E: Elem>(x: &[f32], w: &[E], bias: Option<&[f32]>, m: usize, k: usize, n: usize) -> Vec<f32> {
     assert_eq!(x.len(), m * k, "x shape");
     assert_eq!(w.len(), k * n, "w shape");
     if let Some(b) = bias {
@@ -219,78 +216,160 @@ mod blocked {
     /// Weight rows per block: the sums are loaded and stored once per block (8 against 16 and
     /// 32: 151 against 114 and 95 GFLOP/s at 16 rows, the same at 9 and 32).
     const KC: usize = 8;
+    /// Bytes of sums per column tile of the streaming order.
+    const ACC_BYTES: usize = 256 << 10;
     const MR: usize = 6;
     const NR: usize = 16;
 
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn row_slab<E: Elem>(x: &[f32], w: &[E], acc: &mut [f32], m: usize, k: usize, n: usize, i0: usize, i1: usize) {
-        // x^T over the slab: xt[(i - i0) * m + r] = x[r, i].
+    /// Rows from which [`row_slab_packed`] takes over.
+    const PACKED_MIN_ROWS: usize = 48;
+    /// Weight rows and columns of a packed block: 16 KiB of f32, in L1 while every group of
+    /// rows of x goes over it.
+    const PK: usize = 128;
+    const PC: usize = 64;
+
+    /// x^T over the slab: `xt[(i - i0) * m + r] = x[r, i]`.
+    fn transpose(x: &[f32], m: usize, k: usize, i0: usize, i1: usize) -> Vec<f32> {
         let mut xt = vec![0f32; (i1 - i0) * m];
         for r in 0..m {
             for i in i0..i1 {
                 xt[(i - i0) * m + r] = x[r * k + i];
             }
         }
-        let whole = n / NR * NR;
-        let mut kb = i0;
-        while kb < i1 {
-            let ke = (kb + KC).min(i1);
-            let mut c0 = 0;
-            while c0 < whole {
-                // Each panel reads one new line of each of the block's weight rows: fetch them
-                // 4 panels ahead (without: 121-125 against 129-130 GFLOP/s at 9 rows, 128-132
-                // against 148-154 at 16, 89-90 against 127-131 at 32).
-                for i in kb..ke {
-                    _mm_prefetch::<_MM_HINT_T0>(w.as_ptr().wrapping_add(i * n + c0 + 4 * NR).cast());
-                }
-                let mut r0 = 0;
-                while r0 < m {
-                    match m - r0 {
-                        1 => micro::<E, 1>(&xt, w, acc, m, n, i0, kb, ke, r0, c0),
-                        2 => micro::<E, 2>(&xt, w, acc, m, n, i0, kb, ke, r0, c0),
-                        3 => micro::<E, 3>(&xt, w, acc, m, n, i0, kb, ke, r0, c0),
-                        4 => micro::<E, 4>(&xt, w, acc, m, n, i0, kb, ke, r0, c0),
-                        5 => micro::<E, 5>(&xt, w, acc, m, n, i0, kb, ke, r0, c0),
-                        _ => micro::<E, MR>(&xt, w, acc, m, n, i0, kb, ke, r0, c0),
-                    }
-                    r0 += (m - r0).min(MR);
-                }
-                c0 += NR;
+        xt
+    }
+
+    /// Groups of up to 6 rows of x over one 16-column panel: `xr` at the block's first weight
+    /// row (x^T, stride `m`), `wr` at its first weight (stride `ws`), `ar` at the sums (stride `n`).
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn panel<E: Elem>(xr: *const f32, wr: *const E, ws: usize, rows: usize, ar: *mut f32, m: usize, n: usize) {
+        let mut r0 = 0;
+        while r0 < m {
+            let (x, a) = (xr.add(r0), ar.add(r0 * n));
+            match m - r0 {
+                1 => micro::<E, 1>(x, m, wr, ws, rows, a, n),
+                2 => micro::<E, 2>(x, m, wr, ws, rows, a, n),
+                3 => micro::<E, 3>(x, m, wr, ws, rows, a, n),
+                4 => micro::<E, 4>(x, m, wr, ws, rows, a, n),
+                5 => micro::<E, 5>(x, m, wr, ws, rows, a, n),
+                _ => micro::<E, MR>(x, m, wr, ws, rows, a, n),
             }
-            for r in 0..m {
-                for i in kb..ke {
-                    let xv = xt[(i - i0) * m + r];
-                    for c in whole..n {
-                        acc[r * n + c] = w[i * n + c].to_f32().mul_add(xv, acc[r * n + c]);
-                    }
-                }
-            }
-            kb = ke;
+            r0 += (m - r0).min(MR);
         }
+    }
+
+    /// The columns past the last whole panel, one FMA at a time, weight rows `kb..ke`.
+    #[allow(clippy::too_many_arguments)]
+    fn tail<E: Elem>(xt: &[f32], w: &[E], acc: &mut [f32], m: usize, n: usize, i0: usize, kb: usize, ke: usize, from: usize) {
+        for r in 0..m {
+            for i in kb..ke {
+                let xv = xt[(i - i0) * m + r];
+                for c in from..n {
+                    acc[r * n + c] = w[i * n + c].to_f32().mul_add(xv, acc[r * n + c]);
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn row_slab<E: Elem>(x: &[f32], w: &[E], acc: &mut [f32], m: usize, k: usize, n: usize, i0: usize, i1: usize) {
+        if m >= PACKED_MIN_ROWS {
+            return row_slab_packed(x, w, acc, m, k, n, i0, i1);
+        }
+        let xt = transpose(x, m, k, i0, i1);
+        let whole = n / NR * NR;
+        // Column tiles whose sums stay in L2 between blocks.
+        let tile = (ACC_BYTES / (m * 4) / NR * NR).max(NR);
+        let mut ct = 0;
+        while ct < whole {
+            let ce = (ct + tile).min(whole);
+            let mut kb = i0;
+            while kb < i1 {
+                let ke = (kb + KC).min(i1);
+                let mut c0 = ct;
+                while c0 < ce {
+                    // Each panel reads one new line of each of the block's weight rows: fetch
+                    // them 4 panels ahead (without: 121-125 against 129-130 GFLOP/s at 9 rows,
+                    // 128-132 against 148-154 at 16, 89-90 against 127-131 at 32).
+                    for i in kb..ke {
+                        _mm_prefetch::<_MM_HINT_T0>(w.as_ptr().wrapping_add(i * n + c0 + 4 * NR).cast());
+                    }
+                    panel(xt.as_ptr().add((kb - i0) * m), w.as_ptr().add(kb * n + c0), n, ke - kb, acc.as_mut_ptr().add(c0), m, n);
+                    c0 += NR;
+                }
+                kb = ke;
+            }
+            ct = ce;
+        }
+        tail(&xt, w, acc, m, n, i0, i0, i1, whole);
+    }
+
+    /// Many rows of x (prefill, scoring; compute-bound): the sums of all rows for `PC` columns
+    /// stay in cache while the slab's weight rows go by in blocks of `PK`, each block converted
+    /// to f32 once into an L1 buffer and used there by every group of rows (the streaming order
+    /// above re-reads all `m x n` sums from L2 every 8 weight rows, which stops fitting at ~32
+    /// rows). Still one FMA chain per sum over the weight rows in ascending order: the same bits.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn row_slab_packed<E: Elem>(x: &[f32], w: &[E], acc: &mut [f32], m: usize, k: usize, n: usize, i0: usize, i1: usize) {
+        let xt = transpose(x, m, k, i0, i1);
+        let whole = n / NR * NR;
+        let mut pack = vec![0f32; PK * PC];
+        let mut ct = 0;
+        while ct < whole {
+            let cw = PC.min(whole - ct);
+            let mut kb = i0;
+            while kb < i1 {
+                let ke = (kb + PK).min(i1);
+                for i in kb..ke {
+                    let src = w.as_ptr().add(i * n + ct);
+                    let dst = pack.as_mut_ptr().add((i - kb) * PC);
+                    let mut c = 0;
+                    while c < cw {
+                        _mm256_storeu_ps(dst.add(c), load8(src.add(c)));
+                        c += 8;
+                    }
+                    // The same columns of the next block's row.
+                    let next = w.as_ptr().wrapping_add((i + PK) * n + ct);
+                    let mut b = 0;
+                    while b < cw * std::mem::size_of::<E>() {
+                        _mm_prefetch::<_MM_HINT_T0>(next.cast::<i8>().wrapping_add(b));
+                        b += 64;
+                    }
+                }
+                let mut c0 = 0;
+                while c0 < cw {
+                    panel(xt.as_ptr().add((kb - i0) * m), pack.as_ptr().add(c0), PC, ke - kb, acc.as_mut_ptr().add(ct + c0), m, n);
+                    c0 += NR;
+                }
+                kb = ke;
+            }
+            ct += cw;
+        }
+        tail(&xt, w, acc, m, n, i0, i0, i1, whole);
     }
 
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn micro<E: Elem, const R: usize>(xt: &[f32], w: &[E], acc: &mut [f32], m: usize, n: usize, i0: usize, kb: usize, ke: usize, r0: usize, c0: usize) {
-        let ap = acc.as_mut_ptr();
+    unsafe fn micro<E: Elem, const R: usize>(xr: *const f32, xs: usize, wr: *const E, ws: usize, rows: usize, ar: *mut f32, n: usize) {
         let mut a: [[__m256; 2]; R] = std::array::from_fn(|r| {
-            let o = ap.add((r0 + r) * n + c0);
+            let o = ar.add(r * n);
             [_mm256_loadu_ps(o), _mm256_loadu_ps(o.add(8))]
         });
-        let (wp, xp) = (w.as_ptr(), xt.as_ptr());
-        for i in kb..ke {
-            let w0 = load8(wp.add(i * n + c0));
-            let w1 = load8(wp.add(i * n + c0 + 8));
-            let xr = xp.add((i - i0) * m + r0);
+        for i in 0..rows {
+            let w0 = load8(wr.add(i * ws));
+            let w1 = load8(wr.add(i * ws + 8));
+            let xi = xr.add(i * xs);
             for (r, a) in a.iter_mut().enumerate() {
-                let b = _mm256_broadcast_ss(&*xr.add(r));
+                let b = _mm256_broadcast_ss(&*xi.add(r));
                 a[0] = _mm256_fmadd_ps(w0, b, a[0]);
                 a[1] = _mm256_fmadd_ps(w1, b, a[1]);
             }
         }
         for (r, a) in a.iter().enumerate() {
-            let o = ap.add((r0 + r) * n + c0);
+            let o = ar.add(r * n);
             _mm256_storeu_ps(o, a[0]);
             _mm256_storeu_ps(o.add(8), a[1]);
         }
@@ -776,14 +855,15 @@ mod tests {
         // Odd shapes: slab and group remainders, a partial column tile.
         for &(k, n) in &[(200usize, 300usize), (64, 1030), (1600, 77)] {
             let w = data(k * n, 5);
-            let x = data(32 * k, 6);
+            let x = data(70 * k, 6);
             let bias = data(n, 7);
-            let all = small_m_matmul(&x, &w, Some(&bias), 32, k, n);
-            for m in [1usize, 2, 3, 4, 5, 6, 7, 11, 16] {
-                let some = small_m_matmul(&x[..m * k], &w, Some(&bias), m, k, n);
+            let all = matmul(&x, &w, Some(&bias), 70, k, n);
+            // Both sides of the packed kernel's threshold.
+            for m in [1usize, 2, 3, 4, 5, 6, 7, 11, 16, 47, 48, 49, 64] {
+                let some = matmul(&x[..m * k], &w, Some(&bias), m, k, n);
                 assert_eq!(some[..], all[..m * n], "m = {m}, k = {k}, n = {n}: bit for bit");
             }
-            let alone = small_m_matmul(&x[5 * k..6 * k], &w, Some(&bias), 1, k, n);
+            let alone = matmul(&x[5 * k..6 * k], &w, Some(&bias), 1, k, n);
             assert_eq!(alone[..], all[5 * n..6 * n]);
         }
     }
@@ -792,16 +872,16 @@ mod tests {
     fn sixteen_bit_weights_give_the_f32_kernels_bits_and_rows_stay_independent() {
         let (k, n) = (200usize, 1030usize);
         let wf = data(k * n, 8);
-        let x = data(7 * k, 9);
+        let x = data(50 * k, 9);
         let bf: Vec<u16> = wf.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect();
         let hf: Vec<u16> = wf.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect();
         let bf_f32: Vec<f32> = bf.iter().map(|&b| half::bf16::from_bits(b).to_f32()).collect();
         let hf_f32: Vec<f32> = hf.iter().map(|&b| half::f16::from_bits(b).to_f32()).collect();
-        for m in [1usize, 3, 7] {
+        for m in [1usize, 3, 7, 50] {
             let xs = &x[..m * k];
             // The same FMAs in the same order as on the converted values (the F16C kernel too).
-            assert_eq!(small_m_matmul(xs, bf16_bits(&bf), None, m, k, n), small_m_matmul(xs, &bf_f32, None, m, k, n), "bf16 m={m}");
-            assert_eq!(small_m_matmul(xs, f16_bits(&hf), None, m, k, n), small_m_matmul(xs, &hf_f32, None, m, k, n), "f16 m={m}");
+            assert_eq!(matmul(xs, bf16_bits(&bf), None, m, k, n), matmul(xs, &bf_f32, None, m, k, n), "bf16 m={m}");
+            assert_eq!(matmul(xs, f16_bits(&hf), None, m, k, n), matmul(xs, &hf_f32, None, m, k, n), "f16 m={m}");
             let h = data(m * n, 10); // rows_dot: [m, n] against the [k, n] rows
             assert_eq!(rows_dot(&h, bf16_bits(&bf), m, n, k), rows_dot(&h, &bf_f32, m, n, k), "bf16 rows m={m}");
             assert_eq!(rows_dot(&h, f16_bits(&hf), m, n, k), rows_dot(&h, &hf_f32, m, n, k), "f16 rows m={m}");
@@ -872,7 +952,7 @@ mod tests {
             let w = data(k * n, 2);
             let b = data(n, 3);
             for bias in [None, Some(b.as_slice())] {
-                let got = small_m_matmul(&x, &w, bias, m, k, n);
+                let got = matmul(&x, &w, bias, m, k, n);
                 let want = naive(&x, &w, bias, m, k, n);
                 for (g, e) in got.iter().zip(&want) {
                     assert!((g - e).abs() < 1e-4 * (1.0 + e.abs()), "m={m} k={k} n={n}: {g} vs {e}");
