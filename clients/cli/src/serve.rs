@@ -130,10 +130,14 @@ struct LimitArgs {
     #[arg(long, default_value_t = 32, env = "STEER_MAX_PREFILL_TOKENS")]
     max_prefill_tokens: usize,
     /// Prompt positions prefilled per iteration while others decode, over waiting requests
-    /// oldest first, in whole chunks: higher brings new requests' first tokens sooner, at the
+    /// shortest first, in whole chunks: higher brings new requests' first tokens sooner, at the
     /// cost of longer gaps in the running streams.
     #[arg(long, default_value_t = 32, env = "STEER_PREFILL_TOKENS_PER_STEP", value_parser = clap::value_parser!(u32).range(1..))]
     prefill_tokens_per_step: u32,
+    /// Seconds after which a waiting prefill goes ahead of shorter ones (prefills run shortest
+    /// remaining prompt first, then oldest first once a request has waited this long).
+    #[arg(long, default_value_t = 10.0, env = "STEER_PREFILL_AGING_SECS")]
+    prefill_aging_secs: f64,
     /// Bytes of steering tensors one generation request may send (as f32, plus their wire form).
     #[arg(long, default_value_t = 64 << 20, env = "STEER_MAX_REQUEST_BYTES")]
     max_request_bytes: u64,
@@ -202,6 +206,7 @@ impl ServeArgs {
         g.max_batch_tokens = l.max_batch_tokens;
         g.max_prefill_tokens = l.max_prefill_tokens;
         g.prefill_tokens_per_step = l.prefill_tokens_per_step as usize;
+        g.prefill_aging = secs(l.prefill_aging_secs);
         g.max_request_bytes = l.max_request_bytes;
         g.max_inflight_bytes = l.max_inflight_bytes;
         g.stall_timeout = secs(l.stall_timeout_secs);

@@ -21,10 +21,13 @@ pub struct GenerationConfig {
     /// iteration while other rows decode, so they wait one chunk, not a whole prompt.
     pub max_prefill_tokens: usize,
     /// Prompt positions prefilled per iteration while other rows decode, over the waiting
-    /// requests oldest first, in whole chunks (at least one). One chunk (the default) keeps the
+    /// requests shortest first (see `prefill_aging`), in whole chunks (at least one). One chunk (the default) keeps the
     /// running streams' gaps shortest; more brings new requests' first tokens sooner (a
     /// prefill-first policy at the prompts' total), as vLLM's and TGI's prefill token budgets do.
     pub prefill_tokens_per_step: usize,
+    /// Prefills run shortest remaining prompt first; a request admitted this long ago goes
+    /// first (oldest first), so long prompts are never starved by short ones.
+    pub prefill_aging: std::time::Duration,
     /// A request whose client reads nothing for this long is cancelled (ABORTED) and its rows
     /// freed; the other requests never wait for it.
     pub stall_timeout: std::time::Duration,
@@ -59,6 +62,7 @@ impl Default for GenerationConfig {
             max_batch_tokens: 8192,
             max_prefill_tokens: 32,
             prefill_tokens_per_step: 32,
+            prefill_aging: std::time::Duration::from_secs(10),
             stall_timeout: std::time::Duration::from_secs(10),
             max_request_bytes: 64 << 20,
             max_inflight_bytes: 512 << 20,

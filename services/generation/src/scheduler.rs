@@ -4,7 +4,8 @@
 //! 2. admits waiting requests, first come first served, while they fit the budgets (rows, and KV
 //!    positions reserved as prompt + max_new_tokens per row), and prefills them: each request
 //!    in its own forward with its own steering (positions 0..k-1, prefill only), in chunks of
-//!    `max_prefill_tokens` positions. While other rows decode, `prefill_tokens_per_step`
+//!    `max_prefill_tokens` positions, shortest remaining prefill first (oldest first once a
+//!    request has waited `prefill_aging`). While other rows decode, `prefill_tokens_per_step`
 //!    positions per iteration, one chunk by default (a long prompt stalls them for a chunk, not
 //!    for its whole prefill); while none do, back to back.
 //!    A request's first tokens go out as soon as its prefill ends;
@@ -359,15 +360,36 @@ impl EngineLoop {
         })
     }
 
-    /// Prefills in chunks of `max_prefill_tokens`, oldest request first. While other rows
-    /// decode, chunks run until `prefill_tokens_per_step` positions were prefilled in this
-    /// iteration (one chunk by default: they wait one chunk, not a whole prompt); while none do,
-    /// back to back until one request has its first tokens. Chunk boundaries depend on the
-    /// request alone, so its numbers do too.
+    /// Prefills in chunks of `max_prefill_tokens`, shortest remaining prefill first (then oldest
+    /// first), except that requests admitted `prefill_aging` ago or more go first, oldest
+    /// first. While other rows decode, chunks run until `prefill_tokens_per_step` positions were
+    /// prefilled in this iteration (one chunk by default: they wait one chunk, not a whole
+    /// prompt); while none do, back to back until one request has its first tokens. Chunk
+    /// boundaries depend on the request alone, so its numbers do too.
+    ///
+    /// Shortest first because prefill is compute-bound here (~3 GFLOP per prompt position and
+    /// row on XL): of requests that arrive together, the short ones get their first tokens after
+    /// their own prefills instead of after every longer one ahead of them, which minimises the
+    /// mean time to first token; the aging bound keeps a long prompt from waiting on a stream
+    /// of short ones for more than `prefill_aging`.
     fn prefill(&mut self) {
         let mut decoding = self.running.iter().any(|r| r.decoding_rows() > 0);
         let mut spent = 0;
-        for r in self.running.iter_mut().filter(|r| !r.ended) {
+        let now = Instant::now();
+        let mut order: Vec<(bool, usize, usize)> = self
+            .running
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| !r.ended)
+            .filter_map(|(i, r)| r.prefill.as_ref().map(|p| (i, r, p.remaining())))
+            .map(|(i, r, left)| {
+                let aged = now.duration_since(r.started) >= self.cfg.prefill_aging;
+                (!aged, if aged { 0 } else { left }, i)
+            })
+            .collect();
+        order.sort_unstable();
+        for (_, _, i) in order {
+            let r = &mut self.running[i];
             while let Some(p) = r.prefill.as_mut() {
                 let before = p.remaining();
                 let span = tracing::info_span!("prefill", rows = r.request.rows.len(), remaining = before);
@@ -467,11 +489,12 @@ mod tests {
         (Job { request, events: tx, queued_at: Instant::now(), deadline: None }, rx)
     }
 
-    /// One request decodes while three arrive: how many of the three finish their prefill in
-    /// the next iteration, with chunks of 8 positions and `budget` positions per iteration.
-    fn prefilled_in_one_iteration(budget: usize) -> usize {
+    /// One request decodes while three arrive: which of the three (in arrival order) finish
+    /// their prefill in the next iteration, with chunks of 8 positions, `budget` positions per
+    /// iteration and `prefill_aging` set to `aging`.
+    fn prefilled_in_one_iteration(budget: usize, aging: Duration) -> Vec<usize> {
         let engine = engine();
-        let cfg = GenerationConfig { max_prefill_tokens: 8, prefill_tokens_per_step: budget, ..Default::default() };
+        let cfg = GenerationConfig { max_prefill_tokens: 8, prefill_tokens_per_step: budget, prefill_aging: aging, ..Default::default() };
         let (_tx, rx) = std::sync::mpsc::channel();
         let mut lp = EngineLoop {
             heartbeat: Default::default(),
@@ -491,7 +514,7 @@ mod tests {
         lp.admit();
         lp.prefill();
         assert!(lp.running[0].prefill.is_none(), "alone, a prompt is prefilled back to back");
-        for prompt in ["Hi there", "To see the eiffel tower, people flock to", "I hate you because"] {
+        for prompt in ["To see the eiffel tower, people flock to", "Hi there", "I hate you because"] {
             let (j, rx) = job(&engine, prompt);
             receivers.push(rx);
             lp.waiting.push_back(j);
@@ -499,18 +522,28 @@ mod tests {
         }
         lp.admit();
         lp.prefill();
-        lp.running[1..].iter().filter(|r| r.prefill.is_none()).count()
+        (0..3).filter(|&i| lp.running[1 + i].prefill.is_none()).collect()
     }
 
     #[test]
-    fn the_prefill_budget_sets_how_many_positions_join_per_iteration() {
-        // Prompts of 3, 12 and 5 positions (with BOS), in chunks of 3 | 8, 4 | 5: positions
-        // done after each chunk 3, 11, 15, 20. An iteration stops at the first chunk that
-        // reaches the budget, and a budget past the total prefills all three before the next
-        // decode step.
-        assert_eq!(prefilled_in_one_iteration(1), 1);
-        assert_eq!(prefilled_in_one_iteration(8), 1);
-        assert_eq!(prefilled_in_one_iteration(12), 2);
-        assert_eq!(prefilled_in_one_iteration(1024), 3);
+    fn the_prefill_budget_sets_how_many_positions_join_per_iteration_shortest_first() {
+        // Prompts of 12, 3 and 5 positions (with BOS) arrive in that order; in chunks of 8,
+        // shortest first: 3 | 5 | 8, 4, so positions done after each chunk 3, 8, 16, 20. An
+        // iteration stops at the first chunk that reaches the budget, and a budget past the
+        // total prefills all three before the next decode step.
+        let young = Duration::from_secs(3600);
+        assert_eq!(prefilled_in_one_iteration(1, young), [1]);
+        assert_eq!(prefilled_in_one_iteration(8, young), [1, 2]);
+        assert_eq!(prefilled_in_one_iteration(12, young), [1, 2]);
+        assert_eq!(prefilled_in_one_iteration(1024, young), [0, 1, 2]);
+    }
+
+    #[test]
+    fn prefills_that_waited_past_the_aging_bound_go_oldest_first() {
+        // Every request aged at once: arrival order, 8 | 4, 3, 5: positions 8, 12, 15, 20.
+        assert_eq!(prefilled_in_one_iteration(1, Duration::ZERO), Vec::<usize>::new());
+        assert_eq!(prefilled_in_one_iteration(12, Duration::ZERO), [0]);
+        assert_eq!(prefilled_in_one_iteration(15, Duration::ZERO), [0, 1]);
+        assert_eq!(prefilled_in_one_iteration(1024, Duration::ZERO), [0, 1, 2]);
     }
 }
