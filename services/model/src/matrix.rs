@@ -168,8 +168,8 @@ impl Matrix {
     /// On the host every product goes through this crate's kernels, whatever m: they give each
     /// row the same bits however many rows share the call (tested), so a request's numbers never
     /// depend on what is batched beside it, and 16-bit and 8-bit weights are never converted as a
-    /// whole. Against candle's GEMM on XL's MLP shapes (`--example kernels`, `many`): 1.0-1.5x
-    /// up to 96 rows, 0.9x at 128-256.
+    /// whole. Against candle's GEMM on XL's MLP shapes (`--example kernels`, `many`): 1.1-2.1x
+    /// up to 96 rows, 0.95x at 128-256 (169-183 against 177-190 GFLOP/s).
     pub fn matmul(&self, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         let (m, k) = x.dims2()?;
         debug_assert_eq!(k, self.n_in);
