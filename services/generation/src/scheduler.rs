@@ -145,8 +145,8 @@ impl Running {
     /// RowFinished).
     fn sample(&mut self, engine: &Engine, worker: &str) {
         let tok = engine.tokenizer();
-        for row in 0..self.seqs.len() {
-            let Some(ev) = self.seqs[row].advance(row, tok.bos_id()) else { continue };
+        for (row, ev) in steer_model::advance_all(&mut self.seqs, tok.bos_id()).into_iter().enumerate() {
+            let Some(ev) = ev else { continue };
             self.produced += 1;
             let token = TokenEvent {
                 row: row as u32,

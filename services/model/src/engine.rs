@@ -6,6 +6,7 @@ use std::ops::ControlFlow;
 use std::time::Instant;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::config::Config;
@@ -431,10 +432,8 @@ impl Engine {
                 }
             }
             let mut stop = false;
-            for (row, s) in seqs.iter_mut().enumerate() {
-                if let Some(ev) = s.advance(row, self.tokenizer.bos_id()) {
-                    stop |= on_token(&ev).is_break();
-                }
+            for ev in advance_all(&mut seqs, self.tokenizer.bos_id()).into_iter().flatten() {
+                stop |= on_token(&ev).is_break();
             }
             if stop {
                 seqs.iter_mut().for_each(Sequence::cancel);
@@ -482,6 +481,14 @@ impl Prefill {
     pub fn remaining(&self) -> usize {
         self.layout.width - self.done
     }
+}
+
+/// Samples every sequence's pending logits ([`Sequence::advance`], row `i` reported as row `i`),
+/// rows in parallel: each has its own sampler (seed, penalties), so the draws are those of one
+/// row at a time, and the full-vocabulary work (softmax, penalties, the nucleus) of a step's
+/// rows no longer runs on one core while the others wait.
+pub fn advance_all(seqs: &mut [Sequence], eos: u32) -> Vec<Option<TokenEvent>> {
+    seqs.par_iter_mut().enumerate().map(|(row, s)| s.advance(row, eos)).collect()
 }
 
 /// One row being generated: its cache, its sampler (seed, penalties), the logits of its next
