@@ -286,14 +286,21 @@ mod blocked {
         }
     }
 
+    /// The streaming or the packed order by m, with 256-bit or (`Z`) 512-bit sums.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn slab<E: Elem, const Z: bool>(x: &[f32], w: &[E], acc: &mut [f32], m: usize, k: usize, n: usize, i0: usize, i1: usize) {
+        if m >= PACKED_MIN_ROWS {
+            row_slab_packed::<E, Z>(x, w, acc, m, k, n, i0, i1)
+        } else {
+            row_slab_streaming::<E, Z>(x, w, acc, m, k, n, i0, i1)
+        }
+    }
+
     #[target_feature(enable = "avx2,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn row_slab<E: Elem>(x: &[f32], w: &[E], acc: &mut [f32], m: usize, k: usize, n: usize, i0: usize, i1: usize) {
-        if m >= PACKED_MIN_ROWS {
-            row_slab_packed::<E, false>(x, w, acc, m, k, n, i0, i1)
-        } else {
-            row_slab_streaming::<E, false>(x, w, acc, m, k, n, i0, i1)
-        }
+        slab::<E, false>(x, w, acc, m, k, n, i0, i1)
     }
 
     /// [`row_slab`] with 8 rows x 32 columns of 512-bit sums where the panels allow (the same
@@ -303,11 +310,7 @@ mod blocked {
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn row_slab_512<E: Elem>(x: &[f32], w: &[E], acc: &mut [f32], m: usize, k: usize, n: usize, i0: usize, i1: usize) {
-        if m >= PACKED_MIN_ROWS {
-            row_slab_packed::<E, true>(x, w, acc, m, k, n, i0, i1)
-        } else {
-            row_slab_streaming::<E, true>(x, w, acc, m, k, n, i0, i1)
-        }
+        slab::<E, true>(x, w, acc, m, k, n, i0, i1)
     }
 
     /// One 16- or (`Z`) 32-column panel where it fits, from column `c0`; returns its width.
@@ -587,10 +590,10 @@ fn row_slab_generic<E: Elem, const WIDE: bool>(x: &[f32], w: &[E], acc: &mut [f3
 /// row at a time, whatever R) and is stored once; three input rows share each weight vector
 /// loaded from L1. Measured on XL's shapes and not kept: R = 8 for f32 (no faster at 1 or 6
 /// rows; 16-bit weights at one row do take it, see `row_slab_generic`),
-/// software prefetch of the next tile, in a burst or a line per step (slower); a register-blocked
-/// AVX2 kernel (6 rows x 16 columns of sums in registers over 16-64 weight rows, weights packed
-/// into panels as they stream: the same bits) reached 0.7-0.9x of this at 4-9 rows and 0.9-1.2x
-/// at 16-32 (this loop, auto-vectorised with AVX-512, is within ~20% of the FMA peak there).
+/// software prefetch of the next tile, in a burst or a line per step (slower). On x86 this loop
+/// now serves one row only: from 2 rows the register-blocked kernel ([`blocked`], which reads
+/// the weights in place 8 rows at a time; a first version that packed 16-64 weight rows into
+/// panels as they streamed had reached 0.7-1.2x of this loop) gives the same bits faster.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn rows_group<E: Elem, const R: usize>(x: &[f32], w: &[E], acc: &mut [f32], m: usize, k: usize, n: usize, i: usize) {
