@@ -2,11 +2,12 @@
 //! activations. Everything around them (activations, residual stream, steering, layer norms,
 //! biases, sampling) stays f32: only the bytes streamed per token change.
 //!
-//! | held as | layout | decode and short prefill (m <= 32) | longer prefill |
-//! |---|---|---|---|
-//! | f32 | `[in, out]` (Conv1D) | [`kernels::matmul`] | candle's GEMM |
-//! | bf16, f16 | `[in, out]` | [`kernels::matmul_half`]: converted in L1 | converted, GEMM |
-//! | q8_0 | `[out, in]`, blocks along `in` | [`quant::matmul_t`]: int8 dot products | converted, GEMM |
+//! | held as (on the host) | layout | product, any number of rows |
+//! |---|---|---|
+//! | f32, bf16, f16 | `[in, out]` (Conv1D) in panels of 32 columns | [`kernels::matmul_panels`] (16-bit converted as loaded) |
+//! | q8_0 | `[out, in]`, blocks along `in` | [`quant::matmul_t`]: int8 dot products |
+//!
+//! Off the host (f32 only) linears are `[in, out]` tensors and products candle's.
 //!
 //! The token-embedding table (`wte`, tied to the lm_head) is a matrix too, `[vocab, d]`: its
 //! rows are gathered for the embedding and dotted with the hidden states for the logits.
@@ -64,8 +65,13 @@ fn half_to_f32(bits: &[u16], kind: HalfKind) -> Vec<f32> {
 
 #[derive(Debug, Clone)]
 enum Data {
+    /// Tables, and linears off the host.
     F32(Tensor),
+    /// Tables.
     Half(Vec<u16>, HalfKind),
+    /// Linears on the host, in panels of 32 columns ([`kernels::pack_panels`]).
+    Panels(Vec<f32>),
+    HalfPanels(Vec<u16>, HalfKind),
     Q8(Q8Rows),
 }
 
@@ -128,6 +134,7 @@ impl Matrix {
             (src, dtype) => {
                 let f = relayout(src.into_f32());
                 match dtype {
+                    WeightDtype::F32 if want == Layout::InOut && device.is_cpu() => Data::Panels(kernels::pack_panels(&f, n_in, n_out)),
                     WeightDtype::F32 => {
                         let shape = if want == Layout::InOut { (n_in, n_out) } else { (n_out, n_in) };
                         Data::F32(Tensor::from_vec(f, shape, device)?)
@@ -138,7 +145,12 @@ impl Matrix {
                 }
             }
         };
-        if let Data::Half(b, HalfKind::F16) = &data {
+        // 16-bit linears are host-only (checked above): packed in panels too.
+        let data = match data {
+            Data::Half(b, kind) if want == Layout::InOut => Data::HalfPanels(kernels::pack_panels(&b, n_in, n_out), kind),
+            data => data,
+        };
+        if let Data::Half(b, HalfKind::F16) | Data::HalfPanels(b, HalfKind::F16) = &data {
             // The f16 kernels take finite values (and a checkpoint with others is broken).
             if b.iter().any(|&x| x & 0x7c00 == 0x7c00) {
                 return Err(ModelError::invalid("dtype", "a weight is infinite or NaN in f16 (beyond 65504): use bf16 or f32"));
@@ -158,7 +170,8 @@ impl Matrix {
     pub fn bytes(&self) -> usize {
         match &self.data {
             Data::F32(t) => t.elem_count() * 4,
-            Data::Half(b, _) => b.len() * 2,
+            Data::Panels(w) => w.len() * 4,
+            Data::Half(b, _) | Data::HalfPanels(b, _) => b.len() * 2,
             Data::Q8(b) => b.bytes(),
         }
     }
@@ -223,10 +236,12 @@ impl Matrix {
                     Layout::OutIn => with_bias(kernels::rows_dot(x, w, m, k, n), bias),
                 }
             }
-            (Data::Half(b, HalfKind::Bf16), Layout::InOut) => kernels::matmul(x, kernels::bf16_bits(b), bias, m, k, n),
-            (Data::Half(b, HalfKind::F16), Layout::InOut) => kernels::matmul(x, kernels::f16_bits(b), bias, m, k, n),
-            (Data::Half(b, HalfKind::Bf16), Layout::OutIn) => with_bias(kernels::rows_dot(x, kernels::bf16_bits(b), m, k, n), bias),
-            (Data::Half(b, HalfKind::F16), Layout::OutIn) => with_bias(kernels::rows_dot(x, kernels::f16_bits(b), m, k, n), bias),
+            (Data::Panels(w), _) => kernels::matmul_panels(x, w, bias, m, k, n),
+            (Data::HalfPanels(b, HalfKind::Bf16), _) => kernels::matmul_panels(x, kernels::bf16_bits(b), bias, m, k, n),
+            (Data::HalfPanels(b, HalfKind::F16), _) => kernels::matmul_panels(x, kernels::f16_bits(b), bias, m, k, n),
+            // 16-bit linears are always panels: these are tables.
+            (Data::Half(b, HalfKind::Bf16), _) => with_bias(kernels::rows_dot(x, kernels::bf16_bits(b), m, k, n), bias),
+            (Data::Half(b, HalfKind::F16), _) => with_bias(kernels::rows_dot(x, kernels::f16_bits(b), m, k, n), bias),
             (Data::Q8(b), _) => quant::matmul_t(x, b, bias, m, k, n),
         })
     }
@@ -241,6 +256,8 @@ impl Matrix {
                 })
             }
             Data::Half(b, kind) => half_to_f32(b, *kind),
+            Data::Panels(w) => kernels::unpack_panels(w, self.n_in, self.n_out),
+            Data::HalfPanels(b, kind) => half_to_f32(&kernels::unpack_panels(b, self.n_in, self.n_out), *kind),
             Data::Q8(b) => b.to_f32(),
         };
         Ok(match self.layout {
@@ -267,6 +284,7 @@ impl Matrix {
                 Data::Half(b, kind) => out.extend(half_to_f32(&b[row * d..(row + 1) * d], *kind)),
                 Data::Q8(b) => b.dequantize_row_into(row, &mut out),
                 Data::F32(_) => unreachable!("handled above"),
+                Data::Panels(_) | Data::HalfPanels(..) => unreachable!("linears are not tables"),
             }
         }
         Ok(Tensor::from_vec(out, (ids.len(), d), device)?)
@@ -371,8 +389,8 @@ mod tests {
         let dev = Device::Cpu;
         let err = Matrix::new(Source::F32(vec![0.0; 40 * 2]), Layout::InOut, 40, 2, Role::Linear, WeightDtype::Q8_0, &dev).unwrap_err();
         assert!(err.to_string().contains("multiple of 32"), "{err}");
-        let bits: Vec<u16> = data(64, 5).iter().map(|&x| half::f16::from_f32(x).to_bits()).collect();
-        let m = Matrix::new(Source::Half(bits, HalfKind::F16), Layout::InOut, 8, 8, Role::Linear, WeightDtype::Bf16, &dev).unwrap();
-        assert_eq!(m.bytes(), 128);
+        let bits: Vec<u16> = data(256, 5).iter().map(|&x| half::f16::from_f32(x).to_bits()).collect();
+        let m = Matrix::new(Source::Half(bits, HalfKind::F16), Layout::InOut, 8, 32, Role::Linear, WeightDtype::Bf16, &dev).unwrap();
+        assert_eq!(m.bytes(), 512);
     }
 }
