@@ -126,12 +126,13 @@ struct LimitArgs {
     /// Most KV positions the running rows may reserve (prompt + max new tokens per row).
     #[arg(long, default_value_t = 8192, env = "STEER_MAX_BATCH_TOKENS")]
     max_batch_tokens: usize,
-    /// Prefill chunk: prompt positions prefilled per iteration while others decode.
+    /// Prefill chunk: prompt positions of one request prefilled per forward while others decode.
     #[arg(long, default_value_t = 32, env = "STEER_MAX_PREFILL_TOKENS")]
     max_prefill_tokens: usize,
-    /// Prompt positions prefilled per iteration while others decode, over waiting requests
-    /// shortest first, in whole chunks: higher brings new requests' first tokens sooner, at the
-    /// cost of longer gaps in the running streams.
+    /// Prompt positions prefilled per forward (beside the running rows' decode step): one chunk
+    /// from each waiting request, shortest first, while they stay within it (at least one chunk);
+    /// higher prefills more requests per forward, at the cost of longer gaps in the running
+    /// streams.
     #[arg(long, default_value_t = 32, env = "STEER_PREFILL_TOKENS_PER_STEP", value_parser = clap::value_parser!(u32).range(1..))]
     prefill_tokens_per_step: u32,
     /// Seconds after which a waiting prefill goes ahead of shorter ones (prefills run shortest

@@ -20,10 +20,12 @@ pub struct GenerationConfig {
     /// Prefill chunk (prompt positions): a long prompt is prefilled this many positions per
     /// iteration while other rows decode, so they wait one chunk, not a whole prompt.
     pub max_prefill_tokens: usize,
-    /// Prompt positions prefilled per iteration while other rows decode, over the waiting
-    /// requests shortest first (see `prefill_aging`), in whole chunks (at least one). One chunk (the default) keeps the
-    /// running streams' gaps shortest; more brings new requests' first tokens sooner (a
-    /// prefill-first policy at the prompts' total), as vLLM's and TGI's prefill token budgets do.
+    /// Prompt positions prefilled per forward (each forward also runs the decode step of every
+    /// running row): one chunk of each waiting request, shortest first (see `prefill_aging`),
+    /// while they stay within this (at least one chunk). One chunk (the default) keeps the
+    /// running streams' gaps shortest and gives the first of a burst of arrivals their first
+    /// tokens soonest; more prefills more requests per forward, as vLLM's and TGI's prefill
+    /// token budgets do.
     pub prefill_tokens_per_step: usize,
     /// Prefills run shortest remaining prompt first; a request admitted this long ago goes
     /// first (oldest first), so long prompts are never starved by short ones.

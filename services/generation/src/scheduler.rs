@@ -2,14 +2,14 @@
 //! `batching_task`; vLLM). Each iteration it
 //! 1. takes arrivals off the queue, dropping those whose client left or whose deadline passed;
 //! 2. admits waiting requests, first come first served, while they fit the budgets (rows, and KV
-//!    positions reserved as prompt + max_new_tokens per row), and prefills them: each request
-//!    in its own forward with its own steering (positions 0..k-1, prefill only), in chunks of
-//!    `max_prefill_tokens` positions, shortest remaining prefill first (oldest first once a
-//!    request has waited `prefill_aging`). While other rows decode, `prefill_tokens_per_step`
-//!    positions per iteration, one chunk by default (a long prompt stalls them for a chunk, not
-//!    for its whole prefill); while none do, back to back.
-//!    A request's first tokens go out as soon as its prefill ends;
-//! 3. runs one decode step for every running row of every request (`Engine::step`);
+//!    positions reserved as prompt + max_new_tokens per row);
+//! 3. runs one forward (`Engine::run`) of the next prefill chunk (`max_prefill_tokens`
+//!    positions) of some of the admitted requests, shortest remaining prefill first (oldest
+//!    first once a request has waited `prefill_aging`), within `prefill_tokens_per_step`
+//!    positions, each with its own steering (positions 0..k-1, prefill only), together with one
+//!    decode step for every running row of every request: the weights are streamed once for
+//!    both, so a joining request costs the running streams its chunk's compute, not another
+//!    pass over the weights, and a long prompt holds them for a chunk, not its whole prefill;
 //! 4. samples each row with its own sampler (seed, penalties) and queues its events;
 //! 5. hands each request's events to its own bounded channel without ever waiting: a client
 //!    that reads nothing for `stall_timeout` has its request cancelled (ABORTED), one that left
@@ -257,8 +257,7 @@ impl EngineLoop {
             }
             heartbeat.tick(true);
             self.admit();
-            self.prefill();
-            self.step();
+            self.forward();
             let now = Instant::now();
             for r in self.running.iter_mut() {
                 r.sample(&self.engine, &self.cfg.worker_id);
@@ -360,23 +359,22 @@ impl EngineLoop {
         })
     }
 
-    /// Prefills in chunks of `max_prefill_tokens`, shortest remaining prefill first (then oldest
-    /// first), except that requests admitted `prefill_aging` ago or more go first, oldest
-    /// first. While other rows decode, chunks run until `prefill_tokens_per_step` positions were
-    /// prefilled in this iteration (one chunk by default: they wait one chunk, not a whole
-    /// prompt); while none do, back to back until one request has its first tokens. Chunk
-    /// boundaries depend on the request alone, so its numbers do too.
+    /// The prefills that join this iteration's forward, in order: one chunk of
+    /// `max_prefill_tokens` positions (at most) from each, shortest remaining prefill first (then
+    /// oldest first), except that requests admitted `prefill_aging` ago or more go first, oldest
+    /// first; while the chunks stay within `prefill_tokens_per_step` positions (at least one
+    /// chunk: a forward never waits for a larger one to fill up, so the first of a burst of
+    /// arrivals get their first tokens after a forward of their own size).
+    /// Chunk boundaries depend on the request alone, so its numbers do too.
     ///
     /// Shortest first because prefill is compute-bound here (~3 GFLOP per prompt position and
     /// row on XL): of requests that arrive together, the short ones get their first tokens after
     /// their own prefills instead of after every longer one ahead of them, which minimises the
     /// mean time to first token; the aging bound keeps a long prompt from waiting on a stream
     /// of short ones for more than `prefill_aging`.
-    fn prefill(&mut self) {
-        let mut decoding = self.running.iter().any(|r| r.decoding_rows() > 0);
-        let mut spent = 0;
+    fn prefills(&self) -> Vec<usize> {
         let now = Instant::now();
-        let mut order: Vec<(bool, usize, usize)> = self
+        let mut order: Vec<(bool, usize, usize, usize)> = self
             .running
             .iter()
             .enumerate()
@@ -384,57 +382,78 @@ impl EngineLoop {
             .filter_map(|(i, r)| r.prefill.as_ref().map(|p| (i, r, p.remaining())))
             .map(|(i, r, left)| {
                 let aged = now.duration_since(r.started) >= self.cfg.prefill_aging;
-                (!aged, if aged { 0 } else { left }, i)
+                (!aged, if aged { 0 } else { left }, i, left)
             })
             .collect();
         order.sort_unstable();
-        for (_, _, i) in order {
-            let r = &mut self.running[i];
-            while let Some(p) = r.prefill.as_mut() {
-                let before = p.remaining();
-                let span = tracing::info_span!("prefill", rows = r.request.rows.len(), remaining = before);
-                match span.in_scope(|| self.engine.prefill_chunk(p, self.cfg.max_prefill_tokens)) {
-                    Err(e) => r.end(Some(e.into())),
-                    Ok(None) => {}
-                    Ok(Some(seqs)) => {
-                        r.prefill = None;
-                        r.seqs = seqs;
-                        r.prefill_ms = r.started.elapsed().as_secs_f64() * 1e3;
-                        self.metrics.time_to_first_token.observe(r.started.elapsed().as_secs_f64());
-                        // Its first tokens go out now, not after the next step.
-                        r.sample(&self.engine, &self.cfg.worker_id);
-                        r.deliver(Instant::now(), self.cfg.stall_timeout);
-                        decoding = true;
-                    }
-                }
-                // Positions the chunk covered, as the engine counts them (all that were left once
-                // the request's prefill is over or failed).
-                spent += before - r.prefill.as_ref().map_or(0, Prefill::remaining);
-                if decoding && spent >= self.cfg.prefill_tokens_per_step {
-                    return;
-                }
+        let mut spent = 0;
+        let mut chosen = vec![];
+        for (_, _, i, left) in order {
+            let chunk = left.min(self.cfg.max_prefill_tokens.max(1));
+            if !chosen.is_empty() && spent + chunk > self.cfg.prefill_tokens_per_step {
+                break;
             }
+            chosen.push(i);
+            spent += chunk;
         }
+        chosen
     }
 
-    /// One decode step for every running row that has sampled its last token.
-    fn step(&mut self) {
-        let mut seqs: Vec<&mut Sequence> =
-            self.running.iter_mut().flat_map(|r| r.seqs.iter_mut()).filter(|s| !s.is_finished() && !s.has_pending()).collect();
-        if seqs.is_empty() {
-            return;
-        }
-        let n = seqs.len();
-        if let Err(e) = self.engine.step(&mut seqs) {
-            tracing::error!(error = %e, "decode step failed");
-            let status: Status = ServiceError::from(e).into();
-            for r in self.running.iter_mut() {
-                r.end(Some(ServiceError::Internal(status.message().to_string())));
+    /// One forward (`Engine::run`) for the chosen prefill chunks and a decode step of every
+    /// running row that has sampled its last token: the weights are streamed once for both, so
+    /// a joining request costs the decoding rows its chunk's compute, not another pass over the
+    /// weights. A request's first tokens are sampled right after the forward that ends its
+    /// prefill.
+    fn forward(&mut self) {
+        let chosen = self.prefills();
+        // In the batch's order (the order does not change any row's numbers).
+        let mut joined = vec![];
+        let mut prefills: Vec<&mut Prefill> = vec![];
+        let mut seqs: Vec<&mut Sequence> = vec![];
+        for (i, r) in self.running.iter_mut().enumerate() {
+            match r.prefill.as_mut() {
+                Some(p) if chosen.contains(&i) => {
+                    joined.push(i);
+                    prefills.push(p);
+                }
+                Some(_) => {}
+                None => seqs.extend(r.seqs.iter_mut().filter(|s| !s.is_finished() && !s.has_pending())),
             }
+        }
+        if prefills.is_empty() && seqs.is_empty() {
             return;
         }
-        self.metrics.decode_steps.inc();
-        self.metrics.step_rows.observe(n as f64);
+        let (n, positions) = (seqs.len(), prefills.iter().map(|p| p.remaining().min(self.cfg.max_prefill_tokens.max(1))).sum::<usize>());
+        let span = tracing::info_span!("forward", decode_rows = n, prefills = prefills.len(), prefill_positions = positions);
+        let started = Instant::now();
+        let result = span.in_scope(|| self.engine.run(&mut prefills, self.cfg.max_prefill_tokens, &mut seqs));
+        tracing::debug!(parent: &span, secs = started.elapsed().as_secs_f64(), "forward done");
+        drop((prefills, seqs));
+        let done = match result {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::error!(error = %e, "forward failed");
+                let status: Status = ServiceError::from(e).into();
+                for (i, r) in self.running.iter_mut().enumerate() {
+                    if joined.contains(&i) || r.decoding_rows() > 0 {
+                        r.end(Some(ServiceError::Internal(status.message().to_string())));
+                    }
+                }
+                return;
+            }
+        };
+        for (&i, seqs) in joined.iter().zip(done) {
+            let Some(seqs) = seqs else { continue };
+            let r = &mut self.running[i];
+            r.prefill = None;
+            r.seqs = seqs;
+            r.prefill_ms = r.started.elapsed().as_secs_f64() * 1e3;
+            self.metrics.time_to_first_token.observe(r.started.elapsed().as_secs_f64());
+        }
+        if n > 0 {
+            self.metrics.decode_steps.inc();
+            self.metrics.step_rows.observe(n as f64);
+        }
     }
 
     /// Removes finished requests; updates the gauges.
@@ -490,9 +509,9 @@ mod tests {
     }
 
     /// One request decodes while three arrive: which of the three (in arrival order) finish
-    /// their prefill in the next iteration, with chunks of 8 positions, `budget` positions per
-    /// iteration and `prefill_aging` set to `aging`.
-    fn prefilled_in_one_iteration(budget: usize, aging: Duration) -> Vec<usize> {
+    /// their prefill in each of the next two iterations, with chunks of 8 positions, `budget`
+    /// positions per iteration and `prefill_aging` set to `aging`.
+    fn prefilled_per_iteration(budget: usize, aging: Duration) -> [Vec<usize>; 2] {
         let engine = engine();
         let cfg = GenerationConfig { max_prefill_tokens: 8, prefill_tokens_per_step: budget, prefill_aging: aging, ..Default::default() };
         let (_tx, rx) = std::sync::mpsc::channel();
@@ -512,8 +531,12 @@ mod tests {
         lp.waiting.push_back(first);
         lp.depth.fetch_add(1, Ordering::SeqCst);
         lp.admit();
-        lp.prefill();
-        assert!(lp.running[0].prefill.is_none(), "alone, a prompt is prefilled back to back");
+        // 9 positions in chunks of 8: two forwards, one chunk each.
+        lp.forward();
+        assert!(lp.running[0].prefill.is_some(), "one chunk of a prompt per forward");
+        lp.forward();
+        assert!(lp.running[0].prefill.is_none());
+        lp.running[0].sample(&engine, "");
         for prompt in ["To see the eiffel tower, people flock to", "Hi there", "I hate you because"] {
             let (j, rx) = job(&engine, prompt);
             receivers.push(rx);
@@ -521,29 +544,36 @@ mod tests {
             lp.depth.fetch_add(1, Ordering::SeqCst);
         }
         lp.admit();
-        lp.prefill();
-        (0..3).filter(|&i| lp.running[1 + i].prefill.is_none()).collect()
+        let mut after = [vec![], vec![]];
+        for done in after.iter_mut() {
+            lp.forward();
+            assert!(lp.running[0].seqs.iter().all(Sequence::has_pending), "the decoding rows step in the same forward");
+            lp.running[0].sample(&engine, "");
+            *done = (0..3).filter(|&i| lp.running[1 + i].prefill.is_none()).collect();
+        }
+        after
     }
 
     #[test]
     fn the_prefill_budget_sets_how_many_positions_join_per_iteration_shortest_first() {
         // Prompts of 12, 3 and 5 positions (with BOS) arrive in that order; in chunks of 8,
-        // shortest first: 3 | 5 | 8, 4, so positions done after each chunk 3, 8, 16, 20. An
-        // iteration stops at the first chunk that reaches the budget, and a budget past the
-        // total prefills all three before the next decode step.
+        // shortest first: 3, 5, 8 (then 4 in the next forward): chunks join a forward while they
+        // stay within the budget (the first always joins), one chunk per request.
         let young = Duration::from_secs(3600);
-        assert_eq!(prefilled_in_one_iteration(1, young), [1]);
-        assert_eq!(prefilled_in_one_iteration(8, young), [1, 2]);
-        assert_eq!(prefilled_in_one_iteration(12, young), [1, 2]);
-        assert_eq!(prefilled_in_one_iteration(1024, young), [0, 1, 2]);
+        assert_eq!(prefilled_per_iteration(1, young), [vec![1], vec![1, 2]]);
+        assert_eq!(prefilled_per_iteration(8, young), [vec![1, 2], vec![1, 2]]);
+        assert_eq!(prefilled_per_iteration(12, young), [vec![1, 2], vec![1, 2]]);
+        assert_eq!(prefilled_per_iteration(16, young), [vec![1, 2], vec![0, 1, 2]]);
+        assert_eq!(prefilled_per_iteration(1024, young), [vec![1, 2], vec![0, 1, 2]]);
     }
 
     #[test]
     fn prefills_that_waited_past_the_aging_bound_go_oldest_first() {
-        // Every request aged at once: arrival order, 8 | 4, 3, 5: positions 8, 12, 15, 20.
-        assert_eq!(prefilled_in_one_iteration(1, Duration::ZERO), Vec::<usize>::new());
-        assert_eq!(prefilled_in_one_iteration(12, Duration::ZERO), [0]);
-        assert_eq!(prefilled_in_one_iteration(15, Duration::ZERO), [0, 1]);
-        assert_eq!(prefilled_in_one_iteration(1024, Duration::ZERO), [0, 1, 2]);
+        // Every request aged at once: arrival order, 8, 3, 5 (then 4).
+        let aged = Duration::ZERO;
+        assert_eq!(prefilled_per_iteration(1, aged), [vec![], vec![0]]);
+        assert_eq!(prefilled_per_iteration(8, aged), [vec![], vec![0, 1]]);
+        assert_eq!(prefilled_per_iteration(11, aged), [vec![1], vec![0, 1, 2]]);
+        assert_eq!(prefilled_per_iteration(16, aged), [vec![1, 2], vec![0, 1, 2]]);
     }
 }

@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::dtype::WeightDtype;
 use crate::error::{ModelError, Result};
-use crate::gpt2::{Gpt2, SharedPrefix, Step};
+use crate::gpt2::{Gpt2, Input, Part, SharedPrefix, Step};
 use crate::hooks::{Addition, Additions, Captures, HookPoint, Hooks, Placement};
 use crate::kv_cache::{KvCache, RowKv};
 use crate::sampler::{Sampler, SamplingParams};
@@ -203,12 +203,12 @@ impl Engine {
         let mut captures = Captures::new(points.iter().copied());
         let step = layout.prefill_step(prompts, &self.model)?;
         let mut cache = KvCache::new(self.info.n_layer, layout.width);
-        let mut hooks = Hooks {
+        let hooks = Hooks {
             additions: None,
             stop_after_stream: captures.last_stream(),
             captures: Some(&mut captures),
         };
-        self.model.forward(&step, &mut cache, &mut hooks)?;
+        self.model.forward(&step, &mut cache, hooks)?;
         prompts
             .iter()
             .enumerate()
@@ -230,11 +230,11 @@ impl Engine {
         let adds = self.additions(&layout, additions)?;
         let step = layout.prefill_step(prompts, &self.model)?;
         let mut cache = KvCache::new(self.info.n_layer, layout.width);
-        let mut hooks = Hooks {
+        let hooks = Hooks {
             additions: adds.as_ref(),
             ..Default::default()
         };
-        let hidden = self.model.forward(&step, &mut cache, &mut hooks)?;
+        let hidden = self.model.forward(&step, &mut cache, hooks)?;
         prompts
             .iter()
             .enumerate()
@@ -279,8 +279,8 @@ impl Engine {
         let layout = Layout::new(seqs, self.info.n_positions)?;
         let additions = self.additions(&layout, per_row)?;
         let step = layout.prefill_step(seqs, &self.model)?;
-        let mut hooks = Hooks { additions: additions.as_ref(), ..Default::default() };
-        let hidden = self.model.forward(&step, cache, &mut hooks)?;
+        let hooks = Hooks { additions: additions.as_ref(), ..Default::default() };
+        let hidden = self.model.forward(&step, cache, hooks)?;
         Ok(hidden.i((.., layout.width - 1, ..))?.contiguous()?)
     }
 
@@ -348,57 +348,93 @@ impl Engine {
     /// prompt is in. Chunk boundaries fall at multiples of `max_tokens` from the start, so a
     /// request prefilled with the same chunk size computes the same numbers whatever else runs.
     pub fn prefill_chunk(&self, p: &mut Prefill, max_tokens: usize) -> Result<Option<Vec<Sequence>>> {
-        let (p0, width) = (p.done, p.layout.width);
-        let p1 = width.min(p0.saturating_add(max_tokens.max(1)));
-        let step = p.layout.chunk_step(&p.seqs, p0, p1, &self.model)?;
-        let window = match &p.additions {
-            Some(a) if p0 == 0 && p1 == width => Some(a.clone()),
-            Some(a) => Some(a.window(p0, p1 - p0)?),
-            None => None,
-        };
-        let mut hooks = Hooks { additions: window.as_ref(), ..Default::default() };
-        let hidden = match &p.shared {
-            Some(sh) => {
-                let group_step = sh.layout.chunk_step(&sh.prompts, p0, p1, &self.model)?;
-                let prefix = SharedPrefix { step: &group_step, rows: &sh.rows, streams: sh.streams };
-                self.model.forward_shared(&step, &prefix, &mut p.cache, &mut hooks)?
-            }
-            None => self.model.forward(&step, &mut p.cache, &mut hooks)?,
-        };
-        p.done = p1;
-        if p1 < width {
-            return Ok(None);
-        }
-        let last = hidden.i((.., p1 - p0 - 1, ..))?.contiguous()?;
-        let logits = self.model.logits(&last)?.to_vec2::<f32>()?;
-        let (shared_layers, groups) = match &p.shared {
-            Some(sh) => (sh.streams - 1, sh.groups.clone()),
-            None => (0, (0..p.seqs.len()).collect()),
-        };
-        let kv = (0..p.seqs.len()).map(|i| p.cache.row(i, shared_layers, groups[i], p.layout.offsets[i])).collect::<Result<Vec<_>>>()?;
-        Ok(Some(
-            p.rows
-                .iter()
-                .zip(&p.fan_out)
-                .map(|(r, &g)| Sequence::new(r, kv[g as usize].clone(), logits[g as usize].clone(), &p.opts))
-                .collect(),
-        ))
+        Ok(self.run(&mut [p], max_tokens, &mut [])?.remove(0))
     }
 
     /// One decode step for every sequence given (none finished): each attends over its own
     /// cache, so sequences of any lengths share the step, and the host kernels give each row
     /// the same bits whatever rows share it, so its tokens never depend on the batch.
     pub fn step(&self, seqs: &mut [&mut Sequence]) -> Result<()> {
+        self.run(&mut [], 0, seqs).map(drop)
+    }
+
+    /// One forward for the next chunk (at most `max_tokens` positions) of each prefill given and
+    /// one decode step of each sequence given (none finished, none with logits pending): every
+    /// matrix is streamed once for all of them (one lm_head pass too), while each prefill keeps
+    /// its own cache, mask and steering and each sequence attends over its own cache, so every
+    /// row gets the numbers it would get alone ([`Engine::prefill_chunk`], [`Engine::step`]).
+    /// Returns, per prefill, its sequences once its whole prompt is in.
+    pub fn run(&self, prefills: &mut [&mut Prefill], max_tokens: usize, seqs: &mut [&mut Sequence]) -> Result<Vec<Option<Vec<Sequence>>>> {
+        let chunks = prefills.iter().map(|p| self.chunk(p, max_tokens)).collect::<Result<Vec<_>>>()?;
         let ids: Vec<u32> = seqs.iter().map(|s| s.last_token()).collect();
         let steady: Vec<&[Addition]> = seqs.iter().map(|s| s.steady.as_slice()).collect();
         let additions = Additions::decode(&steady, self.info.d_model, self.model.dtype(), self.model.device())?;
-        let mut kv: Vec<&mut RowKv> = seqs.iter_mut().map(|s| &mut s.kv).collect();
-        let hidden = self.model.decode(&ids, &mut kv, additions.as_ref())?;
-        let logits = self.model.logits(&hidden)?.to_vec2::<f32>()?;
+        let mut parts = Vec::with_capacity(prefills.len() + 1);
+        for (p, c) in prefills.iter_mut().zip(&chunks) {
+            let Prefill { shared, cache, .. } = &mut **p;
+            let shared = shared.as_ref().zip(c.group_step.as_ref()).map(|(sh, step)| SharedPrefix { step, rows: &sh.rows, streams: sh.streams });
+            let hooks = Hooks { additions: c.window.as_ref(), ..Default::default() };
+            parts.push(Part::new(Input::Batch { step: &c.step, shared, cache }, hooks));
+        }
+        if !seqs.is_empty() {
+            let kv = seqs.iter_mut().map(|s| &mut s.kv).collect();
+            parts.push(Part::new(Input::Rows { ids: &ids, kv }, Hooks { additions: additions.as_ref(), ..Default::default() }));
+        }
+        if parts.is_empty() {
+            return Ok(vec![]);
+        }
+        let hidden = self.model.forward_parts(parts)?;
+        // One lm_head pass: the last position of every prefill that is over, then the decode rows.
+        let mut last = vec![];
+        for ((p, c), h) in prefills.iter_mut().zip(&chunks).zip(&hidden) {
+            p.done = c.p1;
+            if c.p1 == p.layout.width {
+                last.push(h.i((.., c.p1 - c.p0 - 1, ..))?.contiguous()?);
+            }
+        }
+        if !seqs.is_empty() {
+            last.push(hidden.last().expect("the decode part").clone());
+        }
+        let mut logits = match last.len() {
+            0 => vec![],
+            _ => self.model.logits(&Tensor::cat(&last, 0)?)?.to_vec2::<f32>()?,
+        }
+        .into_iter();
+        let mut out = Vec::with_capacity(prefills.len());
+        for p in prefills.iter() {
+            out.push(match p.remaining() {
+                0 => Some(self.sequences(p, logits.by_ref().take(p.seqs.len()).collect())?),
+                _ => None,
+            });
+        }
         for (s, l) in seqs.iter_mut().zip(logits) {
             s.logits = Some(l);
         }
-        Ok(())
+        Ok(out)
+    }
+
+    /// The inputs of `p`'s next chunk of at most `max_tokens` positions.
+    fn chunk(&self, p: &Prefill, max_tokens: usize) -> Result<Chunk> {
+        let (p0, width) = (p.done, p.layout.width);
+        let p1 = width.min(p0.saturating_add(max_tokens.max(1)));
+        let window = match &p.additions {
+            Some(a) if p0 == 0 && p1 == width => Some(a.clone()),
+            Some(a) => Some(a.window(p0, p1 - p0)?),
+            None => None,
+        };
+        let group_step = p.shared.as_ref().map(|sh| sh.layout.chunk_step(&sh.prompts, p0, p1, &self.model)).transpose()?;
+        Ok(Chunk { p0, p1, step: p.layout.chunk_step(&p.seqs, p0, p1, &self.model)?, window, group_step })
+    }
+
+    /// The rows of a prefill that is over, each with its cache and its first logits (those of
+    /// its distinct row, `logits[fan_out[row]]`).
+    fn sequences(&self, p: &Prefill, logits: Vec<Vec<f32>>) -> Result<Vec<Sequence>> {
+        let (shared_layers, groups) = match &p.shared {
+            Some(sh) => (sh.streams - 1, sh.groups.clone()),
+            None => (0, (0..p.seqs.len()).collect()),
+        };
+        let kv = (0..p.seqs.len()).map(|i| p.cache.row(i, shared_layers, groups[i], p.layout.offsets[i])).collect::<Result<Vec<_>>>()?;
+        Ok(p.rows.iter().zip(&p.fan_out).map(|(r, &g)| Sequence::new(r, kv[g as usize].clone(), logits[g as usize].clone(), &p.opts)).collect())
     }
 
     /// Generates for all rows in one batch: one prefill (with each row's additions), then
@@ -465,7 +501,17 @@ pub struct Prefill {
     opts: GenerateOptions,
 }
 
-/// The streams a prefill's rows share: one row per distinct prompt (see `Gpt2::forward_shared`).
+/// The next chunk of a prefill: positions `p0..p1`, with their steering and, when rows share
+/// streams, the groups' step.
+struct Chunk {
+    p0: usize,
+    p1: usize,
+    step: Step,
+    window: Option<Additions>,
+    group_step: Option<Step>,
+}
+
+/// The streams a prefill's rows share: one row per distinct prompt (see `gpt2::Input::Batch`).
 #[derive(Debug)]
 struct Shared {
     prompts: Vec<Vec<u32>>,

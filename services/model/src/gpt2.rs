@@ -70,10 +70,12 @@ impl Attention {
         })
     }
 
-    /// x: [B, T, d]; mask: additive [B, 1, T, S] (S = cached + T); returns [B, T, d].
-    pub fn forward(&self, x: &Tensor, mask: &Tensor, kv: &mut LayerKv) -> Result<Tensor> {
-        let (b, t, d) = x.dims3()?;
-        let qkv = self.c_attn.forward(x)?; // [B, T, 3d]
+    /// Batched attention of a chunk `[B, T]` over its batch cache: qkv `[B * T, 3d]` (this
+    /// layer's `c_attn` output), mask additive `[B, 1, T, S]` (S = cached + T); returns the heads'
+    /// outputs before `c_proj`, `[B * T, d]`.
+    fn attend_batch(&self, qkv: &Tensor, (b, t): (usize, usize), mask: &Tensor, kv: &mut LayerKv) -> Result<Tensor> {
+        let d = self.n_head * self.head_dim;
+        let qkv = qkv.reshape((b, t, 3 * d))?;
         let heads = |i: usize| -> Result<Tensor> {
             Ok(qkv
                 .narrow(D::Minus1, i * d, d)?
@@ -88,15 +90,16 @@ impl Attention {
         let att = att.broadcast_add(mask)?;
         let att = candle_nn::ops::softmax_last_dim(&att)?;
         let y = att.matmul(&v.contiguous()?)?; // [B, H, T, hd]
-        let y = y.transpose(1, 2)?.reshape((b, t, d))?;
-        self.c_proj.forward(&y)
+        Ok(y.transpose(1, 2)?.reshape((b * t, d))?)
     }
 
-    /// One new position per row: x [m, d], row r attending over its own cache `kv[r]` (which
-    /// gets this position's key and value at `layer`); returns [m, d].
-    pub fn decode(&self, x: &Tensor, layer: usize, kv: &mut [&mut RowKv]) -> Result<Tensor> {
-        let (m, d) = x.dims2()?;
-        let qkv = self.c_attn.forward(x)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?; // [m, 3d]
+    /// One new position per row: qkv `[m, 3d]`, row r attending over its own cache `kv[r]`
+    /// (which gets this position's key and value at `layer`); returns the heads' outputs before
+    /// `c_proj`, `[m, d]`.
+    fn attend_rows(&self, qkv: &Tensor, layer: usize, kv: &mut [&mut RowKv]) -> Result<Tensor> {
+        let (m, three_d) = qkv.dims2()?;
+        let (d, device) = (three_d / 3, qkv.device().clone());
+        let qkv = qkv.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         for (r, row) in kv.iter_mut().enumerate() {
             let at = r * 3 * d;
             row.push(layer, &qkv[at + d..at + 2 * d], &qkv[at + 2 * d..at + 3 * d]);
@@ -109,8 +112,7 @@ impl Attention {
             let (keys, values) = kv[r].layer(layer);
             kernels::attend_one(&qkv[r * 3 * d + head * hd..][..hd], keys, values, head * hd, d, out);
         });
-        let y = Tensor::from_vec(y, (m, d), x.device())?.to_dtype(x.dtype())?;
-        self.c_proj.forward(&y)
+        Ok(Tensor::from_vec(y, (m, d), &device)?)
     }
 }
 
@@ -173,15 +175,37 @@ impl Block {
         self.attn.c_attn.bytes() + self.attn.c_proj.bytes() + self.mlp.c_fc.bytes() + self.mlp.c_proj.bytes()
     }
 
-    pub fn forward(&self, x: &Tensor, mask: &Tensor, kv: &mut LayerKv) -> Result<Tensor> {
-        let h = (x + self.attn.forward(&self.ln_1.forward(x)?, mask, kv)?)?;
+    /// Block `layer` over the rows of every live part, `x` `[N, d]` (the parts' rows one after
+    /// another): the four matrix products run once over all N rows (the kernels give each row the
+    /// same bits whatever rows share the call), attention runs per part, as the part attends.
+    fn forward(&self, x: &Tensor, layer: usize, parts: &mut [Part<'_>], live: &[Live]) -> Result<Tensor> {
+        let qkv = self.attn.c_attn.forward(&self.ln_1.forward(x)?)?;
+        let mut ys = Vec::with_capacity(parts.len());
+        let mut at = 0;
+        for (part, l) in parts.iter_mut().zip(live).filter(|(_, l)| !l.done) {
+            let qkv = qkv.narrow(0, at, l.rows())?;
+            at += l.rows();
+            ys.push(match &mut part.input {
+                Input::Batch { step, shared, cache } => {
+                    let mask = match shared {
+                        Some(sh) if layer + 1 < sh.streams => &sh.step.mask,
+                        _ => &step.mask,
+                    };
+                    self.attn.attend_batch(&qkv, (l.batch, l.t), mask, cache.layer(layer))?
+                }
+                Input::Rows { kv, .. } => self.attn.attend_rows(&qkv, layer, kv)?,
+            });
+        }
+        let h = (x + self.attn.c_proj.forward(&cat_rows(ys)?)?)?;
         Ok((&h + self.mlp.forward(&self.ln_2.forward(&h)?)?)?)
     }
+}
 
-    /// [`Attention::decode`] in place of the batched attention; x [m, d].
-    pub fn decode(&self, x: &Tensor, layer: usize, kv: &mut [&mut RowKv]) -> Result<Tensor> {
-        let h = (x + self.attn.decode(&self.ln_1.forward(x)?, layer, kv)?)?;
-        Ok((&h + self.mlp.forward(&self.ln_2.forward(&h)?)?)?)
+/// Tensors `[n_i, d]` one after another, `[sum n_i, d]`.
+fn cat_rows(pieces: Vec<Tensor>) -> Result<Tensor> {
+    match pieces.len() {
+        1 => Ok(pieces.into_iter().next().expect("one piece")),
+        _ => Ok(Tensor::cat(&pieces, 0)?),
     }
 }
 
@@ -196,7 +220,7 @@ pub struct Step {
     pub mask: Tensor,
 }
 
-/// The streams that identical-prompt rows share in a prefill: see [`Gpt2::forward_shared`].
+/// The streams that identical-prompt rows share in a prefill: see [`Input::Batch`].
 #[derive(Debug, Clone, Copy)]
 pub struct SharedPrefix<'a> {
     /// One row per group of rows with the same prompt.
@@ -205,6 +229,45 @@ pub struct SharedPrefix<'a> {
     pub rows: &'a Tensor,
     /// Streams `0..streams` are computed per group (blocks `0..streams - 1`).
     pub streams: usize,
+}
+
+/// What one part of a forward ([`Gpt2::forward_parts`]) computes on.
+pub enum Input<'a> {
+    /// A chunk of a (left-padded) batch, `[B, T]` positions after those in `cache`. With
+    /// `shared`, rows that differ only from stream `shared.streams` on (the same prompt, steered
+    /// and unsteered) compute the streams before it once, one row per group (`shared.step`); the
+    /// cache's layers below `shared.streams - 1` then hold the groups' rows, the others every
+    /// row's, and no hook may act before `shared.streams`.
+    Batch { step: &'a Step, shared: Option<SharedPrefix<'a>>, cache: &'a mut KvCache },
+    /// One new position per row: `ids[r]` is row r's newest token, at position `kv[r].len()`;
+    /// each row attends over its own cache.
+    Rows { ids: &'a [u32], kv: Vec<&'a mut RowKv> },
+}
+
+/// One part of a forward: its rows and what happens at its hook points.
+pub struct Part<'a> {
+    pub input: Input<'a>,
+    pub hooks: Hooks<'a>,
+}
+
+impl<'a> Part<'a> {
+    pub fn new(input: Input<'a>, hooks: Hooks<'a>) -> Self {
+        Self { input, hooks }
+    }
+}
+
+/// A part's place in the running forward: `batch x t` rows of `x` until it stops.
+#[derive(Debug, Clone, Copy)]
+struct Live {
+    batch: usize,
+    t: usize,
+    done: bool,
+}
+
+impl Live {
+    fn rows(&self) -> usize {
+        self.batch * self.t
+    }
 }
 
 /// GPT-2 language model (lm_head tied to `wte`).
@@ -256,63 +319,8 @@ impl Gpt2 {
     /// Runs the blocks on `step`, appending to `cache`, applying `hooks` at each residual stream.
     /// Returns the final hidden states after `ln_f` ([B, T, d]), or, when
     /// `hooks.stop_after_stream` is set, the raw stream at that point.
-    pub fn forward(&self, step: &Step, cache: &mut KvCache, hooks: &mut Hooks<'_>) -> Result<Tensor> {
-        let x = self.embed(step)?;
-        match self.streams(x, 0..self.cfg.n_layer + 1, &step.mask, cache, hooks)? {
-            std::ops::ControlFlow::Break(stopped) => Ok(stopped),
-            std::ops::ControlFlow::Continue(x) => Ok(self.ln_f.forward(&x)?),
-        }
-    }
-
-    /// [`Gpt2::forward`] where rows that differ only from stream `prefix.streams` on (the same
-    /// prompt, steered and unsteered) compute the streams before it once: `prefix.step` holds
-    /// one row per group, `prefix.rows[b]` is row b's group. The cache's layers below
-    /// `prefix.streams - 1` hold the groups' rows, the others every row's. No hook may act
-    /// before `prefix.streams`.
-    pub fn forward_shared(&self, step: &Step, prefix: &SharedPrefix<'_>, cache: &mut KvCache, hooks: &mut Hooks<'_>) -> Result<Tensor> {
-        let x = self.embed(prefix.step)?;
-        let std::ops::ControlFlow::Continue(x) = self.streams(x, 0..prefix.streams, &prefix.step.mask, cache, &mut Hooks::default())? else {
-            unreachable!("no hooks on the shared streams")
-        };
-        let x = x.index_select(prefix.rows, 0)?;
-        match self.streams(x, prefix.streams..self.cfg.n_layer + 1, &step.mask, cache, hooks)? {
-            std::ops::ControlFlow::Break(stopped) => Ok(stopped),
-            std::ops::ControlFlow::Continue(x) => Ok(self.ln_f.forward(&x)?),
-        }
-    }
-
-    /// Token + position embeddings: stream 0 before any hook, [B, T, d].
-    fn embed(&self, step: &Step) -> Result<Tensor> {
-        let ids = step.ids.flatten_all()?.to_vec1::<u32>()?;
-        let tokens = self.wte.gather(&ids, &self.device)?.reshape(step.positions.dims().iter().copied().chain([self.cfg.n_embd]).collect::<Vec<_>>())?;
-        Ok((tokens + self.wpe.forward(&step.positions)?)?)
-    }
-
-    /// Residual streams `range` (stream s > 0 is block s - 1's output), with the hooks at each;
-    /// `Break` with the raw stream when the hooks stop early.
-    fn streams(
-        &self,
-        mut x: Tensor,
-        range: std::ops::Range<usize>,
-        mask: &Tensor,
-        cache: &mut KvCache,
-        hooks: &mut Hooks<'_>,
-    ) -> Result<std::ops::ControlFlow<Tensor, Tensor>> {
-        for stream in range {
-            if stream > 0 {
-                x = self.blocks[stream - 1].forward(&x, mask, cache.layer(stream - 1))?;
-            }
-            if let Some(delta) = hooks.additions.and_then(|a| a.at_stream(stream)) {
-                x = (x + delta)?;
-            }
-            if let Some(c) = hooks.captures.as_deref_mut() {
-                c.record(stream, &x);
-            }
-            if hooks.stop_after_stream == Some(stream) {
-                return Ok(std::ops::ControlFlow::Break(x));
-            }
-        }
-        Ok(std::ops::ControlFlow::Continue(x))
+    pub fn forward(&self, step: &Step, cache: &mut KvCache, hooks: Hooks<'_>) -> Result<Tensor> {
+        Ok(self.forward_parts(vec![Part::new(Input::Batch { step, shared: None, cache }, hooks)])?.remove(0))
     }
 
     /// One decode step of m rows, each with its own cache and position: `ids[r]` is row r's
@@ -320,19 +328,133 @@ impl Gpt2 {
     /// `additions` ([m, d] per stream) are the rows' all-positions directions; ActAdd's prefix
     /// additions act in the prefill only.
     pub fn decode(&self, ids: &[u32], kv: &mut [&mut RowKv], additions: Option<&Additions>) -> Result<Tensor> {
-        let m = ids.len();
-        let positions: Vec<u32> = kv.iter().map(|r| r.len() as u32).collect();
-        let positions = Tensor::from_vec(positions, m, &self.device)?;
-        let mut x = (self.wte.gather(ids, &self.device)? + self.wpe.forward(&positions)?)?;
+        let kv = kv.iter_mut().map(|r| &mut **r).collect();
+        let hooks = Hooks { additions, ..Default::default() };
+        Ok(self.forward_parts(vec![Part::new(Input::Rows { ids, kv }, hooks)])?.remove(0))
+    }
+
+    /// One forward over several parts at once (prefill chunks of different requests, a decode
+    /// step): each block's matrix products run once over every part's rows, so the weights are
+    /// streamed once for all of them, while each part attends over its own cache and has its own
+    /// hooks. A part's numbers are the same as in a forward of its own (the kernels give a row the
+    /// same bits whatever rows share the call; the rest is per row or per part).
+    ///
+    /// Returns, per part, the final hidden states after `ln_f` (`[B, T, d]` for a batch, `[m, d]`
+    /// for rows), or the raw stream where its hooks stopped.
+    pub fn forward_parts(&self, mut parts: Vec<Part<'_>>) -> Result<Vec<Tensor>> {
+        let d = self.cfg.n_embd;
+        let mut live = Vec::with_capacity(parts.len());
+        let mut xs = Vec::with_capacity(parts.len());
+        for part in &parts {
+            let (l, x) = match &part.input {
+                Input::Batch { step, shared, .. } => {
+                    let step = shared.as_ref().map_or(*step, |sh| sh.step);
+                    let (b, t) = step.ids.dims2()?;
+                    (Live { batch: b, t, done: false }, self.embed(step)?.reshape((b * t, d))?)
+                }
+                Input::Rows { ids, kv } => {
+                    let positions: Vec<u32> = kv.iter().map(|r| r.len() as u32).collect();
+                    let positions = Tensor::from_vec(positions, ids.len(), &self.device)?;
+                    let x = (self.wte.gather(ids, &self.device)? + self.wpe.forward(&positions)?)?;
+                    (Live { batch: ids.len(), t: 1, done: false }, x)
+                }
+            };
+            live.push(l);
+            xs.push(x);
+        }
+        let mut out: Vec<Option<Tensor>> = vec![None; parts.len()];
+        let mut x = cat_rows(xs)?;
         for stream in 0..=self.blocks.len() {
             if stream > 0 {
-                x = self.blocks[stream - 1].decode(&x, stream - 1, kv)?;
+                let expands = |p: &Part<'_>| matches!(&p.input, Input::Batch { shared: Some(sh), .. } if sh.streams == stream);
+                if parts.iter().zip(&live).any(|(p, l)| !l.done && expands(p)) {
+                    x = self.each_part(x, &mut parts, &mut live, |_, part, l, piece| match &part.input {
+                        Input::Batch { step, shared: Some(sh), .. } if sh.streams == stream => {
+                            let (b, t) = step.ids.dims2()?;
+                            let piece = piece.reshape((l.batch, l.t, d))?.index_select(sh.rows, 0)?;
+                            *l = Live { batch: b, t, done: false };
+                            Ok(piece.reshape((b * t, d))?)
+                        }
+                        _ => Ok(piece),
+                    })?;
+                }
+                x = self.blocks[stream - 1].forward(&x, stream - 1, &mut parts, &live)?;
             }
-            if let Some(delta) = additions.and_then(|a| a.at_stream(stream)) {
-                x = (x + delta)?;
+            let acts = |h: &Hooks<'_>| {
+                h.additions.is_some_and(|a| a.at_stream(stream).is_some())
+                    || h.captures.as_ref().is_some_and(|c| c.wants(stream))
+                    || h.stop_after_stream == Some(stream)
+            };
+            if parts.iter().zip(&live).any(|(p, l)| !l.done && acts(&p.hooks)) {
+                x = self.each_part(x, &mut parts, &mut live, |i, part, l, mut piece| {
+                    if let Some(delta) = part.hooks.additions.and_then(|a| a.at_stream(stream)) {
+                        piece = (piece + delta.reshape((l.rows(), d))?)?;
+                    }
+                    let shaped = |t: &Tensor| -> Result<Tensor> {
+                        Ok(match part.input {
+                            Input::Batch { .. } => t.reshape((l.batch, l.t, d))?,
+                            Input::Rows { .. } => t.clone(),
+                        })
+                    };
+                    if let Some(c) = part.hooks.captures.as_deref_mut() {
+                        if c.wants(stream) {
+                            c.record(stream, &shaped(&piece)?);
+                        }
+                    }
+                    if part.hooks.stop_after_stream == Some(stream) {
+                        out[i] = Some(shaped(&piece)?);
+                        l.done = true;
+                    }
+                    Ok(piece)
+                })?;
+                if live.iter().all(|l| l.done) {
+                    break;
+                }
             }
         }
-        Ok(self.ln_f.forward(&x)?)
+        let last = self.ln_f.forward(&x)?;
+        let mut at = 0;
+        for ((o, part), l) in out.iter_mut().zip(&parts).zip(&live).filter(|((o, _), _)| o.is_none()) {
+            let rows = last.narrow(0, at, l.rows())?;
+            at += l.rows();
+            *o = Some(match part.input {
+                Input::Batch { .. } => rows.reshape((l.batch, l.t, d))?,
+                Input::Rows { .. } => rows,
+            });
+        }
+        Ok(out.into_iter().map(|o| o.expect("every part ends")).collect())
+    }
+
+    /// Splits `x` into the live parts' rows, maps each piece with `f(part index, ..)` (which may
+    /// change the part's rows, or end it), and joins the pieces of the parts still live.
+    fn each_part(
+        &self,
+        x: Tensor,
+        parts: &mut [Part<'_>],
+        live: &mut [Live],
+        mut f: impl FnMut(usize, &mut Part<'_>, &mut Live, Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let mut pieces = Vec::with_capacity(parts.len());
+        let mut at = 0;
+        for (i, (part, l)) in parts.iter_mut().zip(live.iter_mut()).enumerate().filter(|(_, (_, l))| !l.done) {
+            let piece = x.narrow(0, at, l.rows())?;
+            at += l.rows();
+            let piece = f(i, part, l, piece)?;
+            if !l.done {
+                pieces.push(piece);
+            }
+        }
+        if pieces.is_empty() {
+            return Ok(x.narrow(0, 0, 0)?);
+        }
+        cat_rows(pieces)
+    }
+
+    /// Token + position embeddings: stream 0 before any hook, [B, T, d].
+    fn embed(&self, step: &Step) -> Result<Tensor> {
+        let ids = step.ids.flatten_all()?.to_vec1::<u32>()?;
+        let tokens = self.wte.gather(&ids, &self.device)?.reshape(step.positions.dims().iter().copied().chain([self.cfg.n_embd]).collect::<Vec<_>>())?;
+        Ok((tokens + self.wpe.forward(&step.positions)?)?)
     }
 
     /// hidden [N, d] -> logits [N, V] in f32.

@@ -5,7 +5,7 @@
 //! - [`RowKv`]: one row's keys and values, on the host, growing one position per step. Decoding
 //!   runs on these: each row of a step attends over its own cache only, so rows of any lengths
 //!   and ages share a step, a row's result never depends on its neighbours (no padding, no
-//!   shared reduction), and a finished row's memory is freed at once. See `gpt2::Gpt2::decode`.
+//!   shared reduction), and a finished row's memory is freed at once. See `gpt2::Input::Rows`.
 
 use candle_core::Tensor;
 
@@ -56,7 +56,7 @@ impl KvCache {
 
     /// Row `row`'s cache as a [`RowKv`], without its first `skip` (left-padding) positions. The
     /// first `shared_layers` layers hold one row per group of rows (see
-    /// `Gpt2::forward_shared`): there the row's group, `group`, is read.
+    /// `gpt2::Input::Batch`): there the row's group, `group`, is read.
     pub fn row(&self, row: usize, shared_layers: usize, group: usize, skip: usize) -> Result<RowKv> {
         let mut out = RowKv::default();
         for (l, layer) in self.layers.iter().enumerate() {
