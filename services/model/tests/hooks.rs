@@ -162,3 +162,66 @@ fn a_prefill_in_chunks_matches_the_whole_prefill() {
     }
     assert_ne!(whole[0], whole[1], "the steering acts through the chunks");
 }
+
+/// Tokens and their log-probabilities (as bits) of each row, when `requests` are prefilled in
+/// chunks of `chunk` positions and decoded either each in forwards of its own or all in shared
+/// forwards (`Engine::run`: every request's next chunk and every decoding row in one).
+fn run_requests(e: &Engine, requests: &[Vec<RowRequest>], chunk: usize, shared: bool) -> Vec<Vec<(u32, u32)>> {
+    use steer_model::{advance_all, Prefill, Sequence};
+    let opts = GenerateOptions { max_new_tokens: 6, stop_at_eos: false, ..Default::default() };
+    let mut prefills: Vec<Option<Prefill>> = requests.iter().map(|rows| Some(e.begin(rows, &opts).unwrap())).collect();
+    let mut seqs: Vec<Vec<Sequence>> = requests.iter().map(|_| vec![]).collect();
+    let mut out: Vec<Vec<(u32, u32)>> = requests.iter().flat_map(|rows| rows.iter().map(|_| vec![])).collect();
+    let groups: Vec<Vec<usize>> = if shared { vec![(0..requests.len()).collect()] } else { (0..requests.len()).map(|i| vec![i]).collect() };
+    while seqs.iter().zip(&prefills).any(|(s, p)| p.is_some() || s.iter().any(|s| !s.is_finished())) {
+        for group in &groups {
+            let mut joined = vec![];
+            let mut ps: Vec<&mut Prefill> = vec![];
+            let mut decoding: Vec<&mut Sequence> = vec![];
+            for (i, (p, s)) in prefills.iter_mut().zip(seqs.iter_mut()).enumerate().filter(|(i, _)| group.contains(i)) {
+                match p {
+                    Some(p) => {
+                        joined.push(i);
+                        ps.push(p);
+                    }
+                    None => decoding.extend(s.iter_mut().filter(|s| !s.is_finished())),
+                }
+            }
+            let done = e.run(&mut ps, chunk, &mut decoding).unwrap();
+            for (i, d) in joined.into_iter().zip(done) {
+                if let Some(d) = d {
+                    prefills[i] = None;
+                    seqs[i] = d;
+                }
+            }
+        }
+        let mut row = 0;
+        for (s, rows) in seqs.iter_mut().zip(requests) {
+            for ev in advance_all(s, e.tokenizer().bos_id()).into_iter().flatten() {
+                out[row + ev.row].push((ev.token, ev.logprob.to_bits()));
+            }
+            row += rows.len();
+        }
+    }
+    out
+}
+
+#[test]
+fn requests_sharing_forwards_get_the_numbers_they_get_alone() {
+    let e = engine();
+    let steer = love_hate(&e, HookPoint::ResidPre(2), 8.0);
+    let [p1, p2, p3] = ["I went up to my friend and said", "Hi", "To see the eiffel tower, people flock to"].map(|t| e.encode(t, true).unwrap());
+    let requests = vec![
+        // A comparison: the rows share the streams below the steering (a shared prefix).
+        vec![sampled(&p1, vec![], 1), sampled(&p1, vec![steer.clone()], 1)],
+        vec![sampled(&p2, vec![], 2)],
+        // Identical rows, prefilled once and fanned out, sampled with their own seeds.
+        vec![sampled(&p3, vec![steer.clone()], 3), sampled(&p3, vec![steer], 4)],
+    ];
+    for chunk in [3, 64] {
+        let alone = run_requests(&e, &requests, chunk, false);
+        let shared = run_requests(&e, &requests, chunk, true);
+        assert!(alone.iter().all(|r| r.len() == 6), "every row generated its tokens");
+        assert_eq!(alone, shared, "chunks of {chunk}");
+    }
+}
