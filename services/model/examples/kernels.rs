@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use steer_model::kernels::{bf16_bits, f16_bits, rows_dot, matmul};
+use steer_model::kernels::{bf16_bits, f16_bits, matmul, matmul_panels, pack_panels, rows_dot};
 
 /// This machine's f32 FMA rate with every core busy: 12 independent chains of 256-bit FMAs per
 /// thread, so the figure is the pipes' throughput, the ceiling for compute-bound steps (decode at
@@ -71,21 +71,28 @@ fn main() {
     // Weights that do not fit in cache: 32 distinct 1600x6400 matrices (1.3 GB), as in a forward.
     let (k, n, count) = (1600usize, 6400usize, 32usize);
     let ws: Vec<Vec<f32>> = (0..count).map(|j| (0..k * n).map(|i| ((i + j) % 97) as f32 * 1e-3).collect()).collect();
+    // The model's layout (panels of 32 columns) against the row-major kernel, the same weights.
+    let wps: Vec<Vec<f32>> = if wanted("uncached") || wanted("many") { ws.iter().map(|w| pack_panels(w, k, n)).collect() } else { vec![] };
     for &m in if wanted("uncached") { &[1usize, 2, 3, 4, 6, 9, 16, 32][..] } else { &[] } {
         let x: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 1e-2).collect();
-        let mut best = f64::MAX;
-        for _ in 0..3 {
-            let t = Instant::now();
-            for w in &ws {
-                std::hint::black_box(matmul(&x, w, None, m, k, n));
-            }
-            best = best.min(t.elapsed().as_secs_f64());
-        }
-        let bytes = (count * k * n * 4) as f64;
+        let best = |f: &dyn Fn(usize)| {
+            (0..3)
+                .map(|_| {
+                    let t = Instant::now();
+                    (0..count).for_each(f);
+                    t.elapsed().as_secs_f64()
+                })
+                .fold(f64::MAX, f64::min)
+        };
+        let panels = best(&|j| drop(std::hint::black_box(matmul_panels(&x, &wps[j], None, m, k, n))));
+        let rows = best(&|j| drop(std::hint::black_box(matmul(&x, &ws[j], None, m, k, n))));
+        let (bytes, flops) = ((count * k * n * 4) as f64, (2 * m * k * n * count) as f64);
         println!(
-            "uncached m={m}: {:.1} GB/s, {:.1} GFLOP/s",
-            bytes / best / 1e9,
-            (2 * m * k * n * count) as f64 / best / 1e9
+            "uncached m={m}: panels {:.1} GB/s, {:.1} GFLOP/s; row-major {:.1} GB/s, {:.1} GFLOP/s",
+            bytes / panels / 1e9,
+            flops / panels / 1e9,
+            bytes / rows / 1e9,
+            flops / rows / 1e9
         );
     }
     // Many rows (prefill, scoring): our kernel against candle's GEMM, in cache-missing weights as above.
@@ -103,10 +110,16 @@ fn main() {
                 })
                 .fold(f64::MAX, f64::min)
         };
+        let panels = best(&|j| drop(std::hint::black_box(matmul_panels(&x, &wps[j], None, m, k, n))));
         let ours = best(&|j| drop(std::hint::black_box(matmul(&x, &ws[j], None, m, k, n))));
         let candle = best(&|j| drop(std::hint::black_box(xt.matmul(&wt[j]).unwrap())));
         let flops = (2 * m * k * n * wt.len()) as f64;
-        println!("many rows m={m}: ours {:.1} GFLOP/s, candle's GEMM {:.1} GFLOP/s", flops / ours / 1e9, flops / candle / 1e9);
+        println!(
+            "many rows m={m}: panels {:.1} GFLOP/s, row-major {:.1} GFLOP/s, candle's GEMM {:.1} GFLOP/s",
+            flops / panels / 1e9,
+            flops / ours / 1e9,
+            flops / candle / 1e9
+        );
     }
     let (v, d) = (50257usize, 1600usize);
     let w: Vec<f32> = (0..v * d).map(|i| (i % 97) as f32 * 1e-3).collect();

@@ -6,6 +6,12 @@
 //! for all m input rows while it is in cache, one slab of weight rows per thread. From 2 rows a
 //! register-blocked kernel does the FMAs, from 48 a packed one (prefill, scoring). Every path
 //! gives each row the same bits whatever m, so a row's numbers never depend on its batch.
+//!
+//! The model's linears on the host now hold their weights in panels of 32 columns
+//! ([`pack_panels`]) and go through [`matmul_panels`], which keeps the sums in registers over a
+//! core's whole share of each panel and reads it as one stream (four at one row). It gives the
+//! bits of [`matmul`] (tested), which stays as the row-major reference and the old path the
+//! `kernels` example measures it against.
 
 use rayon::prelude::*;
 
