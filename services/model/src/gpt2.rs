@@ -412,6 +412,9 @@ impl Gpt2 {
                 }
             }
         }
+        if live.iter().all(|l| l.done) {
+            return Ok(out.into_iter().map(|o| o.expect("every part stopped")).collect());
+        }
         let last = self.ln_f.forward(&x)?;
         let mut at = 0;
         for ((o, part), l) in out.iter_mut().zip(&parts).zip(&live).filter(|((o, _), _)| o.is_none()) {
