@@ -139,6 +139,10 @@ struct LimitArgs {
     /// remaining prompt first, then oldest first once a request has waited this long).
     #[arg(long, default_value_t = 10.0, env = "STEER_PREFILL_AGING_SECS")]
     prefill_aging_secs: f64,
+    /// Milliseconds a request reaching an idle engine waits for others arriving with it, so that
+    /// a burst's shortest prompts are prefilled first (0: none).
+    #[arg(long, default_value_t = 10, env = "STEER_ARRIVAL_WINDOW_MS")]
+    arrival_window_ms: u64,
     /// Bytes of steering tensors one generation request may send (as f32, plus their wire form).
     #[arg(long, default_value_t = 64 << 20, env = "STEER_MAX_REQUEST_BYTES")]
     max_request_bytes: u64,
@@ -208,6 +212,7 @@ impl ServeArgs {
         g.max_prefill_tokens = l.max_prefill_tokens;
         g.prefill_tokens_per_step = l.prefill_tokens_per_step as usize;
         g.prefill_aging = secs(l.prefill_aging_secs);
+        g.arrival_window = Duration::from_millis(l.arrival_window_ms);
         g.max_request_bytes = l.max_request_bytes;
         g.max_inflight_bytes = l.max_inflight_bytes;
         g.stall_timeout = secs(l.stall_timeout_secs);

@@ -30,6 +30,9 @@ pub struct GenerationConfig {
     /// Prefills run shortest remaining prompt first; a request admitted this long ago goes
     /// first (oldest first), so long prompts are never starved by short ones.
     pub prefill_aging: std::time::Duration,
+    /// When a request reaches an idle engine, how long it waits for others arriving with it,
+    /// so that a burst's shortest prompts are prefilled first.
+    pub arrival_window: std::time::Duration,
     /// A request whose client reads nothing for this long is cancelled (ABORTED) and its rows
     /// freed; the other requests never wait for it.
     pub stall_timeout: std::time::Duration,
@@ -65,6 +68,7 @@ impl Default for GenerationConfig {
             max_prefill_tokens: 32,
             prefill_tokens_per_step: 32,
             prefill_aging: std::time::Duration::from_secs(10),
+            arrival_window: std::time::Duration::from_millis(10),
             stall_timeout: std::time::Duration::from_secs(10),
             max_request_bytes: 64 << 20,
             max_inflight_bytes: 512 << 20,

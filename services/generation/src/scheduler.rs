@@ -1,6 +1,7 @@
 //! The owner of the engine's time: one loop, iteration-level scheduling (Orca; TGI's
 //! `batching_task`; vLLM). Each iteration it
-//! 1. takes arrivals off the queue, dropping those whose client left or whose deadline passed;
+//! 1. takes arrivals off the queue (when idle, the first of a burst waits `arrival_window` for
+//!    the rest), dropping those whose client left or whose deadline passed;
 //! 2. admits waiting requests, first come first served, while they fit the budgets (rows, and KV
 //!    positions reserved as prompt + max_new_tokens per row);
 //! 3. runs one forward (`Engine::run`) of the next prefill chunk (`max_prefill_tokens`
@@ -278,6 +279,16 @@ impl EngineLoop {
                 Ok(job) => self.waiting.push_back(job),
                 Err(_) => return false,
             }
+            // A burst of arrivals (a dashboard's viewers, a sweep) reaches an idle engine over a
+            // few milliseconds: gather it, so that the first forward prefills its shortest
+            // prompts instead of whichever came first.
+            let until = Instant::now() + self.cfg.arrival_window;
+            while let Some(left) = until.checked_duration_since(Instant::now()) {
+                match self.rx.recv_timeout(left) {
+                    Ok(job) => self.waiting.push_back(job),
+                    Err(_) => break,
+                }
+            }
         } else if !busy {
             // Only undelivered events (slow readers) or jobs over budget: wait briefly for news
             // instead of spinning.
@@ -491,6 +502,20 @@ mod tests {
         Arc::new(Engine::load(&ModelSource::Dir(dir), &LoadOptions::default()).expect("the tiny fixture loads"))
     }
 
+    /// An engine loop, not started, taking jobs from `rx`.
+    fn engine_loop(engine: &Arc<Engine>, cfg: GenerationConfig, rx: std::sync::mpsc::Receiver<Job>) -> EngineLoop {
+        EngineLoop {
+            heartbeat: Default::default(),
+            engine: engine.clone(),
+            cfg,
+            rx,
+            depth: Default::default(),
+            metrics: Metrics::new(),
+            waiting: VecDeque::new(),
+            running: vec![],
+        }
+    }
+
     /// A job of two plain rows (one comparison, no steering) for `prompt`, and its event receiver.
     fn job(engine: &Engine, prompt: &str) -> (Job, mpsc::Receiver<Event>) {
         let ids = engine.encode(prompt, true).unwrap();
@@ -515,16 +540,7 @@ mod tests {
         let engine = engine();
         let cfg = GenerationConfig { max_prefill_tokens: 8, prefill_tokens_per_step: budget, prefill_aging: aging, ..Default::default() };
         let (_tx, rx) = std::sync::mpsc::channel();
-        let mut lp = EngineLoop {
-            heartbeat: Default::default(),
-            engine: engine.clone(),
-            cfg,
-            rx,
-            depth: Default::default(),
-            metrics: Metrics::new(),
-            waiting: VecDeque::new(),
-            running: vec![],
-        };
+        let mut lp = engine_loop(&engine, cfg, rx);
         let mut receivers = vec![];
         let (first, rx) = job(&engine, "I went up to my friend and said");
         receivers.push(rx);
@@ -552,6 +568,30 @@ mod tests {
             *done = (0..3).filter(|&i| lp.running[1 + i].prefill.is_none()).collect();
         }
         after
+    }
+
+    #[test]
+    fn a_burst_reaching_an_idle_engine_is_gathered_before_the_first_forward() {
+        let engine = engine();
+        let window = Duration::from_millis(50);
+        let cfg = GenerationConfig { arrival_window: window, ..Default::default() };
+        // A rendezvous channel: each send completes only when the loop takes the job.
+        let (tx, rx) = std::sync::mpsc::sync_channel(0);
+        let mut lp = engine_loop(&engine, cfg, rx);
+        let (a, _ra) = job(&engine, "I went up to my friend and said");
+        let (b, _rb) = job(&engine, "Hi there");
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let sender = std::thread::spawn(move || {
+            tx.send(a).unwrap();
+            tx.send(b).unwrap();
+            released.recv().ok(); // the service stays up until the test is done
+        });
+        let started = Instant::now();
+        assert!(lp.intake());
+        assert_eq!(lp.waiting.len(), 2, "the second arrival joined the first");
+        assert!(started.elapsed() >= window, "the loop waited the window out for more arrivals");
+        release.send(()).unwrap();
+        sender.join().unwrap();
     }
 
     #[test]
