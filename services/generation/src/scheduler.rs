@@ -390,17 +390,16 @@ impl EngineLoop {
             .iter()
             .enumerate()
             .filter(|(_, r)| !r.ended)
-            .filter_map(|(i, r)| r.prefill.as_ref().map(|p| (i, r, p.remaining())))
-            .map(|(i, r, left)| {
+            .filter_map(|(i, r)| r.prefill.as_ref().map(|p| (i, r, p)))
+            .map(|(i, r, p)| {
                 let aged = now.duration_since(r.started) >= self.cfg.prefill_aging;
-                (!aged, if aged { 0 } else { left }, i, left)
+                (!aged, if aged { 0 } else { p.remaining() }, i, p.next_chunk(self.cfg.max_prefill_tokens))
             })
             .collect();
         order.sort_unstable();
         let mut spent = 0;
         let mut chosen = vec![];
-        for (_, _, i, left) in order {
-            let chunk = left.min(self.cfg.max_prefill_tokens.max(1));
+        for (_, _, i, chunk) in order {
             if !chosen.is_empty() && spent + chunk > self.cfg.prefill_tokens_per_step {
                 break;
             }
@@ -434,12 +433,11 @@ impl EngineLoop {
         if prefills.is_empty() && seqs.is_empty() {
             return;
         }
-        let (n, positions) = (seqs.len(), prefills.iter().map(|p| p.remaining().min(self.cfg.max_prefill_tokens.max(1))).sum::<usize>());
+        let (n, positions) = (seqs.len(), prefills.iter().map(|p| p.next_chunk(self.cfg.max_prefill_tokens)).sum::<usize>());
         let span = tracing::info_span!("forward", decode_rows = n, prefills = prefills.len(), prefill_positions = positions);
         let started = Instant::now();
         let result = span.in_scope(|| self.engine.run(&mut prefills, self.cfg.max_prefill_tokens, &mut seqs));
         tracing::debug!(parent: &span, secs = started.elapsed().as_secs_f64(), "forward done");
-        drop((prefills, seqs));
         let done = match result {
             Ok(done) => done,
             Err(e) => {

@@ -416,7 +416,7 @@ impl Engine {
     /// The inputs of `p`'s next chunk of at most `max_tokens` positions.
     fn chunk(&self, p: &Prefill, max_tokens: usize) -> Result<Chunk> {
         let (p0, width) = (p.done, p.layout.width);
-        let p1 = width.min(p0.saturating_add(max_tokens.max(1)));
+        let p1 = p0 + p.next_chunk(max_tokens);
         let window = match &p.additions {
             Some(a) if p0 == 0 && p1 == width => Some(a.clone()),
             Some(a) => Some(a.window(p0, p1 - p0)?),
@@ -526,6 +526,11 @@ impl Prefill {
     /// Prompt positions still to prefill.
     pub fn remaining(&self) -> usize {
         self.layout.width - self.done
+    }
+
+    /// Positions the next chunk of at most `max_tokens` covers ([`Engine::run`]).
+    pub fn next_chunk(&self, max_tokens: usize) -> usize {
+        self.remaining().min(max_tokens.max(1))
     }
 }
 
