@@ -10,11 +10,12 @@
 //! The product `y = x . W^T` (W: `[n, k]` rows of blocks, x: `[m, k]` f32) follows llama.cpp's
 //! arithmetic: each 32-value block of x is quantized to int8 with its own f32 scale, each (weight
 //! block, x block) pair is one exact integer dot product, scaled by both scales and accumulated
-//! in f32. The layout is ours ([`Q8Rows`]): whole groups of 8 blocks interleaved so that one
-//! vector instruction advances 8 blocks' dot products at once, one per lane, with AVX512-VNNI's
-//! `vpdpbusd` where the CPU has it (AVX2's `maddubs` + `madd` otherwise, the same sums). Each
-//! weight group is loaded once for up to 8 rows of x held in registers; output rows are split
-//! over threads.
+//! in f32. The layout is ours ([`Q8Rows`]): groups of 16 blocks interleaved so that one 512-bit
+//! instruction advances 16 blocks' dot products at once, one per lane, with AVX512-VNNI's
+//! `vpdpbusd` where the CPU has it (AVX2's `maddubs` + `madd` on the two 256-bit halves
+//! otherwise, the same sums); a row's last 8 to 15 blocks past its 16-block groups take one
+//! 8-block group, the rest (fewer than 8) stay plain. Each weight group is loaded once for up to
+//! 8 rows of x held in registers; output rows are split over threads.
 //!
 //! Against candle 0.11's `QMatMul` (its CPU path is ggml's `vec_dot_q8_0_q8_0`, one block at a
 //! time) on the same q8_0 weights, XL's MLP matrices x 12 (beyond the caches), 2 cores, three
@@ -114,49 +115,78 @@ impl Q8Blocks {
     }
 }
 
-/// Blocks the product takes at once from a row: 8 blocks (256 weights) give each of a vector's
-/// 8 lanes one block's whole dot product.
-const GROUP_BLOCKS: usize = 8;
+/// Blocks one 512-bit vector advances at once: each of its 16 lanes holds 4 bytes of one block,
+/// so a group's 8 vectors give every lane its block's whole dot product (`vpdpbusd`, 4 bytes per
+/// lane), with no horizontal sums, and the scales, offsets and f32 sums of 16 blocks take one
+/// instruction each.
+const GROUP: usize = 16;
+/// The 8-block group a row ends with when 8 to 15 blocks remain after its 16-block groups (XL's
+/// 6400-wide rows: 12 groups of 16 and one of 8), in 256-bit vectors.
+const HALF: usize = 8;
 
-/// Where byte `e` of block `j` of a group sits in the group's 256 bytes: each 32-byte vector
-/// holds 4 consecutive bytes of each of the 8 blocks, so a 4-byte dot product per lane
-/// (`vpdpbusd`, or `maddubs` + `madd`) over the group's 8 vectors leaves lane j with block j's
-/// whole dot product, no horizontal sums.
+/// How a row of `nb` blocks is laid out: `wide` groups of [`GROUP`] blocks, then (`half`) one
+/// group of [`HALF`], then plain blocks from `tail` on (fewer than 8: XL's 1600-wide rows end
+/// with 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Shape {
+    wide: usize,
+    half: bool,
+    tail: usize,
+}
+
+impl Shape {
+    fn of(nb: usize) -> Self {
+        let (wide, half) = (nb / GROUP, nb % GROUP >= HALF);
+        Self { wide, half, tail: wide * GROUP + if half { HALF } else { 0 } }
+    }
+
+    /// Where byte `e` of block `b` sits in the row's bytes: in a group of `n` blocks, vector
+    /// `e / 4` (`4n` bytes) holds bytes `4(e/4)..4(e/4) + 4` of each block, block j's at `4j`.
+    #[inline(always)]
+    fn pos(self, b: usize, e: usize) -> usize {
+        let (base, n) = if b < self.wide * GROUP {
+            (b / GROUP * GROUP, GROUP)
+        } else if b < self.tail {
+            (self.wide * GROUP, HALF)
+        } else {
+            return b * QK8_0 + e;
+        };
+        base * QK8_0 + (e / 4) * 4 * n + (b - base) * 4 + e % 4
+    }
+}
+
+/// Byte `p` of a row of blocks.
 #[inline(always)]
-fn group_pos(j: usize, e: usize) -> usize {
-    (e / 4) * QK8_0 + j * 4 + e % 4
+fn byte(row: &[Q32], p: usize) -> i8 {
+    row[p / QK8_0].0[p % QK8_0]
 }
 
-/// Interleaves one group of 8 blocks in place ([`group_pos`]), xor-ing each byte with `flip`.
-fn interleave(group: &mut [Q32], flip: u8) {
-    let mut out = [Q32::default(); GROUP_BLOCKS];
-    for (j, q) in group.iter().enumerate() {
-        for (e, &v) in q.0.iter().enumerate() {
-            let p = group_pos(j, e);
-            out[p / QK8_0].0[p % QK8_0] = (v as u8 ^ flip) as i8;
-        }
+/// Writes block `b`'s bytes `q` (xor-ed with `flip`) where [`Shape::pos`] puts them in `row`, 4
+/// bytes at a time (a 4-byte run never leaves its 32-byte vector).
+#[inline(always)]
+fn place(row: &mut [Q32], shape: Shape, b: usize, q: &Q32, flip: u8) {
+    let flip = u32::from_ne_bytes([flip; 4]);
+    for e in (0..QK8_0).step_by(4) {
+        let p = shape.pos(b, e);
+        let word = u32::from_ne_bytes(std::array::from_fn(|i| q.0[e + i] as u8)) ^ flip;
+        row[p / QK8_0].0[p % QK8_0..][..4].copy_from_slice(&word.to_ne_bytes().map(|v| v as i8));
     }
-    group.copy_from_slice(&out);
 }
 
-/// Interleaves the whole groups of each row of `row_blocks` blocks (the tail blocks stay plain)
-/// and xors every byte with `flip`.
-fn pack_rows(qs: &mut [Q32], row_blocks: usize, flip: u8) {
-    let whole = row_blocks / GROUP_BLOCKS * GROUP_BLOCKS;
-    for row in qs.chunks_exact_mut(row_blocks) {
-        let (groups, tail) = row.split_at_mut(whole);
-        groups.chunks_exact_mut(GROUP_BLOCKS).for_each(|g| interleave(g, flip));
-        for v in tail.iter_mut().flat_map(|q| q.0.iter_mut()) {
-            *v = (*v as u8 ^ flip) as i8;
-        }
+/// Lays out one row's blocks as [`Shape::pos`] says, xor-ing every byte with `flip`; `out` is
+/// scratch of the row's length.
+fn pack_row(row: &mut [Q32], shape: Shape, flip: u8, out: &mut [Q32]) {
+    for (b, q) in row.iter().enumerate() {
+        place(out, shape, b, q, flip);
     }
+    row.copy_from_slice(out);
 }
 
 /// A q8_0 matrix `[n, k]` as the product reads it: the same blocks and bytes as [`Q8Blocks`]
-/// (34 per 32 weights), each row's whole groups of 8 blocks interleaved ([`group_pos`]) and every
-/// quant stored unsigned as `q + 128`, the operand `vpdpbusd` multiplies unsigned (the signed
-/// activations' `128 * sum(x)` per block, computed once per product, takes the offset back out).
-/// Packed in place at load.
+/// (34 per 32 weights), each row's blocks laid out in groups ([`Shape`]) and every quant stored
+/// unsigned as `q + 128`, the operand `vpdpbusd` multiplies unsigned (the signed activations'
+/// `128 * sum(x)` per block, computed once per product, takes the offset back out). Packed in
+/// place at load.
 ///
 /// Measured against the layout ggml computes on (one block's 32 bytes per vector: an integer dot
 /// product, then a horizontal sum, scale and FMA per block and row), XL's MLP matrices x 12,
@@ -172,7 +202,9 @@ impl Q8Rows {
     /// Packs `b`, rows of `row_blocks` blocks.
     pub fn pack(mut b: Q8Blocks, row_blocks: usize) -> Self {
         assert!(row_blocks > 0 && b.len().is_multiple_of(row_blocks), "whole rows of blocks");
-        pack_rows(&mut b.qs, row_blocks, 0x80);
+        let shape = Shape::of(row_blocks);
+        b.qs.par_chunks_mut(row_blocks)
+            .for_each_init(|| vec![Q32::default(); row_blocks], |out, row| pack_row(row, shape, 0x80, out));
         Self { qs: b.qs, d: b.d, row_blocks }
     }
 
@@ -185,18 +217,10 @@ impl Q8Rows {
     pub fn dequantize_row_into(&self, row: usize, out: &mut Vec<f32>) {
         let nb = self.row_blocks;
         let (qs, d) = (&self.qs[row * nb..(row + 1) * nb], &self.d[row * nb..(row + 1) * nb]);
-        let whole = nb / GROUP_BLOCKS * GROUP_BLOCKS;
+        let shape = Shape::of(nb);
         for (b, &d) in d.iter().enumerate() {
             let d = half::f16::from_bits(d).to_f32();
-            out.extend((0..QK8_0).map(|e| {
-                let byte = if b < whole {
-                    let p = group_pos(b % GROUP_BLOCKS, e);
-                    qs[b / GROUP_BLOCKS * GROUP_BLOCKS + p / QK8_0].0[p % QK8_0]
-                } else {
-                    qs[b].0[e]
-                };
-                ((byte as u8 ^ 0x80) as i8) as f32 * d
-            }));
+            out.extend((0..QK8_0).map(|e| ((byte(qs, shape.pos(b, e)) as u8 ^ 0x80) as i8) as f32 * d));
         }
     }
 
@@ -212,13 +236,14 @@ impl Q8Rows {
 }
 
 /// Activations quantized per block with f32 scales (the weights' are f16; an f32 one costs
-/// nothing here and keeps the activations' rounding at int8's alone), packed as the weights
+/// nothing here and keeps the activations' rounding at int8's alone), laid out as the weights
 /// (signed), with each block's `128 * sum(q)`.
 struct XQ {
     qs: Vec<Q32>,
     d: Vec<f32>,
     offset: Vec<i32>,
     nb: usize,
+    shape: Shape,
 }
 
 fn quantize_x(x: &[f32], nb: usize) -> XQ {
@@ -229,36 +254,45 @@ fn quantize_x(x: &[f32], nb: usize) -> XQ {
             return unsafe { quantize_x_avx2(x, nb) };
         }
     }
-    quantize_x_portable(x, nb)
+    quantize_x_with(x, nb, quantize_block)
 }
 
-/// The same with AVX2 enabled, so that `round` is `vroundps` (with the same results: the
-/// compiler keeps round-half-away-from-zero) rather than a call to libm's `roundf` per value,
-/// which showed in the profile of a 6-row product (the product's rate moved within the noise).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn quantize_x_avx2(x: &[f32], nb: usize) -> XQ {
-    quantize_x_portable(x, nb)
+    // SAFETY: the caller found AVX2.
+    quantize_x_with(x, nb, |b| unsafe { x86::quantize_block_avx2(b) })
 }
 
+/// Each block quantized straight into its place in the layout, serially (the rows split over
+/// rayon's threads took longer: 22 us against 15 at m = 6, k = 1600). Before, the scalar `round`
+/// and saturating cast per value, then a per-byte layout pass, had taken 37 us of a ~190 us
+/// 6-row product with k = 1600, and 144 of ~470 with k = 6400; now 6-15 and ~60.
 #[inline(always)]
-fn quantize_x_portable(x: &[f32], nb: usize) -> XQ {
-    let (d, mut qs): (Vec<f32>, Vec<Q32>) = x.chunks_exact(QK8_0).map(quantize_block).unzip();
-    let offset = qs.iter().map(|q| 128 * q.0.iter().map(|&v| v as i32).sum::<i32>()).collect();
-    pack_rows(&mut qs, nb, 0);
-    XQ { qs, d, offset, nb }
+fn quantize_x_with(x: &[f32], nb: usize, block: impl Fn(&[f32]) -> (f32, Q32)) -> XQ {
+    let shape = Shape::of(nb);
+    let blocks = x.len() / QK8_0;
+    let (mut qs, mut d, mut offset) = (vec![Q32::default(); blocks], vec![0f32; blocks], vec![0i32; blocks]);
+    let rows = qs.chunks_exact_mut(nb).zip(d.chunks_exact_mut(nb)).zip(offset.chunks_exact_mut(nb)).zip(x.chunks_exact(nb * QK8_0));
+    for (((qs, d), offset), x) in rows {
+        for (b, ((xb, d), offset)) in x.chunks_exact(QK8_0).zip(d).zip(offset).enumerate() {
+            let (scale, q) = block(xb);
+            *d = scale;
+            *offset = 128 * q.0.iter().map(|&v| v as i32).sum::<i32>();
+            place(qs, shape, b, &q, 0);
+        }
+    }
+    XQ { qs, d, offset, nb, shape }
 }
-
-/// Rows of x that share each pass over a weight row (each in its own registers).
-const X_ROWS: usize = 8;
 
 /// `y[m, n] = x[m, k] . W[n, k]^T (+ bias[n])`.
 ///
-/// Per output element: for each whole group, lane j of an f32 accumulator takes
-/// `dot_j * (dw_j * dx_j)` (one FMA; the integer dot is exact); the 8 lanes are summed in a
-/// fixed tree, then the tail blocks in order. That order never depends on m or on the kernel
-/// (AVX512-VNNI, AVX2, portable): a row's result never depends on the rows computed beside it,
-/// and every CPU gives the same bits.
+/// Per output element: for each 16-block group, lane j of an f32 accumulator takes
+/// `dot_j * (dw_j * dx_j)` (one FMA; the integer dot is exact); lanes j and j + 8 are then
+/// added, the 8-block group (if any) FMA-ed into those 8 lanes the same way, the 8 lanes summed
+/// in a fixed tree, then the tail blocks added in order. That order never depends on m or on the
+/// kernel (AVX512-VNNI, AVX2, portable): a row's result never depends on the rows computed beside
+/// it, and every CPU gives the same bits.
 ///
 /// XL's MLP matrices x 12, 2 cores, interleaved A/B runs in one session, G weights/s, against
 /// ggml's block-at-a-time layout (AVX2 `maddubs` + `madd`, then a horizontal sum, scale and FMA
@@ -266,6 +300,17 @@ const X_ROWS: usize = 8;
 /// m = 1: 22.4-26.6 against 17.7-24.3; m = 6: 12.0-12.5 against 5.4-8.5; m = 16: 5.2-5.9
 /// against 3.2-3.6. `steer bench --dtypes f32,q8_0` on XL, same run: 6-row decode 37.8 tok/s
 /// (2.37x f32's; was 1.52-1.70x), prefill of 9 tokens 0.38x f32's (was 0.68-0.83x).
+///
+/// Groups of 16 blocks in 512-bit lanes (one scale, offset and FMA instruction per 16 blocks and
+/// row, where 8-block groups took a 512-bit add, an extract and seven 256-bit ones per 8), with x
+/// quantized by AVX2 straight into place, against 8-block groups: the same matrices, interleaved
+/// runs, three each, G weights/s, `[1600 -> 6400]` and `[6400 -> 1600]` apart: m = 1: 20.1-25.6
+/// and 21.7-25.6 against 22.6-26.6 and 20.2-24.7 (memory-bound, the same); m = 6: 17.1-18.1 and
+/// 12.4-12.7 against 11.3-12.8 and 9.9-10.9; m = 16: 7.0-7.4 and 6.8-7.1 against 6.0-6.2 and
+/// 5.0-5.8. Tried and dropped: two weight rows per pass, each x vector feeding both (+10-20%
+/// with the weights in L3, but -35% at m = 1 and 6 with k = 1600 streaming them from memory);
+/// the 6400-wide rows' 6 rows of x in two passes of 3, to keep x in L1 (-10-20%); prefetching
+/// the scales, or with other hints or distances (no change).
 pub fn matmul_t(x: &[f32], w: &Q8Rows, bias: Option<&[f32]>, m: usize, k: usize, n: usize) -> Vec<f32> {
     assert_eq!(k % QK8_0, 0, "k is whole blocks");
     assert_eq!(k / QK8_0, w.row_blocks, "k matches the rows");
@@ -279,27 +324,40 @@ fn matmul_with(kernel: Kernel, x: &[f32], w: &Q8Rows, bias: Option<&[f32]>, m: u
     let xq = quantize_x(x, nb);
     // Output rows per task: enough work to amortise the task, enough tasks to balance.
     const ROWS: usize = 64;
-    let mut yt = vec![0f32; n * m]; // [n, m]
-    yt.par_chunks_mut(ROWS * m).enumerate().for_each(|(ci, out)| {
-        let o0 = ci * ROWS;
-        for (j, o) in out.chunks_exact_mut(m).enumerate() {
-            let rows = (o0 + j) * nb..(o0 + j + 1) * nb;
+    let most = kernel.max_rows();
+    let mut y = vec![0f32; m * n];
+    let at = Shared(y.as_mut_ptr());
+    (0..n.div_ceil(ROWS)).into_par_iter().for_each(|task| {
+        let mut out = [0f32; X_ROWS];
+        for o in task * ROWS..n.min(task * ROWS + ROWS) {
+            let rows = o * nb..(o + 1) * nb;
             let (qs, d) = (&w.qs[rows.clone()], &w.d[rows]);
             let mut r = 0;
             while r < m {
-                let g = (m - r).min(X_ROWS);
-                kernel.rows(qs, d, &xq, r, &mut o[r..r + g]);
+                let g = (m - r).min(most);
+                kernel.rows(qs, d, &xq, r, &mut out[..g]);
+                for (i, v) in out[..g].iter().enumerate() {
+                    // SAFETY: y is m x n; each task writes its own outputs' columns.
+                    unsafe { at.get().add((r + i) * n + o).write(v + bias.map_or(0.0, |b| b[o])) };
+                }
                 r += g;
             }
         }
     });
-    let mut y = vec![0f32; m * n];
-    for o in 0..n {
-        for r in 0..m {
-            y[r * n + o] = yt[o * m + r] + bias.map_or(0.0, |b| b[o]);
-        }
-    }
     y
+}
+
+/// The product's output, written by every task at its own columns.
+struct Shared(*mut f32);
+
+// SAFETY: the tasks write disjoint elements, and the buffer outlives them.
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    /// A method, so that closures capture the whole (Sync) wrapper, not its raw pointer.
+    fn get(&self) -> *mut f32 {
+        self.0
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -326,7 +384,18 @@ impl Kernel {
         Kernel::Portable
     }
 
-    /// Dots of one weight row (`qs`, `d`) with x rows `r0..r0 + out.len()` (at most [`X_ROWS`]).
+    /// Rows of x that share each pass over a weight row, each with its sums in registers:
+    /// AVX-512 has 32 registers, AVX2 16 (two 8-lane sums and two dots per row).
+    fn max_rows(self) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => X_ROWS / 2,
+            _ => X_ROWS,
+        }
+    }
+
+    /// Dots of one weight row (`qs`, `d`) with x rows `r0..r0 + out.len()` (at most
+    /// [`Kernel::max_rows`]).
     fn rows(self, qs: &[Q32], d: &[u16], xq: &XQ, r0: usize, out: &mut [f32]) {
         macro_rules! fixed {
             ($f:ident) => {
@@ -359,6 +428,9 @@ impl Kernel {
     }
 }
 
+/// Rows of x that share each pass over a weight row (at most).
+const X_ROWS: usize = 8;
+
 /// The exact dot product of a stored (`q + 128`) weight block with an activation block, laid
 /// out alike.
 #[inline(always)]
@@ -366,17 +438,17 @@ fn block_dot(w: &Q32, x: &Q32) -> i32 {
     w.0.iter().zip(&x.0).map(|(&a, &b)| (a as u8 as i32 - 128) * b as i32).sum()
 }
 
-/// The sum of a group accumulator's lanes, in the tree the AVX2 `hsum` uses.
+/// The sum of the 8 lanes, in the tree the AVX2 `hsum` uses.
 #[inline(always)]
-fn lanes_sum(a: [f32; 8]) -> f32 {
+fn lanes_sum(a: [f32; HALF]) -> f32 {
     ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
 }
 
-/// The tail blocks (after the whole groups) added to `s` in order.
+/// The tail blocks (after the groups) added to `s` in order.
 #[inline(always)]
 fn tail(qs: &[Q32], d: &[u16], xq: &XQ, r: usize, mut s: f32) -> f32 {
     let nb = xq.nb;
-    for b in nb / GROUP_BLOCKS * GROUP_BLOCKS..nb {
+    for b in xq.shape.tail..nb {
         let at = r * nb + b;
         let scale = half::f16::from_bits(d[b]).to_f32() * xq.d[at];
         s = (block_dot(&qs[b], &xq.qs[at]) as f32).mul_add(scale, s);
@@ -386,19 +458,22 @@ fn tail(qs: &[Q32], d: &[u16], xq: &XQ, r: usize, mut s: f32) -> f32 {
 
 /// One output element without SIMD: the same operations in the same order as the kernels.
 fn portable_row(qs: &[Q32], d: &[u16], xq: &XQ, r: usize) -> f32 {
-    let nb = xq.nb;
-    let mut acc = [0f32; 8];
-    for g in 0..nb / GROUP_BLOCKS {
-        let (w, x) = (&qs[g * GROUP_BLOCKS..][..GROUP_BLOCKS], &xq.qs[r * nb + g * GROUP_BLOCKS..][..GROUP_BLOCKS]);
+    let (nb, shape) = (xq.nb, xq.shape);
+    let (x, xd) = (&xq.qs[r * nb..][..nb], &xq.d[r * nb..][..nb]);
+    let term = |b: usize, acc: f32| {
+        let dot: i32 = (0..QK8_0).map(|e| (byte(qs, shape.pos(b, e)) as u8 as i32 - 128) * byte(x, shape.pos(b, e)) as i32).sum();
+        (dot as f32).mul_add(half::f16::from_bits(d[b]).to_f32() * xd[b], acc)
+    };
+    let mut wide = [0f32; GROUP];
+    for g in 0..shape.wide {
+        for (j, a) in wide.iter_mut().enumerate() {
+            *a = term(g * GROUP + j, *a);
+        }
+    }
+    let mut acc: [f32; HALF] = std::array::from_fn(|j| wide[j] + wide[j + HALF]);
+    if shape.half {
         for (j, a) in acc.iter_mut().enumerate() {
-            let dot: i32 = (0..QK8_0)
-                .map(|e| {
-                    let p = group_pos(j, e);
-                    (w[p / QK8_0].0[p % QK8_0] as u8 as i32 - 128) * x[p / QK8_0].0[p % QK8_0] as i32
-                })
-                .sum();
-            let b = g * GROUP_BLOCKS + j;
-            *a = (dot as f32).mul_add(half::f16::from_bits(d[b]).to_f32() * xq.d[r * nb + b], *a);
+            *a = term(shape.wide * GROUP + j, *a);
         }
     }
     tail(qs, d, xq, r, lanes_sum(acc))
@@ -406,7 +481,7 @@ fn portable_row(qs: &[Q32], d: &[u16], xq: &XQ, r: usize) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{tail, Q32, GROUP_BLOCKS, XQ};
+    use super::{tail, Q32, GROUP, HALF, QK8_0, XQ};
     use std::arch::x86_64::*;
 
     /// How far ahead of the kernel the weights are prefetched (bytes), from 2 rows up: +10-15% at
@@ -421,76 +496,142 @@ mod x86 {
         _mm_cvtss_f32(s)
     }
 
-    /// The scaled group sums added to `acc`: lane j takes `dot_j * (dw_j * dx_j)`.
+    /// 8 blocks' scaled dots added to `acc[i]` for each row i: lane j takes
+    /// `dot_j * (dw_j * dx_j)`; `d` points at the blocks' weight scales, `at` at row 0's
+    /// first block in x.
     #[inline(always)]
-    unsafe fn scale_into(acc: &mut __m256, dot: __m256i, d: &[u16], xq: &XQ, at: usize, g: usize) {
-        let dw = _mm256_cvtph_ps(_mm_loadu_si128(d.as_ptr().add(g * GROUP_BLOCKS).cast()));
-        let s = _mm256_mul_ps(dw, _mm256_loadu_ps(xq.d.as_ptr().add(at)));
-        *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, *acc);
+    unsafe fn scale8<const G: usize>(acc: &mut [__m256; G], dot: [__m256i; G], d: *const u16, xq: &XQ, at: usize) {
+        let dw = _mm256_cvtph_ps(_mm_loadu_si128(d.cast()));
+        for (i, (acc, dot)) in acc.iter_mut().zip(dot).enumerate() {
+            let s = _mm256_mul_ps(dw, _mm256_loadu_ps(xq.d.as_ptr().add(at + i * xq.nb)));
+            *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), s, *acc);
+        }
+    }
+
+    /// [`super::quantize_block`] with AVX2, bit for bit: the same `max|x|`, scale and products;
+    /// round half away from zero as `trunc(v) + (|v - trunc(v)| >= 0.5 ? sign(v) : 0)` (exact:
+    /// `v - trunc(v)` is exact in f32), then `as i8`'s saturation (NaN to 0).
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn quantize_block_avx2(b: &[f32]) -> (f32, Q32) {
+        assert_eq!(b.len(), QK8_0);
+        let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(b.as_ptr().add(8 * i)));
+        let sign = _mm256_set1_ps(-0.0);
+        // `maxps(a, m)` returns m where a is NaN, as `f32::max` skips NaN.
+        let m = v.iter().fold(_mm256_setzero_ps(), |m, &v| _mm256_max_ps(_mm256_andnot_ps(sign, v), m));
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+        let d = amax / 127.0;
+        let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+        let (half, one) = (_mm256_set1_ps(0.5), _mm256_set1_ps(1.0));
+        let (lo, hi) = (_mm256_set1_ps(-128.0), _mm256_set1_ps(127.0));
+        let q = v.map(|v| {
+            let x = _mm256_mul_ps(v, id);
+            let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(x);
+            let away = _mm256_cmp_ps::<_CMP_GE_OQ>(_mm256_andnot_ps(sign, _mm256_sub_ps(x, t)), half);
+            let r = _mm256_add_ps(t, _mm256_and_ps(away, _mm256_or_ps(_mm256_and_ps(sign, x), one)));
+            let r = _mm256_and_ps(_mm256_min_ps(_mm256_max_ps(r, lo), hi), _mm256_cmp_ps::<_CMP_ORD_Q>(x, x));
+            _mm256_cvttps_epi32(r)
+        });
+        let bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+        let mut out = Q32::default();
+        _mm256_store_si256((&mut out as *mut Q32).cast(), _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+        (d, out)
     }
 
     /// G rows of x against one weight row with `vpdpbusd` (unsigned weights, signed x; the
     /// offset's `128 * sum(x)` subtracted per block).
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
     pub unsafe fn rows_vnni<const G: usize>(qs: &[Q32], d: &[u16], xq: &XQ, r0: usize, out: &mut [f32]) {
-        let nb = xq.nb;
-        let (wp, xp) = (qs.as_ptr(), xq.qs.as_ptr());
-        let mut acc = [_mm256_setzero_ps(); G];
-        for g in 0..nb / GROUP_BLOCKS {
-            // 512-bit vectors: two of the group's 32-byte vectors each (lanes 8..16 take the
-            // odd ones), then the halves added. `vpdpbusd` runs as many 512-bit instructions
-            // per second as 256-bit ones here (1.8 G/s on a core, measured), so twice the work.
-            // Two chains per row: one chain per row waits on the instruction's latency (the
-            // compiler runs the rows one after another).
+        let (nb, shape) = (xq.nb, xq.shape);
+        let (wp, xp, x0) = (qs.as_ptr(), xq.qs.as_ptr(), r0 * nb);
+        let mut wide = [_mm512_setzero_ps(); G];
+        for g in 0..shape.wide {
+            let b0 = g * GROUP;
             if G > 1 {
-                let ahead = wp.add(g * GROUP_BLOCKS).cast::<i8>().wrapping_add(PREFETCH);
-                for line in 0..4 {
+                let ahead = wp.add(b0).cast::<i8>().wrapping_add(PREFETCH);
+                for line in 0..GROUP / 2 {
                     _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line));
                 }
             }
+            // Two chains per row: one chain per row waits on the instruction's latency (the
+            // compiler runs the rows one after another).
             let mut dot = [[_mm512_setzero_si512(); 2]; G];
-            for c in 0..GROUP_BLOCKS / 2 {
-                let w = _mm512_loadu_si512(wp.add(g * GROUP_BLOCKS + 2 * c).cast());
+            for c in 0..GROUP / 2 {
+                let w = _mm512_loadu_si512(wp.add(b0 + 2 * c).cast());
                 for (i, dot) in dot.iter_mut().enumerate() {
-                    let x = _mm512_loadu_si512(xp.add((r0 + i) * nb + g * GROUP_BLOCKS + 2 * c).cast());
+                    let x = _mm512_loadu_si512(xp.add(x0 + i * nb + b0 + 2 * c).cast());
                     dot[c % 2] = _mm512_dpbusd_epi32(dot[c % 2], w, x);
                 }
             }
-            for (i, (acc, [even, odd])) in acc.iter_mut().zip(dot).enumerate() {
-                let at = (r0 + i) * nb + g * GROUP_BLOCKS;
-                let both = _mm512_add_epi32(even, odd);
-                let (even, odd) = (_mm512_castsi512_si256(both), _mm512_extracti64x4_epi64::<1>(both));
-                let dot = _mm256_sub_epi32(_mm256_add_epi32(even, odd), _mm256_loadu_si256(xq.offset.as_ptr().add(at).cast()));
-                scale_into(acc, dot, d, xq, at, g);
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(d.as_ptr().add(b0).cast()));
+            for (i, (acc, [even, odd])) in wide.iter_mut().zip(dot).enumerate() {
+                let at = x0 + i * nb + b0;
+                let dot = _mm512_sub_epi32(_mm512_add_epi32(even, odd), _mm512_loadu_si512(xq.offset.as_ptr().add(at).cast()));
+                let s = _mm512_mul_ps(dw, _mm512_loadu_ps(xq.d.as_ptr().add(at)));
+                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, *acc);
             }
+        }
+        let mut acc = wide.map(|a| _mm256_add_ps(_mm512_castps512_ps256(a), _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(a)))));
+        if shape.half {
+            let b0 = shape.wide * GROUP;
+            let mut dot = [[_mm256_setzero_si256(); 2]; G];
+            for c in 0..HALF {
+                let w = _mm256_load_si256(wp.add(b0 + c).cast());
+                for (i, dot) in dot.iter_mut().enumerate() {
+                    dot[c % 2] = _mm256_dpbusd_epi32(dot[c % 2], w, _mm256_load_si256(xp.add(x0 + i * nb + b0 + c).cast()));
+                }
+            }
+            let dot = std::array::from_fn(|i| {
+                let offset = _mm256_loadu_si256(xq.offset.as_ptr().add(x0 + i * nb + b0).cast());
+                _mm256_sub_epi32(_mm256_add_epi32(dot[i][0], dot[i][1]), offset)
+            });
+            scale8(&mut acc, dot, d.as_ptr().add(b0), xq, x0 + b0);
         }
         for (i, (o, acc)) in out.iter_mut().zip(acc).enumerate() {
             *o = tail(qs, d, xq, r0 + i, hsum(acc));
         }
     }
 
-    /// The same with AVX2: the weights' sign moved onto x so that `maddubs` multiplies |w|
-    /// (unsigned) by signed bytes (llama.cpp's `mul_sum_i8_pairs`), `madd` summing 4 per lane.
+    /// The exact dots of 8 blocks (8 vectors of 32 bytes, `stride` blocks apart from `w` on, and
+    /// likewise in each x row from `x`) with AVX2: the weights' sign moved onto x so that
+    /// `maddubs` multiplies |w| (unsigned) by signed bytes (llama.cpp's `mul_sum_i8_pairs`),
+    /// `madd` summing 4 per lane.
+    #[inline(always)]
+    unsafe fn dot8_avx2<const G: usize>(w: *const Q32, x: *const Q32, nb: usize, stride: usize) -> [__m256i; G] {
+        let (flip, ones) = (_mm256_set1_epi8(0x80u8 as i8), _mm256_set1_epi16(1));
+        let mut dot = [_mm256_setzero_si256(); G];
+        for c in 0..HALF {
+            let w = _mm256_xor_si256(_mm256_load_si256(w.add(c * stride).cast()), flip);
+            let abs_w = _mm256_abs_epi8(w);
+            for (i, dot) in dot.iter_mut().enumerate() {
+                let x = _mm256_load_si256(x.add(i * nb + c * stride).cast());
+                let p = _mm256_maddubs_epi16(abs_w, _mm256_sign_epi8(x, w));
+                *dot = _mm256_add_epi32(*dot, _mm256_madd_epi16(p, ones));
+            }
+        }
+        dot
+    }
+
+    /// The same with AVX2: a 16-block group's 64-byte vectors as two 32-byte halves (blocks
+    /// 0..8 and 8..16), each with its own 8-lane sums, added lane by lane as the 512-bit halves.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn rows_avx2<const G: usize>(qs: &[Q32], d: &[u16], xq: &XQ, r0: usize, out: &mut [f32]) {
-        let nb = xq.nb;
-        let (wp, xp) = (qs.as_ptr(), xq.qs.as_ptr());
-        let (flip, ones) = (_mm256_set1_epi8(0x80u8 as i8), _mm256_set1_epi16(1));
-        let mut acc = [_mm256_setzero_ps(); G];
-        for g in 0..nb / GROUP_BLOCKS {
-            let mut dot = [_mm256_setzero_si256(); G];
-            for c in 0..GROUP_BLOCKS {
-                let w = _mm256_xor_si256(_mm256_load_si256(wp.add(g * GROUP_BLOCKS + c).cast()), flip);
-                let abs_w = _mm256_abs_epi8(w);
-                for (i, dot) in dot.iter_mut().enumerate() {
-                    let x = _mm256_load_si256(xp.add((r0 + i) * nb + g * GROUP_BLOCKS + c).cast());
-                    let p = _mm256_maddubs_epi16(abs_w, _mm256_sign_epi8(x, w));
-                    *dot = _mm256_add_epi32(*dot, _mm256_madd_epi16(p, ones));
-                }
-            }
-            for (i, (acc, dot)) in acc.iter_mut().zip(dot).enumerate() {
-                scale_into(acc, dot, d, xq, (r0 + i) * nb + g * GROUP_BLOCKS, g);
-            }
+        let (nb, shape) = (xq.nb, xq.shape);
+        let (wp, xp, x0) = (qs.as_ptr(), xq.qs.as_ptr(), r0 * nb);
+        let (mut lo, mut hi) = ([_mm256_setzero_ps(); G], [_mm256_setzero_ps(); G]);
+        for g in 0..shape.wide {
+            let b0 = g * GROUP;
+            let dot = dot8_avx2::<G>(wp.add(b0), xp.add(x0 + b0), nb, 2);
+            scale8(&mut lo, dot, d.as_ptr().add(b0), xq, x0 + b0);
+            let dot = dot8_avx2::<G>(wp.add(b0 + 1), xp.add(x0 + b0 + 1), nb, 2);
+            scale8(&mut hi, dot, d.as_ptr().add(b0 + HALF), xq, x0 + b0 + HALF);
+        }
+        let mut acc: [__m256; G] = std::array::from_fn(|i| _mm256_add_ps(lo[i], hi[i]));
+        if shape.half {
+            let b0 = shape.wide * GROUP;
+            let dot = dot8_avx2::<G>(wp.add(b0), xp.add(x0 + b0), nb, 1);
+            scale8(&mut acc, dot, d.as_ptr().add(b0), xq, x0 + b0);
         }
         for (i, (o, acc)) in out.iter_mut().zip(acc).enumerate() {
             *o = tail(qs, d, xq, r0 + i, hsum(acc));
@@ -519,6 +660,28 @@ mod tests {
     }
 
     #[test]
+    fn the_avx2_block_quantizer_gives_the_portable_bits() {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            let mut blocks: Vec<Vec<f32>> = data(32 * 200, 7).chunks(32).map(|b| b.iter().map(|v| v * 100.0).collect()).collect();
+            // ties at every half step (127 * k / 2 scaled), zeros, one value, NaN and infinities
+            blocks.push((0..32).map(|i| (i as f32 - 16.0) * 0.5 * 127.0 / 16.0 * 2.0).collect());
+            blocks.push((0..32).map(|i| if i == 31 { 127.0 } else { i as f32 - 15.5 }).collect());
+            blocks.push(vec![0.0; 32]);
+            blocks.push((0..32).map(|i| if i == 3 { -2.5 } else { 0.0 }).collect());
+            blocks.push((0..32).map(|i| if i == 5 { f32::NAN } else { i as f32 }).collect());
+            blocks.push((0..32).map(|i| if i == 5 { f32::INFINITY } else { -(i as f32) }).collect());
+            blocks.push((0..32).map(|i| if i % 2 == 0 { f32::NEG_INFINITY } else { 1.0 }).collect());
+            for b in &blocks {
+                let (d, q) = quantize_block(b);
+                // SAFETY: detected above.
+                let (d2, q2) = unsafe { x86::quantize_block_avx2(b) };
+                assert_eq!((d.to_bits(), q), (d2.to_bits(), q2), "{b:?}");
+            }
+        }
+    }
+
+    #[test]
     fn bytes_round_trip_in_ggml_layout() {
         let q = Q8Blocks::quantize(&data(64, 9));
         let mut bytes = Vec::new();
@@ -533,7 +696,7 @@ mod tests {
 
     #[test]
     fn packing_keeps_every_weight() {
-        for &(n, k) in &[(3usize, 32usize), (2, 256), (4, 320), (1, 1600)] {
+        for &(n, k) in &[(3usize, 32usize), (2, 256), (4, 320), (1, 1600), (2, 800), (1, 6400)] {
             let b = Q8Blocks::quantize(&data(n * k, 4));
             let plain = b.to_f32();
             let packed = Q8Rows::pack(b.clone(), k / QK8_0);
@@ -559,9 +722,10 @@ mod tests {
 
     #[test]
     fn matmul_matches_the_dequantized_product_and_rows_are_independent() {
-        // k: a tail block only, whole groups only, groups and a tail; m: every fixed-size
+        // k: tail blocks only, an 8-block group alone or with a tail, 16-block groups alone, with
+        // a tail (XL's 1600), with an 8-block group (XL's 6400) and with both; m: every fixed-size
         // kernel, and more rows than one pass takes.
-        let shapes = [(1usize, 32usize, 5usize), (3, 64, 130), (5, 256, 31), (6, 320, 77), (7, 32, 9), (8, 512, 20), (9, 96, 200), (16, 288, 40)];
+        let shapes = [(1usize, 32usize, 5usize), (3, 64, 130), (5, 256, 31), (6, 320, 77), (7, 32, 9), (8, 512, 20), (9, 96, 200), (16, 288, 40), (4, 800, 19), (2, 1600, 7), (8, 768, 5), (11, 6400, 3)];
         for &(m, k, n) in &shapes {
             let x = data(m * k, 1);
             let bias = data(n, 3);
