@@ -325,21 +325,41 @@ fn matmul_with(kernel: Kernel, x: &[f32], w: &Q8Rows, bias: Option<&[f32]>, m: u
     // Output rows per task: enough work to amortise the task, enough tasks to balance.
     const ROWS: usize = 64;
     let most = kernel.max_rows();
+    let tiled = kernel.tiles(nb, m.min(most));
+    let task_rows = if tiled { TILE_ROWS } else { ROWS };
     let mut y = vec![0f32; m * n];
     let at = Shared(y.as_mut_ptr());
-    (0..n.div_ceil(ROWS)).into_par_iter().for_each(|task| {
-        let mut out = [0f32; X_ROWS];
-        for o in task * ROWS..n.min(task * ROWS + ROWS) {
-            let rows = o * nb..(o + 1) * nb;
-            let (qs, d) = (&w.qs[rows.clone()], &w.d[rows]);
+    (0..n.div_ceil(task_rows)).into_par_iter().for_each(|task| {
+        let o0 = task * task_rows;
+        let rows = task_rows.min(n - o0);
+        let mut out = [0f32; X_ROWS * TILE_ROWS];
+        let put = |r: usize, g: usize, o: usize, out: &[f32]| {
+            for (i, v) in out.iter().enumerate() {
+                // SAFETY: y is m x n; each task writes its own outputs' columns.
+                unsafe { at.get().add((r + i) * n + o).write(v + bias.map_or(0.0, |b| b[o])) };
+            }
+            debug_assert_eq!(out.len(), g);
+        };
+        if tiled {
+            let (qs, d) = (&w.qs[o0 * nb..(o0 + rows) * nb], &w.d[o0 * nb..(o0 + rows) * nb]);
+            let mut r = 0;
+            while r < m {
+                let g = (m - r).min(most);
+                kernel.tile(qs, d, &xq, r, &mut out[..rows * g]);
+                for o in 0..rows {
+                    put(r, g, o0 + o, &out[o * g..(o + 1) * g]);
+                }
+                r += g;
+            }
+            return;
+        }
+        for o in o0..o0 + rows {
+            let (qs, d) = (&w.qs[o * nb..(o + 1) * nb], &w.d[o * nb..(o + 1) * nb]);
             let mut r = 0;
             while r < m {
                 let g = (m - r).min(most);
                 kernel.rows(qs, d, &xq, r, &mut out[..g]);
-                for (i, v) in out[..g].iter().enumerate() {
-                    // SAFETY: y is m x n; each task writes its own outputs' columns.
-                    unsafe { at.get().add((r + i) * n + o).write(v + bias.map_or(0.0, |b| b[o])) };
-                }
+                put(r, g, o, &out[..g]);
                 r += g;
             }
         }
@@ -394,6 +414,38 @@ impl Kernel {
         }
     }
 
+    /// Whether rows of `nb` blocks against `g` rows of x at a time go through [`Kernel::tile`]:
+    /// with VNNI, from 2 rows of x and rows of 128 blocks (k = 4096) up.
+    fn tiles(self, nb: usize, g: usize) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if self == Kernel::Vnni {
+            return g >= 2 && nb >= TILE_FROM_BLOCKS;
+        }
+        let _ = (nb, g);
+        false
+    }
+
+    /// The dots of the `out.len() / g` weight rows in `qs`, `d` (at most [`TILE_ROWS`]) with x
+    /// rows `r0..r0 + g`, into `out[o * g + i]`, [`TILE_GROUPS`] groups of every row at a time.
+    fn tile(self, qs: &[Q32], d: &[u16], xq: &XQ, r0: usize, out: &mut [f32]) {
+        let rows = qs.len() / xq.nb;
+        let g = out.len() / rows;
+        macro_rules! fixed {
+            ($($g:literal)*) => {
+                match g {
+                    $($g => x86::tile_vnni::<$g>(qs, d, xq, r0, out),)*
+                    g => unreachable!("{g} rows"),
+                }
+            };
+        }
+        #[cfg(target_arch = "x86_64")]
+        if self == Kernel::Vnni {
+            // SAFETY: `detect` found the features on this CPU.
+            return unsafe { fixed!(1 2 3 4 5 6 7 8) };
+        }
+        unreachable!("only VNNI tiles")
+    }
+
     /// Dots of one weight row (`qs`, `d`) with x rows `r0..r0 + out.len()` (at most
     /// [`Kernel::max_rows`]).
     fn rows(self, qs: &[Q32], d: &[u16], xq: &XQ, r0: usize, out: &mut [f32]) {
@@ -430,6 +482,19 @@ impl Kernel {
 
 /// Rows of x that share each pass over a weight row (at most).
 const X_ROWS: usize = 8;
+
+/// Tiles ([`Kernel::tile`]): a pass over the weights takes [`TILE_GROUPS`] 16-block groups
+/// (2048 weights) of each of [`TILE_ROWS`] rows in turn, so that the slice of x they meet (2 KB
+/// a row) stays in L1; from rows of [`TILE_FROM_BLOCKS`] blocks up, where x (k bytes a row) no
+/// longer does (6 rows at k = 6400: 38 KB, against a 32 KB L1), and each of the ~50 lines of x a
+/// group reads missed L1 while the weights streamed in from memory. XL's `[6400 -> 1600]` x 12
+/// from memory, interleaved runs, G weights/s: m = 2: 20.3-21.9 against 16.4-17.0; m = 6:
+/// 15.1-16.5 against 12.1-13.3; m = 16: 8.7-9.1 against 6.7; 8 and 32 rows a tile the same,
+/// 2 groups (13.1-14.3) or 8 (12.1-15.1) less. Not at m = 1 (18.5-20.5 against 20.9-25.5: the
+/// hardware prefetcher follows one row better) nor at k = 1600 (x fits; 10-14 against 16.6-16.8).
+const TILE_ROWS: usize = 16;
+const TILE_GROUPS: usize = 4;
+const TILE_FROM_BLOCKS: usize = 128;
 
 /// The exact dot product of a stored (`q + 128`) weight block with an activation block, laid
 /// out alike.
@@ -481,7 +546,7 @@ fn portable_row(qs: &[Q32], d: &[u16], xq: &XQ, r: usize) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{tail, Q32, GROUP, HALF, QK8_0, XQ};
+    use super::{tail, Q32, GROUP, HALF, QK8_0, TILE_GROUPS, TILE_ROWS, XQ};
     use std::arch::x86_64::*;
 
     /// How far ahead of the kernel the weights are prefetched (bytes), from 2 rows up: +10-15% at
@@ -514,10 +579,14 @@ mod x86 {
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn quantize_block_avx2(b: &[f32]) -> (f32, Q32) {
         assert_eq!(b.len(), QK8_0);
-        let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(b.as_ptr().add(8 * i)));
+        let p = b.as_ptr();
+        let v = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)), _mm256_loadu_ps(p.add(16)), _mm256_loadu_ps(p.add(24))];
         let sign = _mm256_set1_ps(-0.0);
         // `maxps(a, m)` returns m where a is NaN, as `f32::max` skips NaN.
-        let m = v.iter().fold(_mm256_setzero_ps(), |m, &v| _mm256_max_ps(_mm256_andnot_ps(sign, v), m));
+        let mut m = _mm256_setzero_ps();
+        for v in v {
+            m = _mm256_max_ps(_mm256_andnot_ps(sign, v), m);
+        }
         let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
         let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
         let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
@@ -525,31 +594,31 @@ mod x86 {
         let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
         let (half, one) = (_mm256_set1_ps(0.5), _mm256_set1_ps(1.0));
         let (lo, hi) = (_mm256_set1_ps(-128.0), _mm256_set1_ps(127.0));
-        let q = v.map(|v| {
+        // (A loop, not `map`: a closure is compiled without this function's target features.)
+        let mut q = [_mm256_setzero_si256(); 4];
+        for (q, v) in q.iter_mut().zip(v) {
             let x = _mm256_mul_ps(v, id);
             let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(x);
             let away = _mm256_cmp_ps::<_CMP_GE_OQ>(_mm256_andnot_ps(sign, _mm256_sub_ps(x, t)), half);
             let r = _mm256_add_ps(t, _mm256_and_ps(away, _mm256_or_ps(_mm256_and_ps(sign, x), one)));
             let r = _mm256_and_ps(_mm256_min_ps(_mm256_max_ps(r, lo), hi), _mm256_cmp_ps::<_CMP_ORD_Q>(x, x));
-            _mm256_cvttps_epi32(r)
-        });
+            *q = _mm256_cvttps_epi32(r);
+        }
         let bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
         let mut out = Q32::default();
         _mm256_store_si256((&mut out as *mut Q32).cast(), _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
         (d, out)
     }
 
-    /// G rows of x against one weight row with `vpdpbusd` (unsigned weights, signed x; the
-    /// offset's `128 * sum(x)` subtracted per block).
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
-    pub unsafe fn rows_vnni<const G: usize>(qs: &[Q32], d: &[u16], xq: &XQ, r0: usize, out: &mut [f32]) {
-        let (nb, shape) = (xq.nb, xq.shape);
-        let (wp, xp, x0) = (qs.as_ptr(), xq.qs.as_ptr(), r0 * nb);
-        let mut wide = [_mm512_setzero_ps(); G];
-        for g in 0..shape.wide {
+    /// The 16-block groups `groups` of one weight row (`wp`, `dp`) against G rows of x (row r
+    /// at block `x0 + r * nb`), added to `wide`; the weights `ahead` bytes on are prefetched.
+    #[inline(always)]
+    unsafe fn wide_vnni<const G: usize>(wp: *const Q32, dp: *const u16, xq: &XQ, x0: usize, groups: std::ops::Range<usize>, ahead: usize, wide: &mut [__m512; G]) {
+        let (nb, xp) = (xq.nb, xq.qs.as_ptr());
+        for g in groups {
             let b0 = g * GROUP;
             if G > 1 {
-                let ahead = wp.add(b0).cast::<i8>().wrapping_add(PREFETCH);
+                let ahead = wp.add(b0).cast::<i8>().wrapping_add(ahead);
                 for line in 0..GROUP / 2 {
                     _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line));
                 }
@@ -564,7 +633,7 @@ mod x86 {
                     dot[c % 2] = _mm512_dpbusd_epi32(dot[c % 2], w, x);
                 }
             }
-            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(d.as_ptr().add(b0).cast()));
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(dp.add(b0).cast()));
             for (i, (acc, [even, odd])) in wide.iter_mut().zip(dot).enumerate() {
                 let at = x0 + i * nb + b0;
                 let dot = _mm512_sub_epi32(_mm512_add_epi32(even, odd), _mm512_loadu_si512(xq.offset.as_ptr().add(at).cast()));
@@ -572,7 +641,19 @@ mod x86 {
                 *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), s, *acc);
             }
         }
-        let mut acc = wide.map(|a| _mm256_add_ps(_mm512_castps512_ps256(a), _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(a)))));
+    }
+
+    /// A row's sums after its 16-block groups: lanes j and j + 8 added, the 8-block group, the
+    /// 8 lanes' tree, the tail.
+    #[inline(always)]
+    unsafe fn finish_vnni<const G: usize>(qs: &[Q32], d: &[u16], xq: &XQ, r0: usize, wide: [__m512; G], out: &mut [f32]) {
+        let (nb, shape) = (xq.nb, xq.shape);
+        let (wp, xp, x0) = (qs.as_ptr(), xq.qs.as_ptr(), r0 * nb);
+        // (Loops, not closures: a closure is compiled without the caller's target features.)
+        let mut acc = [_mm256_setzero_ps(); G];
+        for (acc, a) in acc.iter_mut().zip(wide) {
+            *acc = _mm256_add_ps(_mm512_castps512_ps256(a), _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(a))));
+        }
         if shape.half {
             let b0 = shape.wide * GROUP;
             let mut dot = [[_mm256_setzero_si256(); 2]; G];
@@ -582,14 +663,45 @@ mod x86 {
                     dot[c % 2] = _mm256_dpbusd_epi32(dot[c % 2], w, _mm256_load_si256(xp.add(x0 + i * nb + b0 + c).cast()));
                 }
             }
-            let dot = std::array::from_fn(|i| {
+            let mut sums = [_mm256_setzero_si256(); G];
+            for (i, (sum, [even, odd])) in sums.iter_mut().zip(dot).enumerate() {
                 let offset = _mm256_loadu_si256(xq.offset.as_ptr().add(x0 + i * nb + b0).cast());
-                _mm256_sub_epi32(_mm256_add_epi32(dot[i][0], dot[i][1]), offset)
-            });
-            scale8(&mut acc, dot, d.as_ptr().add(b0), xq, x0 + b0);
+                *sum = _mm256_sub_epi32(_mm256_add_epi32(even, odd), offset);
+            }
+            scale8(&mut acc, sums, d.as_ptr().add(b0), xq, x0 + b0);
         }
         for (i, (o, acc)) in out.iter_mut().zip(acc).enumerate() {
             *o = tail(qs, d, xq, r0 + i, hsum(acc));
+        }
+    }
+
+    /// G rows of x against one weight row with `vpdpbusd` (unsigned weights, signed x; the
+    /// offset's `128 * sum(x)` subtracted per block).
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    pub unsafe fn rows_vnni<const G: usize>(qs: &[Q32], d: &[u16], xq: &XQ, r0: usize, out: &mut [f32]) {
+        let mut wide = [_mm512_setzero_ps(); G];
+        wide_vnni(qs.as_ptr(), d.as_ptr(), xq, r0 * xq.nb, 0..xq.shape.wide, PREFETCH, &mut wide);
+        finish_vnni(qs, d, xq, r0, wide, out);
+    }
+
+    /// The same for up to [`TILE_ROWS`] weight rows, a few groups of each in turn, so that the
+    /// slice of x they take stays in L1 (into `out[o * G + i]`).
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    pub unsafe fn tile_vnni<const G: usize>(qs: &[Q32], d: &[u16], xq: &XQ, r0: usize, out: &mut [f32]) {
+        let nb = xq.nb;
+        let rows = qs.len() / nb;
+        let mut wide = [[_mm512_setzero_ps(); G]; TILE_ROWS];
+        let mut c = 0;
+        while c < xq.shape.wide {
+            let groups = c..(c + TILE_GROUPS).min(xq.shape.wide);
+            for (o, wide) in wide[..rows].iter_mut().enumerate() {
+                // the next row's same groups are the next read
+                wide_vnni(qs.as_ptr().add(o * nb), d.as_ptr().add(o * nb), xq, r0 * nb, groups.clone(), nb * QK8_0, wide);
+            }
+            c += TILE_GROUPS;
+        }
+        for (o, wide) in wide[..rows].iter().enumerate() {
+            finish_vnni(&qs[o * nb..][..nb], &d[o * nb..][..nb], xq, r0, *wide, &mut out[o * G..][..G]);
         }
     }
 
@@ -627,7 +739,10 @@ mod x86 {
             let dot = dot8_avx2::<G>(wp.add(b0 + 1), xp.add(x0 + b0 + 1), nb, 2);
             scale8(&mut hi, dot, d.as_ptr().add(b0 + HALF), xq, x0 + b0 + HALF);
         }
-        let mut acc: [__m256; G] = std::array::from_fn(|i| _mm256_add_ps(lo[i], hi[i]));
+        let mut acc = lo;
+        for (acc, hi) in acc.iter_mut().zip(hi) {
+            *acc = _mm256_add_ps(*acc, hi);
+        }
         if shape.half {
             let b0 = shape.wide * GROUP;
             let dot = dot8_avx2::<G>(wp.add(b0), xp.add(x0 + b0), nb, 1);
@@ -723,9 +838,10 @@ mod tests {
     #[test]
     fn matmul_matches_the_dequantized_product_and_rows_are_independent() {
         // k: tail blocks only, an 8-block group alone or with a tail, 16-block groups alone, with
-        // a tail (XL's 1600), with an 8-block group (XL's 6400) and with both; m: every fixed-size
-        // kernel, and more rows than one pass takes.
-        let shapes = [(1usize, 32usize, 5usize), (3, 64, 130), (5, 256, 31), (6, 320, 77), (7, 32, 9), (8, 512, 20), (9, 96, 200), (16, 288, 40), (4, 800, 19), (2, 1600, 7), (8, 768, 5), (11, 6400, 3)];
+        // a tail (XL's 1600), with an 8-block group (XL's 6400) and with both, and tiled (k from
+        // 4096, m from 2: whole tiles and a partial one, group counts that are and are not a
+        // multiple of the tile's); m: every fixed-size kernel, and more rows than one pass takes.
+        let shapes = [(1usize, 32usize, 5usize), (3, 64, 130), (5, 256, 31), (6, 320, 77), (7, 32, 9), (8, 512, 20), (9, 96, 200), (16, 288, 40), (4, 800, 19), (2, 1600, 7), (8, 768, 5), (11, 6400, 3), (6, 4096, 37), (3, 5120, 21)];
         for &(m, k, n) in &shapes {
             let x = data(m * k, 1);
             let bias = data(n, 3);
