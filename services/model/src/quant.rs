@@ -550,8 +550,11 @@ mod x86 {
     use std::arch::x86_64::*;
 
     /// How far ahead of the kernel the weights are prefetched (bytes), from 2 rows up: +10-15% at
-    /// 6 and 16 rows; at 1 row, where the loop is short, the hardware keeps up alone.
-    const PREFETCH: usize = 1024;
+    /// 6 and 16 rows; at 1 row, where the loop is short, the hardware keeps up alone (prefetching
+    /// there measured 0 to -10%). With 16-block groups, XL's `[1600 -> 6400]` from memory, three
+    /// interleaved runs, G weights/s: 2048 gave 16.0-17.7 at m = 6 and 7.7-8.2 at m = 16, against
+    /// 15.5-16.9 and 7.2-7.5 for 1024, 14.4-17.1 and 7.4-7.9 for 3072, 12.5-15.4 and 6.8-7.1 for 512.
+    const PREFETCH: usize = 2048;
 
     #[inline(always)]
     unsafe fn hsum(v: __m256) -> f32 {
