@@ -20,8 +20,9 @@
 //! Against candle 0.11's `QMatMul` (its CPU path is ggml's `vec_dot_q8_0_q8_0`, one block at a
 //! time) on the same q8_0 weights, XL's MLP matrices x 12 (beyond the caches), 2 cores, three
 //! runs: 20.0-24.6 against 17.3-19.9 G weights/s at m = 1 (1.11-1.24x), 10.8-11.5 against 4.4-4.7
-//! at m = 6 (2.30-2.47x) (`cargo run --release -p steer-model --example dtypes -- --qmatmul`).
-//! Kept: this one.
+//! at m = 6 (2.30-2.47x) (`cargo run --release -p steer-model --example dtypes -- --qmatmul`);
+//! with the 16-block groups and tiles (2026-12-01), two runs: 23.9-25.9 against 19.9-20.3 at
+//! m = 1 (1.18-1.30x), 17.0-17.1 against 4.5-4.7 at m = 6 (3.61-3.80x). Kept: this one.
 
 use rayon::prelude::*;
 
