@@ -334,12 +334,12 @@ fn matmul_with(kernel: Kernel, x: &[f32], w: &Q8Rows, bias: Option<&[f32]>, m: u
         let o0 = task * task_rows;
         let rows = task_rows.min(n - o0);
         let mut out = [0f32; X_ROWS * TILE_ROWS];
-        let put = |r: usize, g: usize, o: usize, out: &[f32]| {
+        // Output o's values for x rows r.. into y.
+        let put = |r: usize, o: usize, out: &[f32]| {
             for (i, v) in out.iter().enumerate() {
                 // SAFETY: y is m x n; each task writes its own outputs' columns.
                 unsafe { at.get().add((r + i) * n + o).write(v + bias.map_or(0.0, |b| b[o])) };
             }
-            debug_assert_eq!(out.len(), g);
         };
         if tiled {
             let (qs, d) = (&w.qs[o0 * nb..(o0 + rows) * nb], &w.d[o0 * nb..(o0 + rows) * nb]);
@@ -348,7 +348,7 @@ fn matmul_with(kernel: Kernel, x: &[f32], w: &Q8Rows, bias: Option<&[f32]>, m: u
                 let g = (m - r).min(most);
                 kernel.tile(qs, d, &xq, r, &mut out[..rows * g]);
                 for o in 0..rows {
-                    put(r, g, o0 + o, &out[o * g..(o + 1) * g]);
+                    put(r, o0 + o, &out[o * g..(o + 1) * g]);
                 }
                 r += g;
             }
@@ -360,7 +360,7 @@ fn matmul_with(kernel: Kernel, x: &[f32], w: &Q8Rows, bias: Option<&[f32]>, m: u
             while r < m {
                 let g = (m - r).min(most);
                 kernel.rows(qs, d, &xq, r, &mut out[..g]);
-                put(r, g, o, &out[..g]);
+                put(r, o, &out[..g]);
                 r += g;
             }
         }
@@ -429,21 +429,21 @@ impl Kernel {
     /// The dots of the `out.len() / g` weight rows in `qs`, `d` (at most [`TILE_ROWS`]) with x
     /// rows `r0..r0 + g`, into `out[o * g + i]`, [`TILE_GROUPS`] groups of every row at a time.
     fn tile(self, qs: &[Q32], d: &[u16], xq: &XQ, r0: usize, out: &mut [f32]) {
-        let rows = qs.len() / xq.nb;
-        let g = out.len() / rows;
-        macro_rules! fixed {
-            ($($g:literal)*) => {
-                match g {
-                    $($g => x86::tile_vnni::<$g>(qs, d, xq, r0, out),)*
-                    g => unreachable!("{g} rows"),
-                }
-            };
-        }
         #[cfg(target_arch = "x86_64")]
         if self == Kernel::Vnni {
+            let g = out.len() / (qs.len() / xq.nb);
+            macro_rules! fixed {
+                ($($g:literal)*) => {
+                    match g {
+                        $($g => x86::tile_vnni::<$g>(qs, d, xq, r0, out),)*
+                        g => unreachable!("{g} rows"),
+                    }
+                };
+            }
             // SAFETY: `detect` found the features on this CPU.
             return unsafe { fixed!(1 2 3 4 5 6 7 8) };
         }
+        let _ = (qs, d, xq, r0, out);
         unreachable!("only VNNI tiles")
     }
 
