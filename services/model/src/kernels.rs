@@ -598,9 +598,13 @@ mod blocked {
     /// - The other panels go by in blocks of [`KB`] weight rows, each block taken by every
     ///   group of rows of x while it sits in L1, and prefetching the next block spread over
     ///   all those passes: the first pass no longer waits on memory while the others wait on
-    ///   nothing. On XL's MLP shapes from memory, Zen 3 (2 cores, FMA peak ~175 GFLOP/s):
-    ///   16 rows 153-163 against 79-116 GFLOP/s when each panel went by whole, 6 rows 86-92
-    ///   against 66-72; 1 row 40-45 GB/s against 25-28, 2 rows 32-37 against 22-26.
+    ///   nothing.
+    ///
+    /// XL's MLP shapes from memory on an AVX2-only EPYC (2 cores, FMA peak 175-203 GFLOP/s),
+    /// against the kernel that took each panel whole in two 16-column passes per group of rows
+    /// (`ONLY=uncached cargo run --release -p steer-model --example kernels`, two runs each):
+    /// 16 rows 144-155 against 103-116 GFLOP/s, 32 rows 148-158 against ~115, 6 rows 83-97
+    /// against 73-78; 1 row 34-43 GB/s against 26-28, 2 rows 30-39 against 29-31.
     ///
     /// Every sum is still one FMA chain over the slab's weight rows in ascending order.
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -658,9 +662,9 @@ mod blocked {
         }
     }
 
-    /// Weight rows per block in [`panels_256`] (8 KiB of f32): 32 and 64 measured alike at 16
-    /// rows, 128 and whole panels slower (152 and 79-116 against 161-163 GFLOP/s), 32 slower
-    /// at 6 rows (79 against 92).
+    /// Weight rows per block in [`panels_256`] (8 KiB of f32). At 16 rows 32 and 64 measured
+    /// alike and 128 slower (152 against 161-163 GFLOP/s); at 6 rows 32 was slower (79
+    /// against 92). Panels taken two at a time, block by block, measured the same.
     const KB: usize = 64;
 
     /// Panels that 1 or 2 rows of x take at once in [`panels_256`] (2: 41.6 against 44.5 GB/s
