@@ -137,9 +137,10 @@ pub fn unpack_panels<T: Copy + Default>(wp: &[T], k: usize, n: usize) -> Vec<T> 
 
 /// [`matmul`] on panel-packed weights ([`pack_panels`]): the same slabs per thread and the same
 /// FMA chain per output element (the slab's weight rows in ascending order, slabs added in
-/// order), so the same bits, for every m. The sums of 8 rows x 32 columns (512-bit; 6 x 16
-/// twice with AVX2 only) stay in registers over a core's whole share of a panel, where the
-/// row-major kernel reloads them every 8 weight rows and reads 8 weight rows 4-25 KiB apart.
+/// order), so the same bits, for every m. With AVX-512 the sums of 8 rows x 32 columns stay in
+/// registers over a core's whole share of a panel, where the row-major kernel reloads them every
+/// 8 weight rows and reads 8 weight rows 4-25 KiB apart; with AVX2 only, a panel goes by in
+/// blocks of 64 weight rows that every group of rows takes from L1 (`blocked::panels_256`).
 /// XL's MLP shapes, weights from memory, 2 cores, GFLOP/s: 16 rows 158-164 against 126-130,
 /// 32 rows 157-176 against 123-139, 1-6 rows the same (memory-bound).
 pub fn matmul_panels<E: Elem>(x: &[f32], wp: &[E], bias: Option<&[f32]>, m: usize, k: usize, n: usize) -> Vec<f32> {
@@ -796,8 +797,8 @@ mod blocked {
                 }
             }};
         }
-        // Two rows per iteration (the loop's own instructions had taken a fifth of the issue
-        // slots at 4-6 rows); the prefetches due by then go first.
+        // Two weight rows per iteration, the prefetches due by then first (AVX2-only EPYC,
+        // from memory: 9 rows 127 against 102-110 GFLOP/s; 16-48 rows the same within noise).
         let (mut due, mut t) = (0, 0);
         let mut i = 0;
         while i + 2 <= rows {
