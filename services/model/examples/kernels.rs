@@ -41,9 +41,14 @@ fn fma_peak() -> Option<f64> {
 }
 
 /// Whether section `name` runs: all by default, or those named in `ONLY` (comma-separated:
-/// cached, uncached, many, lm_head).
+/// cached, uncached, many, lm_head); `M` picks the rows of the uncached section.
 fn wanted(name: &str) -> bool {
     std::env::var("ONLY").map_or(true, |only| only.split(',').any(|s| s == name))
+}
+
+/// The rows of x to measure: `M` (comma-separated) or `default`.
+fn rows_or(default: &[usize]) -> Vec<usize> {
+    std::env::var("M").map_or(default.to_vec(), |m| m.split(',').filter_map(|s| s.trim().parse().ok()).collect())
 }
 
 fn main() {
@@ -69,11 +74,13 @@ fn main() {
         }
     }
     // Weights that do not fit in cache: 32 distinct 1600x6400 matrices (1.3 GB), as in a forward.
-    let (k, n, count) = (1600usize, 6400usize, 32usize);
+    // `SHAPE=KxN` measures another shape (XL's others: 6400x1600, 1600x4800, 1600x1600).
+    let (k, n) = std::env::var("SHAPE").ok().and_then(|s| s.split_once('x').and_then(|(k, n)| Some((k.parse().ok()?, n.parse().ok()?)))).unwrap_or((1600usize, 6400usize));
+    let count = 32 * 1600 * 6400 / (k * n);
     let ws: Vec<Vec<f32>> = (0..count).map(|j| (0..k * n).map(|i| ((i + j) % 97) as f32 * 1e-3).collect()).collect();
     // The model's layout (panels of 32 columns) against the row-major kernel, the same weights.
     let wps: Vec<Vec<f32>> = if wanted("uncached") || wanted("many") { ws.iter().map(|w| pack_panels(w, k, n)).collect() } else { vec![] };
-    for &m in if wanted("uncached") { &[1usize, 2, 3, 4, 6, 9, 16, 32][..] } else { &[] } {
+    for m in if wanted("uncached") { rows_or(&[1, 2, 3, 4, 6, 9, 16, 32]) } else { vec![] } {
         let x: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 1e-2).collect();
         let best = |f: &dyn Fn(usize)| {
             (0..3)

@@ -137,12 +137,13 @@ pub fn unpack_panels<T: Copy + Default>(wp: &[T], k: usize, n: usize) -> Vec<T> 
 
 /// [`matmul`] on panel-packed weights ([`pack_panels`]): the same slabs per thread and the same
 /// FMA chain per output element (the slab's weight rows in ascending order, slabs added in
-/// order), so the same bits, for every m. With AVX-512 the sums of 8 rows x 32 columns stay in
-/// registers over a core's whole share of a panel, where the row-major kernel reloads them every
-/// 8 weight rows and reads 8 weight rows 4-25 KiB apart; with AVX2 only, a panel goes by in
-/// blocks of 64 weight rows that every group of rows takes from L1 (`blocked::panels_256`).
-/// XL's MLP shapes, weights from memory, 2 cores, GFLOP/s: 16 rows 158-164 against 126-130,
-/// 32 rows 157-176 against 123-139, 1-6 rows the same (memory-bound).
+/// order), so the same bits, for every m. A panel goes by in blocks of 64 weight rows that every
+/// group of rows of x takes from L1 while the next block is prefetched (`blocked::panels_512`
+/// with 8 rows x 32 columns of 512-bit sums in registers, `blocked::panels_256` with 6 x 16 of
+/// 256-bit), where the row-major kernel reloads its sums every 8 weight rows and reads 8 weight
+/// rows 4-25 KiB apart.
+/// XL's MLP shapes, weights from memory, 2-core Zen 4, GFLOP/s: 16 rows 171-186 against 142,
+/// 32 rows 205-210 against 144, 1-6 rows the same (memory-bound).
 pub fn matmul_panels<E: Elem>(x: &[f32], wp: &[E], bias: Option<&[f32]>, m: usize, k: usize, n: usize) -> Vec<f32> {
     let np = n.div_ceil(PANEL) * PANEL;
     assert_eq!(x.len(), m * k, "x shape");
@@ -397,6 +398,19 @@ mod blocked {
         from: *const E,
         count: usize,
         every: usize,
+        /// Rows prefetched so far.
+        done: usize,
+    }
+
+    impl<E: Elem> PfPass<E> {
+        /// Prefetches the rows due by step `i` of the pass (`usize::MAX`: all that are left).
+        #[inline(always)]
+        unsafe fn upto(&mut self, i: usize) {
+            while self.done < self.count && self.done * self.every <= i {
+                prefetch_row(self.from, self.done);
+                self.done += 1;
+            }
+        }
     }
 
     impl<E> Pf<E> {
@@ -405,12 +419,12 @@ mod blocked {
         #[inline(always)]
         unsafe fn pass(self, j: usize) -> PfPass<E> {
             if self.next.is_null() || j >= self.passes {
-                return PfPass { from: std::ptr::null(), count: 0, every: 1 };
+                return PfPass { from: std::ptr::null(), count: 0, every: 1, done: 0 };
             }
             let q = self.len.div_ceil(self.passes);
             let start = (j * q).min(self.len);
             let count = q.min(self.len - start);
-            PfPass { from: self.next.add(start * 2 * NR), count, every: (self.rows / q.max(1)).max(1) }
+            PfPass { from: self.next.add(start * 2 * NR), count, every: (self.rows / q.max(1)).max(1), done: 0 }
         }
     }
 
@@ -544,23 +558,68 @@ mod blocked {
         tail(&xt, w, acc, m, n, i0, i0, i1, whole);
     }
 
-    /// [`super::matmul_panels`]' slab with 512-bit sums: each panel's weight rows `i0..i1` go by
-    /// once per group of 8 rows of x (from memory for the first, from L2 for the others).
+    /// [`super::matmul_panels`]' slab with 512-bit sums. One row of x (memory-bound) takes
+    /// [`ROW1_PANELS`] panels at a time; otherwise each panel goes by in blocks of [`KB`] weight
+    /// rows, each block taken by every group of up to 8 rows of x while it sits in L1 (groups of
+    /// even size: 9 rows are 5 + 4, not 8 + 1), prefetching the next block spread over those
+    /// passes, as [`panels_256`] does.
+    ///
+    /// Against taking each panel whole once per group of 8 rows (the first pass from memory, the
+    /// others from L2), XL's MLP shapes from memory on a 2-core Zen 4 (FMA peak 228-233 GFLOP/s;
+    /// `M=1,2,6,9,16,32 ONLY=uncached cargo run --release -p steer-model --example kernels`, old
+    /// and new binaries in turn): 16 rows 171-186 against 154-169 GFLOP/s, 32 rows 205-210
+    /// against 165-168, 1-9 rows the same (29-35 GB/s). `SHAPE=6400x1600`, `1600x4800` and
+    /// `1600x1600` at 16 rows: 193/183/148-159 against 172-179/149-172/134-148. Two XL steps of
+    /// 16 rows (`steer bench --batches 16`): 350-367 against 375-394 ms.
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn panels_512<E: Elem>(x: &[f32], wp: &[E], acc: &mut [f32], m: usize, k: usize, np: usize, i0: usize, i1: usize) {
         let xt = transpose(x, m, k, i0, i1);
-        let mut from = 0;
+        let (rows, panels) = (i1 - i0, np / (2 * NR));
+        let w_at = |p: usize, b: usize| wp.as_ptr().add((p * k + i0 + b) * 2 * NR);
+        let ap = acc.as_mut_ptr();
+        let a_at = |p: usize| ap.add(p * 2 * NR);
+        let mut p0 = 0;
         if m == 1 {
-            // One row (memory-bound): 4 panels at a time, 4 weight streams per core in flight.
-            while from + ROW1_PANELS <= np / (2 * NR) {
-                row1_panels::<E, ROW1_PANELS>(xt.as_ptr(), wp.as_ptr(), k, i0, i1 - i0, acc.as_mut_ptr(), from);
-                from += ROW1_PANELS;
+            while p0 + ROW1_PANELS <= panels {
+                row1_panels::<E, ROW1_PANELS>(xt.as_ptr(), wp.as_ptr(), k, i0, rows, ap, p0);
+                p0 += ROW1_PANELS;
             }
         }
-        for p in from..np / (2 * NR) {
-            let w = wp.as_ptr().add((p * k + i0) * 2 * NR);
-            panel_512(xt.as_ptr(), w, 2 * NR, i1 - i0, acc.as_mut_ptr().add(p * 2 * NR), m, np);
+        let groups = m.div_ceil(8);
+        // One group of rows (memory-bound) takes each panel whole, the hardware prefetcher on
+        // one long stream: in blocks, prefetched, 6 rows measured 5% slower per XL step.
+        let kb = if groups == 1 { rows.max(1) } else { KB };
+        let blocks = rows.div_ceil(kb);
+        let count = (panels - p0) * blocks;
+        let block = |s: usize| {
+            let b = s % blocks * kb;
+            (p0 + s / blocks, b, kb.min(rows - b))
+        };
+        for s in 0..count {
+            let (p, b, len) = block(s);
+            let (xr, ar) = (xt.as_ptr().add(b * m), a_at(p));
+            let mut pf = Pf { next: std::ptr::null(), len: 0, passes: groups, rows: len };
+            if groups > 1 && s + 1 < count {
+                let (pn, bn, ln) = block(s + 1);
+                (pf.next, pf.len) = (w_at(pn, bn), ln);
+            }
+            let mut r0 = 0;
+            for g in 0..groups {
+                let size = (m - r0).div_ceil(groups - g);
+                let (x, a, w, pf) = (xr.add(r0), ar.add(r0 * np), w_at(p, b), pf.pass(g));
+                match size {
+                    1 => micro_512::<E, 1>(x, m, w, 2 * NR, len, a, np, pf),
+                    2 => micro_512::<E, 2>(x, m, w, 2 * NR, len, a, np, pf),
+                    3 => micro_512::<E, 3>(x, m, w, 2 * NR, len, a, np, pf),
+                    4 => micro_512::<E, 4>(x, m, w, 2 * NR, len, a, np, pf),
+                    5 => micro_512::<E, 5>(x, m, w, 2 * NR, len, a, np, pf),
+                    6 => micro_512::<E, 6>(x, m, w, 2 * NR, len, a, np, pf),
+                    7 => micro_512::<E, 7>(x, m, w, 2 * NR, len, a, np, pf),
+                    _ => micro_512::<E, 8>(x, m, w, 2 * NR, len, a, np, pf),
+                }
+                r0 += size;
+            }
         }
     }
 
@@ -572,10 +631,13 @@ mod blocked {
     #[inline(always)]
     unsafe fn row1_panels<E: Elem, const P: usize>(xt: *const f32, wp: *const E, k: usize, i0: usize, rows: usize, ar: *mut f32, p0: usize) {
         let w: [*const E; P] = std::array::from_fn(|q| wp.add(((p0 + q) * k + i0) * 2 * NR));
-        let mut a: [[__m512; 2]; P] = std::array::from_fn(|q| {
+        // Loops, not `array::from_fn`: its closure would be compiled without the target
+        // features, and its loads called out of line (seen in a profile).
+        let mut a = [[_mm512_setzero_ps(); 2]; P];
+        for (q, a) in a.iter_mut().enumerate() {
             let o = ar.add((p0 + q) * 2 * NR);
-            [_mm512_loadu_ps(o), _mm512_loadu_ps(o.add(NR))]
-        });
+            *a = [_mm512_loadu_ps(o), _mm512_loadu_ps(o.add(NR))];
+        }
         for i in 0..rows {
             let b = _mm512_set1_ps(*xt.add(i));
             for (q, a) in a.iter_mut().enumerate() {
@@ -745,18 +807,14 @@ mod blocked {
     /// Up to 3 rows of x over all 32 columns of a block: 4 chains of sums per row, where a
     /// 16-column half has 2 and waits on the FMA latency at 1-2 rows.
     #[inline(always)]
-    unsafe fn micro_full<E: Elem, const R: usize>(xr: *const f32, xs: usize, wr: *const E, rows: usize, ar: *mut f32, n: usize, pf: PfPass<E>) {
-        let mut a: [[__m256; 4]; R] = std::array::from_fn(|r| {
+    unsafe fn micro_full<E: Elem, const R: usize>(xr: *const f32, xs: usize, wr: *const E, rows: usize, ar: *mut f32, n: usize, mut pf: PfPass<E>) {
+        let mut a = [[_mm256_setzero_ps(); 4]; R];
+        for (r, a) in a.iter_mut().enumerate() {
             let o = ar.add(r * n);
-            [_mm256_loadu_ps(o), _mm256_loadu_ps(o.add(8)), _mm256_loadu_ps(o.add(16)), _mm256_loadu_ps(o.add(24))]
-        });
-        let (mut due, mut t) = (0, 0);
+            *a = [_mm256_loadu_ps(o), _mm256_loadu_ps(o.add(8)), _mm256_loadu_ps(o.add(16)), _mm256_loadu_ps(o.add(24))];
+        }
         for i in 0..rows {
-            if i == due && t < pf.count {
-                prefetch_row(pf.from, t);
-                t += 1;
-                due += pf.every;
-            }
+            pf.upto(i);
             let wi = wr.add(i * 2 * NR);
             let w = [load8(wi), load8(wi.add(8)), load8(wi.add(16)), load8(wi.add(24))];
             let xi = xr.add(i * xs);
@@ -777,11 +835,12 @@ mod blocked {
 
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn micro<E: Elem, const R: usize>(xr: *const f32, xs: usize, wr: *const E, ws: usize, rows: usize, ar: *mut f32, n: usize, pf: PfPass<E>) {
-        let mut a: [[__m256; 2]; R] = std::array::from_fn(|r| {
+    unsafe fn micro<E: Elem, const R: usize>(xr: *const f32, xs: usize, wr: *const E, ws: usize, rows: usize, ar: *mut f32, n: usize, mut pf: PfPass<E>) {
+        let mut a = [[_mm256_setzero_ps(); 2]; R];
+        for (r, a) in a.iter_mut().enumerate() {
             let o = ar.add(r * n);
-            [_mm256_loadu_ps(o), _mm256_loadu_ps(o.add(8))]
-        });
+            *a = [_mm256_loadu_ps(o), _mm256_loadu_ps(o.add(8))];
+        }
         // One weight row into the sums (a macro, not a closure: a closure would be compiled
         // without this function's target features).
         macro_rules! step {
@@ -799,23 +858,15 @@ mod blocked {
         }
         // Two weight rows per iteration, the prefetches due by then first (AVX2-only EPYC,
         // from memory: 9 rows 127 against 102-110 GFLOP/s; 16-48 rows the same within noise).
-        let (mut due, mut t) = (0, 0);
         let mut i = 0;
         while i + 2 <= rows {
-            while due <= i + 1 && t < pf.count {
-                prefetch_row(pf.from, t);
-                t += 1;
-                due += pf.every;
-            }
+            pf.upto(i + 1);
             step!(i);
             step!(i + 1);
             i += 2;
         }
         if i < rows {
-            while t < pf.count {
-                prefetch_row(pf.from, t);
-                t += 1;
-            }
+            pf.upto(usize::MAX);
             step!(i);
         }
         for (r, a) in a.iter().enumerate() {
@@ -833,14 +884,14 @@ mod blocked {
         while r0 < m {
             let (x, a) = (xr.add(r0), ar.add(r0 * n));
             match m - r0 {
-                1 => micro_512::<E, 1>(x, m, wr, ws, rows, a, n),
-                2 => micro_512::<E, 2>(x, m, wr, ws, rows, a, n),
-                3 => micro_512::<E, 3>(x, m, wr, ws, rows, a, n),
-                4 => micro_512::<E, 4>(x, m, wr, ws, rows, a, n),
-                5 => micro_512::<E, 5>(x, m, wr, ws, rows, a, n),
-                6 => micro_512::<E, 6>(x, m, wr, ws, rows, a, n),
-                7 => micro_512::<E, 7>(x, m, wr, ws, rows, a, n),
-                _ => micro_512::<E, 8>(x, m, wr, ws, rows, a, n),
+                1 => micro_512::<E, 1>(x, m, wr, ws, rows, a, n, Pf::NONE.pass(0)),
+                2 => micro_512::<E, 2>(x, m, wr, ws, rows, a, n, Pf::NONE.pass(0)),
+                3 => micro_512::<E, 3>(x, m, wr, ws, rows, a, n, Pf::NONE.pass(0)),
+                4 => micro_512::<E, 4>(x, m, wr, ws, rows, a, n, Pf::NONE.pass(0)),
+                5 => micro_512::<E, 5>(x, m, wr, ws, rows, a, n, Pf::NONE.pass(0)),
+                6 => micro_512::<E, 6>(x, m, wr, ws, rows, a, n, Pf::NONE.pass(0)),
+                7 => micro_512::<E, 7>(x, m, wr, ws, rows, a, n, Pf::NONE.pass(0)),
+                _ => micro_512::<E, 8>(x, m, wr, ws, rows, a, n, Pf::NONE.pass(0)),
             }
             r0 += (m - r0).min(8);
         }
@@ -848,14 +899,16 @@ mod blocked {
 
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn micro_512<E: Elem, const R: usize>(xr: *const f32, xs: usize, wr: *const E, ws: usize, rows: usize, ar: *mut f32, n: usize) {
-        let mut a: [[__m512; 2]; R] = std::array::from_fn(|r| {
+    unsafe fn micro_512<E: Elem, const R: usize>(xr: *const f32, xs: usize, wr: *const E, ws: usize, rows: usize, ar: *mut f32, n: usize, mut pf: PfPass<E>) {
+        let mut a = [[_mm512_setzero_ps(); 2]; R];
+        for (r, a) in a.iter_mut().enumerate() {
             let o = ar.add(r * n);
-            [_mm512_loadu_ps(o), _mm512_loadu_ps(o.add(16))]
-        });
+            *a = [_mm512_loadu_ps(o), _mm512_loadu_ps(o.add(NR))];
+        }
         for i in 0..rows {
+            pf.upto(i);
             let w0 = load16(wr.add(i * ws));
-            let w1 = load16(wr.add(i * ws + 16));
+            let w1 = load16(wr.add(i * ws + NR));
             let xi = xr.add(i * xs);
             for (r, a) in a.iter_mut().enumerate() {
                 let b = _mm512_set1_ps(*xi.add(r));
@@ -923,10 +976,18 @@ mod f16c {
             let mut r = 0;
             while r < m {
                 let g = (m - r).min(P);
-                let xs: [[__m256; R]; P] = std::array::from_fn(|q| std::array::from_fn(|j| _mm256_set1_ps(if q < g { x[(r + q) * k + i + j] } else { 0.0 })));
+                let mut xs = [[_mm256_setzero_ps(); R]; P];
+                for (q, xq) in xs.iter_mut().enumerate().take(g) {
+                    for (j, v) in xq.iter_mut().enumerate() {
+                        *v = _mm256_set1_ps(x[(r + q) * k + i + j]);
+                    }
+                }
                 let mut c = 0;
                 while c + 8 <= tw {
-                    let v: [__m256; R] = std::array::from_fn(|j| _mm256_cvtph_ps(_mm_loadu_si128(ws[j].as_ptr().add(c).cast())));
+                    let mut v = [_mm256_setzero_ps(); R];
+                    for (j, v) in v.iter_mut().enumerate() {
+                        *v = _mm256_cvtph_ps(_mm_loadu_si128(ws[j].as_ptr().add(c).cast()));
+                    }
                     for (q, xq) in xs.iter().enumerate().take(g) {
                         let o = acc.as_mut_ptr().add((r + q) * n + t0 + c);
                         let mut a = _mm256_loadu_ps(o);
@@ -1206,7 +1267,7 @@ mod wide {
                     _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add((4 + j) * d + c).cast());
                 }
             }
-            let v: [__m512; 4] = std::array::from_fn(|j| load16(wp.add(j * d + c)));
+            let v = [load16(wp.add(c)), load16(wp.add(d + c)), load16(wp.add(2 * d + c)), load16(wp.add(3 * d + c))];
             for q in 0..G {
                 let hq = _mm512_loadu_ps(hp.add(q * d + c));
                 for j in 0..4 {
@@ -1462,7 +1523,7 @@ mod tests {
             assert_eq!(unpack_panels(&wp, k, n), w);
             let bf: Vec<u16> = w.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect();
             let bfp = pack_panels(&bf, k, n);
-            for m in [1usize, 2, 3, 4, 5, 6, 8, 9, 16, 17] {
+            for m in [1usize, 2, 3, 4, 5, 6, 8, 9, 12, 16, 17, 33] {
                 let x = test_data(m * k, 22);
                 assert_eq!(matmul_panels(&x, &wp, None, m, k, n), matmul(&x, &w, None, m, k, n), "f32 n={n} m={m}");
                 assert_eq!(matmul_panels(&x, bf16_bits(&bfp), None, m, k, n), matmul(&x, bf16_bits(&bf), None, m, k, n), "bf16 n={n} m={m}");
