@@ -9,6 +9,9 @@ use steer_model::{Engine, GenerateOptions};
 
 use super::{percentile, PROMPT};
 
+/// Full runs of each kind, taken in turn.
+const FULL_RUNS: usize = 5;
+
 pub async fn run(engine: Arc<Engine>, tokens: usize) -> Result<()> {
     use futures::StreamExt;
     use steer_client::{AdditionSpec, RunOptions, SteerClient};
@@ -50,11 +53,9 @@ pub async fn run(engine: Arc<Engine>, tokens: usize) -> Result<()> {
     let _ = stream.next().await;
     println!("time to first streamed token (6 rows, prefill): {:.3} s", t.elapsed().as_secs_f64());
     while stream.next().await.is_some() {}
-    // Full run over gRPC against the same rows in process (built by the service's own
-    // validation, so both run exactly the same batch).
-    let t = Instant::now();
-    let cmp = client.calculate_and_apply_steering_vector(PROMPT, &adds, &opts).await?;
-    let via_grpc = t.elapsed().as_secs_f64();
+    // Full runs over gRPC against the same rows in process (built by the service's own
+    // validation, so both run exactly the same batch), taken in turn: one of each varied by
+    // 10% from run to run on a shared machine, more than the overhead being measured.
     let raw = steer_generation::read::RawRequest {
         setup: opts.setup(PROMPT, tensors.len()),
         tensors: tensors.iter().map(|t| steer_generation::read::WireTensor { header: t.header.clone(), values: t.values.clone() }).collect(),
@@ -62,13 +63,22 @@ pub async fn run(engine: Arc<Engine>, tokens: usize) -> Result<()> {
     };
     let valid = steer_generation::validation::validate(raw, vec![], &engine, &Default::default())?;
     let gen = GenerateOptions { max_new_tokens: valid.max_new_tokens, ..Default::default() };
-    let t = Instant::now();
-    let local = engine.generate(&valid.rows, &gen, |_| std::ops::ControlFlow::Continue(()))?;
-    let in_process = t.elapsed().as_secs_f64();
-    ensure!(local[valid.n_unsteered].tokens == cmp.steered[0].token_ids, "gRPC and in-process runs differ for the same seeds");
+    let (mut via_grpc, mut in_process) = (vec![], vec![]);
+    for _ in 0..FULL_RUNS {
+        let t = Instant::now();
+        let cmp = client.calculate_and_apply_steering_vector(PROMPT, &adds, &opts).await?;
+        via_grpc.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let local = engine.generate(&valid.rows, &gen, |_| std::ops::ControlFlow::Continue(()))?;
+        in_process.push(t.elapsed().as_secs_f64());
+        ensure!(local[valid.n_unsteered].tokens == cmp.steered[0].token_ids, "gRPC and in-process runs differ for the same seeds");
+    }
+    let shown = |v: &[f64]| v.iter().map(|s| format!("{s:.3}")).collect::<Vec<_>>().join(", ");
+    let (runs_grpc, runs_local) = (shown(&via_grpc), shown(&in_process));
+    let (g, l) = (percentile(&mut via_grpc, 0.5), percentile(&mut in_process, 0.5));
     println!(
-        "full run, {tokens} tokens x 6 rows: gRPC (cached steering) {via_grpc:.3} s, in-process {in_process:.3} s, overhead {:+.1}%",
-        (via_grpc / in_process - 1.0) * 100.0
+        "full run, {tokens} tokens x 6 rows, {FULL_RUNS} of each in turn: gRPC (cached steering) median {g:.3} s ({runs_grpc}), in-process {l:.3} s ({runs_local}), overhead {:+.1}%",
+        (g / l - 1.0) * 100.0
     );
     server.shutdown().await;
     Ok(())
