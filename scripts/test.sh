@@ -10,6 +10,9 @@ cd "$(dirname "$0")/.."
 
 cargo test --workspace --locked
 cat artifacts/soak.txt  # the soak's figures (clients/cli/tests/soak.rs)
+# The model's tests again on the AVX2 kernels that AVX2-only hosts run (on an AVX-512 host the
+# run above took the 512-bit ones; the kernels' own tests cover both either way).
+STEER_NO_AVX512=1 cargo test --locked -p steer-model
 
 # cargo-fuzz targets for a fixed time each (FUZZ_SECS, default 30); skipped with a notice where
 # no nightly toolchain exists (the stable proptest fallback ran above).

@@ -166,7 +166,7 @@ fn panels_slab<E: Elem>(x: &[f32], wp: &[E], acc: &mut [f32], m: usize, k: usize
         if has_avx2() {
             // SAFETY: the features are detected on this CPU before each call.
             unsafe {
-                if std::is_x86_feature_detected!("avx512f") {
+                if has_avx512() {
                     blocked::panels_512(x, wp, acc, m, k, np, i0, i1)
                 } else {
                     blocked::panels_256(x, wp, acc, m, k, np, i0, i1)
@@ -237,6 +237,14 @@ pub(crate) fn test_data(len: usize, seed: u32) -> Vec<f32> {
 }
 
 /// Whether this CPU has AVX2, FMA and F16C (every x86 CPU with AVX2 has F16C).
+/// Whether the 512-bit kernels run: AVX-512F on this CPU, unless `STEER_NO_AVX512` is set (to
+/// measure or test the AVX2 kernels, which AVX2-only hosts run, on an AVX-512 one).
+#[cfg(target_arch = "x86_64")]
+fn has_avx512() -> bool {
+    static USE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *USE.get_or_init(|| std::is_x86_feature_detected!("avx512f") && std::env::var_os("STEER_NO_AVX512").is_none())
+}
+
 fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -256,7 +264,7 @@ fn row_slab<E: Elem>(x: &[f32], w: &[E], acc: &mut [f32], m: usize, k: usize, n:
                 // 16-bit weights under 16 rows stay on 256-bit: their conversions share the
                 // vector pipes with the FMAs, and at 6 rows that measured 8.9-9.4 against 8.4-8.9
                 // G weights/s (the same at 16 and 32 rows; f32 the same at 6, faster from ~24).
-                if std::is_x86_feature_detected!("avx512f") && (std::mem::size_of::<E>() == 4 || m >= 16) {
+                if has_avx512() && (std::mem::size_of::<E>() == 4 || m >= 16) {
                     blocked::row_slab_512(x, w, acc, m, k, n, i0, i1)
                 } else {
                     blocked::row_slab(x, w, acc, m, k, n, i0, i1)
@@ -283,7 +291,7 @@ fn row_slab_for<E: Elem, const WIDE: bool>(x: &[f32], w: &[E], acc: &mut [f32], 
             unsafe { f16c::row_slab::<WIDE>(x, std::slice::from_raw_parts(w.as_ptr().cast::<u16>(), w.len()), acc, m, k, n, i0, i1) };
             return;
         }
-        if has_avx2() && std::is_x86_feature_detected!("avx512f") {
+        if has_avx2() && has_avx512() {
             // SAFETY: the features were just detected on this CPU.
             unsafe { row_slab_avx512::<E, WIDE>(x, w, acc, m, k, n, i0, i1) };
             return;
@@ -362,12 +370,15 @@ mod blocked {
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     unsafe fn panel<E: Elem>(xr: *const f32, wr: *const E, ws: usize, rows: usize, ar: *mut f32, m: usize, n: usize, pf: Pf<E>, j0: usize) {
+        let groups = m.div_ceil(MR);
         let mut r0 = 0;
-        let mut j = j0;
-        while r0 < m {
+        for g in 0..groups {
+            // Groups of even size (9 rows: 5 + 4, not 6 + 3, whose 6 chains of sums wait on
+            // the FMA latency).
+            let size = (m - r0).div_ceil(groups - g);
             let (x, a) = (xr.add(r0), ar.add(r0 * n));
-            let pf = pf.pass(j);
-            match m - r0 {
+            let pf = pf.pass(j0 + g);
+            match size {
                 1 => micro::<E, 1>(x, m, wr, ws, rows, a, n, pf),
                 2 => micro::<E, 2>(x, m, wr, ws, rows, a, n, pf),
                 3 => micro::<E, 3>(x, m, wr, ws, rows, a, n, pf),
@@ -375,8 +386,7 @@ mod blocked {
                 5 => micro::<E, 5>(x, m, wr, ws, rows, a, n, pf),
                 _ => micro::<E, MR>(x, m, wr, ws, rows, a, n, pf),
             }
-            r0 += (m - r0).min(MR);
-            j += 1;
+            r0 += size;
         }
     }
 
@@ -1158,7 +1168,7 @@ mod dots {
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn rows<E: Elem>(h: &[f32], w: &[E], out: &mut [f32], m: usize, d: usize) {
         let mut first = 0;
-        if std::is_x86_feature_detected!("avx512f") {
+        if super::has_avx512() {
             first = super::wide::rows(h, w, out, m, d);
         }
         for (o, wr) in w.chunks_exact(d).enumerate().skip(first) {
