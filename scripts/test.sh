@@ -11,8 +11,16 @@ cd "$(dirname "$0")/.."
 cargo test --workspace --locked
 cat artifacts/soak.txt  # the soak's figures (clients/cli/tests/soak.rs)
 # The model's tests again on the AVX2 kernels that AVX2-only hosts run (on an AVX-512 host the
-# run above took the 512-bit ones; the kernels' own tests cover both either way).
-STEER_NO_AVX512=1 cargo test --locked -p steer-model
+# run above took the 512-bit ones; the kernels' own tests cover both either way): the test
+# binaries the run above built, run as cargo runs them, from the package's directory
+# (`cargo test -p steer-model` would build its dependencies again, with other features).
+cargo test --workspace --locked --no-run --message-format=json 2>/dev/null \
+  | python3 -c 'import json, sys
+found = [m["executable"] for m in map(json.loads, sys.stdin)
+         if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]
+         and m["manifest_path"].endswith("services/model/Cargo.toml")]
+sys.exit("no steer-model test binaries found") if not found else print("\n".join(found))' \
+  | (cd services/model && while read -r t; do STEER_NO_AVX512=1 "$t"; done)
 
 # cargo-fuzz targets for a fixed time each (FUZZ_SECS, default 30); skipped with a notice where
 # no nightly toolchain exists (the stable proptest fallback ran above).
