@@ -236,7 +236,6 @@ pub(crate) fn test_data(len: usize, seed: u32) -> Vec<f32> {
     (0..len).map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0).collect()
 }
 
-/// Whether this CPU has AVX2, FMA and F16C (every x86 CPU with AVX2 has F16C).
 /// Whether the 512-bit kernels run: AVX-512F on this CPU, unless `STEER_NO_AVX512` is set (to
 /// measure or test the AVX2 kernels, which AVX2-only hosts run, on an AVX-512 one).
 #[cfg(target_arch = "x86_64")]
@@ -245,6 +244,7 @@ fn has_avx512() -> bool {
     *USE.get_or_init(|| std::is_x86_feature_detected!("avx512f") && std::env::var_os("STEER_NO_AVX512").is_none())
 }
 
+/// Whether this CPU has AVX2, FMA and F16C (every x86 CPU with AVX2 has F16C).
 fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -413,6 +413,8 @@ mod blocked {
     }
 
     impl<E: Elem> PfPass<E> {
+        const NONE: Self = PfPass { from: std::ptr::null(), count: 0, every: 1, done: 0 };
+
         /// Prefetches the rows due by step `i` of the pass (`usize::MAX`: all that are left).
         #[inline(always)]
         unsafe fn upto(&mut self, i: usize) {
@@ -423,13 +425,13 @@ mod blocked {
         }
     }
 
-    impl<E> Pf<E> {
+    impl<E: Elem> Pf<E> {
         const NONE: Self = Pf { next: std::ptr::null(), len: 0, passes: 1, rows: 1 };
 
         #[inline(always)]
         unsafe fn pass(self, j: usize) -> PfPass<E> {
             if self.next.is_null() || j >= self.passes {
-                return PfPass { from: std::ptr::null(), count: 0, every: 1, done: 0 };
+                return PfPass::NONE;
             }
             let q = self.len.div_ceil(self.passes);
             let start = (j * q).min(self.len);
@@ -483,7 +485,7 @@ mod blocked {
     #[allow(clippy::too_many_arguments)]
     unsafe fn panel_at<E: Elem, const Z: bool>(xr: *const f32, wr: *const E, ws: usize, rows: usize, ar: *mut f32, m: usize, n: usize, left: usize) -> usize {
         if Z && left >= 2 * NR {
-            panel_512(xr, wr, ws, rows, ar, m, n);
+            panel_512(xr, wr, ws, rows, ar, m, n, Pf::NONE);
             2 * NR
         } else {
             panel(xr, wr, ws, rows, ar, m, n, Pf::NONE, 0);
@@ -614,22 +616,7 @@ mod blocked {
                 let (pn, bn, ln) = block(s + 1);
                 (pf.next, pf.len) = (w_at(pn, bn), ln);
             }
-            let mut r0 = 0;
-            for g in 0..groups {
-                let size = (m - r0).div_ceil(groups - g);
-                let (x, a, w, pf) = (xr.add(r0), ar.add(r0 * np), w_at(p, b), pf.pass(g));
-                match size {
-                    1 => micro_512::<E, 1>(x, m, w, 2 * NR, len, a, np, pf),
-                    2 => micro_512::<E, 2>(x, m, w, 2 * NR, len, a, np, pf),
-                    3 => micro_512::<E, 3>(x, m, w, 2 * NR, len, a, np, pf),
-                    4 => micro_512::<E, 4>(x, m, w, 2 * NR, len, a, np, pf),
-                    5 => micro_512::<E, 5>(x, m, w, 2 * NR, len, a, np, pf),
-                    6 => micro_512::<E, 6>(x, m, w, 2 * NR, len, a, np, pf),
-                    7 => micro_512::<E, 7>(x, m, w, 2 * NR, len, a, np, pf),
-                    _ => micro_512::<E, 8>(x, m, w, 2 * NR, len, a, np, pf),
-                }
-                r0 += size;
-            }
+            panel_512(xr, w_at(p, b), 2 * NR, len, ar, m, np, pf);
         }
     }
 
@@ -886,24 +873,27 @@ mod blocked {
         }
     }
 
-    /// [`panel`] over 32 columns in groups of up to 8 rows of x, with 512-bit sums.
+    /// [`panel`] over 32 columns in groups of up to 8 rows of x, with 512-bit sums; groups of
+    /// even size (9 rows: 5 + 4, not 8 + 1), pass `g` prefetching its share of `pf`.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn panel_512<E: Elem>(xr: *const f32, wr: *const E, ws: usize, rows: usize, ar: *mut f32, m: usize, n: usize) {
+    unsafe fn panel_512<E: Elem>(xr: *const f32, wr: *const E, ws: usize, rows: usize, ar: *mut f32, m: usize, n: usize, pf: Pf<E>) {
+        let groups = m.div_ceil(8);
         let mut r0 = 0;
-        while r0 < m {
-            let (x, a) = (xr.add(r0), ar.add(r0 * n));
-            match m - r0 {
-                1 => micro_512::<E, 1>(x, m, wr, ws, rows, a, n, Pf::NONE.pass(0)),
-                2 => micro_512::<E, 2>(x, m, wr, ws, rows, a, n, Pf::NONE.pass(0)),
-                3 => micro_512::<E, 3>(x, m, wr, ws, rows, a, n, Pf::NONE.pass(0)),
-                4 => micro_512::<E, 4>(x, m, wr, ws, rows, a, n, Pf::NONE.pass(0)),
-                5 => micro_512::<E, 5>(x, m, wr, ws, rows, a, n, Pf::NONE.pass(0)),
-                6 => micro_512::<E, 6>(x, m, wr, ws, rows, a, n, Pf::NONE.pass(0)),
-                7 => micro_512::<E, 7>(x, m, wr, ws, rows, a, n, Pf::NONE.pass(0)),
-                _ => micro_512::<E, 8>(x, m, wr, ws, rows, a, n, Pf::NONE.pass(0)),
+        for g in 0..groups {
+            let size = (m - r0).div_ceil(groups - g);
+            let (x, a, pf) = (xr.add(r0), ar.add(r0 * n), pf.pass(g));
+            match size {
+                1 => micro_512::<E, 1>(x, m, wr, ws, rows, a, n, pf),
+                2 => micro_512::<E, 2>(x, m, wr, ws, rows, a, n, pf),
+                3 => micro_512::<E, 3>(x, m, wr, ws, rows, a, n, pf),
+                4 => micro_512::<E, 4>(x, m, wr, ws, rows, a, n, pf),
+                5 => micro_512::<E, 5>(x, m, wr, ws, rows, a, n, pf),
+                6 => micro_512::<E, 6>(x, m, wr, ws, rows, a, n, pf),
+                7 => micro_512::<E, 7>(x, m, wr, ws, rows, a, n, pf),
+                _ => micro_512::<E, 8>(x, m, wr, ws, rows, a, n, pf),
             }
-            r0 += (m - r0).min(8);
+            r0 += size;
         }
     }
 
