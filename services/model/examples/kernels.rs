@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use steer_model::kernels::{bf16_bits, f16_bits, matmul, matmul_panels, pack_panels, rows_dot};
+use steer_model::kernels::{bf16_bits, f16_bits, matmul_panels, matmul_reference as matmul, pack_panels, rows_dot};
 
 /// This machine's f32 FMA rate with every core busy: 12 independent chains of 256-bit FMAs per
 /// thread, so the figure is the pipes' throughput, the ceiling for compute-bound steps (decode at

@@ -8,6 +8,16 @@ use serde::Serialize;
 
 use crate::error::ModelError;
 
+/// Which 16-bit float a half-precision matrix holds (the storage of [`WeightDtype::F16`] and
+/// [`WeightDtype::Bf16`] weights).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HalfKind {
+    /// bfloat16: the high half of an f32.
+    Bf16,
+    /// IEEE half.
+    F16,
+}
+
 /// Precision of the loaded weights. The residual stream, steering and sampling stay in f32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -43,10 +53,10 @@ impl WeightDtype {
     }
 
     /// The 16-bit kind, for f16 and bf16.
-    pub fn half(self) -> Option<crate::kernels::HalfKind> {
+    pub fn half(self) -> Option<HalfKind> {
         match self {
-            WeightDtype::F16 => Some(crate::kernels::HalfKind::F16),
-            WeightDtype::Bf16 => Some(crate::kernels::HalfKind::Bf16),
+            WeightDtype::F16 => Some(HalfKind::F16),
+            WeightDtype::Bf16 => Some(HalfKind::Bf16),
             _ => None,
         }
     }

@@ -17,7 +17,7 @@ use candle_core::Device;
 use crate::config::Config;
 use crate::dtype::WeightDtype;
 use crate::error::{ModelError, Result};
-use crate::kernels::HalfKind;
+use crate::dtype::HalfKind;
 use crate::matrix::{Layout, Source};
 use crate::tokenizer::Gpt2Tokenizer;
 use crate::weights::{self, Params};

@@ -16,7 +16,8 @@ use candle_core::{Device, Storage, Tensor};
 
 use crate::dtype::WeightDtype;
 use crate::error::{ModelError, Result};
-use crate::kernels::{self, Elem, HalfKind};
+use crate::dtype::HalfKind;
+use crate::kernels::{self, Elem};
 use crate::quant::{self, Q8Blocks, Q8Rows, QK8_0};
 
 /// What a matrix is for, which fixes the layout its kernels want.
@@ -232,7 +233,7 @@ impl Matrix {
                 };
                 let w = &ws.as_slice::<f32>()?[w0..w1];
                 match layout {
-                    Layout::InOut => kernels::matmul(x, w, bias, m, k, n),
+                    Layout::InOut => kernels::matmul_reference(x, w, bias, m, k, n),
                     Layout::OutIn => with_bias(kernels::rows_dot(x, w, m, k, n), bias),
                 }
             }

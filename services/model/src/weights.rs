@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 use crate::dtype::WeightDtype;
 use crate::error::{ModelError, Result};
-use crate::kernels::HalfKind;
+use crate::dtype::HalfKind;
 use crate::matrix::{Layout, Matrix, Role, Source};
 
 /// A checkpoint's parameters as the model holds them, by canonical name (`h.0.attn.c_attn.weight`).
