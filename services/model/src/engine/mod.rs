@@ -1,0 +1,158 @@
+//! The engine the services use: a loaded model and tokenizer, and three operations on batches
+//! of rows of different lengths (left-padded, with position ids and an attention mask):
+//! capture activations at hook points, score text, and generate with per-row steering.
+//!
+//! | entry point | for | file |
+//! |---|---|---|
+//! | [`Engine::load`] | loading from a directory, a GGUF file or the hub | here |
+//! | [`Engine::capture`], [`Engine::logits`], [`Engine::score`] | activations and teacher-forced scores | [`capture`] |
+//! | [`Engine::begin`] then [`Engine::run`] | **the serving loop**: chunked prefills and decode steps of many requests in one forward | [`prefill`], [`step`] |
+//! | [`Engine::generate`] | the reference loop: one batch, prefill then decode to the end | [`reference`] |
+//!
+//! A generation's rows are [`RowRequest`]s; [`Engine::begin`] makes a [`Prefill`], which
+//! [`Engine::run`] advances chunk by chunk and turns into one [`Sequence`] per row; each
+//! [`Engine::run`] then also takes one decode step of every sequence given, and
+//! [`Sequence::advance`] samples its token. [`Engine::generate`] is that loop for one batch alone
+//! (with [`Engine::start`], [`Engine::prefill_chunk`] and [`Engine::step`], the same forward
+//! in its simplest uses); the serving loop is held to its tokens by the tests.
+
+mod capture;
+mod layout;
+mod logprobs;
+mod prefill;
+mod reference;
+mod request;
+mod sequence;
+mod step;
+
+use candle_core::Device;
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::dtype::WeightDtype;
+use crate::error::{ModelError, Result};
+use crate::gguf;
+use crate::gpt2::Gpt2;
+use crate::hooks::{Addition, Additions};
+use crate::source::{Format, HubOptions, ModelSource};
+use crate::tokenizer::Gpt2Tokenizer;
+use crate::weights;
+use layout::BatchLayout;
+
+pub use capture::Scored;
+pub use prefill::Prefill;
+pub use request::{FinishReason, GenerateOptions, RowOutput, RowRequest, TokenEvent};
+pub use sequence::{advance_all, Sequence};
+
+/// How to load a model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// f32 by default (the post's precision); f16 and bf16 selectable.
+    pub dtype: WeightDtype,
+    pub device: Device,
+    pub hub: HubOptions,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            dtype: WeightDtype::F32,
+            device: Device::Cpu,
+            hub: HubOptions::from_env(),
+        }
+    }
+}
+
+/// What is loaded: enough for a client to check its tensors against.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub revision: String,
+    pub n_layer: usize,
+    pub d_model: usize,
+    pub n_head: usize,
+    pub n_positions: usize,
+    pub vocab_size: usize,
+    pub dtype: WeightDtype,
+}
+
+/// A loaded GPT-2 and its tokenizer.
+pub struct Engine {
+    model: Gpt2,
+    tokenizer: Gpt2Tokenizer,
+    info: ModelInfo,
+}
+
+impl Engine {
+    /// Resolves `source` (local directory or hub) and loads it.
+    pub fn load(source: &ModelSource, opts: &LoadOptions) -> Result<Self> {
+        let files = source.resolve(&opts.hub)?;
+        let t0 = std::time::Instant::now();
+        let (cfg, tokenizer, mut params) = match files.format {
+            Format::Safetensors => {
+                let cfg = Config::from_file(&files.config)?;
+                let tokenizer = Gpt2Tokenizer::from_dir(&files.dir)?;
+                (cfg, tokenizer, weights::load(&files.weights, opts.dtype, &opts.device)?)
+            }
+            Format::Gguf => {
+                let g = gguf::load(&files.config, opts.dtype, &opts.device)?;
+                let tokenizer = match g.tokenizer {
+                    Some(t) => t,
+                    None => Gpt2Tokenizer::from_dir(&files.dir)?,
+                };
+                (g.config, tokenizer, g.params)
+            }
+        };
+        let model = Gpt2::load(&mut params, &cfg, &opts.device).map_err(|e| match e {
+            e @ ModelError::Weights { .. } => e,
+            e => ModelError::Weights { path: files.weights[0].clone(), message: e.to_string() },
+        })?;
+        tracing::info!(model = %source.name(), secs = t0.elapsed().as_secs_f64(), "weights loaded");
+        Ok(Self::new(model, tokenizer, source.name(), source.revision(), opts.dtype))
+    }
+
+    fn new(model: Gpt2, tokenizer: Gpt2Tokenizer, name: String, revision: String, dtype: WeightDtype) -> Self {
+        let cfg = model.config();
+        let info = ModelInfo {
+            name,
+            revision,
+            n_layer: cfg.n_layer,
+            d_model: cfg.n_embd,
+            n_head: cfg.n_head,
+            n_positions: cfg.n_positions,
+            vocab_size: cfg.vocab_size,
+            dtype,
+        };
+        Self { model, tokenizer, info }
+    }
+
+    /// Bytes of weights a decode step streams (every matrix in its loaded dtype).
+    pub fn weight_bytes(&self) -> usize {
+        self.model.weight_bytes()
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+    pub fn model(&self) -> &Gpt2 {
+        &self.model
+    }
+    pub fn tokenizer(&self) -> &Gpt2Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Token ids of `text` (BOS first when `bos`).
+    pub fn encode(&self, text: &str, bos: bool) -> Result<Vec<u32>> {
+        self.tokenizer.encode(text, bos)
+    }
+
+    /// The steering of a batch laid out as `layout`, per row (`None` when no row steers).
+    fn additions(&self, layout: &BatchLayout, per_row: &[Vec<Addition>]) -> Result<Option<Additions>> {
+        if per_row.iter().all(|a| a.is_empty()) {
+            return Ok(None);
+        }
+        debug_assert_eq!(per_row.len(), layout.offsets.len(), "one list of additions per row");
+        let rows: Vec<&[Addition]> = per_row.iter().map(|a| a.as_slice()).collect();
+        Additions::build(&rows, &layout.offsets, layout.width, self.info.d_model, self.model.dtype(), self.model.device())
+    }
+}

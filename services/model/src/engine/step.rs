@@ -1,0 +1,68 @@
+//! The serving loop's one forward ([`Engine::run`]): the next chunk of any number of prefills
+//! and one decode step of any number of sequences, every weight matrix streamed once for all.
+
+use candle_core::{IndexOp, Tensor};
+
+use super::prefill::Prefill;
+use super::sequence::Sequence;
+use super::Engine;
+use crate::error::Result;
+use crate::gpt2::{Input, Part, SharedPrefix};
+use crate::hooks::{Addition, Additions, Hooks};
+
+impl Engine {
+    /// One forward for the next chunk (at most `max_tokens` positions) of each prefill given and
+    /// one decode step of each sequence given (none finished, none with logits pending): every
+    /// matrix is streamed once for all of them (one lm_head pass too), while each prefill keeps
+    /// its own cache, mask and steering and each sequence attends over its own cache, so every
+    /// row gets the numbers it would get alone ([`Engine::prefill_chunk`], [`Engine::step`]).
+    /// Returns, per prefill, its sequences once its whole prompt is in.
+    pub fn run(&self, prefills: &mut [&mut Prefill], max_tokens: usize, seqs: &mut [&mut Sequence]) -> Result<Vec<Option<Vec<Sequence>>>> {
+        let chunks = prefills.iter().map(|p| self.chunk(p, max_tokens)).collect::<Result<Vec<_>>>()?;
+        let ids: Vec<u32> = seqs.iter().map(|s| s.last_token()).collect();
+        let steady: Vec<&[Addition]> = seqs.iter().map(|s| s.steady.as_slice()).collect();
+        let additions = Additions::decode(&steady, self.info.d_model, self.model.dtype(), self.model.device())?;
+        let mut parts = Vec::with_capacity(prefills.len() + 1);
+        for (p, c) in prefills.iter_mut().zip(&chunks) {
+            let Prefill { shared, cache, .. } = &mut **p;
+            let shared = shared.as_ref().zip(c.group_step.as_ref()).map(|(sh, step)| SharedPrefix { step, rows: &sh.rows, streams: sh.streams });
+            let hooks = Hooks { additions: c.window.as_ref(), ..Default::default() };
+            parts.push(Part::new(Input::Batch { step: &c.step, shared, cache }, hooks));
+        }
+        if !seqs.is_empty() {
+            let kv = seqs.iter_mut().map(|s| &mut s.kv).collect();
+            parts.push(Part::new(Input::Rows { ids: &ids, kv }, Hooks { additions: additions.as_ref(), ..Default::default() }));
+        }
+        if parts.is_empty() {
+            return Ok(vec![]);
+        }
+        let hidden = self.model.forward_parts(parts)?;
+        // One lm_head pass: the last position of every prefill that is over, then the decode rows.
+        let mut last = vec![];
+        for ((p, c), h) in prefills.iter_mut().zip(&chunks).zip(&hidden) {
+            p.done = c.p1;
+            if c.p1 == p.layout.width {
+                last.push(h.i((.., c.p1 - c.p0 - 1, ..))?.contiguous()?);
+            }
+        }
+        if !seqs.is_empty() {
+            last.push(hidden.last().expect("the decode part").clone());
+        }
+        let mut logits = match last.len() {
+            0 => vec![],
+            _ => self.model.logits(&Tensor::cat(&last, 0)?)?.to_vec2::<f32>()?,
+        }
+        .into_iter();
+        let mut out = Vec::with_capacity(prefills.len());
+        for p in prefills.iter() {
+            out.push(match p.remaining() {
+                0 => Some(self.sequences(p, logits.by_ref().take(p.seqs.len()).collect())?),
+                _ => None,
+            });
+        }
+        for (s, l) in seqs.iter_mut().zip(logits) {
+            s.logits = Some(l);
+        }
+        Ok(out)
+    }
+}
