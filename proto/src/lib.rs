@@ -7,6 +7,7 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/steer.v1.serde.rs"));
 }
 
+pub mod hooks;
 pub mod sampling;
 pub mod status;
 pub mod wire;

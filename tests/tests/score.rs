@@ -2,10 +2,10 @@
 //! perplexities and next-token KL against an independent computation from the engine's logits
 //! in this test, with and without steering; bad input named.
 
-use steer_client::steer_vector::{Mode, Point, VectorTensor};
+use steer_client::steer_vector::{HookPoint, Placement, VectorTensor};
 use steer_client::{AdditionSpec, RunOptions, SteeringTensor};
 use steer_e2e::{engine, start};
-use steer_model::{Addition, HookPoint};
+use steer_model::Addition;
 use tonic::Code;
 
 fn texts() -> Vec<(String, String)> {
@@ -75,8 +75,8 @@ async fn scores_perplexity_and_kl_equal_an_independent_computation() {
 async fn all_positions_and_library_steering_score_like_inline_tensors_and_bad_input_is_named() {
     let (server, client) = start(engine()).await;
     let opts = RunOptions::default();
-    let dir = VectorTensor { point: Point::block_output(1), k: 1, values: (0..64).map(|i| (i as f32 * 0.37).sin()).collect() };
-    let t = SteeringTensor::from_vector(&dir, Mode::AllPositions);
+    let dir = VectorTensor { point: HookPoint::BlockOutput(1), k: 1, values: (0..64).map(|i| (i as f32 * 0.37).sin()).collect() };
+    let t = SteeringTensor::from_vector(&dir, Placement::AllPositions);
     let a = client.score(&texts(), &[t.clone()], &opts, false, 0).await.unwrap();
     let b = client.score(&texts(), &[t], &opts, true, 0).await.unwrap();
     let steered: Vec<_> = b.iter().filter(|s| s.steered).cloned().collect();

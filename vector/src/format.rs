@@ -7,12 +7,10 @@
 //! were damaged fails to load.
 
 use std::collections::HashMap;
-use std::fmt;
-use std::path::Path;
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use steer_hooks::{HookKind, HookPoint, Placement};
 use steer_proto::v1;
 
 use crate::error::{Result, VectorError};
@@ -20,132 +18,10 @@ use crate::error::{Result, VectorError};
 /// Written in the file's metadata; a reader refuses any other.
 pub const FORMAT: &str = "steer.vector/1";
 
-/// How the vector is added (proto `SteeringMode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    /// ActAdd: `[k, d]` at positions 0..k-1 of the prompt, in the prefill only.
-    #[default]
-    Prefix,
-    /// Control vectors, CAA: `[1, d]` at every position, generated tokens included.
-    AllPositions,
-}
-
-impl Mode {
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Prefix => "prefix",
-            Mode::AllPositions => "all_positions",
-        }
-    }
-
-    pub fn to_proto(self) -> v1::SteeringMode {
-        match self {
-            Mode::Prefix => v1::SteeringMode::Prefix,
-            Mode::AllPositions => v1::SteeringMode::AllPositions,
-        }
-    }
-
-    /// UNSPECIFIED is PREFIX; an unknown value is `None`.
-    pub fn from_proto(m: i32) -> Option<Self> {
-        match v1::SteeringMode::try_from(m).ok()? {
-            v1::SteeringMode::Unspecified | v1::SteeringMode::Prefix => Some(Mode::Prefix),
-            v1::SteeringMode::AllPositions => Some(Mode::AllPositions),
-        }
-    }
-}
-
-impl FromStr for Mode {
-    type Err = VectorError;
-    fn from_str(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().replace('-', "_").as_str() {
-            "prefix" => Ok(Mode::Prefix),
-            "all_positions" => Ok(Mode::AllPositions),
-            _ => Err(VectorError::invalid("mode", format!("`{s}`: expected prefix or all_positions"))),
-        }
-    }
-}
-
-/// The hook of a point, as named in files (proto `Hook`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum HookName {
-    ResidPre,
-    BlockOutput,
-}
-
-/// A hook point: `resid_pre.L` is the stream entering block L, `block_output.L` the one
-/// leaving it (= `resid_pre.(L+1)`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Point {
-    pub hook: HookName,
-    pub layer: u32,
-}
-
-impl Point {
-    pub fn resid_pre(layer: u32) -> Self {
-        Self { hook: HookName::ResidPre, layer }
-    }
-
-    pub fn block_output(layer: u32) -> Self {
-        Self { hook: HookName::BlockOutput, layer }
-    }
-
-    /// The residual stream it names (0..=n_layer).
-    pub fn stream(self) -> u32 {
-        match self.hook {
-            HookName::ResidPre => self.layer,
-            HookName::BlockOutput => self.layer + 1,
-        }
-    }
-
-    pub fn to_proto(self) -> v1::HookPoint {
-        let hook = match self.hook {
-            HookName::ResidPre => v1::Hook::ResidPre,
-            HookName::BlockOutput => v1::Hook::BlockOutput,
-        };
-        v1::HookPoint { hook: hook as i32, layer: self.layer }
-    }
-
-    /// UNSPECIFIED is RESID_PRE; an unknown hook is `None`.
-    pub fn from_proto(p: &v1::HookPoint) -> Option<Self> {
-        let hook = match v1::Hook::try_from(p.hook).ok()? {
-            v1::Hook::Unspecified | v1::Hook::ResidPre => HookName::ResidPre,
-            v1::Hook::BlockOutput => HookName::BlockOutput,
-        };
-        Some(Self { hook, layer: p.layer })
-    }
-}
-
-impl fmt::Display for Point {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let hook = match self.hook {
-            HookName::ResidPre => "resid_pre",
-            HookName::BlockOutput => "block_output",
-        };
-        write!(f, "{hook}.{}", self.layer)
-    }
-}
-
-impl FromStr for Point {
-    type Err = VectorError;
-    /// `resid_pre.6`, `block_output.20`.
-    fn from_str(s: &str) -> Result<Self> {
-        let bad = || VectorError::invalid("tensor", format!("`{s}`: expected resid_pre.L or block_output.L"));
-        let (hook, layer) = s.split_once('.').ok_or_else(bad)?;
-        let layer = layer.parse().map_err(|_| bad())?;
-        match hook {
-            "resid_pre" => Ok(Self::resid_pre(layer)),
-            "block_output" => Ok(Self::block_output(layer)),
-            _ => Err(bad()),
-        }
-    }
-}
-
 /// One tensor of a vector: `k` positions of `d` values, row-major.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VectorTensor {
-    pub point: Point,
+    pub point: HookPoint,
     pub k: usize,
     pub values: Vec<f32>,
 }
@@ -216,7 +92,7 @@ pub enum Origin {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TensorMeta {
     pub name: String,
-    pub hook: HookName,
+    pub hook: HookKind,
     pub layer: u32,
     pub k: usize,
     pub norm: f32,
@@ -227,7 +103,7 @@ pub struct Metadata {
     pub format: String,
     pub name: String,
     pub model: ModelRef,
-    pub mode: Mode,
+    pub mode: Placement,
     pub origin: Origin,
     pub tensors: Vec<TensorMeta>,
     /// 64 hex digits (see the module doc).
@@ -245,7 +121,7 @@ pub struct SteeringVector {
 impl SteeringVector {
     /// Checks the tensors (`d_model` values per position, `k = 1` for all_positions, one per
     /// point, finite) and computes the derived metadata and digest.
-    pub fn new(name: impl Into<String>, model: ModelRef, mode: Mode, origin: Origin, mut tensors: Vec<VectorTensor>) -> Result<Self> {
+    pub fn new(name: impl Into<String>, model: ModelRef, mode: Placement, origin: Origin, mut tensors: Vec<VectorTensor>) -> Result<Self> {
         if tensors.is_empty() {
             return Err(VectorError::invalid("tensors", "a vector needs at least one tensor"));
         }
@@ -256,10 +132,10 @@ impl SteeringVector {
             if t.k == 0 || d == 0 || t.values.len() != t.k * d {
                 return Err(VectorError::invalid(field, format!("{}: {} values for k = {} and d_model = {d}", t.point, t.values.len(), t.k)));
             }
-            if mode == Mode::AllPositions && t.k != 1 {
+            if mode == Placement::AllPositions && t.k != 1 {
                 return Err(VectorError::invalid(field, format!("{}: an all_positions vector is [1, d_model], not [{}, {d}]", t.point, t.k)));
             }
-            if model.n_layer > 0 && t.point.layer >= model.n_layer {
+            if model.n_layer > 0 && t.point.layer() >= model.n_layer as usize {
                 return Err(VectorError::invalid(field, format!("{}: layer must be in 0..{}", t.point, model.n_layer)));
             }
             if i > 0 && tensors[i - 1].point == t.point {
@@ -277,7 +153,7 @@ impl SteeringVector {
             origin,
             tensors: tensors
                 .iter()
-                .map(|t| TensorMeta { name: t.point.to_string(), hook: t.point.hook, layer: t.point.layer, k: t.k, norm: t.norm() })
+                .map(|t| TensorMeta { name: t.point.to_string(), hook: t.point.kind(), layer: t.point.layer() as u32, k: t.k, norm: t.norm() })
                 .collect(),
             digest: digest(mode, &tensors),
             created_by: format!("steer {}", env!("CARGO_PKG_VERSION")),
@@ -289,7 +165,7 @@ impl SteeringVector {
         &self.meta.digest
     }
 
-    pub fn mode(&self) -> Mode {
+    pub fn mode(&self) -> Placement {
         self.meta.mode
     }
 
@@ -340,7 +216,8 @@ impl SteeringVector {
                 return Err(VectorError::invalid(field, format!("`{}`: {:?} {:?}, expected F32 [{}, d_model]", m.name, view.dtype(), view.shape(), m.k)));
             }
             let values = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-            tensors.push(VectorTensor { point: m.name.parse::<Point>().map_err(|e| e.within(&field))?, k: m.k, values });
+            let point = m.name.parse::<HookPoint>().map_err(|e| VectorError::invalid(&field, e.to_string()))?;
+            tensors.push(VectorTensor { point, k: m.k, values });
         }
         let checked = Self::new(meta.name.clone(), meta.model.clone(), meta.mode, meta.origin.clone(), tensors)?;
         if checked.meta.digest != meta.digest {
@@ -349,22 +226,6 @@ impl SteeringVector {
         Ok(Self { meta: Metadata { created_by: meta.created_by, ..checked.meta }, tensors: checked.tensors })
     }
 
-    /// Writes the file (`.safetensors`).
-    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        let path = path.as_ref();
-        std::fs::write(path, self.to_bytes()).map_err(|e| VectorError::io(path, e))
-    }
-
-    /// Reads a vector file: a `.gguf` as a llama.cpp control vector, anything else as ours.
-    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| VectorError::io(path, e))?;
-        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
-            let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-            return crate::gguf::import(&bytes, &name);
-        }
-        Self::from_bytes(&bytes)
-    }
 
     /// Refuses a vector made for a model of another shape, or another model by name (names are
     /// compared without directories and case; an unknown name or depth is not compared).
@@ -382,10 +243,10 @@ impl SteeringVector {
                 message: format!("the vector is for {} layers ({}), the model has {}", mine.n_layer, mine.name, model.n_layer),
             });
         }
-        if let Some(t) = self.tensors.iter().find(|t| model.n_layer != 0 && t.point.layer >= model.n_layer) {
+        if let Some(t) = self.tensors.iter().find(|t| model.n_layer != 0 && t.point.layer() >= model.n_layer as usize) {
             return Err(VectorError::WrongModel {
                 field: format!("tensors.{}", t.point),
-                message: format!("layer {} does not exist in a {}-layer model", t.point.layer, model.n_layer),
+                message: format!("layer {} does not exist in a {}-layer model", t.point.layer(), model.n_layer),
             });
         }
         let (a, b) = (mine.short(), model.short());
@@ -403,7 +264,7 @@ impl SteeringVector {
     pub fn applied(&self, scale: f32, layers: Option<(u32, u32)>) -> Vec<VectorTensor> {
         self.tensors
             .iter()
-            .filter(|t| layers.is_none_or(|(a, b)| (a..=b).contains(&t.point.layer)))
+            .filter(|t| layers.is_none_or(|(a, b)| (a..=b).contains(&(t.point.layer() as u32))))
             .map(|t| VectorTensor { point: t.point, k: t.k, values: t.values.iter().map(|v| v * scale).collect() })
             .collect()
     }
@@ -418,8 +279,8 @@ impl SteeringVector {
         v1::VectorInfo {
             name: self.meta.name.clone(),
             digest: self.meta.digest.clone(),
-            mode: self.meta.mode.to_proto() as i32,
-            points: self.tensors.iter().map(|t| t.point.to_proto()).collect(),
+            mode: v1::SteeringMode::from(self.meta.mode) as i32,
+            points: self.tensors.iter().map(|t| v1::HookPoint::from(t.point)).collect(),
             positions: self.positions() as u32,
             bytes,
             model: self.meta.model.name.clone(),
@@ -476,7 +337,7 @@ fn le_bytes(v: &[f32]) -> Vec<u8> {
 }
 
 /// SHA-256 over the format, the mode and each tensor's name, shape and bytes, in point order.
-fn digest(mode: Mode, tensors: &[VectorTensor]) -> String {
+fn digest(mode: Placement, tensors: &[VectorTensor]) -> String {
     let mut h = Sha256::new();
     h.update(FORMAT.as_bytes());
     h.update(b"\n");
@@ -505,16 +366,16 @@ pub(crate) mod tests {
             pad_token: 220,
         };
         let tensors = vec![
-            VectorTensor { point: Point::resid_pre(2), k: 1, values: vec![0.5, -1.0, 2.0, 0.0] },
-            VectorTensor { point: Point::resid_pre(1), k: 2, values: (0..8).map(|i| i as f32 * 0.25).collect() },
+            VectorTensor { point: HookPoint::ResidPre(2), k: 1, values: vec![0.5, -1.0, 2.0, 0.0] },
+            VectorTensor { point: HookPoint::ResidPre(1), k: 2, values: (0..8).map(|i| i as f32 * 0.25).collect() },
         ];
-        SteeringVector::new("love", model(), Mode::Prefix, origin, tensors).unwrap()
+        SteeringVector::new("love", model(), Placement::Prefix, origin, tensors).unwrap()
     }
 
     #[test]
     fn round_trips_bytes_and_keeps_the_digest() {
         let v = actadd();
-        assert_eq!(v.tensors[0].point, Point::resid_pre(1), "tensors in point order");
+        assert_eq!(v.tensors[0].point, HookPoint::ResidPre(1), "tensors in point order");
         assert_eq!(v.digest().len(), 64);
         let back = SteeringVector::from_bytes(&v.to_bytes()).unwrap();
         assert_eq!(back, v);
@@ -523,7 +384,7 @@ pub(crate) mod tests {
         assert_eq!(v.clone().renamed("other").digest(), v.digest());
         let mut t = v.tensors.clone();
         t[1].values[0] += 1.0;
-        let w = SteeringVector::new("love", model(), Mode::Prefix, v.meta.origin.clone(), t).unwrap();
+        let w = SteeringVector::new("love", model(), Placement::Prefix, v.meta.origin.clone(), t).unwrap();
         assert_ne!(w.digest(), v.digest());
     }
 
@@ -541,13 +402,13 @@ pub(crate) mod tests {
     #[test]
     fn shapes_and_modes_are_checked() {
         let o = actadd().meta.origin;
-        let bad = vec![VectorTensor { point: Point::resid_pre(0), k: 2, values: vec![0.0; 8] }];
-        let err = SteeringVector::new("x", model(), Mode::AllPositions, o.clone(), bad).unwrap_err();
+        let bad = vec![VectorTensor { point: HookPoint::ResidPre(0), k: 2, values: vec![0.0; 8] }];
+        let err = SteeringVector::new("x", model(), Placement::AllPositions, o.clone(), bad).unwrap_err();
         assert!(err.to_string().contains("[1, d_model]"), "{err}");
-        let bad = vec![VectorTensor { point: Point::resid_pre(0), k: 1, values: vec![0.0; 5] }];
-        assert!(SteeringVector::new("x", model(), Mode::Prefix, o.clone(), bad).unwrap_err().to_string().starts_with("tensors[0]"));
-        let bad = vec![VectorTensor { point: Point::resid_pre(3), k: 1, values: vec![0.0; 4] }];
-        assert!(SteeringVector::new("x", model(), Mode::Prefix, o, bad).is_err());
+        let bad = vec![VectorTensor { point: HookPoint::ResidPre(0), k: 1, values: vec![0.0; 5] }];
+        assert!(SteeringVector::new("x", model(), Placement::Prefix, o.clone(), bad).unwrap_err().to_string().starts_with("tensors[0]"));
+        let bad = vec![VectorTensor { point: HookPoint::ResidPre(3), k: 1, values: vec![0.0; 4] }];
+        assert!(SteeringVector::new("x", model(), Placement::Prefix, o, bad).is_err());
     }
 
     #[test]
@@ -570,6 +431,6 @@ pub(crate) mod tests {
         assert_eq!(a[0].values, vec![1.0, -2.0, 4.0, 0.0]);
         assert_eq!(v.applied(1.0, None).len(), 2);
         assert!(v.describe().contains("resid_pre.1"));
-        assert_eq!("block_output.3".parse::<Point>().unwrap().stream(), 4);
+        assert_eq!("block_output.3".parse::<HookPoint>().unwrap().stream(), 4);
     }
 }

@@ -18,23 +18,21 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
 use crate::error::{Result, VectorError};
-use crate::format::{HookName, Mode, ModelRef, Origin, Point, SteeringVector, VectorTensor};
+use crate::format::{ModelRef, Origin, SteeringVector, VectorTensor};
+use steer_hooks::{HookPoint, Placement};
 
 /// The architecture GPT-2 GGUF files declare; written as the model hint.
 pub const MODEL_HINT: &str = "gpt2";
 
 /// llama.cpp's layer index of a point (`direction.N` = output of block N), when it has one.
-pub fn llama_layer(p: Point) -> Option<u32> {
-    let il = match p.hook {
-        HookName::BlockOutput => p.layer,
-        HookName::ResidPre => p.layer.checked_sub(1)?,
-    };
+pub fn llama_layer(p: HookPoint) -> Option<u32> {
+    let il = p.stream().checked_sub(1)? as u32;
     (il >= 1).then_some(il)
 }
 
 /// The control-vector GGUF of an all_positions vector.
 pub fn export(v: &SteeringVector) -> Result<Vec<u8>> {
-    if v.mode() != Mode::AllPositions {
+    if v.mode() != Placement::AllPositions {
         return Err(VectorError::invalid(
             "mode",
             "llama.cpp control vectors are added at every position: only an all_positions vector ([1, d_model] per layer) exports",
@@ -110,11 +108,11 @@ pub fn import(bytes: &[u8], name: &str) -> Result<SteeringVector> {
             return Err(VectorError::invalid(tname.clone(), format!("{} values, another direction has {d}", values.len())));
         }
         d = values.len();
-        tensors.push(VectorTensor { point: Point::block_output(il), k: 1, values });
+        tensors.push(VectorTensor { point: HookPoint::BlockOutput(il as usize), k: 1, values });
     }
     let model = ModelRef { name: String::new(), revision: String::new(), d_model: d as u32, n_layer: 0 };
     let origin = Origin::Gguf { model_hint, layer_count: layer_count.max(0) as u32 };
-    SteeringVector::new(name, model, Mode::AllPositions, origin, tensors)
+    SteeringVector::new(name, model, Placement::AllPositions, origin, tensors)
 }
 
 /// An integer of any GGUF width (llama.cpp writes i32, Python writers often u32).
@@ -143,11 +141,11 @@ mod tests {
 
     fn directions() -> SteeringVector {
         let tensors = vec![
-            VectorTensor { point: Point::block_output(2), k: 1, values: vec![1.0, 2.0, 3.0, 4.0] },
-            VectorTensor { point: Point::resid_pre(2), k: 1, values: vec![-1.0, 0.5, 0.0, 8.0] },
+            VectorTensor { point: HookPoint::BlockOutput(2), k: 1, values: vec![1.0, 2.0, 3.0, 4.0] },
+            VectorTensor { point: HookPoint::ResidPre(2), k: 1, values: vec![-1.0, 0.5, 0.0, 8.0] },
         ];
         let origin = Origin::MeanDifference { pairs: 3, reduction: "last_token".into(), use_bos: true };
-        SteeringVector::new("honest", model(), Mode::AllPositions, origin, tensors).unwrap()
+        SteeringVector::new("honest", model(), Placement::AllPositions, origin, tensors).unwrap()
     }
 
     #[test]
@@ -155,7 +153,7 @@ mod tests {
         let v = directions();
         let bytes = export(&v).unwrap();
         let back = import(&bytes, "honest").unwrap();
-        assert_eq!(back.mode(), Mode::AllPositions);
+        assert_eq!(back.mode(), Placement::AllPositions);
         let points: Vec<String> = back.tensors.iter().map(|t| t.point.to_string()).collect();
         // resid_pre.2 is the output of block 1: direction.1.
         assert_eq!(points, ["block_output.1", "block_output.2"]);
@@ -168,10 +166,10 @@ mod tests {
     #[test]
     fn what_llama_cannot_hold_is_refused() {
         let mut v = directions();
-        v.meta.mode = Mode::Prefix;
+        v.meta.mode = Placement::Prefix;
         assert!(export(&v).unwrap_err().to_string().starts_with("mode"));
-        let t = vec![VectorTensor { point: Point::resid_pre(1), k: 1, values: vec![0.0; 4] }];
-        let v = SteeringVector::new("x", model(), Mode::AllPositions, directions().meta.origin, t).unwrap();
+        let t = vec![VectorTensor { point: HookPoint::ResidPre(1), k: 1, values: vec![0.0; 4] }];
+        let v = SteeringVector::new("x", model(), Placement::AllPositions, directions().meta.origin, t).unwrap();
         assert!(export(&v).unwrap_err().to_string().contains("direction.0"));
         assert!(import(b"GGUF", "x").is_err());
         // A direction that runs past the end of the file is named, not allocated.

@@ -4,14 +4,18 @@
 //!   (named `resid_pre.6`, `block_output.20`) and JSON metadata (model, mode, where it came
 //!   from: additions with prompts, token ids, coefficients, padding and BOS, or contrast
 //!   pairs), and a content digest over what steers (mode, points, values), checked on load.
-//! - [`gguf`]: llama.cpp control vectors (`direction.N`, `controlvector.*`), both ways.
+//! - [`gguf`]: llama.cpp control vectors (`direction.N`, `controlvector.*`), both ways;
+//!   [`file`]: reading and writing either kind by path.
+//! - Hook points and placements are `steer-hooks`' types, re-exported here.
 //! - [`library`]: a bounded on-disk store of vector files by name and digest.
 
 pub mod error;
+pub mod file;
 pub mod format;
 pub mod gguf;
 pub mod library;
 
 pub use error::{Result, VectorError};
-pub use format::{AdditionMeta, HookName, Metadata, Mode, ModelRef, Origin, Point, SteeringVector, VectorTensor, FORMAT};
+pub use format::{AdditionMeta, Metadata, ModelRef, Origin, SteeringVector, VectorTensor, FORMAT};
+pub use steer_hooks::{HookKind, HookPoint, Placement};
 pub use library::{Library, LibraryConfig};

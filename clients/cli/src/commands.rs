@@ -10,32 +10,9 @@ use steer_client::presets;
 use steer_client::v1::TokenEvent;
 use steer_client::steer_vector::SteeringVector;
 use steer_client::{AdditionSpec, Comparison, RunOptions, SteerClient, SteeringTensor};
-use steer_model::HookKind;
 use steer_server::LocalServer;
 
-use crate::ModelArgs;
-
-pub fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
-}
-
-/// Where steering is added (see the README's "ActAdd, as implemented").
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-pub enum HookArg {
-    /// The stream entering block L (TransformerLens hook_resid_pre; the post's convention).
-    ResidPre,
-    /// The stream leaving block L (nnsight transformer.h[L].output[0]; the ARENA seed's).
-    BlockOutput,
-}
-
-impl From<HookArg> for HookKind {
-    fn from(h: HookArg) -> Self {
-        match h {
-            HookArg::ResidPre => HookKind::ResidPre,
-            HookArg::BlockOutput => HookKind::BlockOutput,
-        }
-    }
-}
+use crate::args::{embedded_config, parse_range, parse_scaled, ConnectArgs, HookArg, ModelArgs};
 
 /// Flags shared by run, demo and generate; each overrides the base options (the post's, or a
 /// preset's) only when given.
@@ -124,7 +101,7 @@ pub struct RunFlags {
 impl RunFlags {
     fn apply(&self, mut o: RunOptions) -> RunOptions {
         if let Some(h) = self.hook {
-            o.hook = steer_common::convert::proto_hook(h.into());
+            o.hook = steer_client::v1::Hook::from(h);
         }
         if self.bos || self.no_bos {
             o.use_bos = self.bos;
@@ -153,48 +130,8 @@ impl RunFlags {
         }
         let model = self.model.clone();
         let engine = Arc::new(tokio::task::spawn_blocking(move || model.load()).await??);
-        let local = LocalServer::start(engine, crate::vector::embedded_config(self.vector_dir.clone())).await?;
+        let local = LocalServer::start(engine, embedded_config(self.vector_dir.clone())).await?;
         Ok((SteerClient::connect(&local.url(), &[local.url()]).await?, Some(local)))
-    }
-}
-
-/// How to reach running services: TLS, token, deadline.
-#[derive(Args, Clone)]
-#[command(next_help_heading = "Connection")]
-pub struct ConnectArgs {
-    /// Trust this CA (PEM) for https:// URLs (default: the system's roots).
-    #[arg(long, env = "STEER_TLS_CA")]
-    tls_ca: Option<std::path::PathBuf>,
-    /// Client certificate (PEM) for mutual TLS; needs --tls-client-key.
-    #[arg(long, env = "STEER_TLS_CLIENT_CERT", requires = "tls_client_key")]
-    tls_client_cert: Option<std::path::PathBuf>,
-    #[arg(long, env = "STEER_TLS_CLIENT_KEY", requires = "tls_client_cert")]
-    tls_client_key: Option<std::path::PathBuf>,
-    /// The name the server's certificate must carry, when not the URL's host.
-    #[arg(long, env = "STEER_TLS_DOMAIN")]
-    tls_domain: Option<String>,
-    /// Bearer token for servers started with --auth-tokens.
-    #[arg(long, env = "STEER_TOKEN", hide_env_values = true)]
-    token: Option<String>,
-    /// Deadline of each call in seconds, a whole generation included.
-    #[arg(long, default_value_t = 600.0, env = "STEER_TIMEOUT_SECS")]
-    timeout_secs: f64,
-}
-
-impl ConnectArgs {
-    pub fn options(&self) -> Result<steer_client::ConnectOptions> {
-        let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
-        let mut o = steer_client::ConnectOptions {
-            deadline: std::time::Duration::from_secs_f64(self.timeout_secs.clamp(0.001, 1e7)),
-            token: self.token.clone(),
-            tls_domain: self.tls_domain.clone(),
-            ..Default::default()
-        };
-        o.tls_ca_pem = self.tls_ca.as_deref().map(read).transpose()?;
-        if let (Some(c), Some(k)) = (&self.tls_client_cert, &self.tls_client_key) {
-            o.tls_identity = Some((read(c)?, read(k)?));
-        }
-        Ok(o)
     }
 }
 
@@ -324,11 +261,11 @@ async fn execute_with(client: &SteerClient, prompt: &str, additions: &[AdditionS
         eprintln!("computing steering tensors ...");
         client.steering_tensors(additions, opts).await?
     };
-    let layers = flags.vector_layers.as_deref().map(crate::vector::parse_range).transpose()?;
+    let layers = flags.vector_layers.as_deref().map(parse_range).transpose()?;
     if !flags.vectors.is_empty() {
         let info = client.generation_info().await?;
         for spec in &flags.vectors {
-            let (file, scale) = crate::vector::parse_scaled(spec);
+            let (file, scale) = parse_scaled(spec);
             let v = SteeringVector::load(&file).with_context(|| format!("--vector {file}"))?;
             eprintln!("vector {} ({}, {}, {} tensors) x {scale}", v.meta.name, &v.digest()[..12], v.mode().name(), v.tensors.len());
             tensors.extend(SteeringTensor::from_file(&v, &info, scale, layers).with_context(|| format!("--vector {file}"))?);
@@ -336,7 +273,7 @@ async fn execute_with(client: &SteerClient, prompt: &str, additions: &[AdditionS
     }
     let mut opts = opts.clone();
     for spec in &flags.library_vectors {
-        let (r, scale) = crate::vector::parse_scaled(spec);
+        let (r, scale) = parse_scaled(spec);
         let v = client.vector_ref(&r, scale as f64, layers).await.with_context(|| format!("--library-vector {r}"))?;
         eprintln!("library vector {r} ({}) x {scale}", &v.digest[..12]);
         opts.vectors.push(v);
@@ -344,10 +281,9 @@ async fn execute_with(client: &SteerClient, prompt: &str, additions: &[AdditionS
     let opts = &opts;
     for t in &tensors {
         let norms: Vec<String> = t.position_norms().iter().map(|n| format!("{n:.1}")).collect();
-        let point = t.header.point.unwrap_or_default();
-        let hook = steer_client::v1::Hook::try_from(point.hook).unwrap_or_default().as_str_name();
+        let point = t.header.point.unwrap_or_default().point().map_or_else(|| "?".to_string(), |p| p.to_string());
         let shape: Vec<String> = t.header.shape.iter().map(u64::to_string).collect();
-        eprintln!("  {hook} layer {}: shape [{}], position norms [{}]", point.layer, shape.join(", "), norms.join(", "));
+        eprintln!("  {point}: shape [{}], position norms [{}]", shape.join(", "), norms.join(", "));
     }
     let rows = opts.n_comparisons as usize * if opts.skip_unsteered { 1 } else { 2 };
     let mut steps = (progress == Progress::Steps).then(|| crate::progress::Steps::new(opts.n_tokens as u64));

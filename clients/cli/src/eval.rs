@@ -12,9 +12,8 @@ use serde_json::{json, Value};
 use steer_client::eval::{self, Position, Sweep, TextSet};
 use steer_client::RunOptions;
 
-use crate::commands::HookArg;
+use crate::args::{parse_layers, HookArg, ServiceArgs};
 use crate::plot::{line_chart, Series};
-use crate::vector::{parse_layers, ServiceArgs};
 
 #[derive(Subcommand)]
 pub enum EvalCommand {
@@ -77,7 +76,7 @@ impl SweepArgs {
     }
 
     fn opts(&self) -> RunOptions {
-        RunOptions { hook: steer_common::convert::proto_hook(self.hook.into()), use_bos: !self.no_bos, seed: self.seed, ..RunOptions::default() }
+        RunOptions { hook: steer_client::v1::Hook::from(self.hook), use_bos: !self.no_bos, seed: self.seed, ..RunOptions::default() }
     }
 }
 

@@ -2,6 +2,7 @@
 //! them: `steer-server` to serve, `steer-client` to run experiments (embedded servers go through
 //! the same client path), `steer-model` to load models and write random checkpoints.
 
+mod args;
 mod bench;
 mod commands;
 mod eval;
@@ -16,7 +17,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use steer_model::random::{builtin_tokenizer, write_random_checkpoint, RandomInit};
-use steer_model::{Config, Engine, LoadOptions, ModelSource, WeightDtype};
+use steer_model::Config;
 use steer_server::Role;
 
 #[derive(Parser)]
@@ -69,85 +70,6 @@ enum Command {
     },
 }
 
-#[derive(Args, Clone)]
-pub struct ModelArgs {
-    /// Hub repo id, or a local directory (config.json, model.safetensors, tokenizer); offline,
-    /// use a directory (e.g. fixtures/tiny-gpt2 in this repository) or HF_HUB_OFFLINE=1 with a filled cache.
-    #[arg(long, env = "STEER_MODEL", default_value = steer_model::source::DEFAULT_REPO)]
-    pub model: String,
-    /// Hub revision (branch, tag or commit) [default: main].
-    #[arg(long, env = "STEER_REVISION")]
-    pub revision: Option<String>,
-    /// Weights' precision (activations, steering and sampling stay f32).
-    #[arg(long, env = "STEER_DTYPE", value_enum, default_value_t = DtypeArg::F32)]
-    pub dtype: DtypeArg,
-}
-
-/// Weights' precision (activations, steering and sampling stay f32).
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-pub enum DtypeArg {
-    /// The post's precision: 4 bytes per weight.
-    F32,
-    /// IEEE half: 2 bytes per weight.
-    F16,
-    /// bfloat16 (as the seed loads GPT-2-XL): 2 bytes per weight.
-    Bf16,
-    /// llama.cpp's 8-bit blocks, quantized at load: 1.06 bytes per weight.
-    #[value(name = "q8_0", alias = "q8")]
-    Q8_0,
-}
-
-impl From<DtypeArg> for WeightDtype {
-    fn from(d: DtypeArg) -> Self {
-        match d {
-            DtypeArg::F32 => WeightDtype::F32,
-            DtypeArg::F16 => WeightDtype::F16,
-            DtypeArg::Bf16 => WeightDtype::Bf16,
-            DtypeArg::Q8_0 => WeightDtype::Q8_0,
-        }
-    }
-}
-
-impl ModelArgs {
-    /// The model to load. A relative directory that is not under the current directory but is
-    /// in the source tree this binary was built from (`fixtures/tiny-gpt2`) is taken from there,
-    /// so the README's commands work from any directory.
-    fn source(&self) -> ModelSource {
-        let here = std::path::Path::new(&self.model);
-        let tree = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(&self.model);
-        if here.is_relative() && !here.exists() && (tree.join("config.json").is_file() || tree.is_file()) {
-            eprintln!("using {} from the source tree ({})", self.model, tree.display());
-            return ModelSource::Dir(tree);
-        }
-        ModelSource::parse(&self.model, self.revision.as_deref())
-    }
-
-    pub fn load(&self) -> Result<Engine> {
-        let source = self.source();
-        let mut opts = LoadOptions { dtype: self.dtype.into(), ..Default::default() };
-        // hf-hub's download bars on a terminal only; off one, the spinner's line says it.
-        opts.hub.progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-        let spinner = progress::spinner(&format!("loading {} (downloading what the cache lacks)", source.name()));
-        let t = std::time::Instant::now();
-        let engine = Engine::load(&source, &opts).with_context(|| format!("loading {}", source.name()));
-        if let Some(s) = spinner {
-            s.finish_and_clear();
-        }
-        let engine = engine?;
-        let i = engine.info();
-        eprintln!(
-            "loaded {} in {:.1}s: {} layers, d_model {}, {} heads, {} positions, {}",
-            i.name,
-            t.elapsed().as_secs_f64(),
-            i.n_layer,
-            i.d_model,
-            i.n_head,
-            i.n_positions,
-            i.dtype
-        );
-        Ok(engine)
-    }
-}
 
 #[derive(Args)]
 struct RandomModelArgs {
@@ -193,16 +115,16 @@ fn steer() -> Result<()> {
     let default_log = if serving { "info" } else { "warn" };
     steer_telemetry::init_logging(cli.log.as_deref().unwrap_or(default_log), cli.log_json);
     match cli.command {
-        Command::Run(a) => commands::runtime()?.block_on(commands::run(a)),
-        Command::Demo(a) => commands::runtime()?.block_on(commands::demo(a)),
-        Command::Serve(a) => commands::runtime()?.block_on(serve::serve(a, Role::Both)),
-        Command::ActivationWorker(a) => commands::runtime()?.block_on(serve::serve(a, Role::Activation)),
-        Command::GenerationWorker(a) => commands::runtime()?.block_on(serve::serve(a, Role::Generation)),
-        Command::Generate(a) => commands::runtime()?.block_on(commands::generate(a)),
-        Command::Vector { cmd } => commands::runtime()?.block_on(vector::run(cmd)),
-        Command::Eval { cmd } => commands::runtime()?.block_on(eval::run(cmd)),
+        Command::Run(a) => args::runtime()?.block_on(commands::run(a)),
+        Command::Demo(a) => args::runtime()?.block_on(commands::demo(a)),
+        Command::Serve(a) => args::runtime()?.block_on(serve::serve(a, Role::Both)),
+        Command::ActivationWorker(a) => args::runtime()?.block_on(serve::serve(a, Role::Activation)),
+        Command::GenerationWorker(a) => args::runtime()?.block_on(serve::serve(a, Role::Generation)),
+        Command::Generate(a) => args::runtime()?.block_on(commands::generate(a)),
+        Command::Vector { cmd } => args::runtime()?.block_on(vector::run(cmd)),
+        Command::Eval { cmd } => args::runtime()?.block_on(eval::run(cmd)),
         Command::RandomModel(a) => random_model(a),
-        Command::Health(a) => commands::runtime()?.block_on(commands::health(a)),
+        Command::Health(a) => args::runtime()?.block_on(commands::health(a)),
         Command::Bench(a) => bench::run(a),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "steer", &mut std::io::stdout());

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use steer_server::{Role, ServeConfig, TlsFiles};
 
-use crate::ModelArgs;
+use crate::args::{default_vector_dir, ModelArgs};
 
 #[derive(Args, Clone)]
 pub struct ServeArgs {
@@ -87,17 +87,6 @@ impl VectorArgs {
             source_token: self.vector_source_token.clone().or_else(|| own_tokens.first().cloned()),
             source_ca,
         })
-    }
-}
-
-/// `$XDG_DATA_HOME/steer/vectors`, else `~/.local/share/steer/vectors`, else `./steer-vectors`.
-pub fn default_vector_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d).join("steer/vectors");
-    }
-    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
-        Some(h) => PathBuf::from(h).join(".local/share/steer/vectors"),
-        None => PathBuf::from("steer-vectors"),
     }
 }
 

@@ -3,17 +3,14 @@
 //! embedded server that keeps the library in --vector-dir.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use steer_client::steer_vector::{self, SteeringVector};
 use steer_client::v1::{ContrastPair, ContrastPairs, Reduction, VectorFile, VectorInfo};
 use steer_client::{AdditionSpec, RunOptions, SteerClient};
-use steer_server::{LocalServer, ServeConfig, VectorsConfig};
 
-use crate::commands::{ConnectArgs, HookArg};
-use crate::ModelArgs;
+use crate::args::{parse_layers, HookArg, ServiceArgs};
 
 #[derive(Subcommand)]
 pub enum VectorCommand {
@@ -35,45 +32,6 @@ pub enum VectorCommand {
     List(ServiceArgs),
     /// Delete a library vector.
     Delete(DeleteArgs),
-}
-
-/// Which activation service: a running one, or one embedded here (loading --model) with its
-/// library in --vector-dir.
-#[derive(Args, Clone)]
-pub struct ServiceArgs {
-    /// A running activation worker's URL (else the services are embedded in this process).
-    #[arg(long, env = "STEER_ACTIVATION_URL")]
-    activation_url: Option<String>,
-    /// Generation workers' URLs, for the commands that generate or score [default: the activation URL].
-    #[arg(long, requires = "activation_url")]
-    generation_url: Vec<String>,
-    /// Library directory of the embedded server [default: as `steer serve`].
-    #[arg(long, env = "STEER_VECTOR_DIR")]
-    vector_dir: Option<PathBuf>,
-    #[command(flatten)]
-    conn: ConnectArgs,
-    #[command(flatten)]
-    model: ModelArgs,
-}
-
-impl ServiceArgs {
-    pub async fn connect(&self) -> Result<(SteerClient, Option<LocalServer>)> {
-        if let Some(url) = &self.activation_url {
-            let gen = if self.generation_url.is_empty() { vec![url.clone()] } else { self.generation_url.clone() };
-            return Ok((SteerClient::connect_with(url, &gen, self.conn.options()?).await?, None));
-        }
-        let model = self.model.clone();
-        let engine = Arc::new(tokio::task::spawn_blocking(move || model.load()).await??);
-        let local = LocalServer::start(engine, embedded_config(self.vector_dir.clone())).await?;
-        Ok((SteerClient::connect(&local.url(), &[local.url()]).await?, Some(local)))
-    }
-}
-
-/// An embedded server's configuration: the defaults, with the library in `dir` (or the default
-/// library directory).
-pub fn embedded_config(dir: Option<PathBuf>) -> ServeConfig {
-    let library = steer_vector::LibraryConfig { dir: dir.unwrap_or_else(crate::serve::default_vector_dir), ..Default::default() };
-    ServeConfig { vectors: VectorsConfig { library: Some(library), ..Default::default() }, ..Default::default() }
 }
 
 #[derive(Args)]
@@ -293,7 +251,7 @@ fn written(out: &Path, f: &VectorFile) -> Result<()> {
 
 async fn save(a: SaveArgs) -> Result<()> {
     let opts = RunOptions {
-        hook: steer_common::convert::proto_hook(a.made.hook.into()),
+        hook: steer_client::v1::Hook::from(a.made.hook),
         use_bos: !a.made.no_bos,
         strict_lengths: a.strict_lengths,
         ..RunOptions::default()
@@ -319,7 +277,7 @@ fn show(a: &ShowArgs) -> Result<()> {
 async fn train(a: TrainArgs) -> Result<()> {
     let text = std::fs::read_to_string(&a.pairs).with_context(|| format!("reading {}", a.pairs.display()))?;
     let pairs = parse_pairs(&text).with_context(|| format!("in {}", a.pairs.display()))?;
-    let hook = steer_common::convert::proto_hook(a.made.hook.into()) as i32;
+    let hook = steer_client::v1::Hook::from(a.made.hook) as i32;
     let points = parse_layers(&a.layers)?.into_iter().map(|layer| steer_client::v1::HookPoint { hook, layer }).collect();
     let reduction = match a.reduction {
         ReductionArg::LastToken => Reduction::LastToken,
@@ -364,56 +322,11 @@ pub fn parse_pairs(text: &str) -> Result<Vec<ContrastPair>> {
     Ok(out)
 }
 
-/// `10-20` (inclusive), `6`, or `3,5,7`.
-pub fn parse_layers(s: &str) -> Result<Vec<u32>> {
-    let mut out = vec![];
-    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let bad = || anyhow::anyhow!("`{s}`: layers are A-B, L or L,M,...");
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b): (u32, u32) = (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?);
-                if a > b {
-                    return Err(bad());
-                }
-                out.extend(a..=b);
-            }
-            None => out.push(part.parse().map_err(|_| bad())?),
-        }
-    }
-    if out.is_empty() {
-        bail!("no layers in `{s}`");
-    }
-    out.sort_unstable();
-    out.dedup();
-    Ok(out)
-}
-
-/// A layer range `A-B` (inclusive) or one layer.
-pub fn parse_range(s: &str) -> Result<(u32, u32)> {
-    let layers = parse_layers(s)?;
-    let (a, b) = (layers[0], *layers.last().unwrap());
-    if layers.len() as u32 != b - a + 1 {
-        bail!("`{s}`: a layer range is A-B");
-    }
-    Ok((a, b))
-}
-
-/// `FILE[:SCALE]` (a trailing `:number` is the scale; 1 otherwise).
-pub fn parse_scaled(s: &str) -> (String, f32) {
-    match s.rsplit_once(':') {
-        Some((f, scale)) if !f.is_empty() => match scale.parse::<f32>() {
-            Ok(x) if x.is_finite() => (f.to_string(), x),
-            _ => (s.to_string(), 1.0),
-        },
-        _ => (s.to_string(), 1.0),
-    }
-}
-
 fn print_infos(infos: &[VectorInfo]) {
     println!("{:<24} {:<16} {:<14} {:>4} {:>10}  points", "name", "digest", "mode", "k", "bytes");
     for i in infos {
-        let mode = steer_vector::Mode::from_proto(i.mode).map_or("?", |m| m.name());
-        let points: Vec<String> = i.points.iter().filter_map(steer_vector::Point::from_proto).map(|p| p.to_string()).collect();
+        let mode = steer_client::hooks::placement(i.mode).map_or("?", |m| m.name());
+        let points: Vec<String> = i.points.iter().filter_map(|p| p.point()).map(|p| p.to_string()).collect();
         println!("{:<24} {:<16} {:<14} {:>4} {:>10}  {}", i.name, &i.digest[..i.digest.len().min(16)], mode, i.positions, i.bytes, points.join(" "));
     }
 }
@@ -423,15 +336,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn specs_parse() {
-        assert_eq!(parse_layers("10-12").unwrap(), vec![10, 11, 12]);
-        assert_eq!(parse_layers("3,5, 4").unwrap(), vec![3, 4, 5]);
-        assert!(parse_layers("5-3").is_err() && parse_layers("x").is_err());
-        assert_eq!(parse_range("2-4").unwrap(), (2, 4));
-        assert!(parse_range("2,4").is_err());
-        assert_eq!(parse_scaled("v.safetensors:-2.5"), ("v.safetensors".into(), -2.5));
-        assert_eq!(parse_scaled("v.safetensors"), ("v.safetensors".into(), 1.0));
-        assert_eq!(parse_scaled("C:/dir/v.gguf"), ("C:/dir/v.gguf".into(), 1.0));
+    fn pairs_parse() {
         let pairs = parse_pairs("{\"positive\": \"a\", \"negative\": \"b\"}\n\n{\"positive\": \"c\", \"negative\": \"d\"}\n").unwrap();
         assert_eq!(pairs.len(), 2);
         assert!(parse_pairs("{\"pos\": 1}").unwrap_err().to_string().contains("line 1"));

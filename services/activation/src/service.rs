@@ -178,7 +178,7 @@ impl ActivationWorker {
     /// Header and chunks of a `[len, d]` tensor, in f32 (the residual stream's dtype whatever the
     /// weights are held in); false when the client has gone.
     async fn send_tensor<T: TensorEvents>(&self, tx: &mpsc::Sender<Result<T, Status>>, values: &[f32], shape: [usize; 2], point: HookPoint, prompt_index: u32) -> bool {
-        let (h, chunks) = wire::encode_f32(values, &shape, Some(convert::proto_point(point)), prompt_index);
+        let (h, chunks) = wire::encode_f32(values, &shape, Some(point.into()), prompt_index);
         if !send(tx, T::header(h)).await {
             return false;
         }

@@ -4,9 +4,9 @@
 
 use steer_model::HookPoint;
 use steer_proto::v1::GetSteeringTensorsRequest;
-use steer_vector::{AdditionMeta, Mode, ModelRef, Origin, SteeringVector, VectorTensor};
+use steer_vector::{AdditionMeta, ModelRef, Origin, Placement, SteeringVector, VectorTensor};
 
-use steer_common::{convert, ServiceError};
+use steer_common::ServiceError;
 
 use crate::cache::Activation;
 use crate::steering::Plan;
@@ -30,8 +30,8 @@ pub fn actadd(name: &str, model: ModelRef, req: &GetSteeringTensorsRequest, plan
         strict_lengths: req.strict_lengths,
         pad_token: steer_model::tokenizer::SPACE,
     };
-    let tensors = tensors.into_iter().map(|(p, [k, _], values)| VectorTensor { point: convert::vector_point(p), k, values }).collect();
-    Ok(SteeringVector::new(name, model, Mode::Prefix, origin, tensors)?)
+    let tensors = tensors.into_iter().map(|(p, [k, _], values)| VectorTensor { point: p, k, values }).collect();
+    Ok(SteeringVector::new(name, model, Placement::Prefix, origin, tensors)?)
 }
 
 /// The running sums of a dataset vector: per point, sum over pairs of
@@ -66,10 +66,10 @@ impl MeanDifference {
             .points
             .iter()
             .zip(self.sums)
-            .map(|(&p, s)| VectorTensor { point: convert::vector_point(p), k: 1, values: s.iter().map(|v| (v / n) as f32).collect() })
+            .map(|(&p, s)| VectorTensor { point: p, k: 1, values: s.iter().map(|v| (v / n) as f32).collect() })
             .collect();
         let origin = Origin::MeanDifference { pairs: self.pairs, reduction: valid.reduce.name().into(), use_bos: valid.use_bos };
-        Ok(SteeringVector::new(name, model, Mode::AllPositions, origin, tensors)?)
+        Ok(SteeringVector::new(name, model, Placement::AllPositions, origin, tensors)?)
     }
 }
 

@@ -2,39 +2,37 @@
 //! weights' dtype, sampling settings and model info, each converted here and nowhere else.
 //! Conversions from the wire check what they convert and name the request field that is wrong.
 
-use steer_model::{Engine, HookKind, HookPoint, SamplingParams, WeightDtype};
-use steer_proto::v1::{self, Dtype, Hook};
+use steer_model::{Engine, HookKind, HookPoint, Placement, SamplingParams, WeightDtype};
+use steer_proto::hooks;
+use steer_proto::v1::{self, Dtype};
 
 use crate::error::ServiceError;
 
-/// A proto hook kind; UNSPECIFIED means RESID_PRE (ActAdd's convention).
+/// A proto hook kind ([`steer_proto::hooks`]; UNSPECIFIED means RESID_PRE), or an error naming
+/// `field`.
 pub fn hook_kind(hook: i32, field: &str) -> Result<HookKind, ServiceError> {
-    match Hook::try_from(hook) {
-        Ok(Hook::Unspecified | Hook::ResidPre) => Ok(HookKind::ResidPre),
-        Ok(Hook::BlockOutput) => Ok(HookKind::BlockOutput),
-        Err(_) => Err(ServiceError::invalid(field, format!("unknown hook {hook}"))),
-    }
+    hooks::hook_kind(hook).ok_or_else(|| ServiceError::invalid(field, format!("unknown hook {hook}")))
 }
 
 /// A proto hook kind and layer, checked against the model's depth; `field` names the message
 /// (errors name `{field}.hook` or `{field}.layer`).
 pub fn hook_point(hook: i32, layer: u32, n_layer: usize, field: &str) -> Result<HookPoint, ServiceError> {
     let kind = hook_kind(hook, &format!("{field}.hook"))?;
-    if layer as usize >= n_layer {
-        return Err(ServiceError::invalid(format!("{field}.layer"), format!("{layer}: must be in 0..{n_layer}")));
-    }
-    Ok(kind.at(layer as usize))
+    checked_point(kind.at(layer as usize), n_layer, &format!("{field}.layer"))
 }
 
-pub fn proto_hook(kind: HookKind) -> Hook {
-    match kind {
-        HookKind::ResidPre => Hook::ResidPre,
-        HookKind::BlockOutput => Hook::BlockOutput,
+/// A point (from a vector file, say) with its layer checked against the model's depth; errors
+/// name `field`.
+pub fn checked_point(p: HookPoint, n_layer: usize, field: &str) -> Result<HookPoint, ServiceError> {
+    if p.layer() >= n_layer {
+        return Err(ServiceError::invalid(field, format!("{}: must be in 0..{n_layer}", p.layer())));
     }
+    Ok(p)
 }
 
-pub fn proto_point(p: HookPoint) -> v1::HookPoint {
-    v1::HookPoint { hook: proto_hook(p.kind()) as i32, layer: p.layer() as u32 }
+/// A proto steering mode as a placement, or an error naming `field`.
+pub fn placement(mode: i32, field: &str) -> Result<Placement, ServiceError> {
+    hooks::placement(mode).ok_or_else(|| ServiceError::invalid(field, format!("unknown steering mode {mode}")))
 }
 
 pub fn proto_dtype(d: WeightDtype) -> Dtype {
@@ -79,14 +77,24 @@ pub fn model_info(engine: &Engine) -> v1::ModelInfo {
     }
 }
 
+/// The model a vector made on this engine is for (a local directory by its last component,
+/// as ModelInfo shows it).
+pub fn model_ref(engine: &Engine) -> steer_vector::ModelRef {
+    let i = engine.info();
+    let path = std::path::Path::new(&i.name);
+    let name = if path.exists() { path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default() } else { i.name.clone() };
+    steer_vector::ModelRef { name, revision: i.revision.clone(), d_model: i.d_model as u32, n_layer: i.n_layer as u32 }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use steer_proto::v1::Hook;
 
     #[test]
     fn hook_points_round_trip_and_bad_ones_name_the_field() {
         for p in [HookPoint::ResidPre(0), HookPoint::BlockOutput(3)] {
-            let q = proto_point(p);
+            let q = v1::HookPoint::from(p);
             assert_eq!(hook_point(q.hook, q.layer, 4, "x").unwrap(), p);
         }
         assert_eq!(hook_point(Hook::Unspecified as i32, 2, 4, "x").unwrap(), HookPoint::ResidPre(2));
@@ -107,29 +115,4 @@ mod tests {
         let bad = v1::SamplingParameters { top_p: Some(1.5), ..v1::SamplingParameters::post() };
         assert!(sampling(&bad).unwrap_err().to_string().contains("sampling.top_p"));
     }
-}
-
-/// The model a vector made on this engine is for (a local directory by its last component,
-/// as ModelInfo shows it).
-pub fn model_ref(engine: &Engine) -> steer_vector::ModelRef {
-    let i = engine.info();
-    let path = std::path::Path::new(&i.name);
-    let name = if path.exists() { path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default() } else { i.name.clone() };
-    steer_vector::ModelRef { name, revision: i.revision.clone(), d_model: i.d_model as u32, n_layer: i.n_layer as u32 }
-}
-
-pub fn vector_point(p: HookPoint) -> steer_vector::Point {
-    match p {
-        HookPoint::ResidPre(l) => steer_vector::Point::resid_pre(l as u32),
-        HookPoint::BlockOutput(l) => steer_vector::Point::block_output(l as u32),
-    }
-}
-
-/// A vector file's point on this model (its layer checked; errors name `{field}`).
-pub fn engine_point(p: steer_vector::Point, n_layer: usize, field: &str) -> Result<HookPoint, ServiceError> {
-    let hook = match p.hook {
-        steer_vector::HookName::ResidPre => Hook::ResidPre,
-        steer_vector::HookName::BlockOutput => Hook::BlockOutput,
-    };
-    hook_point(hook as i32, p.layer, n_layer, field)
 }

@@ -6,8 +6,7 @@ use std::sync::Arc;
 
 use steer_common::{convert, ServiceError};
 use steer_model::tokenizer::SPACE;
-use steer_model::{Addition, Engine, Placement, RowRequest, SamplingParams, MAX_STEERING_ABS};
-use steer_vector::Mode;
+use steer_model::{Addition, Engine, HookPoint, Placement, RowRequest, SamplingParams, MAX_STEERING_ABS};
 use steer_proto::v1::{Dtype, ShortPrompt};
 
 use crate::config::GenerationConfig;
@@ -113,7 +112,7 @@ pub fn additions(tensors: Vec<WireTensor>, vectors: Vec<RefTensor>, engine: &Eng
     let mut additions = tensors.into_iter().enumerate().map(|(i, t)| addition(t, engine, &format!("tensors[{i}]"))).collect::<Result<Vec<_>, _>>()?;
     for r in vectors {
         let field = format!("{}.tensors.{}", r.field, r.tensor.point);
-        let hook = convert::engine_point(r.tensor.point, info.n_layer, &field)?;
+        let hook = convert::checked_point(r.tensor.point, info.n_layer, &format!("{field}.layer"))?;
         additions.push(checked(hook, r.tensor.k, r.tensor.values, r.mode, &field)?);
     }
     Ok(additions)
@@ -144,13 +143,13 @@ fn addition(t: WireTensor, engine: &Engine, field: &str) -> Result<Addition, Ser
     }
     let point = h.point.unwrap_or_default();
     let hook = convert::hook_point(point.hook, point.layer, info.n_layer, &format!("{field}.point"))?;
-    let mode = Mode::from_proto(h.mode).ok_or_else(|| ServiceError::invalid(format!("{field}.mode"), format!("unknown steering mode {}", h.mode)))?;
+    let mode = convert::placement(h.mode, &format!("{field}.mode"))?;
     checked(hook, h.shape[0] as usize, t.values, mode, field)
 }
 
 /// An addition from checked values: finite, within [`MAX_STEERING_ABS`], `[1, d]` when added
 /// at all positions.
-fn checked(hook: steer_model::HookPoint, k: usize, values: Vec<f32>, mode: Mode, field: &str) -> Result<Addition, ServiceError> {
+fn checked(hook: HookPoint, k: usize, values: Vec<f32>, mode: Placement, field: &str) -> Result<Addition, ServiceError> {
     if values.iter().any(|v| !v.is_finite()) {
         return Err(ServiceError::invalid(format!("{field}.data"), "NaN or Inf in the steering tensor"));
     }
@@ -158,9 +157,9 @@ fn checked(hook: steer_model::HookPoint, k: usize, values: Vec<f32>, mode: Mode,
         return Err(ServiceError::invalid(format!("{field}.data"), format!("{v:e}: steering values must be within ±{MAX_STEERING_ABS:e}")));
     }
     match mode {
-        Mode::Prefix => Ok(Addition::new(hook, k, Arc::<[f32]>::from(values))),
-        Mode::AllPositions if k == 1 => Ok(Addition::all_positions(hook, Arc::<[f32]>::from(values))),
-        Mode::AllPositions => Err(ServiceError::invalid(format!("{field}.shape"), format!("[{k}, d_model]: an ALL_POSITIONS tensor is one direction, [1, d_model]"))),
+        Placement::Prefix => Ok(Addition::new(hook, k, Arc::<[f32]>::from(values))),
+        Placement::AllPositions if k == 1 => Ok(Addition::all_positions(hook, Arc::<[f32]>::from(values))),
+        Placement::AllPositions => Err(ServiceError::invalid(format!("{field}.shape"), format!("[{k}, d_model]: an ALL_POSITIONS tensor is one direction, [1, d_model]"))),
     }
 }
 

@@ -11,7 +11,7 @@ use dashmap::DashMap;
 use steer_common::ServiceError;
 use steer_proto::v1::activation_service_client::ActivationServiceClient;
 use steer_proto::v1::{GetVectorRequest, VectorRef};
-use steer_vector::{Library, Mode, ModelRef, SteeringVector, VectorError, VectorTensor};
+use steer_vector::{Library, ModelRef, Placement, SteeringVector, VectorError, VectorTensor};
 use tonic::transport::Channel;
 
 /// Where a worker finds library vectors.
@@ -48,7 +48,7 @@ impl VectorSource {
 pub struct RefTensor {
     /// `setup.vectors[i]`.
     pub field: String,
-    pub mode: Mode,
+    pub mode: Placement,
     pub tensor: VectorTensor,
 }
 

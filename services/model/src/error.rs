@@ -61,4 +61,16 @@ impl ModelError {
     }
 }
 
+impl From<steer_hooks::ParseError> for ModelError {
+    fn from(e: steer_hooks::ParseError) -> Self {
+        ModelError::invalid("hook", e.to_string())
+    }
+}
+
+impl From<steer_hooks::LayerError> for ModelError {
+    fn from(e: steer_hooks::LayerError) -> Self {
+        ModelError::invalid("layer", e.to_string())
+    }
+}
+
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;

@@ -1,138 +1,19 @@
-//! Hook points on the residual stream, and the two things a forward pass can do there:
-//! capture the activations, or add a steering tensor.
-//!
-//! GPT-2 with `n_layer` blocks has `n_layer + 1` residual streams: stream 0 is the embeddings
-//! (what block 0 reads), stream `s` is the output of block `s - 1`. Every hook point names one of
-//! them, so the two conventions in the literature are explicit and never ambiguous:
-//! `ResidPre(L)` = stream L (TransformerLens `blocks.L.hook_resid_pre`, HF `hidden_states[L]`),
-//! `BlockOutput(L)` = stream L + 1 (nnsight `transformer.h[L].output[0]`).
-//! Note that HF's last `hidden_states` entry has `ln_f` applied; `BlockOutput(n_layer - 1)` does not.
+//! The two things a forward pass can do at a hook point: capture the activations, or add a
+//! steering tensor. The points themselves ([`HookPoint`], [`HookKind`]) and where an addition
+//! lands ([`Placement`]) are the shared vocabulary of `steer-hooks`, re-exported here.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::error::{ModelError, Result};
-
-/// The two conventions for "layer L", named explicitly.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum HookKind {
-    /// The stream entering block L (ActAdd's convention, the default).
-    ResidPre,
-    /// The stream leaving block L (ARENA/nnsight, llama.cpp, repeng).
-    BlockOutput,
-}
-
-impl HookKind {
-    pub fn at(self, layer: usize) -> HookPoint {
-        match self {
-            HookKind::ResidPre => HookPoint::ResidPre(layer),
-            HookKind::BlockOutput => HookPoint::BlockOutput(layer),
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            HookKind::ResidPre => "resid_pre",
-            HookKind::BlockOutput => "block_output",
-        }
-    }
-}
-
-impl fmt::Display for HookKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for HookKind {
-    type Err = ModelError;
-    /// `resid_pre` or `block_output` (`-` for `_`, any case). The one parser of hook names.
-    fn from_str(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().replace('-', "_").as_str() {
-            "resid_pre" => Ok(HookKind::ResidPre),
-            "block_output" => Ok(HookKind::BlockOutput),
-            _ => Err(ModelError::invalid("hook", format!("`{s}`: expected resid_pre or block_output"))),
-        }
-    }
-}
-
-/// A point on the residual stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum HookPoint {
-    /// The stream entering block L (ActAdd's convention), L in 0..n_layer.
-    ResidPre(usize),
-    /// The stream leaving block L (ARENA/nnsight, llama.cpp, repeng), L in 0..n_layer.
-    BlockOutput(usize),
-}
-
-impl HookPoint {
-    pub fn kind(self) -> HookKind {
-        match self {
-            HookPoint::ResidPre(_) => HookKind::ResidPre,
-            HookPoint::BlockOutput(_) => HookKind::BlockOutput,
-        }
-    }
-
-    pub fn layer(self) -> usize {
-        match self {
-            HookPoint::ResidPre(l) | HookPoint::BlockOutput(l) => l,
-        }
-    }
-
-    /// Index of the residual stream this point reads and writes (0..=n_layer).
-    pub fn stream(self) -> usize {
-        match self {
-            HookPoint::ResidPre(l) => l,
-            HookPoint::BlockOutput(l) => l + 1,
-        }
-    }
-
-    /// Checks the layer against the model depth.
-    pub fn check(self, n_layer: usize) -> Result<()> {
-        if self.layer() >= n_layer {
-            return Err(ModelError::invalid("layer", format!("{self}: layer must be in 0..{n_layer}")));
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Display for HookPoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.kind(), self.layer())
-    }
-}
-
-impl FromStr for HookPoint {
-    type Err = ModelError;
-    /// `resid_pre.6`, `block_output.6` (also `resid-pre:6`).
-    fn from_str(s: &str) -> Result<Self> {
-        let bad = || ModelError::invalid("hook", format!("`{s}`: expected resid_pre.L or block_output.L"));
-        let (kind, layer) = s.split_once(['.', ':']).ok_or_else(bad)?;
-        let layer: usize = layer.parse().map_err(|_| bad())?;
-        Ok(kind.parse::<HookKind>().map_err(|_| bad())?.at(layer))
-    }
-}
+use crate::error::Result;
+pub use steer_hooks::{HookKind, HookPoint, Placement};
 
 /// Largest magnitude a steering value may have. Far beyond any useful steering (GPT-2-XL's
 /// residual stream norms are in the hundreds to thousands), and small enough that a layer norm's
 /// sum of squares over d_model stays finite in f32 (a 3e38 value would make it Inf, then NaN).
 pub const MAX_STEERING_ABS: f32 = 1e7;
-
-/// Where an addition lands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Placement {
-    /// ActAdd: a `[k, d_model]` tensor at positions 0..k-1 of the prompt (BOS included when
-    /// present), in the prefill pass only.
-    #[default]
-    Prefix,
-    /// Control vectors, CAA: a `[1, d_model]` direction at every position of the prompt and
-    /// at every generated token (in each decode step).
-    AllPositions,
-}
 
 /// One steering addition for one row: f32 values, row-major on the host, added at `hook` as
 /// its [`Placement`] says. The values are shared (`Arc`) by every row that carries them.
@@ -305,23 +186,6 @@ pub struct Hooks<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hook_points_name_streams() {
-        assert_eq!(HookPoint::ResidPre(6).stream(), 6);
-        assert_eq!(HookPoint::BlockOutput(5).stream(), 6);
-        assert_eq!("resid_pre.6".parse::<HookPoint>().unwrap(), HookPoint::ResidPre(6));
-        assert_eq!("block-output:3".parse::<HookPoint>().unwrap(), HookPoint::BlockOutput(3));
-        assert!("resid_mid.3".parse::<HookPoint>().is_err());
-        assert_eq!("Block-Output".parse::<HookKind>().unwrap(), HookKind::BlockOutput);
-        assert!("resid".parse::<HookKind>().is_err());
-        for p in [HookPoint::ResidPre(2), HookPoint::BlockOutput(0)] {
-            assert_eq!(p.to_string().parse::<HookPoint>().unwrap(), p);
-            assert_eq!(p.kind().at(p.layer()), p);
-        }
-        assert!(HookPoint::ResidPre(4).check(4).is_err());
-        assert!(HookPoint::BlockOutput(3).check(4).is_ok());
-    }
 
     #[test]
     fn additions_land_at_each_rows_offset() {

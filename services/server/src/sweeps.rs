@@ -1,6 +1,6 @@
 //! `steer.v1.EvalService`: sweeps of the post's measurements (perplexity, KL, topic words,
 //! norms) as jobs of a process that serves
-//! both services. A job runs `steer_client::eval`'s sweep against this process's own services,
+//! both services. A job runs `steer_eval`'s sweep against this process's own services,
 //! called in process (no network, no second authentication), records each setting's row as it
 //! finishes, can be cancelled (keeping the rows it has), and is kept, rows and all, for
 //! fetching again by id: the last [`KEEP`] jobs, at most [`MAX_RUNNING`] running at once.
@@ -10,13 +10,12 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use steer_client::eval::{self, Backend, TextSet};
-use steer_client::{AdditionSpec, Comparison, Completion, RunOptions, SteeringTensor};
+use steer_eval::{self as eval, AdditionSpec, Backend, Comparison, RunOptions, SteeringTensor, TextSet};
 use steer_proto::v1::activation_service_server::ActivationService;
 use steer_proto::v1::eval_service_server::{EvalService, EvalServiceServer};
 use steer_proto::v1::generation_service_server::GenerationService;
 use steer_proto::v1::{
-    generate_from_tensors_response, CancelSweepRequest, CancelSweepResponse, GenerateFromTensorsRequest, GetActivationsRequest, Hook, HookPoint,
+    CancelSweepRequest, CancelSweepResponse, GenerateFromTensorsRequest, GetActivationsRequest, Hook, HookPoint,
     ListSweepsRequest, ListSweepsResponse, StartSweepRequest, StartSweepResponse, Sweep,
     SweepKind, SweepState, TextScore, WatchSweepRequest, WatchSweepResponse,
 };
@@ -67,30 +66,21 @@ impl SweepStore {
 struct Local(Arc<Services>);
 
 impl Backend for Local {
-    fn comparison(&self, prompt: &str, tensors: &[SteeringTensor], opts: &RunOptions) -> impl Future<Output = steer_client::Result<Comparison>> + Send {
+    fn comparison(&self, prompt: &str, tensors: &[SteeringTensor], opts: &RunOptions) -> impl Future<Output = eval::Result<Comparison>> + Send {
         let req = GenerateFromTensorsRequest { setup: Some(opts.setup(prompt, tensors.len())), tensors: tensors.iter().map(SteeringTensor::inline).collect() };
         let services = self.0.clone();
         async move {
-            let mut stream = services.generation.generate_from_tensors(Request::new(req)).await?.into_inner();
-            let mut cmp = Comparison { unsteered: vec![], steered: vec![] };
-            while let Some(m) = stream.next().await {
-                if let Some(generate_from_tensors_response::Event::Finished(f)) = m?.event {
-                    let c = Completion::from(f);
-                    if c.steered { cmp.steered.push(c) } else { cmp.unsteered.push(c) }
-                }
-            }
-            cmp.unsteered.sort_by_key(|c| c.row);
-            cmp.steered.sort_by_key(|c| c.row);
-            Ok(cmp)
+            let stream = services.generation.generate_from_tensors(Request::new(req)).await?.into_inner();
+            eval::drain(stream, |_| {}).await
         }
     }
 
-    fn max_comparisons(&self) -> impl Future<Output = steer_client::Result<u32>> + Send {
+    fn max_comparisons(&self) -> impl Future<Output = eval::Result<u32>> + Send {
         let n = self.0.cfg.generation.max_comparisons as u32;
         async move { Ok(n) }
     }
 
-    fn activations(&self, prompts: &[String], points: &[HookPoint], use_bos: bool) -> impl Future<Output = steer_client::Result<eval::Activations>> + Send {
+    fn activations(&self, prompts: &[String], points: &[HookPoint], use_bos: bool) -> impl Future<Output = eval::Result<eval::Activations>> + Send {
         let req = GetActivationsRequest { prompts: prompts.to_vec(), use_bos, points: points.to_vec() };
         let (services, n) = (self.0.clone(), prompts.len());
         async move {
@@ -99,11 +89,11 @@ impl Backend for Local {
         }
     }
 
-    fn steering_tensors(&self, additions: &[AdditionSpec], opts: &RunOptions) -> impl Future<Output = steer_client::Result<Vec<SteeringTensor>>> + Send {
-        let (services, req) = (self.0.clone(), steer_client::steering_request(additions, opts));
+    fn steering_tensors(&self, additions: &[AdditionSpec], opts: &RunOptions) -> impl Future<Output = eval::Result<Vec<SteeringTensor>>> + Send {
+        let (services, req) = (self.0.clone(), eval::steering_request(additions, opts));
         async move {
             let stream = services.activation.get_steering_tensors(Request::new(req)).await?.into_inner();
-            steer_client::collect_steering_tensors(stream).await
+            eval::collect_steering_tensors(stream).await
         }
     }
 
@@ -114,8 +104,8 @@ impl Backend for Local {
         opts: &RunOptions,
         include_unsteered: bool,
         kl_top: u32,
-    ) -> impl Future<Output = steer_client::Result<Vec<TextScore>>> + Send {
-        let (services, req) = (self.0.clone(), steer_client::score_request(texts, tensors, opts, include_unsteered, kl_top));
+    ) -> impl Future<Output = eval::Result<Vec<TextScore>>> + Send {
+        let (services, req) = (self.0.clone(), eval::score_request(texts, tensors, opts, include_unsteered, kl_top));
         async move {
             let mut stream = services.generation.score(Request::new(req)).await?.into_inner();
             let mut out = vec![];

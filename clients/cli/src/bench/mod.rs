@@ -13,7 +13,7 @@ use clap::Args;
 use steer_client::v1::SamplingParameters;
 use steer_model::{Engine, GenerateOptions, RowRequest};
 
-use crate::ModelArgs;
+use crate::args::ModelArgs;
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -115,10 +115,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     let engine = std::sync::Arc::new(engine);
     if a.grpc {
-        crate::commands::runtime()?.block_on(grpc::run(engine.clone(), a.tokens))?;
+        crate::args::runtime()?.block_on(grpc::run(engine.clone(), a.tokens))?;
     }
     if !a.concurrency.is_empty() {
-        crate::commands::runtime()?.block_on(concurrency::run(engine, &a.concurrency, &a.prefill_tokens_per_step))?;
+        crate::args::runtime()?.block_on(concurrency::run(engine, &a.concurrency, &a.prefill_tokens_per_step))?;
     }
     Ok(())
 }

@@ -1,0 +1,42 @@
+//! The evals' [`Backend`] over gRPC: a [`SteerClient`] calls the services it is connected to.
+
+use std::future::Future;
+
+use steer_eval::{collect_activations, Activations, Backend};
+use steer_proto::v1::{GetActivationsRequest, HookPoint, TextScore};
+
+use crate::{AdditionSpec, Comparison, Result, RunOptions, SteerClient, SteeringTensor};
+
+impl Backend for SteerClient {
+    fn steering_tensors(&self, additions: &[AdditionSpec], opts: &RunOptions) -> impl Future<Output = Result<Vec<SteeringTensor>>> + Send {
+        SteerClient::steering_tensors(self, additions, opts)
+    }
+    fn comparison(&self, prompt: &str, tensors: &[SteeringTensor], opts: &RunOptions) -> impl Future<Output = Result<Comparison>> + Send {
+        SteerClient::generate(self, prompt, tensors, opts, |_| {})
+    }
+    fn max_comparisons(&self) -> impl Future<Output = Result<u32>> + Send {
+        async move { Ok(self.generation_info().await?.max_comparisons) }
+    }
+    fn activations(&self, prompts: &[String], points: &[HookPoint], use_bos: bool) -> impl Future<Output = Result<Activations>> + Send {
+        SteerClient::activations(self, prompts, points, use_bos)
+    }
+    fn score(
+        &self,
+        texts: &[(String, String)],
+        tensors: &[SteeringTensor],
+        opts: &RunOptions,
+        include_unsteered: bool,
+        kl_top: u32,
+    ) -> impl Future<Output = Result<Vec<TextScore>>> + Send {
+        SteerClient::score(self, texts, tensors, opts, include_unsteered, kl_top)
+    }
+}
+
+impl SteerClient {
+    /// The activations of each prompt at each point: `out[prompt][point] = (len, d, values)`.
+    pub async fn activations(&self, prompts: &[String], points: &[HookPoint], use_bos: bool) -> Result<Activations> {
+        let req = GetActivationsRequest { prompts: prompts.to_vec(), use_bos, points: points.to_vec() };
+        let stream = self.activation.clone().get_activations(self.request(req)).await?.into_inner();
+        collect_activations(self.within(stream), prompts.len()).await
+    }
+}
