@@ -2,7 +2,7 @@
 //! weights' dtype, sampling settings and model info, each converted here and nowhere else.
 //! Conversions from the wire check what they convert and name the request field that is wrong.
 
-use steer_model::{Engine, HookKind, HookPoint, Placement, SamplingParams, WeightDtype};
+use steer_model::{Engine, FinishReason, HookKind, HookPoint, Placement, SamplingParams, WeightDtype};
 use steer_proto::hooks;
 use steer_proto::v1::{self, Dtype};
 
@@ -33,6 +33,15 @@ pub fn checked_point(p: HookPoint, n_layer: usize, field: &str) -> Result<HookPo
 /// A proto steering mode as a placement, or an error naming `field`.
 pub fn placement(mode: i32, field: &str) -> Result<Placement, ServiceError> {
     hooks::placement(mode).ok_or_else(|| ServiceError::invalid(field, format!("unknown steering mode {mode}")))
+}
+
+/// Why a row ended, as the contract says it.
+pub fn proto_finish(reason: FinishReason) -> v1::FinishReason {
+    match reason {
+        FinishReason::Length => v1::FinishReason::Length,
+        FinishReason::Eos => v1::FinishReason::Eos,
+        FinishReason::Cancelled => v1::FinishReason::Cancelled,
+    }
 }
 
 pub fn proto_dtype(d: WeightDtype) -> Dtype {

@@ -2,8 +2,8 @@
 //! a gate that answers UNAVAILABLE until the model has loaded, grpc.health.v1 and reflection,
 //! gRPC-Web and the dashboard on the same port, metrics, and a bounded drain on shutdown; TLS
 //! (rustls, optionally mutual), bearer tokens ([`auth`]), transport limits and a watchdog on the
-//! generation engine that health reports; OpenAI-compatible HTTP/JSON completions ([`openai`]) and
-//! JSON mirrors of the RPCs ([`json`]).
+//! generation engine that health reports; HTTP/JSON ([`http`]: OpenAI-compatible completions and
+//! JSON mirrors of the RPCs); EvalService sweep jobs ([`sweeps`]).
 //!
 //! [`config`] -> [`services`] (workers, health, metrics) -> [`gate`] (per-RPC span, metrics)
 //! -> [`serve`] (the transport, the process's life) and [`local`] (an embedded loopback server).
@@ -14,9 +14,8 @@ pub mod config;
 pub mod dashboard;
 pub mod error;
 pub mod gate;
-pub mod json;
+pub mod http;
 pub mod local;
-pub mod openai;
 pub mod serve;
 pub mod services;
 pub mod sweeps;

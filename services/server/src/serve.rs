@@ -16,6 +16,7 @@ use tonic_health::pb::health_server::{Health, HealthServer};
 use crate::config::ServeConfig;
 use crate::error::ServerError;
 use crate::services::Services;
+use crate::sweeps::SweepService;
 
 /// Serves on `listener` until `shutdown` resolves, then drains for at most the configured grace.
 pub async fn serve(
@@ -61,14 +62,15 @@ pub async fn serve(
         grpc.add_service(g);
     }
     // Sweep jobs call both services in process.
-    if role == crate::config::Role::Both {
-        grpc.add_service(crate::sweeps::SweepService::new(services.clone()).into_server());
+    let sweeps = (role == crate::config::Role::Both).then(|| SweepService::new(services.clone()));
+    if let Some(s) = &sweeps {
+        grpc.add_service(s.clone().into_server());
     }
     let router = builder
         .accept_http1(true)
         .layer(crate::dashboard::layer())
         // HTTP/JSON (OpenAI-compatible completions) on the same port, before gRPC-Web.
-        .layer(crate::openai::layer(services.clone()))
+        .layer(crate::http::layer(services.clone(), sweeps))
         .layer(tonic_web::GrpcWebLayer::new())
         .layer(crate::auth::layer(&sec.tokens))
         .add_routes(grpc.routes());

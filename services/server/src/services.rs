@@ -29,8 +29,6 @@ pub struct Services {
     reporter: HealthReporter,
     draining: Arc<AtomicBool>,
     library: Option<Arc<Library>>,
-    /// EvalService's sweep jobs (a process serving both services).
-    pub(crate) sweeps: crate::sweeps::SweepStore,
 }
 
 impl Services {
@@ -58,7 +56,6 @@ impl Services {
             reporter,
             draining: Arc::new(AtomicBool::new(false)),
             library,
-            sweeps: Default::default(),
         };
         Ok((s, health))
     }

@@ -122,11 +122,14 @@ impl Backend for Local {
 #[derive(Clone)]
 pub struct SweepService {
     services: Arc<Services>,
+    store: Arc<SweepStore>,
 }
 
 impl SweepService {
+    /// The service and its (empty) job store; built once where the server is assembled, and
+    /// shared by the gRPC service and its HTTP/JSON mirror.
     pub fn new(services: Arc<Services>) -> Self {
-        Self { services }
+        Self { services, store: Arc::default() }
     }
 
     pub fn into_server(self) -> EvalServiceServer<Self> {
@@ -134,7 +137,7 @@ impl SweepService {
     }
 
     fn store(&self) -> &SweepStore {
-        &self.services.sweeps
+        &self.store
     }
 }
 

@@ -56,12 +56,8 @@ pub async fn run(engine: Arc<Engine>, tokens: usize) -> Result<()> {
     // Full runs over gRPC against the same rows in process (built by the service's own
     // validation, so both run exactly the same batch), taken in turn: one of each varied by
     // 10% from run to run on a shared machine, more than the overhead being measured.
-    let raw = steer_generation::read::RawRequest {
-        setup: opts.setup(PROMPT, tensors.len()),
-        tensors: tensors.iter().map(|t| steer_generation::read::WireTensor { header: t.header.clone(), values: t.values.clone() }).collect(),
-        memory: Default::default(),
-    };
-    let valid = steer_generation::validation::validate(raw, vec![], &engine, &Default::default())?;
+    let wire = tensors.iter().map(|t| (t.header.clone(), t.values.clone())).collect();
+    let valid = steer_generation::batch(opts.setup(PROMPT, tensors.len()), wire, &engine, &Default::default())?;
     let gen = GenerateOptions { max_new_tokens: valid.max_new_tokens, ..Default::default() };
     let (mut via_grpc, mut in_process) = (vec![], vec![]);
     for _ in 0..FULL_RUNS {

@@ -52,7 +52,7 @@ const PROMPT: &str = "I went up to my friend and said"; // 9 tokens with BOS
 fn rows(engine: &Engine, n: usize) -> Result<Vec<RowRequest>> {
     let prompt = engine.encode(PROMPT, true)?;
     let sampling = steer_common::convert::sampling(&SamplingParameters::post())?;
-    Ok(steer_generation::validation::pair_rows(&prompt, &sampling, n, 0, &[], true).0)
+    Ok(steer_generation::pair_rows(&prompt, &sampling, n, 0, &[], true).0)
 }
 
 fn peak_rss_gb() -> f64 {

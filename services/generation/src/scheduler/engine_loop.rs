@@ -1,31 +1,5 @@
-//! The owner of the engine's time: one loop, iteration-level scheduling (Orca; TGI's
-//! `batching_task`; vLLM). Each iteration it
-//! 1. takes arrivals off the queue (when idle, the first of a burst waits `arrival_window` for
-//!    the rest), dropping those whose client left or whose deadline passed;
-//! 2. admits waiting requests, first come first served, while they fit the budgets (rows, and KV
-//!    positions reserved as prompt + max_new_tokens per row);
-//! 3. runs one forward (`Engine::run`) of the next prefill chunk (`max_prefill_tokens`
-//!    positions) of some of the admitted requests, shortest remaining prefill first (oldest
-//!    first once a request has waited `prefill_aging`), within `prefill_tokens_per_step`
-//!    positions, each with its own steering (positions 0..k-1, prefill only), together with one
-//!    decode step for every running row of every request: the weights are streamed once for
-//!    both, so a joining request costs the running streams its chunk's compute, not another
-//!    pass over the weights, and a long prompt holds them for a chunk, not its whole prefill;
-//! 4. samples each row with its own sampler (seed, penalties) and queues its events;
-//! 5. hands each request's events to its own bounded channel without ever waiting: a client
-//!    that reads nothing for `stall_timeout` has its request cancelled (ABORTED), one that left
-//!    or passed its deadline leaves at this step; finished rows free their KV memory at once.
-//!
-//! KV layout: one host cache per row (`steer_model::kv_cache::RowKv`), the projections and MLPs
-//! batched over all rows of the step, attention per row over its own cache. Chosen over a
-//! padded `[B, H, S, hd]` batch with masks because (a) rows of any length and age share a step
-//! with no re-padding or copying when a request joins or leaves, (b) a row's arithmetic is the
-//! same whatever rows share its step (no padded reduction whose order changes with the batch),
-//! so a request gives the same tokens alone or in a busy batch, and (c) memory follows use and is
-//! freed per row. Measured on XL-shaped weights against the padded layout, same session: batch-1
-//! decode 308/325 ms vs 305/319 ms per step (within noise); 6 and 16 rows about 10% slower per
-//! step (561-567 vs 502-510 ms, 1035-1057 vs 950-955 ms), not yet profiled. Paged blocks would
-//! add indirection that buys nothing at these sizes on a CPU.
+//! The engine loop: intake, admission, one forward, sampling, delivery, retirement, every
+//! iteration (see the module doc of [`super`]).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -33,223 +7,28 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use steer_common::ServiceError;
-use steer_model::tokenizer::StreamDecoder;
-use steer_model::{Engine, FinishReason, GenerateOptions, Prefill, Sequence};
-use steer_proto::v1::{generate_response, FinishReason as PFinish, GenerateResponse, RowFinished, TokenEvent, TopLogprob};
+use steer_model::{Engine, GenerateOptions, Prefill, Sequence};
 use steer_telemetry::Metrics;
-use tokio::sync::mpsc::{self, error::TrySendError, OwnedPermit};
 use tonic::Status;
 
+use super::running::{Phase, Running};
+use super::Job;
 use crate::config::GenerationConfig;
 use crate::heartbeat::{Heartbeat, StopOnDrop};
-use crate::validation::ValidRequest;
 
-type Event = Result<GenerateResponse, Status>;
-pub type Events = mpsc::Sender<Event>;
-
-struct Job {
-    request: ValidRequest,
-    events: Events,
-    queued_at: Instant,
-    deadline: Option<Instant>,
-}
-
-/// The queue in front of the engine loop.
-pub struct Scheduler {
-    queue: std::sync::mpsc::Sender<Job>,
-    depth: Arc<AtomicUsize>,
-    max_queue: usize,
-    metrics: Arc<Metrics>,
-    heartbeat: Arc<Heartbeat>,
-}
-
-impl Scheduler {
-    /// Starts the engine loop on its own thread; it ends when the scheduler is dropped.
-    pub fn new(engine: Arc<Engine>, config: &GenerationConfig, metrics: Arc<Metrics>) -> Self {
-        let (tx, rx) = std::sync::mpsc::channel::<Job>();
-        let depth = Arc::new(AtomicUsize::new(0));
-        let heartbeat = Arc::new(Heartbeat::default());
-        let mut lp = EngineLoop {
-            heartbeat: heartbeat.clone(),
-            engine,
-            cfg: config.clone(),
-            rx,
-            depth: depth.clone(),
-            metrics: metrics.clone(),
-            waiting: VecDeque::new(),
-            running: vec![],
-        };
-        std::thread::Builder::new().name("steer-engine".into()).spawn(move || lp.run()).expect("spawn the engine loop");
-        Self { queue: tx, depth, max_queue: config.max_queue, metrics, heartbeat }
-    }
-
-    /// The engine loop's pulse (for the server's watchdog).
-    pub fn heartbeat(&self) -> &Heartbeat {
-        &self.heartbeat
-    }
-
-    /// Requests waiting to join the running batch.
-    pub fn depth(&self) -> usize {
-        self.depth.load(Ordering::SeqCst)
-    }
-
-    /// Queues a request, or refuses it at once when `max_queue` requests already wait.
-    pub fn submit(&self, request: ValidRequest, events: Events, deadline: Option<Instant>) -> Result<(), ServiceError> {
-        let max = self.max_queue;
-        self.depth
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |d| (d < max).then_some(d + 1))
-            .map_err(|_| ServiceError::ResourceExhausted(format!("queue full ({max} requests waiting)")))?;
-        self.metrics.queue_depth.set(self.depth() as i64);
-        self.queue.send(Job { request, events, queued_at: Instant::now(), deadline }).map_err(|_| {
-            self.depth.fetch_sub(1, Ordering::SeqCst);
-            ServiceError::Unavailable("the generation engine has stopped".into())
-        })
-    }
-}
-
-/// A request in the running batch.
-struct Running {
-    request: ValidRequest,
-    /// The prompt still being prefilled, chunk by chunk; then `seqs` decode.
-    prefill: Option<Prefill>,
-    seqs: Vec<Sequence>,
-    decoders: Vec<StreamDecoder>,
-    /// Events not yet taken by the channel.
-    outbox: VecDeque<Event>,
-    events: Events,
-    /// One channel slot held back for a final status (deadline, stall), whatever the backlog.
-    last_word: Option<OwnedPermit<Event>>,
-    blocked_since: Option<Instant>,
-    deadline: Option<Instant>,
-    started: Instant,
-    queue_ms: f64,
-    prefill_ms: f64,
-    produced: u64,
-    /// Cancelled (client gone, deadline, stall): leaves the batch now.
-    ended: bool,
-}
-
-impl Running {
-    /// Rows this request holds in the batch (all of them while prefilling).
-    fn rows(&self) -> usize {
-        if self.prefill.is_some() && !self.ended {
-            return self.request.rows.len();
-        }
-        self.decoding_rows()
-    }
-
-    fn decoding_rows(&self) -> usize {
-        self.seqs.iter().filter(|s| !s.is_finished()).count()
-    }
-
-    /// Samples every row with pending logits and queues its token (and, when it finished, its
-    /// RowFinished).
-    fn sample(&mut self, engine: &Engine, worker: &str) {
-        let tok = engine.tokenizer();
-        for (row, ev) in steer_model::advance_all(&mut self.seqs, tok.bos_id()).into_iter().enumerate() {
-            let Some(ev) = ev else { continue };
-            self.produced += 1;
-            let token = TokenEvent {
-                row: row as u32,
-                steered: row >= self.request.n_unsteered,
-                index: ev.index as u32,
-                token_id: ev.token,
-                text_delta: self.decoders[row].push(tok, ev.token),
-                logprob: ev.logprob,
-                top_logprobs: ev.top_logprobs.iter().map(|&(token_id, logprob)| TopLogprob { token_id, logprob }).collect(),
-            };
-            self.outbox.push_back(Ok(GenerateResponse { event: Some(generate_response::Event::Token(token)) }));
-            if let Some(reason) = self.seqs[row].finish {
-                let finished = self.finished(engine, row, reason, worker);
-                self.outbox.push_back(Ok(GenerateResponse { event: Some(generate_response::Event::Finished(finished)) }));
-            }
-        }
-    }
-
-    fn finished(&self, engine: &Engine, row: usize, reason: FinishReason, worker: &str) -> RowFinished {
-        let s = &self.seqs[row];
-        let reason = match reason {
-            FinishReason::Length => PFinish::Length,
-            FinishReason::Eos => PFinish::Eos,
-            FinishReason::Cancelled => PFinish::Cancelled,
-        };
-        RowFinished {
-            row: row as u32,
-            steered: row >= self.request.n_unsteered,
-            text: engine.tokenizer().decode(&s.tokens).unwrap_or_default(),
-            token_ids: s.tokens.clone(),
-            reason: reason as i32,
-            prompt_tokens: self.request.prompt_tokens as u32,
-            generated_tokens: s.tokens.len() as u32,
-            prefill_ms: self.prefill_ms,
-            total_ms: self.started.elapsed().as_secs_f64() * 1e3,
-            seed: self.request.rows[row].seed,
-            queue_ms: self.queue_ms,
-            worker: worker.to_string(),
-        }
-    }
-
-    /// Hands queued events to the channel without waiting, and ends the request if its client
-    /// left, its deadline passed or it stalled past `stall_timeout`.
-    fn deliver(&mut self, now: Instant, stall_timeout: Duration) {
-        if self.ended {
-            return;
-        }
-        if self.events.is_closed() {
-            return self.end(None); // the client left
-        }
-        if self.deadline.is_some_and(|d| now >= d) {
-            let n: usize = self.seqs.iter().map(|s| s.tokens.len()).sum();
-            return self.end(Some(ServiceError::DeadlineExceeded(format!("deadline passed after {n} tokens"))));
-        }
-        while let Some(ev) = self.outbox.pop_front() {
-            match self.events.try_send(ev) {
-                Ok(()) => {}
-                Err(TrySendError::Full(ev)) => {
-                    self.outbox.push_front(ev);
-                    let since = *self.blocked_since.get_or_insert(now);
-                    if now.duration_since(since) >= stall_timeout {
-                        let secs = stall_timeout.as_secs_f64();
-                        self.end(Some(ServiceError::Aborted(format!("the client read nothing for {secs:.0} s; request cancelled"))));
-                    }
-                    return;
-                }
-                Err(TrySendError::Closed(_)) => return self.end(None), // the client left
-            }
-        }
-        self.blocked_since = None;
-    }
-
-    /// Cancels every row, frees their memory and sends `status` (if any) in the held slot.
-    fn end(&mut self, status: Option<ServiceError>) {
-        self.prefill = None;
-        self.seqs.iter_mut().for_each(Sequence::cancel);
-        self.outbox.clear();
-        if let (Some(permit), Some(e)) = (self.last_word.take(), status) {
-            permit.send(Err(e.into()));
-        }
-        self.ended = true;
-    }
-
-    /// Every row finished and every event delivered (or the request was cancelled).
-    fn done(&self) -> bool {
-        self.ended || (self.prefill.is_none() && self.outbox.is_empty() && self.seqs.iter().all(Sequence::is_finished))
-    }
-}
-
-struct EngineLoop {
-    engine: Arc<Engine>,
-    cfg: GenerationConfig,
-    rx: std::sync::mpsc::Receiver<Job>,
-    depth: Arc<AtomicUsize>,
-    metrics: Arc<Metrics>,
-    waiting: VecDeque<Job>,
-    running: Vec<Running>,
-    heartbeat: Arc<Heartbeat>,
+pub(super) struct EngineLoop {
+    pub(super) engine: Arc<Engine>,
+    pub(super) cfg: GenerationConfig,
+    pub(super) rx: std::sync::mpsc::Receiver<Job>,
+    pub(super) depth: Arc<AtomicUsize>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) waiting: VecDeque<Job>,
+    pub(super) running: Vec<Running>,
+    pub(super) heartbeat: Arc<Heartbeat>,
 }
 
 impl EngineLoop {
-    fn run(&mut self) {
+    pub(super) fn run(&mut self) {
         let heartbeat = self.heartbeat.clone();
         let _stop = StopOnDrop(&heartbeat);
         loop {
@@ -273,7 +52,7 @@ impl EngineLoop {
     /// whose deadline passed. False once the service is gone and nothing is left to do.
     fn intake(&mut self) -> bool {
         let idle = self.running.is_empty() && self.waiting.is_empty();
-        let busy = self.running.iter().any(|r| r.rows() > 0 && !r.ended);
+        let busy = self.running.iter().any(|r| r.rows() > 0 && !r.ended());
         if idle {
             match self.rx.recv() {
                 Ok(job) => self.waiting.push_back(job),
@@ -319,7 +98,7 @@ impl EngineLoop {
     fn admit(&mut self) {
         while let Some(job) = self.waiting.front() {
             let rows: usize = self.running.iter().map(Running::rows).sum();
-            let reserved: usize = self.running.iter().filter(|r| !r.ended).map(|r| r.request.kv_positions()).sum();
+            let reserved: usize = self.running.iter().filter(|r| !r.ended()).map(|r| r.request.kv_positions()).sum();
             let fits = rows + job.request.rows.len() <= self.cfg.max_batch_rows
                 && reserved + job.request.kv_positions() <= self.cfg.max_batch_tokens;
             // Wait for retirements (a request alone always fits: validation checks it).
@@ -352,22 +131,7 @@ impl EngineLoop {
                 return None;
             }
         };
-        Some(Running {
-            decoders: vec![StreamDecoder::default(); request.rows.len()],
-            prefill: Some(prefill),
-            seqs: vec![],
-            request,
-            outbox: VecDeque::new(),
-            events,
-            last_word: Some(last_word),
-            blocked_since: None,
-            deadline,
-            started: Instant::now(),
-            queue_ms: queued_at.elapsed().as_secs_f64() * 1e3,
-            prefill_ms: 0.0,
-            produced: 0,
-            ended: false,
-        })
+        Some(Running::new(request, prefill, events, last_word, deadline, queued_at.elapsed().as_secs_f64() * 1e3))
     }
 
     /// The prefills that join this iteration's forward, in order: one chunk of
@@ -389,10 +153,9 @@ impl EngineLoop {
             .running
             .iter()
             .enumerate()
-            .filter(|(_, r)| !r.ended)
-            .filter_map(|(i, r)| r.prefill.as_ref().map(|p| (i, r, p)))
+            .filter_map(|(i, r)| r.prefill().map(|p| (i, r, p)))
             .map(|(i, r, p)| {
-                let aged = now.duration_since(r.started) >= self.cfg.prefill_aging;
+                let aged = now.duration_since(r.timing.started) >= self.cfg.prefill_aging;
                 (!aged, if aged { 0 } else { p.remaining() }, i, p.next_chunk(self.cfg.max_prefill_tokens))
             })
             .collect();
@@ -421,13 +184,13 @@ impl EngineLoop {
         let mut prefills: Vec<&mut Prefill> = vec![];
         let mut seqs: Vec<&mut Sequence> = vec![];
         for (i, r) in self.running.iter_mut().enumerate() {
-            match r.prefill.as_mut() {
-                Some(p) if chosen.contains(&i) => {
+            match &mut r.phase {
+                Phase::Prefilling(p) if chosen.contains(&i) => {
                     joined.push(i);
                     prefills.push(p);
                 }
-                Some(_) => {}
-                None => seqs.extend(r.seqs.iter_mut().filter(|s| !s.is_finished() && !s.has_pending())),
+                Phase::Decoding(rows) => seqs.extend(rows.iter_mut().filter(|s| !s.is_finished() && !s.has_pending())),
+                _ => {}
             }
         }
         if prefills.is_empty() && seqs.is_empty() {
@@ -454,10 +217,8 @@ impl EngineLoop {
         for (&i, seqs) in joined.iter().zip(done) {
             let Some(seqs) = seqs else { continue };
             let r = &mut self.running[i];
-            r.prefill = None;
-            r.seqs = seqs;
-            r.prefill_ms = r.started.elapsed().as_secs_f64() * 1e3;
-            self.metrics.time_to_first_token.observe(r.started.elapsed().as_secs_f64());
+            r.prefilled(seqs);
+            self.metrics.time_to_first_token.observe(r.timing.started.elapsed().as_secs_f64());
         }
         if n > 0 {
             self.metrics.decode_steps.inc();
@@ -469,11 +230,11 @@ impl EngineLoop {
     fn retire(&mut self) {
         let metrics = &self.metrics;
         self.running.retain_mut(|r| {
-            if !r.done() {
+            let Phase::Ended { completed } = r.phase else {
                 return true;
-            }
-            if !r.ended {
-                let secs = r.started.elapsed().as_secs_f64();
+            };
+            if completed {
+                let secs = r.timing.started.elapsed().as_secs_f64();
                 metrics.generation_seconds.observe(secs);
                 if secs > 0.0 {
                     metrics.tokens_per_second.set(r.produced as f64 / secs);
@@ -483,7 +244,7 @@ impl EngineLoop {
             false
         });
         let rows: usize = self.running.iter().map(Running::rows).sum();
-        let kv: usize = self.running.iter().flat_map(|r| r.seqs.iter()).map(Sequence::kv_bytes).sum();
+        let kv: usize = self.running.iter().flat_map(|r| r.sequences()).map(Sequence::kv_bytes).sum();
         self.metrics.batch_rows.set(rows as i64);
         self.metrics.requests_running.set(self.running.len() as i64);
         self.metrics.kv_bytes.set(kv as i64);
@@ -493,7 +254,11 @@ impl EngineLoop {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use steer_model::{LoadOptions, ModelSource, SamplingParams};
+    use crate::scheduler::Event;
+    use crate::validation::ValidRequest;
+    use tokio::sync::mpsc;
+    use std::time::Duration;
+    use steer_model::{LoadOptions, ModelSource, SamplingParams, Sequence};
 
     fn engine() -> Arc<Engine> {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tiny-gpt2");
@@ -547,9 +312,9 @@ mod tests {
         lp.admit();
         // 9 positions in chunks of 8: two forwards, one chunk each.
         lp.forward();
-        assert!(lp.running[0].prefill.is_some(), "one chunk of a prompt per forward");
+        assert!(lp.running[0].prefill().is_some(), "one chunk of a prompt per forward");
         lp.forward();
-        assert!(lp.running[0].prefill.is_none());
+        assert!(lp.running[0].prefill().is_none());
         lp.running[0].sample(&engine, "");
         for prompt in ["To see the eiffel tower, people flock to", "Hi there", "I hate you because"] {
             let (j, rx) = job(&engine, prompt);
@@ -561,9 +326,9 @@ mod tests {
         let mut after = [vec![], vec![]];
         for done in after.iter_mut() {
             lp.forward();
-            assert!(lp.running[0].seqs.iter().all(Sequence::has_pending), "the decoding rows step in the same forward");
+            assert!(lp.running[0].sequences().iter().all(Sequence::has_pending), "the decoding rows step in the same forward");
             lp.running[0].sample(&engine, "");
-            *done = (0..3).filter(|&i| lp.running[1 + i].prefill.is_none()).collect();
+            *done = (0..3).filter(|&i| lp.running[1 + i].prefill().is_none()).collect();
         }
         after
     }
@@ -613,5 +378,47 @@ mod tests {
         assert_eq!(prefilled_per_iteration(8, aged), [vec![], vec![0, 1]]);
         assert_eq!(prefilled_per_iteration(11, aged), [vec![1], vec![0, 1, 2]]);
         assert_eq!(prefilled_per_iteration(16, aged), [vec![1, 2], vec![0, 1, 2]]);
+    }
+
+    #[test]
+    fn a_request_goes_prefilling_decoding_draining_ended_and_its_stream_ends_with_every_row() {
+        let engine = engine();
+        let (_tx, rx) = std::sync::mpsc::channel();
+        let mut lp = engine_loop(&engine, GenerationConfig::default(), rx);
+        let (j, mut events) = job(&engine, "Hi there");
+        lp.waiting.push_back(j);
+        lp.depth.fetch_add(1, Ordering::SeqCst);
+        lp.admit();
+        assert!(matches!(lp.running[0].phase, Phase::Prefilling(_)));
+        let mut phases = vec![];
+        while !lp.running.is_empty() {
+            lp.forward();
+            let now = Instant::now();
+            for r in lp.running.iter_mut() {
+                r.sample(&engine, "w");
+                r.deliver(now, Duration::from_secs(60));
+            }
+            phases.push(match lp.running[0].phase {
+                Phase::Prefilling(_) => "prefilling",
+                Phase::Decoding(_) => "decoding",
+                Phase::Draining => "draining",
+                Phase::Ended { completed: true } => "completed",
+                Phase::Ended { completed: false } => "cancelled",
+            });
+            lp.retire();
+        }
+        // One forward prefills "Hi there" (3 positions) and samples the first token; 7 more
+        // decode; the eighth token finishes both rows and their events all fit the channel.
+        assert_eq!(phases.first(), Some(&"decoding"));
+        assert_eq!(phases.last(), Some(&"completed"));
+        assert_eq!(phases.len(), 8);
+        let mut finished = 0;
+        while let Ok(ev) = events.try_recv() {
+            if let Some(steer_proto::v1::generate_response::Event::Finished(f)) = ev.unwrap().event {
+                assert_eq!((f.generated_tokens, f.reason), (8, steer_proto::v1::FinishReason::Length as i32));
+                finished += 1;
+            }
+        }
+        assert_eq!(finished, 2, "both rows' RowFinished reached the stream");
     }
 }

@@ -26,8 +26,9 @@ use steer_proto::v1::{
 use tokio_stream::{Stream, StreamExt};
 use tonic::Status;
 
-use crate::openai::{body_error, error_naming, stream_error};
+use super::errors::{body_error, error_naming, stream_error};
 use crate::services::Services;
+use crate::sweeps::SweepService;
 
 type Body_<T> = Result<Json<T>, JsonRejection>;
 
@@ -69,21 +70,22 @@ where
     ([(header::CONTENT_TYPE, ctype)], Body::from_stream(lines)).into_response()
 }
 
-/// Registers `path` for a request type, handled by `f(services, request, headers)`.
-fn route<T, F, Fut>(router: axum::Router, services: &Arc<Services>, path: &str, f: F) -> axum::Router
+/// Registers `path` for a request type, handled by `f(service, request, headers)`.
+fn route<S, T, F, Fut>(router: axum::Router, service: &S, path: &str, f: F) -> axum::Router
 where
+    S: Clone + Send + Sync + 'static,
     T: DeserializeOwned + Send + 'static,
-    F: Fn(Arc<Services>, T, HeaderMap) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(S, T, HeaderMap) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Response> + Send,
 {
-    let services = services.clone();
+    let service = service.clone();
     router.route(
         path,
         post(move |headers: HeaderMap, body: Body_<T>| {
-            let (services, f) = (services.clone(), f.clone());
+            let (service, f) = (service.clone(), f.clone());
             async move {
                 match parse(body) {
-                    Ok(req) => f(services, req, headers).await,
+                    Ok(req) => f(service, req, headers).await,
                     Err(resp) => resp,
                 }
             }
@@ -92,7 +94,7 @@ where
 }
 
 /// The mirrors of the services this process serves.
-pub fn router(services: &Arc<Services>) -> axum::Router {
+pub(super) fn router(services: &Arc<Services>, sweeps: Option<SweepService>) -> axum::Router {
     let mut r = axum::Router::new();
     if services.cfg.role.activation() {
         r = route(r, services, "/v1/rpc/steer.v1.ActivationService/GetSteeringTensors", |s, req: GetSteeringTensorsRequest, h| async move {
@@ -120,21 +122,20 @@ pub fn router(services: &Arc<Services>) -> axum::Router {
             unary(s.activation.delete_vector(tonic::Request::new(req)).await)
         });
     }
-    if services.cfg.role == crate::config::Role::Both {
+    if let Some(sweeps) = &sweeps {
         use steer_proto::v1::eval_service_server::EvalService;
         use steer_proto::v1::{CancelSweepRequest, ListSweepsRequest, StartSweepRequest, WatchSweepRequest};
-        let sweeps = |s: &Arc<Services>| crate::sweeps::SweepService::new(s.clone());
-        r = route(r, services, "/v1/rpc/steer.v1.EvalService/StartSweep", move |s, req: StartSweepRequest, _| async move {
-            unary(sweeps(&s).start_sweep(tonic::Request::new(req)).await)
+        r = route(r, sweeps, "/v1/rpc/steer.v1.EvalService/StartSweep", |sw, req: StartSweepRequest, _| async move {
+            unary(sw.start_sweep(tonic::Request::new(req)).await)
         });
-        r = route(r, services, "/v1/rpc/steer.v1.EvalService/WatchSweep", move |s, req: WatchSweepRequest, h| async move {
-            streamed(sweeps(&s).watch_sweep(tonic::Request::new(req)).await, &h)
+        r = route(r, sweeps, "/v1/rpc/steer.v1.EvalService/WatchSweep", |sw, req: WatchSweepRequest, h| async move {
+            streamed(sw.watch_sweep(tonic::Request::new(req)).await, &h)
         });
-        r = route(r, services, "/v1/rpc/steer.v1.EvalService/CancelSweep", move |s, req: CancelSweepRequest, _| async move {
-            unary(sweeps(&s).cancel_sweep(tonic::Request::new(req)).await)
+        r = route(r, sweeps, "/v1/rpc/steer.v1.EvalService/CancelSweep", |sw, req: CancelSweepRequest, _| async move {
+            unary(sw.cancel_sweep(tonic::Request::new(req)).await)
         });
-        r = route(r, services, "/v1/rpc/steer.v1.EvalService/ListSweeps", move |s, req: ListSweepsRequest, _| async move {
-            unary(sweeps(&s).list_sweeps(tonic::Request::new(req)).await)
+        r = route(r, sweeps, "/v1/rpc/steer.v1.EvalService/ListSweeps", |sw, req: ListSweepsRequest, _| async move {
+            unary(sw.list_sweeps(tonic::Request::new(req)).await)
         });
     }
     if services.cfg.role.generation() {

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
@@ -36,7 +36,7 @@ use steer_proto::v1::{
 use tokio_stream::StreamExt;
 use tonic::{Code, Status};
 
-use crate::auth::Tokens;
+use super::errors::{body_error, error_naming, stream_error};
 use crate::services::Services;
 
 /// OpenAI's completion request, the fields that apply, plus `steering`.
@@ -131,36 +131,12 @@ async fn vector_refs(services: &Services, s: &Steering) -> Result<Vec<VectorRef>
 }
 
 /// An OpenAI error object with the HTTP status of the gRPC code; `param` names the field.
-pub(crate) fn error(status: &Status) -> Response {
+pub(super) fn error(status: &Status) -> Response {
     error_naming(status, openai_param)
 }
 
-/// The same, with `param` the field as `name` spells it.
-pub(crate) fn error_naming(status: &Status, name: fn(&str) -> String) -> Response {
-    let (http, kind) = match status.code() {
-        Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => (StatusCode::BAD_REQUEST, "invalid_request_error"),
-        Code::Unauthenticated => (StatusCode::UNAUTHORIZED, "authentication_error"),
-        Code::PermissionDenied => (StatusCode::FORBIDDEN, "permission_error"),
-        Code::NotFound => (StatusCode::NOT_FOUND, "not_found_error"),
-        Code::ResourceExhausted => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error"),
-        Code::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
-        Code::DeadlineExceeded => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
-        _ => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
-    };
-    let param = (status.code() == Code::InvalidArgument).then(|| name(status.message().split(':').next().unwrap_or_default()));
-    let body = json!({"error": {"message": status.message(), "type": kind, "param": param, "code": format!("{:?}", status.code())}});
-    (http, Json(body)).into_response()
-}
 
-/// A JSON body that does not parse: INVALID_ARGUMENT naming `body`.
-pub(crate) fn body_error(e: JsonRejection) -> Status {
-    Status::invalid_argument(format!("body: {}", e.body_text()))
-}
 
-/// An error that ends a stream already under way (its status line is sent): the last message.
-pub(crate) fn stream_error(s: &Status) -> Value {
-    json!({"error": {"message": s.message(), "code": format!("{:?}", s.code())}})
-}
 
 /// A field of the GenerateSetup this request became, by its name in the OpenAI request.
 fn openai_param(field: &str) -> String {
@@ -326,80 +302,4 @@ async fn start(services: &Arc<Services>, req: &CompletionRequest) -> Result<Resp
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
-/// The HTTP/JSON routes: completions here, the RPC mirrors from [`crate::json`].
-fn router(services: Arc<Services>) -> axum::Router {
-    let mirrors = crate::json::router(&services);
-    axum::Router::new()
-        .route(
-            "/v1/completions",
-            axum::routing::post(move |body: Result<Json<CompletionRequest>, JsonRejection>| {
-                let services = services.clone();
-                async move { completions(services, body).await }
-            }),
-        )
-        .merge(mirrors)
-}
 
-/// Sends `/v1/...` (completions and the RPC mirrors) to the HTTP/JSON routes before the gRPC-Web translation (which refuses plain
-/// HTTP/1.1 requests) sees it; everything else goes on to the gRPC services.
-/// The routes are behind the same bearer tokens as gRPC (the OpenAI SDK's `api_key`).
-#[derive(Clone)]
-pub struct HttpJsonLayer {
-    router: axum::Router,
-    tokens: Tokens,
-}
-
-pub fn layer(services: Arc<Services>) -> HttpJsonLayer {
-    let tokens = Tokens::new(&services.cfg.security.tokens);
-    HttpJsonLayer { router: router(services), tokens }
-}
-
-impl<S> tower_layer::Layer<S> for HttpJsonLayer {
-    type Service = HttpJson<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        HttpJson { inner, router: self.router.clone(), tokens: self.tokens.clone() }
-    }
-}
-
-#[derive(Clone)]
-pub struct HttpJson<S> {
-    inner: S,
-    router: axum::Router,
-    tokens: Tokens,
-}
-
-impl<S, B> tower_service::Service<axum::http::Request<B>> for HttpJson<S>
-where
-    S: tower_service::Service<axum::http::Request<B>, Response = axum::http::Response<tonic::body::Body>>,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    type Response = axum::http::Response<tonic::body::Body>;
-    type Error = S::Error;
-    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
-        if req.uri().path().starts_with("/v1/") {
-            let (parts, body) = req.into_parts();
-            if let Err(status) = self.tokens.check(&parts) {
-                let resp = error(&status).map(tonic::body::Body::new);
-                return Box::pin(async move { Ok(resp) });
-            }
-            let req = axum::http::Request::from_parts(parts, body);
-            let mut router = self.router.clone();
-            return Box::pin(async move {
-                let resp = match tower_service::Service::call(&mut router, req).await {
-                    Ok(r) => r,
-                    Err(never) => match never {},
-                };
-                Ok(resp.map(tonic::body::Body::new))
-            });
-        }
-        Box::pin(self.inner.call(req))
-    }
-}
