@@ -5,15 +5,17 @@
 //! [`read`] (the wire into a raw request) -> [`validation`] (once, into typed values) ->
 //! [`scheduler`] (the engine loop: continuous batching, its pulse in [`heartbeat`]) -> [`service`]
 //! (the handlers tying them together). Outside this crate, [`batch`] builds the rows a request
-//! would run, validated exactly as the service does, for tools that run them in process.
+//! would run, validated exactly as the service does, for tools that run them in process;
+//! [`read`] and [`validation`] are public for the fuzz targets, which drive the wire reader and
+//! the validator directly.
 
 pub mod config;
 mod heartbeat;
-mod read;
+pub mod read;
 mod scheduler;
 mod score;
 pub mod service;
-mod validation;
+pub mod validation;
 pub mod vectors;
 
 pub use config::GenerationConfig;

@@ -8,11 +8,9 @@
 #[cfg(target_arch = "x86_64")]
 use super::x86::{blocked, f16c};
 use super::isa::isa;
-use super::slabs::{add_bias, by_slabs};
+use super::slabs::{add_bias, by_slabs, TILE};
 use super::Elem;
 
-/// Column tile (floats) one task works on: 4 weight rows of it stay in L1.
-pub(super) const TILE: usize = 1024;
 
 /// `y[m, n] = x[m, k] . w[k, n] (+ bias[n])`, all row-major f32; `w` in GPT-2's Conv1D layout.
 /// The reference product ([`super::matmul_panels`] must give its bits).

@@ -3,6 +3,9 @@
 
 use rayon::prelude::*;
 
+/// Column tile (floats) one task works on: 4 weight rows of it stay in L1.
+pub(super) const TILE: usize = 1024;
+
 /// The weight rows `0..k` split into one contiguous slab per thread; `slab(acc, i0, i1)` adds
 /// rows `i0..i1` into a zeroed partial sum of `len` values, and the partials are added in order.
 /// Slabs of whole 4-row groups, at least 64 rows each so tiny matrices stay on one thread (the

@@ -27,10 +27,12 @@
 //! | file | holds |
 //! |---|---|
 //! | [`format`] | the blocks ([`Q8Blocks`]), quantization, GGUF's bytes |
-//! | [`packing`] | the 16-block-group layout ([`Q8Rows`]) |
+//! | [`packing`] | the 16-block-group layout ([`Q8Rows`]) and the tiles' shape |
+//! | `activations` | x quantized per block, and the tail blocks' exact dots |
 //! | [`product`] | [`matmul_t`]: x's quantization, kernel choice, threads, the portable kernel |
 //! | `x86` | the VNNI and AVX2 kernels |
 
+mod activations;
 pub mod format;
 pub mod packing;
 pub mod product;

@@ -124,3 +124,16 @@ impl Q8Rows {
         out
     }
 }
+
+/// Tiles (`Kernel::tile`): a pass over the weights takes [`TILE_GROUPS`] 16-block groups
+/// (2048 weights) of each of [`TILE_ROWS`] rows in turn, so that the slice of x they meet (2 KB
+/// a row) stays in L1; from rows of [`TILE_FROM_BLOCKS`] blocks up, where x (k bytes a row) no
+/// longer does (6 rows at k = 6400: 38 KB, against a 32 KB L1), and each of the ~50 lines of x a
+/// group reads missed L1 while the weights streamed in from memory. XL's `[6400 -> 1600]` x 12
+/// from memory, interleaved runs, G weights/s: m = 2: 20.3-21.9 against 16.4-17.0; m = 6:
+/// 15.1-16.5 against 12.1-13.3; m = 16: 8.7-9.1 against 6.7; 8 and 32 rows a tile the same,
+/// 2 groups (13.1-14.3) or 8 (12.1-15.1) less. Not at m = 1 (18.5-20.5 against 20.9-25.5: the
+/// hardware prefetcher follows one row better) nor at k = 1600 (x fits; 10-14 against 16.6-16.8).
+pub(super) const TILE_ROWS: usize = 16;
+pub(super) const TILE_GROUPS: usize = 4;
+pub(super) const TILE_FROM_BLOCKS: usize = 128;

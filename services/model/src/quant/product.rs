@@ -5,21 +5,12 @@
 use rayon::prelude::*;
 
 use super::format::{quantize_block, Q32, QK8_0};
-use super::packing::{byte, place, Q8Rows, Shape, GROUP, HALF};
+use super::activations::{tail, XQ};
+use super::packing::{byte, place, Q8Rows, Shape, GROUP, HALF, TILE_FROM_BLOCKS, TILE_ROWS};
 #[cfg(target_arch = "x86_64")]
 use super::x86;
 use crate::kernels::{isa, Isa};
 
-/// Activations quantized per block with f32 scales (the weights' are f16; an f32 one costs
-/// nothing here and keeps the activations' rounding at int8's alone), laid out as the weights
-/// (signed), with each block's `128 * sum(q)`.
-pub(super) struct XQ {
-    pub(super) qs: Vec<Q32>,
-    pub(super) d: Vec<f32>,
-    pub(super) offset: Vec<i32>,
-    pub(super) nb: usize,
-    pub(super) shape: Shape,
-}
 
 fn quantize_x(x: &[f32], nb: usize) -> XQ {
     #[cfg(target_arch = "x86_64")]
@@ -265,25 +256,7 @@ impl Kernel {
 /// Rows of x that share each pass over a weight row (at most).
 pub(super) const X_ROWS: usize = 8;
 
-/// Tiles ([`Kernel::tile`]): a pass over the weights takes [`TILE_GROUPS`] 16-block groups
-/// (2048 weights) of each of [`TILE_ROWS`] rows in turn, so that the slice of x they meet (2 KB
-/// a row) stays in L1; from rows of [`TILE_FROM_BLOCKS`] blocks up, where x (k bytes a row) no
-/// longer does (6 rows at k = 6400: 38 KB, against a 32 KB L1), and each of the ~50 lines of x a
-/// group reads missed L1 while the weights streamed in from memory. XL's `[6400 -> 1600]` x 12
-/// from memory, interleaved runs, G weights/s: m = 2: 20.3-21.9 against 16.4-17.0; m = 6:
-/// 15.1-16.5 against 12.1-13.3; m = 16: 8.7-9.1 against 6.7; 8 and 32 rows a tile the same,
-/// 2 groups (13.1-14.3) or 8 (12.1-15.1) less. Not at m = 1 (18.5-20.5 against 20.9-25.5: the
-/// hardware prefetcher follows one row better) nor at k = 1600 (x fits; 10-14 against 16.6-16.8).
-pub(super) const TILE_ROWS: usize = 16;
-pub(super) const TILE_GROUPS: usize = 4;
-const TILE_FROM_BLOCKS: usize = 128;
 
-/// The exact dot product of a stored (`q + 128`) weight block with an activation block, laid
-/// out alike.
-#[inline(always)]
-fn block_dot(w: &Q32, x: &Q32) -> i32 {
-    w.0.iter().zip(&x.0).map(|(&a, &b)| (a as u8 as i32 - 128) * b as i32).sum()
-}
 
 /// The sum of the 8 lanes, in the tree the AVX2 `hsum` uses.
 #[inline(always)]
@@ -291,17 +264,6 @@ fn lanes_sum(a: [f32; HALF]) -> f32 {
     ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
 }
 
-/// The tail blocks (after the groups) added to `s` in order.
-#[inline(always)]
-pub(super) fn tail(qs: &[Q32], d: &[u16], xq: &XQ, r: usize, mut s: f32) -> f32 {
-    let nb = xq.nb;
-    for b in xq.shape.tail..nb {
-        let at = r * nb + b;
-        let scale = half::f16::from_bits(d[b]).to_f32() * xq.d[at];
-        s = (block_dot(&qs[b], &xq.qs[at]) as f32).mul_add(scale, s);
-    }
-    s
-}
 
 /// One output element without SIMD: the same operations in the same order as the kernels.
 fn portable_row(qs: &[Q32], d: &[u16], xq: &XQ, r: usize) -> f32 {

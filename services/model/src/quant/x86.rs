@@ -4,7 +4,8 @@
 
 use super::format::{Q32, QK8_0};
 use super::packing::{GROUP, HALF};
-use super::product::{tail, TILE_GROUPS, TILE_ROWS, XQ};
+use super::activations::{tail, XQ};
+use super::packing::{TILE_GROUPS, TILE_ROWS};
 use std::arch::x86_64::*;
 
 /// How far ahead of the kernel the weights are prefetched (bytes), from 2 rows up: +10-15% at
