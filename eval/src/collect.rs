@@ -3,7 +3,9 @@
 //! steering tensors, activations.
 
 use futures::{Stream, StreamExt};
-use steer_proto::v1::{self, generate_from_tensors_response, generate_response, get_activations_response, get_steering_tensors_response, TensorChunk};
+use steer_proto::v1::{
+    self, generate_from_tensors_response, generate_response, get_activations_response, get_steering_tensors_response, TensorChunk,
+};
 use steer_proto::wire::TensorAssembler;
 use tonic::Status;
 

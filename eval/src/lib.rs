@@ -19,4 +19,6 @@ pub use backend::{Activations, Backend};
 pub use collect::{collect, collect_activations, collect_steering_tensors, drain, MAX_TENSOR_BYTES};
 pub use error::{Error, Result};
 pub use run::{model_ref, score_request, steering_request, AdditionSpec, Comparison, Completion, RunOptions, SteeringTensor};
-pub use sweeps::{count_words, default_text_sets, kl_sweep, norms, perplexity, perplexity_sweep, topic_words, Position, Sweep, TextSet, WEDDING_WORDS};
+pub use sweeps::{
+    count_words, default_text_sets, kl_sweep, norms, perplexity, perplexity_sweep, topic_words, Position, Sweep, TextSet, WEDDING_WORDS,
+};

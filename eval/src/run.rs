@@ -2,7 +2,9 @@
 //! ([`AdditionSpec`]), the settings ([`RunOptions`]), the tensors ([`SteeringTensor`]), the
 //! result ([`Comparison`]), and the requests built from them.
 
-use steer_proto::v1::{self, ActivationAddition, GenerateSetup, GetSteeringTensorsRequest, Hook, ModelInfo, SamplingParameters, TensorChunk, TensorHeader, VectorRef};
+use steer_proto::v1::{
+    self, ActivationAddition, GenerateSetup, GetSteeringTensorsRequest, Hook, ModelInfo, SamplingParameters, TensorChunk, TensorHeader, VectorRef,
+};
 use steer_vector::{ModelRef, Placement, SteeringVector, VectorTensor};
 
 use crate::error::{Error, Result};
@@ -195,7 +197,13 @@ pub struct Comparison {
 }
 
 /// The Score request of `texts` under `tensors` and `opts.vectors`.
-pub fn score_request(texts: &[(String, String)], tensors: &[SteeringTensor], opts: &RunOptions, include_unsteered: bool, kl_top: u32) -> v1::ScoreRequest {
+pub fn score_request(
+    texts: &[(String, String)],
+    tensors: &[SteeringTensor],
+    opts: &RunOptions,
+    include_unsteered: bool,
+    kl_top: u32,
+) -> v1::ScoreRequest {
     v1::ScoreRequest {
         texts: texts.iter().map(|(p, c)| v1::ScoreText { prompt: p.clone(), continuation: c.clone() }).collect(),
         use_bos: opts.use_bos,

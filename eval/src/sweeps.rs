@@ -20,14 +20,13 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::run::{AdditionSpec, RunOptions, SteeringTensor};
 
-
-
 /// The post's wedding words.
 pub const WEDDING_WORDS: &[&str] = &["wedding", "weddings", "wed", "marry", "married", "marriage", "bride", "groom", "honeymoon"];
 
 /// The text sets committed under fixtures/eval (on-topic and off-topic for the wedding vector).
 pub fn default_text_sets() -> Vec<TextSet> {
-    let set = |name: &str, text: &str| TextSet { name: name.into(), texts: text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect() };
+    let set =
+        |name: &str, text: &str| TextSet { name: name.into(), texts: text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect() };
     vec![set("wedding", include_str!("../../fixtures/eval/wedding.txt")), set("unrelated", include_str!("../../fixtures/eval/unrelated.txt"))]
 }
 
@@ -71,7 +70,13 @@ async fn set_perplexity(client: &impl Backend, set: &TextSet, prompt: &str, tens
 /// Steered and unsteered perplexity of each text set per setting (`method: "actadd"`), then
 /// one object for prompting (`method: "prompting"`: the plus text as the texts' prompt, no
 /// steering). Each set's measures are `{perplexity_unsteered, perplexity_steered, ratio}`.
-pub async fn perplexity_sweep(client: &impl Backend, sweep: &Sweep, sets: &[TextSet], opts: &RunOptions, mut progress: impl FnMut(usize, usize, &Value)) -> Result<Vec<Value>> {
+pub async fn perplexity_sweep(
+    client: &impl Backend,
+    sweep: &Sweep,
+    sets: &[TextSet],
+    opts: &RunOptions,
+    mut progress: impl FnMut(usize, usize, &Value),
+) -> Result<Vec<Value>> {
     let settings = sweep.settings();
     let mut base = vec![];
     for set in sets {
@@ -106,7 +111,14 @@ pub async fn perplexity_sweep(client: &impl Backend, sweep: &Sweep, sets: &[Text
 
 /// KL(steered || unsteered) of the next token after `prompt` per setting, with the `top`
 /// tokens contributing most.
-pub async fn kl_sweep(client: &impl Backend, sweep: &Sweep, prompt: &str, top: u32, opts: &RunOptions, mut progress: impl FnMut(usize, usize, &Value)) -> Result<Vec<Value>> {
+pub async fn kl_sweep(
+    client: &impl Backend,
+    sweep: &Sweep,
+    prompt: &str,
+    top: u32,
+    opts: &RunOptions,
+    mut progress: impl FnMut(usize, usize, &Value),
+) -> Result<Vec<Value>> {
     let settings = sweep.settings();
     let mut rows = vec![];
     for (i, &(layer, coeff)) in settings.iter().enumerate() {
@@ -115,7 +127,10 @@ pub async fn kl_sweep(client: &impl Backend, sweep: &Sweep, prompt: &str, top: u
         let top: Vec<Value> = s
             .kl_top
             .iter()
-            .map(|k| json!({"token_id": k.token_id, "text": k.text, "contribution": k.contribution, "p_steered": k.p_steered, "p_unsteered": k.p_unsteered}))
+            .map(|k| {
+                json!({"token_id": k.token_id, "text": k.text, "contribution": k.contribution,
+                       "p_steered": k.p_steered, "p_unsteered": k.p_unsteered})
+            })
             .collect();
         rows.push(json!({"layer": layer, "coeff": coeff, "kl": s.next_token_kl, "top": top}));
         progress(i + 1, settings.len(), &rows[i]);
@@ -224,7 +239,13 @@ fn shifted(t: &SteeringTensor, offset: usize) -> SteeringTensor {
 /// Per layer: the mean norm of the prompt's residual stream (BOS excluded) against the steering
 /// tensor's mean position norm, and the next-token KL of the steering against that of a random
 /// tensor with the same position norms (seeded), the post's control.
-pub async fn norms(client: &impl Backend, sweep: &Sweep, prompt: &str, opts: &RunOptions, mut progress: impl FnMut(usize, usize, &Value)) -> Result<Vec<Value>> {
+pub async fn norms(
+    client: &impl Backend,
+    sweep: &Sweep,
+    prompt: &str,
+    opts: &RunOptions,
+    mut progress: impl FnMut(usize, usize, &Value),
+) -> Result<Vec<Value>> {
     let settings = sweep.settings();
     let mut rows = vec![];
     for (i, &(layer, coeff)) in settings.iter().enumerate() {
@@ -276,8 +297,6 @@ fn random_like(t: &SteeringTensor, norms: &[f64], seed: u64) -> SteeringTensor {
     }
     SteeringTensor::prefix(t.header.point.unwrap_or_default(), values, d)
 }
-
-
 
 #[cfg(test)]
 mod tests {

@@ -50,13 +50,7 @@ pub fn encode(dtype: Dtype, values: &[f32], shape: &[usize], point: Option<HookP
 }
 
 /// Header and chunks of raw little-endian bytes.
-pub fn encode_bytes(
-    dtype: Dtype,
-    bytes: Vec<u8>,
-    shape: &[usize],
-    point: Option<HookPoint>,
-    prompt_index: u32,
-) -> (TensorHeader, Vec<TensorChunk>) {
+pub fn encode_bytes(dtype: Dtype, bytes: Vec<u8>, shape: &[usize], point: Option<HookPoint>, prompt_index: u32) -> (TensorHeader, Vec<TensorChunk>) {
     let header = TensorHeader {
         dtype: dtype as i32,
         shape: shape.iter().map(|&s| s as u64).collect(),
@@ -65,11 +59,8 @@ pub fn encode_bytes(
         prompt_index,
         mode: 0,
     };
-    let chunks = bytes
-        .chunks(MAX_CHUNK_BYTES)
-        .enumerate()
-        .map(|(i, c)| TensorChunk { offset: (i * MAX_CHUNK_BYTES) as u64, data: c.to_vec() })
-        .collect();
+    let chunks =
+        bytes.chunks(MAX_CHUNK_BYTES).enumerate().map(|(i, c)| TensorChunk { offset: (i * MAX_CHUNK_BYTES) as u64, data: c.to_vec() }).collect();
     (header, chunks)
 }
 

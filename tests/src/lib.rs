@@ -29,9 +29,7 @@ pub async fn start(engine: Arc<Engine>) -> (LocalServer, SteerClient) {
 }
 
 /// The error codes a generation call ends with: its own status, or those its stream yields.
-pub async fn error_codes(
-    call: Result<tonic::Response<tonic::Streaming<steer_client::v1::GenerateResponse>>, tonic::Status>,
-) -> Vec<tonic::Code> {
+pub async fn error_codes(call: Result<tonic::Response<tonic::Streaming<steer_client::v1::GenerateResponse>>, tonic::Status>) -> Vec<tonic::Code> {
     use futures::StreamExt;
     match call {
         Err(s) => vec![s.code()],

@@ -54,11 +54,14 @@ async fn busy_batch(client: &std::sync::Arc<SteerClient>) -> Vec<tokio::task::Jo
             tokio::spawn(async move {
                 let tensors = if adds.is_empty() { vec![] } else { client.steering_tensors(&adds, &o).await.unwrap() };
                 let mut tx = Some(tx);
-                client.generate(prompt, &tensors, &o, |_| {
-                    if let Some(t) = tx.take() {
-                        let _ = t.send(());
-                    }
-                }).await.unwrap();
+                client
+                    .generate(prompt, &tensors, &o, |_| {
+                        if let Some(t) = tx.take() {
+                            let _ = t.send(());
+                        }
+                    })
+                    .await
+                    .unwrap();
                 Instant::now()
             }),
             rx,
@@ -155,7 +158,7 @@ async fn a_client_that_stops_reading_is_cancelled_and_stalls_nobody() {
     let setup = steer_client::v1::GenerateRequest { msg: Some(steer_client::v1::generate_request::Msg::Setup(long.setup("I hate you because", 0))) };
     let mut stalled = raw.generate(tokio_stream::iter(vec![setup])).await.unwrap().into_inner();
     let _ = stalled.next().await.unwrap().unwrap(); // admitted; now it reads nothing
-    // Others are served meanwhile (with the old batcher this hung forever).
+                                                    // Others are served meanwhile (with the old batcher this hung forever).
     for seed in 0..3 {
         let c = tokio::time::timeout(Duration::from_secs(60), run(&client, PROMPT, &[], &opts(SamplingParameters::post(), 20, seed)))
             .await

@@ -177,30 +177,74 @@ async fn every_invalid_input_gets_invalid_argument_naming_the_field() {
     let one = |s: GenerateSetup| with(GenerateSetup { n_tensors: 1, ..s }, vec![]);
     let cases: Vec<(Vec<GenerateRequest>, &str)> = vec![
         (with(GenerateSetup { prompt: String::new(), ..setup("x") }, vec![]), "setup.prompt"),
-        ({ let mut m = one(setup("I hate you")); m.extend(tensor_msgs(&vec![0.0; d], &[1, d], 9)); m }, "tensors[0].point.layer"),
-        ({ let mut m = one(setup("I hate you")); m.extend(tensor_msgs(&vec![0.0; d + 1], &[1, d + 1], 1)); m }, "tensors[0].shape"),
-        ({ let mut m = one(setup("Hi")); m.extend(tensor_msgs(&vec![0.0; 5 * d], &[5, d], 1)); m }, "setup.prompt"),
-        ({ let mut m = one(setup("I hate you")); m.extend(tensor_msgs(&[f32::NAN; 64], &[1, d], 1)); m }, "tensors[0].data"),
-        ({
-            let mut m = one(setup("I hate you"));
-            let mut t = tensor_msgs(&vec![0.0; 2 * d], &[2, d], 1);
-            t.pop(); // the only chunk
-            m.extend(t);
-            m
-        }, "tensors[0].chunks"),
-        ({
-            let mut m = one(setup("I hate you"));
-            // A q8_0 tensor: a weights-only dtype, never steering data.
-            let (h, chunks) = wire::encode(steer_client::v1::Dtype::Q80, &vec![0.0; 2 * d], &[2, d], Some(PHook { hook: Hook::ResidPre as i32, layer: 1 }), 0);
-            m.push(GenerateRequest { msg: Some(generate_request::Msg::Tensor(h)) });
-            m.extend(chunks.into_iter().map(|c| GenerateRequest { msg: Some(generate_request::Msg::Chunk(c)) }));
-            m
-        }, "tensors[0].dtype"),
+        (
+            {
+                let mut m = one(setup("I hate you"));
+                m.extend(tensor_msgs(&vec![0.0; d], &[1, d], 9));
+                m
+            },
+            "tensors[0].point.layer",
+        ),
+        (
+            {
+                let mut m = one(setup("I hate you"));
+                m.extend(tensor_msgs(&vec![0.0; d + 1], &[1, d + 1], 1));
+                m
+            },
+            "tensors[0].shape",
+        ),
+        (
+            {
+                let mut m = one(setup("Hi"));
+                m.extend(tensor_msgs(&vec![0.0; 5 * d], &[5, d], 1));
+                m
+            },
+            "setup.prompt",
+        ),
+        (
+            {
+                let mut m = one(setup("I hate you"));
+                m.extend(tensor_msgs(&[f32::NAN; 64], &[1, d], 1));
+                m
+            },
+            "tensors[0].data",
+        ),
+        (
+            {
+                let mut m = one(setup("I hate you"));
+                let mut t = tensor_msgs(&vec![0.0; 2 * d], &[2, d], 1);
+                t.pop(); // the only chunk
+                m.extend(t);
+                m
+            },
+            "tensors[0].chunks",
+        ),
+        (
+            {
+                let mut m = one(setup("I hate you"));
+                // A q8_0 tensor: a weights-only dtype, never steering data.
+                let (h, chunks) =
+                    wire::encode(steer_client::v1::Dtype::Q80, &vec![0.0; 2 * d], &[2, d], Some(PHook { hook: Hook::ResidPre as i32, layer: 1 }), 0);
+                m.push(GenerateRequest { msg: Some(generate_request::Msg::Tensor(h)) });
+                m.extend(chunks.into_iter().map(|c| GenerateRequest { msg: Some(generate_request::Msg::Chunk(c)) }));
+                m
+            },
+            "tensors[0].dtype",
+        ),
         (with(GenerateSetup { max_new_tokens: 100_000, ..setup("x") }, vec![]), "setup.max_new_tokens"),
         (with(GenerateSetup { n_comparisons: 1000, ..setup("x") }, vec![]), "setup.n_comparisons"),
-        (with(GenerateSetup { sampling: Some(SamplingParameters { top_p: Some(1.5), ..SamplingParameters::post() }), ..setup("x") }, vec![]), "top_p"),
-        (with(GenerateSetup { sampling: Some(SamplingParameters { top_p: Some(0.0), ..SamplingParameters::post() }), ..setup("x") }, vec![]), "top_p"),
-        (with(GenerateSetup { sampling: Some(SamplingParameters { temperature: -1.0, ..SamplingParameters::post() }), ..setup("x") }, vec![]), "temperature"),
+        (
+            with(GenerateSetup { sampling: Some(SamplingParameters { top_p: Some(1.5), ..SamplingParameters::post() }), ..setup("x") }, vec![]),
+            "top_p",
+        ),
+        (
+            with(GenerateSetup { sampling: Some(SamplingParameters { top_p: Some(0.0), ..SamplingParameters::post() }), ..setup("x") }, vec![]),
+            "top_p",
+        ),
+        (
+            with(GenerateSetup { sampling: Some(SamplingParameters { temperature: -1.0, ..SamplingParameters::post() }), ..setup("x") }, vec![]),
+            "temperature",
+        ),
         (tensor_msgs(&[0.0; 64], &[1, d], 1), "setup"),
     ];
     for (msgs, field) in cases {
@@ -237,13 +281,11 @@ async fn every_invalid_input_gets_invalid_argument_naming_the_field() {
 async fn assert_slot_free(client: &SteerClient) {
     let adds = [AdditionSpec::new(1, 2.0, "Love "), AdditionSpec::new(1, -2.0, "Hate")];
     let quick = RunOptions { n_tokens: 5, n_comparisons: 1, ..RunOptions::default() };
-    let cmp = tokio::time::timeout(
-        std::time::Duration::from_secs(60),
-        client.calculate_and_apply_steering_vector("I hate you because", &adds, &quick),
-    )
-    .await
-    .expect("the slot was not freed")
-    .unwrap();
+    let cmp =
+        tokio::time::timeout(std::time::Duration::from_secs(60), client.calculate_and_apply_steering_vector("I hate you because", &adds, &quick))
+            .await
+            .expect("the slot was not freed")
+            .unwrap();
     assert_eq!(cmp.steered[0].token_ids.len(), 5);
 }
 

@@ -64,7 +64,8 @@ async fn perplexity_kl_and_topic_words_equal_independent_computations() {
     let o = RunOptions { n_comparisons: 3, ..opts.clone() };
     let tensors = client.steering_tensors(&sweep.additions(2, 4.0), &opts).await.unwrap();
     let cmp = client.generate(prompt, &tensors, &o, |_| {}).await.unwrap();
-    let words: Vec<String> = cmp.unsteered[0].text.split(' ').map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()).to_lowercase()).filter(|w| w.len() > 2).collect();
+    let words: Vec<String> =
+        cmp.unsteered[0].text.split(' ').map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()).to_lowercase()).filter(|w| w.len() > 2).collect();
     assert!(!words.is_empty(), "{:?}", cmp.unsteered[0].text);
     let count = |text: &str| {
         let lower = text.to_lowercase();

@@ -8,8 +8,7 @@ use futures::StreamExt;
 use steer_client::v1::activation_service_client::ActivationServiceClient;
 use steer_client::v1::generation_service_client::GenerationServiceClient;
 use steer_client::v1::{
-    generate_request, GenerateRequest, GenerateSetup, GenerationServiceGetModelInfoRequest, GetActivationsRequest, Hook, HookPoint,
-    TensorChunk,
+    generate_request, GenerateRequest, GenerateSetup, GenerationServiceGetModelInfoRequest, GetActivationsRequest, Hook, HookPoint, TensorChunk,
 };
 use steer_client::{AdditionSpec, ConnectOptions, RunOptions, SteerClient};
 use steer_e2e::{engine, start_with, tiny_dir};
@@ -375,7 +374,12 @@ async fn library_vectors_are_fetched_over_tls_with_the_workers_token() {
     let with_ref = RunOptions { vectors: vec![steer_client::v1::VectorRef { digest, ..Default::default() }], ..quick() };
     for (tok, want) in [(Some(token.clone()), None), (None, Some(Code::Unavailable))] {
         let mut g = ServeConfig { role: steer_server::Role::Generation, ..Default::default() };
-        g.vectors = steer_server::VectorsConfig { source_url: Some(act.url()), source_token: tok, source_ca: Some(p.ca.clone().into()), ..Default::default() };
+        g.vectors = steer_server::VectorsConfig {
+            source_url: Some(act.url()),
+            source_token: tok,
+            source_ca: Some(p.ca.clone().into()),
+            ..Default::default()
+        };
         let gen = LocalServer::start(engine(), g).await.unwrap();
         let gc = SteerClient::connect(&gen.url(), &[gen.url()]).await.unwrap();
         let r = gc.generate("I hate you because", &[], &with_ref, |_| {}).await;

@@ -58,29 +58,48 @@ async fn sweeps_run_as_jobs_that_can_be_watched_cancelled_and_fetched_again() {
     assert_eq!((again.len(), last.rows_json.clone()), (1, done.rows_json.clone()));
     // Topic words and norms run as jobs too, with the client-side sweeps' rows.
     let mut tw = request(SweepKind::TopicWords, vec![1], vec![4.0]);
-    (tw.n, tw.n_tokens, tw.positions, tw.words, tw.prompt) = (2, 4, vec!["front".into(), "end".into()], vec!["the".into()], "I went up to my friend and said".into());
+    (tw.n, tw.n_tokens, tw.positions, tw.words, tw.prompt) =
+        (2, 4, vec!["front".into(), "end".into()], vec!["the".into()], "I went up to my friend and said".into());
     let id = c.start_sweep(tw).await.unwrap().into_inner().sweep.unwrap().id;
     let (_, tw) = watch_to_end(&mut c, &id).await;
     assert_eq!((tw.state, tw.done, tw.total), (SweepState::Done as i32, 2, 2), "{}", tw.error);
     let o = RunOptions { n_tokens: 4, ..RunOptions::default() };
     let sweep1 = Sweep { layers: vec![1], coeffs: vec![4.0], ..sweep.clone() };
-    let want = eval::topic_words(&client, &sweep1, "I went up to my friend and said", &["the".into()], 2, &[eval::Position::Front, eval::Position::End], &o, |_, _, _| {})
-        .await
-        .unwrap();
+    let want = eval::topic_words(
+        &client,
+        &sweep1,
+        "I went up to my friend and said",
+        &["the".into()],
+        2,
+        &[eval::Position::Front, eval::Position::End],
+        &o,
+        |_, _, _| {},
+    )
+    .await
+    .unwrap();
     let json = |v: &[serde_json::Value]| v.iter().map(|r| r.to_string()).collect::<Vec<_>>();
     assert_eq!(tw.rows_json, json(&want));
     let mut nr = request(SweepKind::Norms, vec![0, 3], vec![10.0]);
     nr.prompt = "I think you're".into();
     let id = c.start_sweep(nr).await.unwrap().into_inner().sweep.unwrap().id;
     let (_, nr) = watch_to_end(&mut c, &id).await;
-    let want = eval::norms(&client, &Sweep { layers: vec![0, 3], coeffs: vec![10.0], ..sweep.clone() }, "I think you're", &RunOptions::default(), |_, _, _| {}).await.unwrap();
+    let want = eval::norms(
+        &client,
+        &Sweep { layers: vec![0, 3], coeffs: vec![10.0], ..sweep.clone() },
+        "I think you're",
+        &RunOptions::default(),
+        |_, _, _| {},
+    )
+    .await
+    .unwrap();
     assert_eq!(nr.rows_json, json(&want));
     // A KL sweep.
     let kl = c.start_sweep(request(SweepKind::Kl, vec![1], vec![1.0, 4.0])).await.unwrap().into_inner().sweep.unwrap();
     let (_, kl) = watch_to_end(&mut c, &kl.id).await;
     assert_eq!((kl.state, kl.rows_json.len()), (SweepState::Done as i32, 2));
     // Cancelled after its first setting: it keeps that row and says so.
-    let long = c.start_sweep(request(SweepKind::Perplexity, (0..4).collect(), (1..=40).map(f64::from).collect())).await.unwrap().into_inner().sweep.unwrap();
+    let long =
+        c.start_sweep(request(SweepKind::Perplexity, (0..4).collect(), (1..=40).map(f64::from).collect())).await.unwrap().into_inner().sweep.unwrap();
     let mut stream = c.watch_sweep(WatchSweepRequest { id: long.id.clone() }).await.unwrap().into_inner();
     while let Some(m) = stream.message().await.unwrap() {
         if m.sweep.unwrap().done >= 1 {
@@ -95,7 +114,10 @@ async fn sweeps_run_as_jobs_that_can_be_watched_cancelled_and_fetched_again() {
     // Listed (without rows), newest last.
     let list = c.list_sweeps(ListSweepsRequest {}).await.unwrap().into_inner().sweeps;
     assert_eq!(list.len(), 5);
-    assert_eq!(list.iter().map(|s| s.id.as_str()).filter(|i| [&started.id, &kl.id, &long.id].contains(&&i.to_string())).collect::<Vec<_>>(), [started.id.as_str(), kl.id.as_str(), long.id.as_str()]);
+    assert_eq!(
+        list.iter().map(|s| s.id.as_str()).filter(|i| [&started.id, &kl.id, &long.id].contains(&&i.to_string())).collect::<Vec<_>>(),
+        [started.id.as_str(), kl.id.as_str(), long.id.as_str()]
+    );
     assert!(list.iter().all(|s| s.rows_json.is_empty()));
     // Bad requests.
     let err = c.start_sweep(request(SweepKind::Perplexity, vec![], vec![1.0])).await.unwrap_err();

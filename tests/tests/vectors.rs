@@ -128,7 +128,8 @@ async fn a_vector_for_another_model_is_refused_naming_the_field() {
     std::fs::write(dir.join(format!("{}.safetensors", wrong.digest())), wrong.to_bytes()).unwrap();
     server.shutdown().await;
     let (server, client) = start_with(engine(), library(&dir)).await;
-    let err = client.generate("I hate you because", &[], &RunOptions { vectors: vec![reference(wrong.digest())], ..opts() }, |_| {}).await.unwrap_err();
+    let err =
+        client.generate("I hate you because", &[], &RunOptions { vectors: vec![reference(wrong.digest())], ..opts() }, |_| {}).await.unwrap_err();
     assert!(err.code() == Code::FailedPrecondition && err.to_string().contains("setup.vectors[0].model.d_model"), "{err}");
     // A damaged upload: INVALID_ARGUMENT naming the digest.
     let mut bytes = client.save_vector("love", &love_hate(), &opts(), false).await.unwrap().data;
@@ -192,7 +193,8 @@ async fn mean_difference_vectors_equal_an_independent_computation_on_captured_ac
         }
     }
     // Bad requests name their field.
-    let bad = ContrastPairs { pairs: vec![ContrastPair { positive: "a".into(), negative: String::new() }], points: points.clone(), ..Default::default() };
+    let bad =
+        ContrastPairs { pairs: vec![ContrastPair { positive: "a".into(), negative: String::new() }], points: points.clone(), ..Default::default() };
     let err = client.train_vector("x", bad, false, |_, _| {}).await.unwrap_err();
     assert!(err.code() == Code::InvalidArgument && err.to_string().contains("pairs.pairs[0].negative"), "{err}");
     let bad = ContrastPairs { pairs: pairs(), points: vec![HookPoint { hook: 1, layer: 9 }], ..Default::default() };

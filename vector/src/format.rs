@@ -199,7 +199,8 @@ impl SteeringVector {
         let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| VectorError::invalid("file", format!("not a safetensors file: {e}")))?;
         let (_, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| VectorError::invalid("file", e.to_string()))?;
         let info = header.metadata().clone().unwrap_or_default();
-        let format = info.get("steer").and_then(|m| serde_json::from_str::<serde_json::Value>(m).ok()).and_then(|m| m["format"].as_str().map(str::to_string));
+        let format =
+            info.get("steer").and_then(|m| serde_json::from_str::<serde_json::Value>(m).ok()).and_then(|m| m["format"].as_str().map(str::to_string));
         if format.as_deref() != Some(FORMAT) {
             return Err(VectorError::invalid("file", format!("not a steering vector file (no `steer` metadata of format {FORMAT})")));
         }
@@ -213,7 +214,10 @@ impl SteeringVector {
             let field = format!("tensors[{i}]");
             let view = st.tensor(&m.name).map_err(|_| VectorError::invalid(&field, format!("`{}` listed but missing", m.name)))?;
             if view.dtype() != safetensors::Dtype::F32 || view.shape().len() != 2 || view.shape()[0] != m.k {
-                return Err(VectorError::invalid(field, format!("`{}`: {:?} {:?}, expected F32 [{}, d_model]", m.name, view.dtype(), view.shape(), m.k)));
+                return Err(VectorError::invalid(
+                    field,
+                    format!("`{}`: {:?} {:?}, expected F32 [{}, d_model]", m.name, view.dtype(), view.shape(), m.k),
+                ));
             }
             let values = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
             let point = m.name.parse::<HookPoint>().map_err(|e| VectorError::invalid(&field, e.to_string()))?;
@@ -221,11 +225,13 @@ impl SteeringVector {
         }
         let checked = Self::new(meta.name.clone(), meta.model.clone(), meta.mode, meta.origin.clone(), tensors)?;
         if checked.meta.digest != meta.digest {
-            return Err(VectorError::invalid("digest", format!("the tensors hash to {}, the file says {}: the file was altered", checked.meta.digest, meta.digest)));
+            return Err(VectorError::invalid(
+                "digest",
+                format!("the tensors hash to {}, the file says {}: the file was altered", checked.meta.digest, meta.digest),
+            ));
         }
         Ok(Self { meta: Metadata { created_by: meta.created_by, ..checked.meta }, tensors: checked.tensors })
     }
-
 
     /// Refuses a vector made for a model of another shape, or another model by name (names are
     /// compared without directories and case; an unknown name or depth is not compared).
@@ -298,13 +304,28 @@ impl SteeringVector {
         let mut s = String::new();
         let _ = writeln!(s, "name      {}", m.name);
         let _ = writeln!(s, "digest    {}", m.digest);
-        let _ = writeln!(s, "model     {} (rev {}, d_model {}, {} layers)", or_unknown(&m.model.name), or_unknown(&m.model.revision), m.model.d_model, m.model.n_layer);
+        let _ = writeln!(
+            s,
+            "model     {} (rev {}, d_model {}, {} layers)",
+            or_unknown(&m.model.name),
+            or_unknown(&m.model.revision),
+            m.model.d_model,
+            m.model.n_layer
+        );
         let _ = writeln!(s, "mode      {}", m.mode.name());
         match &m.origin {
             Origin::ActAdd { additions, use_bos, strict_lengths, pad_token } => {
-                let _ = writeln!(s, "origin    ActAdd: {} additions, BOS {use_bos}, strict lengths {strict_lengths}, pad token {pad_token}", additions.len());
+                let _ = writeln!(
+                    s,
+                    "origin    ActAdd: {} additions, BOS {use_bos}, strict lengths {strict_lengths}, pad token {pad_token}",
+                    additions.len()
+                );
                 for a in additions {
-                    let _ = writeln!(s, "          layer {:>3} coeff {:>+8.3} {:?} tokens {:?} (+{} pad)", a.layer, a.coeff, a.prompt, a.tokens, a.padding);
+                    let _ = writeln!(
+                        s,
+                        "          layer {:>3} coeff {:>+8.3} {:?} tokens {:?} (+{} pad)",
+                        a.layer, a.coeff, a.prompt, a.tokens, a.padding
+                    );
                 }
             }
             Origin::MeanDifference { pairs, reduction, use_bos } => {

@@ -44,7 +44,8 @@ pub fn export(v: &SteeringVector) -> Result<Vec<u8>> {
         let il = llama_layer(t.point).ok_or_else(|| {
             VectorError::invalid(
                 format!("tensors.{}", t.point),
-                "llama.cpp steers the outputs of blocks 1.. (direction.0 is invalid): block_output.0 = resid_pre.1 and resid_pre.0 have no control-vector layer",
+                "llama.cpp steers the outputs of blocks 1.. (direction.0 is invalid): \
+                 block_output.0 = resid_pre.1 and resid_pre.0 have no control-vector layer",
             )
         })?;
         if let Some(other) = seen.insert(il, t.point) {

@@ -17,5 +17,5 @@ pub mod library;
 
 pub use error::{Result, VectorError};
 pub use format::{AdditionMeta, Metadata, ModelRef, Origin, SteeringVector, VectorTensor, FORMAT};
-pub use steer_hooks::{HookKind, HookPoint, Placement};
 pub use library::{Library, LibraryConfig};
+pub use steer_hooks::{HookKind, HookPoint, Placement};

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Args;
 use steer_client::presets;
-use steer_client::v1::TokenEvent;
 use steer_client::steer_vector::SteeringVector;
+use steer_client::v1::TokenEvent;
 use steer_client::{AdditionSpec, Comparison, RunOptions, SteerClient, SteeringTensor};
 use steer_server::LocalServer;
 
@@ -186,10 +186,7 @@ pub async fn demo(a: DemoArgs) -> Result<()> {
         let layers: Vec<String> = p.additions.iter().map(|a| a.layer.to_string()).collect();
         eprintln!("  layers scaled from {} to {n_layer}: {}", presets::WRITTEN_FOR_LAYERS, layers.join(", "));
     } else if n_layer != presets::WRITTEN_FOR_LAYERS {
-        eprintln!(
-            "  note: the presets were written for {} layers; this model has {n_layer} (add --scale-layers)",
-            presets::WRITTEN_FOR_LAYERS
-        );
+        eprintln!("  note: the presets were written for {} layers; this model has {n_layer} (add --scale-layers)", presets::WRITTEN_FOR_LAYERS);
     }
     let cmp = execute_with(&client, p.prompt, &p.additions, &opts, &a.opts, Progress::Steps).await;
     if let Some(l) = local {
@@ -254,7 +251,14 @@ struct Outcome {
     tokens: Vec<TokenEvent>,
 }
 
-async fn execute_with(client: &SteerClient, prompt: &str, additions: &[AdditionSpec], opts: &RunOptions, flags: &RunFlags, progress: Progress) -> Result<Outcome> {
+async fn execute_with(
+    client: &SteerClient,
+    prompt: &str,
+    additions: &[AdditionSpec],
+    opts: &RunOptions,
+    flags: &RunFlags,
+    progress: Progress,
+) -> Result<Outcome> {
     let mut tensors = if additions.is_empty() {
         vec![]
     } else {

@@ -142,12 +142,15 @@ pub async fn run(cmd: EvalCommand) -> Result<()> {
         }
         EvalCommand::Perplexity(a) => {
             let sets = text_sets(&a.sets)?;
-            let rows = sweep_with(&a.sweep, "perplexity", |c, s, o, p| Box::pin(async move { eval::perplexity_sweep(c.as_ref(), &s, &sets, &o, p).await })).await?;
+            let rows =
+                sweep_with(&a.sweep, "perplexity", |c, s, o, p| Box::pin(async move { eval::perplexity_sweep(c.as_ref(), &s, &sets, &o, p).await }))
+                    .await?;
             ("perplexity", a.sweep, rows)
         }
         EvalCommand::Kl(a) => {
             let (prompt, top) = (a.prompt.clone(), a.top);
-            let rows = sweep_with(&a.sweep, "kl", |c, s, o, p| Box::pin(async move { eval::kl_sweep(c.as_ref(), &s, &prompt, top, &o, p).await })).await?;
+            let rows =
+                sweep_with(&a.sweep, "kl", |c, s, o, p| Box::pin(async move { eval::kl_sweep(c.as_ref(), &s, &prompt, top, &o, p).await })).await?;
             ("kl", a.sweep, rows)
         }
         EvalCommand::TopicWords(a) => {
@@ -259,11 +262,14 @@ fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, String)>) {
 }
 
 fn columns(rows: &[Value]) -> (Vec<String>, Vec<Vec<(String, String)>>) {
-    let flat: Vec<Vec<(String, String)>> = rows.iter().map(|r| {
-        let mut o = vec![];
-        flatten("", r, &mut o);
-        o
-    }).collect();
+    let flat: Vec<Vec<(String, String)>> = rows
+        .iter()
+        .map(|r| {
+            let mut o = vec![];
+            flatten("", r, &mut o);
+            o
+        })
+        .collect();
     let mut cols: Vec<String> = vec!["layer".into(), "coeff".into()];
     for r in &flat {
         for (k, _) in r {
@@ -304,7 +310,8 @@ fn print_table(rows: &[Value]) {
     let widths: Vec<usize> = cols.iter().map(|c| c.len().max(8)).collect();
     println!("{}", cols.iter().zip(&widths).map(|(c, w)| format!("{c:>w$}")).collect::<Vec<_>>().join("  "));
     for r in flat {
-        let cells: Vec<String> = cols.iter().zip(&widths).map(|(c, w)| format!("{:>w$}", short(r.iter().find(|(k, _)| k == *c).map_or("", |(_, v)| v)))).collect();
+        let cells: Vec<String> =
+            cols.iter().zip(&widths).map(|(c, w)| format!("{:>w$}", short(r.iter().find(|(k, _)| k == *c).map_or("", |(_, v)| v)))).collect();
         println!("{}", cells.join("  "));
     }
 }

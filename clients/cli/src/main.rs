@@ -70,7 +70,6 @@ enum Command {
     },
 }
 
-
 #[derive(Args)]
 struct RandomModelArgs {
     /// tiny, small, medium, large or xl.

@@ -56,23 +56,41 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
     let sx = |x: f64| left + (x - x0) / (x1 - x0) * pw;
     let sy = |y: f64| top + ph - (y - y0) / (y1 - y0) * ph;
     let mut s = String::new();
-    let _ = writeln!(s, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#);
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
+    );
     let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
     let _ = writeln!(s, r#"<text class="title" x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"#, left + pw / 2.0, esc(title));
     for t in ticks(x0, x1) {
         let x = sx(t);
-        let _ = writeln!(s, r##"<line x1="{x:.1}" y1="{top}" x2="{x:.1}" y2="{:.1}" stroke="#eee"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"##, top + ph, top + ph + 16.0, label(t));
+        let _ = writeln!(
+            s,
+            r##"<line x1="{x:.1}" y1="{top}" x2="{x:.1}" y2="{:.1}" stroke="#eee"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
+            top + ph,
+            top + ph + 16.0,
+            label(t)
+        );
     }
     for t in ticks(y0, y1) {
         let y = sy(t);
-        let _ = writeln!(s, r##"<line x1="{left}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#eee"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##, left + pw, left - 6.0, y + 4.0, label(t));
+        let _ = writeln!(
+            s,
+            r##"<line x1="{left}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#eee"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
+            left + pw,
+            left - 6.0,
+            y + 4.0,
+            label(t)
+        );
     }
     let _ = writeln!(s, r##"<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#444"/>"##);
     let _ = writeln!(s, r#"<text class="x-label" x="{}" y="{}" text-anchor="middle">{}</text>"#, left + pw / 2.0, h - 12.0, esc(x_label));
-    let _ = writeln!(s, r#"<text class="y-label" transform="translate(18,{}) rotate(-90)" text-anchor="middle">{}</text>"#, top + ph / 2.0, esc(y_label));
+    let _ =
+        writeln!(s, r#"<text class="y-label" transform="translate(18,{}) rotate(-90)" text-anchor="middle">{}</text>"#, top + ph / 2.0, esc(y_label));
     for (i, se) in series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
-        let path: Vec<String> = se.points.iter().filter(|(x, y)| x.is_finite() && y.is_finite()).map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y))).collect();
+        let path: Vec<String> =
+            se.points.iter().filter(|(x, y)| x.is_finite() && y.is_finite()).map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y))).collect();
         let _ = writeln!(s, r#"<polyline class="series" fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#, path.join(" "));
         for p in &path {
             let (x, y) = p.split_once(',').unwrap_or(("0", "0"));
@@ -99,10 +117,15 @@ mod tests {
 
     #[test]
     fn names_its_axes_and_draws_every_series() {
-        let s = line_chart("t", "layer", "perplexity ratio", &[
-            Series { name: "a<b".into(), points: vec![(0.0, 1.0), (1.0, 0.5), (2.0, 0.75)] },
-            Series { name: "flat".into(), points: vec![(0.0, 1.0), (2.0, 1.0)] },
-        ]);
+        let s = line_chart(
+            "t",
+            "layer",
+            "perplexity ratio",
+            &[
+                Series { name: "a<b".into(), points: vec![(0.0, 1.0), (1.0, 0.5), (2.0, 0.75)] },
+                Series { name: "flat".into(), points: vec![(0.0, 1.0), (2.0, 1.0)] },
+            ],
+        );
         assert!(s.contains(r#"class="x-label""#) && s.contains(">layer</text>") && s.contains(">perplexity ratio</text>"));
         assert_eq!(s.matches("<polyline").count(), 2);
         assert!(s.contains("a&lt;b"));

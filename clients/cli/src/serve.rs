@@ -208,7 +208,11 @@ impl ServeArgs {
         g.read_timeout = secs(l.read_timeout_secs);
         g.worker_id = self.worker_id.clone().unwrap_or_else(|| {
             let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
-            if host.is_empty() { self.addr.clone() } else { format!("{host}/{}", self.addr) }
+            if host.is_empty() {
+                self.addr.clone()
+            } else {
+                format!("{host}/{}", self.addr)
+            }
         });
         let t = &mut c.transport;
         t.request_timeout = secs(l.request_timeout_secs);

@@ -313,7 +313,8 @@ pub fn parse_pairs(text: &str) -> Result<Vec<ContrastPair>> {
     }
     let mut out = vec![];
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let p: Pair = serde_json::from_str(line).with_context(|| format!("line {}: expected {{\"positive\": \"...\", \"negative\": \"...\"}}", i + 1))?;
+        let p: Pair =
+            serde_json::from_str(line).with_context(|| format!("line {}: expected {{\"positive\": \"...\", \"negative\": \"...\"}}", i + 1))?;
         out.push(ContrastPair { positive: p.positive, negative: p.negative });
     }
     if out.is_empty() {

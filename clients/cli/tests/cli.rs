@@ -33,7 +33,9 @@ fn without_scaling_a_preset_says_why_it_fails_on_a_small_model() {
 #[test]
 fn help_states_defaults_and_choices_and_completions_print() {
     let help = String::from_utf8(steer(&["run", "--help"]).stdout).unwrap();
-    for want in ["[default: 0.3", "resid-pre", "block-output", "--presence-penalty", "--top-logprobs", "--ignore-eos", "--skip-unsteered", "STEER_TOKEN"] {
+    for want in
+        ["[default: 0.3", "resid-pre", "block-output", "--presence-penalty", "--top-logprobs", "--ignore-eos", "--skip-unsteered", "STEER_TOKEN"]
+    {
         assert!(help.contains(want), "{want} missing from steer run --help");
     }
     let serve = String::from_utf8(steer(&["serve", "--help"]).stdout).unwrap();

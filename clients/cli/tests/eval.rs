@@ -45,7 +45,10 @@ fn kl_topic_words_and_norms_run_and_plot() {
     let out = dir.path().join("r");
     let o = out.to_str().unwrap();
     steer(&["eval", "kl", "--layers", "1", "--coeffs", "1,2,4", "--top", "3", "--out", o], dir.path());
-    steer(&["eval", "topic-words", "--layers", "1", "--coeffs", "4", "--n", "3", "--tokens", "6", "--positions", "front,end", "--out", o], dir.path());
+    steer(
+        &["eval", "topic-words", "--layers", "1", "--coeffs", "4", "--n", "3", "--tokens", "6", "--positions", "front,end", "--out", o],
+        dir.path(),
+    );
     steer(&["eval", "norms", "--layers", "0-3", "--coeffs", "10", "--out", o], dir.path());
     for (name, axis) in [("kl", ">coeff</text>"), ("topic-words", ">coeff</text>"), ("norms", ">layer</text>")] {
         let svg = std::fs::read_to_string(out.join(format!("{name}.svg"))).unwrap();

@@ -80,11 +80,7 @@ async fn thirty_requests_over_three_generation_workers_survive_a_kill() {
         let (client, adds) = (client.clone(), adds.clone());
         let opts = RunOptions { seed: i, ..opts.clone() };
         tasks.push(tokio::spawn(async move {
-            tokio::time::timeout(
-                Duration::from_secs(300),
-                client.calculate_and_apply_steering_vector("I hate you because", &adds, &opts),
-            )
-            .await
+            tokio::time::timeout(Duration::from_secs(300), client.calculate_and_apply_steering_vector("I hate you because", &adds, &opts)).await
         }));
     }
     // Kill one generation worker while the requests are in flight.
@@ -141,10 +137,7 @@ fn scrape(port: u16) -> String {
 }
 
 fn metric(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+    text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

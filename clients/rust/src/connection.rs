@@ -140,11 +140,7 @@ fn client(opts: &ConnectOptions, url: &str) -> Result<GenerationServiceClient<Ch
 
 /// `dns://host:port` -> (scheme, host, port).
 fn dns_name(url: &str) -> Option<(&'static str, &str, u16)> {
-    let (scheme, rest) = if let Some(r) = url.strip_prefix("dns://") {
-        ("http", r)
-    } else {
-        ("https", url.strip_prefix("dns+https://")?)
-    };
+    let (scheme, rest) = if let Some(r) = url.strip_prefix("dns://") { ("http", r) } else { ("https", url.strip_prefix("dns+https://")?) };
     let (host, port) = rest.trim_end_matches('/').rsplit_once(':')?;
     Some((scheme, host, port.parse().ok()?))
 }

@@ -88,7 +88,14 @@ impl SteerClient {
     /// Teacher-forced scores of `(prompt, continuation)` texts under `tensors` (and
     /// `opts.vectors`): one [`v1::TextScore`] per text and side (unsteered first when
     /// `include_unsteered`), in text order. `kl_top` > 0 adds the next-token KL after each text.
-    pub async fn score(&self, texts: &[(String, String)], tensors: &[SteeringTensor], opts: &RunOptions, include_unsteered: bool, kl_top: u32) -> Result<Vec<v1::TextScore>> {
+    pub async fn score(
+        &self,
+        texts: &[(String, String)],
+        tensors: &[SteeringTensor],
+        opts: &RunOptions,
+        include_unsteered: bool,
+        kl_top: u32,
+    ) -> Result<Vec<v1::TextScore>> {
         let req = score_request(texts, tensors, opts, include_unsteered, kl_top);
         let (_, mut g) = self.generation.pick(None).ok_or_else(no_worker)?;
         let mut stream = g.score(self.request(req)).await?.into_inner();
@@ -117,7 +124,11 @@ impl SteerClient {
     /// ActAdd's vector of `additions` (one prefix tensor per layer, with the prompts, token ids,
     /// padding and BOS choice in its metadata), as a file; `store` also puts it in the library.
     pub async fn save_vector(&self, name: &str, additions: &[AdditionSpec], opts: &RunOptions, store: bool) -> Result<VectorFile> {
-        let req = ComputeVectorRequest { name: name.into(), source: Some(compute_vector_request::Source::Additions(steering_request(additions, opts))), store };
+        let req = ComputeVectorRequest {
+            name: name.into(),
+            source: Some(compute_vector_request::Source::Additions(steering_request(additions, opts))),
+            store,
+        };
         self.compute_vector(req, |_, _| {}).await
     }
 
@@ -181,7 +192,10 @@ impl SteerClient {
 
     /// A response stream whose every message must come within the deadline (else
     /// DEADLINE_EXCEEDED): a stopped worker never hangs the caller.
-    fn within<T: Send + 'static>(&self, stream: tonic::Streaming<T>) -> std::pin::Pin<Box<dyn futures::Stream<Item = std::result::Result<T, Status>> + Send>> {
+    fn within<T: Send + 'static>(
+        &self,
+        stream: tonic::Streaming<T>,
+    ) -> std::pin::Pin<Box<dyn futures::Stream<Item = std::result::Result<T, Status>> + Send>> {
         let deadline = self.opts.deadline;
         Box::pin(futures::stream::unfold(stream, move |mut s| async move {
             match tokio::time::timeout(deadline, s.next()).await {
@@ -201,12 +215,7 @@ impl SteerClient {
     }
 
     /// Starts a generation with the given tensors; yields the server's events as they come.
-    pub async fn generate_stream(
-        &self,
-        prompt: &str,
-        tensors: &[SteeringTensor],
-        opts: &RunOptions,
-    ) -> Result<tonic::Streaming<GenerateResponse>> {
+    pub async fn generate_stream(&self, prompt: &str, tensors: &[SteeringTensor], opts: &RunOptions) -> Result<tonic::Streaming<GenerateResponse>> {
         let (_, stream) = self.generate_on(None, prompt, tensors, opts).await.map_err(|(_, e)| e)?;
         Ok(stream)
     }
@@ -299,10 +308,6 @@ impl SteerClient {
     }
 }
 
-
-
-
-
 fn no_worker() -> ClientError {
     ClientError::Status(Status::unavailable("no generation worker (a dns:// name that resolves to no address yet?)"))
 }
@@ -315,5 +320,3 @@ fn retryable(s: &Status) -> bool {
         // the transport or a draining worker.
         || s.code() == Code::Cancelled
 }
-
-

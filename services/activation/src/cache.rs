@@ -158,12 +158,8 @@ impl ActivationCache {
         lru.bytes += bytes;
         while lru.bytes > self.capacity {
             // Evict the least recently used entry (never the one just admitted, unless alone).
-            let Some(victim) = lru
-                .used
-                .iter()
-                .filter(|(k, _)| **k != key || lru.used.len() == 1)
-                .min_by_key(|(_, (t, _))| *t)
-                .map(|(k, _)| k.clone())
+            let Some(victim) =
+                lru.used.iter().filter(|(k, _)| **k != key || lru.used.len() == 1).min_by_key(|(_, (t, _))| *t).map(|(k, _)| k.clone())
             else {
                 break;
             };

@@ -9,15 +9,14 @@ use steer_common::{convert, Budget, ServiceError};
 use steer_model::{Engine, HookPoint};
 use steer_proto::v1::activation_service_server::{ActivationService, ActivationServiceServer};
 use steer_proto::v1::{
-    get_activations_response, get_steering_tensors_response, ActivationServiceGetModelInfoRequest,
-    ActivationServiceGetModelInfoResponse, AdditionTokens, GetActivationsRequest, GetActivationsResponse,
-    GetSteeringTensorsRequest, GetSteeringTensorsResponse, PromptTokens, TensorChunk, TensorHeader, Tokens,
-    compute_vector_request, compute_vector_response, ComputeProgress, ComputeVectorRequest, ComputeVectorResponse, DeleteVectorRequest,
-    DeleteVectorResponse, GetVectorRequest, GetVectorResponse, ListVectorsRequest, ListVectorsResponse, PutVectorRequest, PutVectorResponse,
+    compute_vector_request, compute_vector_response, get_activations_response, get_steering_tensors_response, ActivationServiceGetModelInfoRequest,
+    ActivationServiceGetModelInfoResponse, AdditionTokens, ComputeProgress, ComputeVectorRequest, ComputeVectorResponse, DeleteVectorRequest,
+    DeleteVectorResponse, GetActivationsRequest, GetActivationsResponse, GetSteeringTensorsRequest, GetSteeringTensorsResponse, GetVectorRequest,
+    GetVectorResponse, ListVectorsRequest, ListVectorsResponse, PromptTokens, PutVectorRequest, PutVectorResponse, TensorChunk, TensorHeader, Tokens,
     VectorFile,
 };
-use steer_vector::{Library, SteeringVector};
 use steer_proto::wire;
+use steer_vector::{Library, SteeringVector};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -93,13 +92,14 @@ impl ActivationWorker {
     }
 
     fn library(&self) -> Result<&Arc<Library>, Status> {
-        self.library.as_ref().ok_or_else(|| Status::failed_precondition("this activation worker keeps no vector library (start it with --vector-dir)"))
+        self.library
+            .as_ref()
+            .ok_or_else(|| Status::failed_precondition("this activation worker keeps no vector library (start it with --vector-dir)"))
     }
 
     /// The steering tensor of each point of `plan`: sum of coeff * activation over its group.
     async fn steering_tensors(&self, plan: &steering::Plan) -> Result<Vec<(HookPoint, [usize; 2], Vec<f32>)>, Status> {
-        let pairs: Vec<(&[u32], HookPoint)> =
-            plan.iter().flat_map(|(&point, group)| group.iter().map(move |a| (a.ids.as_slice(), point))).collect();
+        let pairs: Vec<(&[u32], HookPoint)> = plan.iter().flat_map(|(&point, group)| group.iter().map(move |a| (a.ids.as_slice(), point))).collect();
         let mut acts = self.activations(&pairs).await?.into_iter();
         let mut tensors = vec![];
         for (&point, group) in plan {
@@ -124,15 +124,17 @@ impl ActivationWorker {
     }
 
     /// A dataset vector, batch by batch, reporting progress on `tx`.
-    async fn mean_difference(&self, name: &str, valid: &validation::ValidPairs, tx: &mpsc::Sender<Result<ComputeVectorResponse, Status>>) -> Result<Option<SteeringVector>, Status> {
+    async fn mean_difference(
+        &self,
+        name: &str,
+        valid: &validation::ValidPairs,
+        tx: &mpsc::Sender<Result<ComputeVectorResponse, Status>>,
+    ) -> Result<Option<SteeringVector>, Status> {
         let mut md = vectors::MeanDifference::new(&valid.points, self.engine.info().d_model, valid.reduce);
         let total = valid.pairs.len() as u32;
         for (b, batch) in valid.pairs.chunks(valid.batch).enumerate() {
-            let wanted: Vec<(&[u32], HookPoint)> = batch
-                .iter()
-                .flat_map(|(p, n)| [p, n])
-                .flat_map(|ids| valid.points.iter().map(move |&pt| (ids.as_slice(), pt)))
-                .collect();
+            let wanted: Vec<(&[u32], HookPoint)> =
+                batch.iter().flat_map(|(p, n)| [p, n]).flat_map(|ids| valid.points.iter().map(move |&pt| (ids.as_slice(), pt))).collect();
             let acts = self.activations(&wanted).await?;
             let np = valid.points.len();
             for pair in acts.chunks(2 * np) {
@@ -177,7 +179,14 @@ impl ActivationWorker {
 
     /// Header and chunks of a `[len, d]` tensor, in f32 (the residual stream's dtype whatever the
     /// weights are held in); false when the client has gone.
-    async fn send_tensor<T: TensorEvents>(&self, tx: &mpsc::Sender<Result<T, Status>>, values: &[f32], shape: [usize; 2], point: HookPoint, prompt_index: u32) -> bool {
+    async fn send_tensor<T: TensorEvents>(
+        &self,
+        tx: &mpsc::Sender<Result<T, Status>>,
+        values: &[f32],
+        shape: [usize; 2],
+        point: HookPoint,
+        prompt_index: u32,
+    ) -> bool {
         let (h, chunks) = wire::encode_f32(values, &shape, Some(point.into()), prompt_index);
         if !send(tx, T::header(h)).await {
             return false;
@@ -303,8 +312,7 @@ impl ActivationService for ActivationWorker {
         let req = request.into_inner();
         tracing::Span::current().record("prompts", req.prompts.len()).record("points", req.points.len());
         let valid = validation::activations(&req, &self.engine, &self.config)?;
-        let pairs: Vec<(&[u32], HookPoint)> =
-            valid.prompts.iter().flat_map(|ids| valid.points.iter().map(move |&p| (ids.as_slice(), p))).collect();
+        let pairs: Vec<(&[u32], HookPoint)> = valid.prompts.iter().flat_map(|ids| valid.points.iter().map(move |&p| (ids.as_slice(), p))).collect();
         let acts = self.activations(&pairs).await?;
         let (tx, rx) = mpsc::channel(16);
         let this = self.clone();
@@ -328,10 +336,7 @@ impl ActivationService for ActivationWorker {
     }
 
     #[tracing::instrument(skip(self, request), fields(model = %self.model_key, additions))]
-    async fn get_steering_tensors(
-        &self,
-        request: Request<GetSteeringTensorsRequest>,
-    ) -> Result<Response<Self::GetSteeringTensorsStream>, Status> {
+    async fn get_steering_tensors(&self, request: Request<GetSteeringTensorsRequest>) -> Result<Response<Self::GetSteeringTensorsStream>, Status> {
         let call = self.calls.try_take(1)?;
         let req = request.into_inner();
         tracing::Span::current().record("additions", req.additions.len());

@@ -13,13 +13,28 @@ use crate::steering::Plan;
 use crate::validation::{Reduce, ValidPairs};
 
 /// The ActAdd vector of `req`: one prefix tensor per hook point (`tensors` in plan order).
-pub fn actadd(name: &str, model: ModelRef, req: &GetSteeringTensorsRequest, plan: &Plan, tensors: Vec<(HookPoint, [usize; 2], Vec<f32>)>) -> Result<SteeringVector, ServiceError> {
+pub fn actadd(
+    name: &str,
+    model: ModelRef,
+    req: &GetSteeringTensorsRequest,
+    plan: &Plan,
+    tensors: Vec<(HookPoint, [usize; 2], Vec<f32>)>,
+) -> Result<SteeringVector, ServiceError> {
     let mut additions: Vec<(usize, AdditionMeta)> = plan
         .iter()
         .flat_map(|(point, group)| {
             group.iter().map(move |a| {
                 let r = &req.additions[a.index];
-                (a.index, AdditionMeta { prompt: r.prompt.clone(), coeff: r.coeff, layer: point.layer() as u32, tokens: a.ids.clone(), padding: a.padding as u32 })
+                (
+                    a.index,
+                    AdditionMeta {
+                        prompt: r.prompt.clone(),
+                        coeff: r.coeff,
+                        layer: point.layer() as u32,
+                        tokens: a.ids.clone(),
+                        padding: a.padding as u32,
+                    },
+                )
             })
         })
         .collect();

@@ -103,10 +103,7 @@ mod tests {
             (ServiceError::Internal("lost".into()), Code::Internal),
             (ModelError::invalid("layer", "9").into(), Code::InvalidArgument),
             (ModelError::NotFound("gpt2@main".into()).into(), Code::NotFound),
-            (
-                ModelError::Hub { repo: "r".into(), revision: "main".into(), file: "f".into(), message: "offline".into() }.into(),
-                Code::Unavailable,
-            ),
+            (ModelError::Hub { repo: "r".into(), revision: "main".into(), file: "f".into(), message: "offline".into() }.into(), Code::Unavailable),
             (ModelError::Cancelled.into(), Code::Cancelled),
             (ModelError::Tokenizer("bad".into()).into(), Code::Internal),
             (ModelError::Candle(candle_error()).into(), Code::Internal),

@@ -30,7 +30,12 @@ use steer_proto::v1::{GenerateSetup, TensorHeader};
 /// The rows a GenerationService would run for `setup` and its steering `tensors` (each a
 /// header and its values as f32), validated exactly as a request is (errors name the field):
 /// for tools that run the very same batch in process, as `steer bench --grpc` does.
-pub fn batch(setup: GenerateSetup, tensors: Vec<(TensorHeader, Vec<f32>)>, engine: &Engine, cfg: &GenerationConfig) -> Result<ValidRequest, ServiceError> {
+pub fn batch(
+    setup: GenerateSetup,
+    tensors: Vec<(TensorHeader, Vec<f32>)>,
+    engine: &Engine,
+    cfg: &GenerationConfig,
+) -> Result<ValidRequest, ServiceError> {
     let tensors = tensors.into_iter().map(|(header, values)| read::WireTensor { header, values }).collect();
     validation::validate(read::RawRequest { setup, tensors, memory: Default::default() }, vec![], engine, cfg)
 }

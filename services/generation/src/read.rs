@@ -188,7 +188,8 @@ mod tests {
         let values: Vec<f32> = (0..8).map(|i| i as f32).collect();
         let streamed = from_stream(tokio_stream::iter(msgs(&values, &[2, 4]).into_iter().map(Ok)), &limits()).await.unwrap();
         let (header, chunks) = wire::encode_f32(&values, &[2, 4], None, 0);
-        let inline = GenerateFromTensorsRequest { setup: Some(setup(1)), tensors: vec![InlineTensor { header: Some(header), data: chunks[0].data.clone() }] };
+        let inline =
+            GenerateFromTensorsRequest { setup: Some(setup(1)), tensors: vec![InlineTensor { header: Some(header), data: chunks[0].data.clone() }] };
         let inline = from_inline(inline, &limits()).unwrap();
         assert_eq!(streamed.tensors[0].values, values);
         assert_eq!(inline.tensors[0].values, values);

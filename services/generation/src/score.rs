@@ -61,7 +61,10 @@ pub fn validate(req: &ScoreRequest, additions: Vec<Addition>, engine: &Engine, c
         let ids = validation::fit([prompt.clone(), continuation].concat(), &additions, req.use_bos, req.short_prompt, &field)?;
         let start = prompt.len() + (ids.len() - n);
         if ids.len() > n_positions {
-            return Err(ServiceError::invalid(format!("{field}.continuation"), format!("{} tokens exceed the model's {n_positions} positions", ids.len())));
+            return Err(ServiceError::invalid(
+                format!("{field}.continuation"),
+                format!("{} tokens exceed the model's {n_positions} positions", ids.len()),
+            ));
         }
         texts.push(ScoreText { index: i, ids, start });
     }

@@ -9,20 +9,19 @@ use steer_common::convert;
 use steer_model::Engine;
 use steer_proto::v1::generation_service_server::{GenerationService, GenerationServiceServer};
 use steer_proto::v1::{
-    generate_from_tensors_response, generate_response, GenerateFromTensorsRequest, GenerateFromTensorsResponse, GenerateRequest,
-    GenerateResponse, GenerateSetup, GenerationServiceGetModelInfoRequest, GenerationServiceGetModelInfoResponse, ScoreRequest, ScoreResponse,
-    VectorRef,
+    generate_from_tensors_response, generate_response, GenerateFromTensorsRequest, GenerateFromTensorsResponse, GenerateRequest, GenerateResponse,
+    GenerateSetup, GenerationServiceGetModelInfoRequest, GenerationServiceGetModelInfoResponse, ScoreRequest, ScoreResponse, VectorRef,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::scheduler::Scheduler;
 use crate::config::GenerationConfig;
 use crate::read::{self, ReadLimits};
-use crate::validation::{self, ValidRequest};
+use crate::scheduler::Scheduler;
 use crate::score;
+use crate::validation::{self, ValidRequest};
 use crate::vectors::{RefTensor, VectorCache, VectorSource};
 
 /// Generates unsteered and steered completions with one loaded model.
@@ -143,10 +142,7 @@ impl GenerationService for GenerationWorker {
     }
 
     #[tracing::instrument(skip(self, request), fields(model = %self.engine.info().name))]
-    async fn generate_from_tensors(
-        &self,
-        request: Request<GenerateFromTensorsRequest>,
-    ) -> Result<Response<Self::GenerateFromTensorsStream>, Status> {
+    async fn generate_from_tensors(&self, request: Request<GenerateFromTensorsRequest>) -> Result<Response<Self::GenerateFromTensorsStream>, Status> {
         let deadline = deadline(request.metadata());
         let raw = read::from_inline(request.into_inner(), &self.limits)?;
         let valid = self.validate(raw).await?;

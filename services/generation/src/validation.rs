@@ -122,9 +122,7 @@ pub fn additions(tensors: Vec<WireTensor>, vectors: Vec<RefTensor>, engine: &Eng
 fn prefixed(prefix: &str, e: ServiceError) -> ServiceError {
     match e {
         ServiceError::InvalidArgument { field, reason } => ServiceError::invalid(format!("{prefix}{field}"), reason),
-        ServiceError::Model(steer_model::ModelError::InvalidArgument { field, reason }) => {
-            ServiceError::invalid(format!("{prefix}{field}"), reason)
-        }
+        ServiceError::Model(steer_model::ModelError::InvalidArgument { field, reason }) => ServiceError::invalid(format!("{prefix}{field}"), reason),
         other => other,
     }
 }
@@ -159,7 +157,9 @@ fn checked(hook: HookPoint, k: usize, values: Vec<f32>, mode: Placement, field: 
     match mode {
         Placement::Prefix => Ok(Addition::new(hook, k, Arc::<[f32]>::from(values))),
         Placement::AllPositions if k == 1 => Ok(Addition::all_positions(hook, Arc::<[f32]>::from(values))),
-        Placement::AllPositions => Err(ServiceError::invalid(format!("{field}.shape"), format!("[{k}, d_model]: an ALL_POSITIONS tensor is one direction, [1, d_model]"))),
+        Placement::AllPositions => {
+            Err(ServiceError::invalid(format!("{field}.shape"), format!("[{k}, d_model]: an ALL_POSITIONS tensor is one direction, [1, d_model]")))
+        }
     }
 }
 

@@ -47,7 +47,11 @@ fn main() {
                 }
                 best = best.min(t.elapsed().as_secs_f64());
             }
-            println!("{dtype:>5} m={m}: {:.1} GB/s of weights, {:.1} G weights/s", bytes as f64 / best / 1e9, (2 * copies * d * inner) as f64 / best / 1e9);
+            println!(
+                "{dtype:>5} m={m}: {:.1} GB/s of weights, {:.1} G weights/s",
+                bytes as f64 / best / 1e9,
+                (2 * copies * d * inner) as f64 / best / 1e9
+            );
         }
     }
 }

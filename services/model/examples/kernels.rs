@@ -75,7 +75,10 @@ fn main() {
     }
     // Weights that do not fit in cache: 32 distinct 1600x6400 matrices (1.3 GB), as in a forward.
     // `SHAPE=KxN` measures another shape (XL's others: 6400x1600, 1600x4800, 1600x1600).
-    let (k, n) = std::env::var("SHAPE").ok().and_then(|s| s.split_once('x').and_then(|(k, n)| Some((k.parse().ok()?, n.parse().ok()?)))).unwrap_or((1600usize, 6400usize));
+    let (k, n) = std::env::var("SHAPE")
+        .ok()
+        .and_then(|s| s.split_once('x').and_then(|(k, n)| Some((k.parse().ok()?, n.parse().ok()?))))
+        .unwrap_or((1600usize, 6400usize));
     let count = 32 * 1600 * 6400 / (k * n);
     let ws: Vec<Vec<f32>> = (0..count).map(|j| (0..k * n).map(|i| ((i + j) % 97) as f32 * 1e-3).collect()).collect();
     // The model's layout (panels of 32 columns) against the row-major kernel, the same weights.

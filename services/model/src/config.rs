@@ -72,10 +72,7 @@ impl Config {
     }
     /// The tiny shape the tests use: real vocabulary, 4 layers of width 64.
     pub fn tiny() -> Self {
-        Self {
-            n_positions: 256,
-            ..Self::with_shape(4, 64, 4)
-        }
+        Self { n_positions: 256, ..Self::with_shape(4, 64, 4) }
     }
 
     pub fn with_shape(n_layer: usize, n_embd: usize, n_head: usize) -> Self {
@@ -108,23 +105,14 @@ impl Config {
 
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-        let cfg: Config = serde_json::from_str(&text).map_err(|e| ModelError::Config {
-            path: path.into(),
-            message: e.to_string(),
-        })?;
-        cfg.validate().map_err(|message| ModelError::Config {
-            path: path.into(),
-            message,
-        })?;
+        let cfg: Config = serde_json::from_str(&text).map_err(|e| ModelError::Config { path: path.into(), message: e.to_string() })?;
+        cfg.validate().map_err(|message| ModelError::Config { path: path.into(), message })?;
         Ok(cfg)
     }
 
     pub fn validate(&self) -> std::result::Result<(), String> {
         if self.n_head == 0 || self.n_embd % self.n_head != 0 {
-            return Err(format!(
-                "n_embd ({}) must be a multiple of n_head ({})",
-                self.n_embd, self.n_head
-            ));
+            return Err(format!("n_embd ({}) must be a multiple of n_head ({})", self.n_embd, self.n_head));
         }
         if self.n_layer == 0 || self.n_positions == 0 || self.vocab_size == 0 {
             return Err("n_layer, n_positions and vocab_size must be positive".into());

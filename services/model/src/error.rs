@@ -29,12 +29,7 @@ pub enum ModelError {
     NotFound(String),
 
     #[error("hub download of {repo}@{revision}/{file} failed: {message}")]
-    Hub {
-        repo: String,
-        revision: String,
-        file: String,
-        message: String,
-    },
+    Hub { repo: String, revision: String, file: String, message: String },
 
     /// A caller passed an argument the engine cannot honour (field, reason).
     #[error("invalid argument `{field}`: {reason}")]
@@ -47,17 +42,11 @@ pub enum ModelError {
 
 impl ModelError {
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        ModelError::InvalidArgument {
-            field: field.into(),
-            reason: reason.into(),
-        }
+        ModelError::InvalidArgument { field: field.into(), reason: reason.into() }
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        ModelError::Io {
-            path: path.into(),
-            source,
-        }
+        ModelError::Io { path: path.into(), source }
     }
 }
 

@@ -15,9 +15,9 @@ use candle_core::quantized::GgmlDType;
 use candle_core::Device;
 
 use crate::config::Config;
+use crate::dtype::HalfKind;
 use crate::dtype::WeightDtype;
 use crate::error::{ModelError, Result};
-use crate::dtype::HalfKind;
 use crate::matrix::{Layout, Source};
 use crate::tokenizer::Gpt2Tokenizer;
 use crate::weights::{self, Params};
@@ -135,7 +135,9 @@ fn tied_copy(file: &mut File, content: &Content, path: &Path) -> Result<()> {
     let same_kind = out.ggml_dtype == embd.ggml_dtype && out.shape == embd.shape;
     let size = |i: &candle_core::quantized::gguf_file::TensorInfo| i.shape.elem_count() / i.ggml_dtype.block_size() * i.ggml_dtype.type_size();
     let file_len = file.metadata().map_err(|e| ModelError::io(path, e))?.len();
-    let fits = |i: &candle_core::quantized::gguf_file::TensorInfo| content.tensor_data_offset.saturating_add(i.offset).saturating_add(size(i) as u64) <= file_len;
+    let fits = |i: &candle_core::quantized::gguf_file::TensorInfo| {
+        content.tensor_data_offset.saturating_add(i.offset).saturating_add(size(i) as u64) <= file_len
+    };
     let equal = same_kind && fits(out) && fits(embd) && {
         let base = content.tensor_data_offset;
         let a = read_at(file, base + out.offset, size(out)).map_err(|e| ModelError::io(path, e))?;

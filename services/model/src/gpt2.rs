@@ -3,8 +3,8 @@
 //! `hooks`). The large matrices are [`Matrix`]es in the loaded dtype; activations are f32.
 
 use candle_core::{DType, Device, Module, Tensor, D};
-use rayon::prelude::*;
 use candle_nn::{Embedding, LayerNorm};
+use rayon::prelude::*;
 
 use crate::config::{Activation, Config};
 use crate::error::Result;
@@ -77,11 +77,8 @@ impl Attention {
         let d = self.n_head * self.head_dim;
         let qkv = qkv.reshape((b, t, 3 * d))?;
         let heads = |i: usize| -> Result<Tensor> {
-            Ok(qkv
-                .narrow(D::Minus1, i * d, d)?
-                .reshape((b, t, self.n_head, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()?) // [B, H, T, hd]
+            Ok(qkv.narrow(D::Minus1, i * d, d)?.reshape((b, t, self.n_head, self.head_dim))?.transpose(1, 2)?.contiguous()?)
+            // [B, H, T, hd]
         };
         let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
         let (k, v) = kv.append(&k, &v)?; // [B, H, S, hd]
@@ -287,18 +284,9 @@ impl Gpt2 {
     pub fn load(p: &mut Params, cfg: &Config, device: &Device) -> Result<Self> {
         let wte = p.matrix("wte.weight", cfg.n_embd, cfg.vocab_size)?;
         let wpe_w = p.tensor("wpe.weight", &[cfg.n_positions, cfg.n_embd])?;
-        let blocks = (0..cfg.n_layer)
-            .map(|i| Block::load(p, &format!("h.{i}"), cfg))
-            .collect::<Result<Vec<_>>>()?;
+        let blocks = (0..cfg.n_layer).map(|i| Block::load(p, &format!("h.{i}"), cfg)).collect::<Result<Vec<_>>>()?;
         let ln_f = layer_norm(p, "ln_f", cfg.n_embd, cfg.layer_norm_epsilon)?;
-        Ok(Self {
-            wte,
-            wpe: Embedding::new(wpe_w, cfg.n_embd),
-            blocks,
-            ln_f,
-            cfg: cfg.clone(),
-            device: device.clone(),
-        })
+        Ok(Self { wte, wpe: Embedding::new(wpe_w, cfg.n_embd), blocks, ln_f, cfg: cfg.clone(), device: device.clone() })
     }
 
     pub fn config(&self) -> &Config {
@@ -456,7 +444,8 @@ impl Gpt2 {
     /// Token + position embeddings: stream 0 before any hook, [B, T, d].
     fn embed(&self, step: &Step) -> Result<Tensor> {
         let ids = step.ids.flatten_all()?.to_vec1::<u32>()?;
-        let tokens = self.wte.gather(&ids, &self.device)?.reshape(step.positions.dims().iter().copied().chain([self.cfg.n_embd]).collect::<Vec<_>>())?;
+        let tokens =
+            self.wte.gather(&ids, &self.device)?.reshape(step.positions.dims().iter().copied().chain([self.cfg.n_embd]).collect::<Vec<_>>())?;
         Ok((tokens + self.wpe.forward(&step.positions)?)?)
     }
 

@@ -68,14 +68,7 @@ pub struct Additions {
 impl Additions {
     /// `rows[b]` are row b's additions; `offsets[b]` is where its first real token sits
     /// (left padding). Returns `None` when no row adds anything, so a plain forward pays nothing.
-    pub fn build(
-        rows: &[&[Addition]],
-        offsets: &[usize],
-        seq_len: usize,
-        d_model: usize,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Option<Self>> {
+    pub fn build(rows: &[&[Addition]], offsets: &[usize], seq_len: usize, d_model: usize, dtype: DType, device: &Device) -> Result<Option<Self>> {
         let b = rows.len();
         let mut host: BTreeMap<usize, Vec<f32>> = BTreeMap::new();
         for (row, adds) in rows.iter().enumerate() {
@@ -147,10 +140,7 @@ pub struct Captures {
 
 impl Captures {
     pub fn new(points: impl IntoIterator<Item = HookPoint>) -> Self {
-        Self {
-            wanted: points.into_iter().map(HookPoint::stream).collect(),
-            got: BTreeMap::new(),
-        }
+        Self { wanted: points.into_iter().map(HookPoint::stream).collect(), got: BTreeMap::new() }
     }
 
     pub fn wants(&self, stream: usize) -> bool {

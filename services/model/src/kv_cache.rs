@@ -33,11 +33,7 @@ pub struct KvCache {
 impl KvCache {
     /// `capacity`: positions to preallocate (prompt + new tokens); it grows if exceeded.
     pub fn new(n_layer: usize, capacity: usize) -> Self {
-        let layers = (0..n_layer)
-            .map(|_| LayerKv {
-                inner: candle_nn::kv_cache::KvCache::new(2, capacity.max(1)),
-            })
-            .collect();
+        let layers = (0..n_layer).map(|_| LayerKv { inner: candle_nn::kv_cache::KvCache::new(2, capacity.max(1)) }).collect();
         Self { layers }
     }
 
@@ -67,7 +63,13 @@ impl KvCache {
             let (_, h, s, hd) = k.dims4()?;
             // [H, S, hd] -> [S, H * hd]: position-major, heads side by side.
             let take = |t: &Tensor| -> Result<Vec<f32>> {
-                Ok(t.get(row)?.narrow(1, skip, s - skip)?.transpose(0, 1)?.contiguous()?.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?)
+                Ok(t.get(row)?
+                    .narrow(1, skip, s - skip)?
+                    .transpose(0, 1)?
+                    .contiguous()?
+                    .to_dtype(candle_core::DType::F32)?
+                    .flatten_all()?
+                    .to_vec1()?)
             };
             out.k.push(take(&k)?);
             out.v.push(take(&v)?);

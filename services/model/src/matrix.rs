@@ -14,9 +14,9 @@
 
 use candle_core::{Device, Storage, Tensor};
 
+use crate::dtype::HalfKind;
 use crate::dtype::WeightDtype;
 use crate::error::{ModelError, Result};
-use crate::dtype::HalfKind;
 use crate::kernels::{self, Elem};
 use crate::quant::{self, Q8Blocks, Q8Rows, QK8_0};
 
@@ -319,11 +319,12 @@ mod tests {
         for m in [1usize, 5, 40] {
             let x = data(m * k, 3);
             let xt = Tensor::from_slice(&x, (m, k), &dev).unwrap();
-            let want: Vec<f64> = (0..m * n)
-                .map(|i| (0..k).map(|j| x[i / n * k + j] as f64 * w_io[j * n + i % n] as f64).sum::<f64>() + bias[i % n] as f64)
-                .collect();
+            let want: Vec<f64> =
+                (0..m * n).map(|i| (0..k).map(|j| x[i / n * k + j] as f64 * w_io[j * n + i % n] as f64).sum::<f64>() + bias[i % n] as f64).collect();
             let sum_abs: f64 = (0..k).map(|j| x[j].abs() as f64).sum::<f64>().max(1.0);
-            for (dtype, rel) in [(WeightDtype::F32, 1e-6), (WeightDtype::Bf16, 1.0 / 256.0), (WeightDtype::F16, 1.0 / 2048.0), (WeightDtype::Q8_0, 2.0 / 127.0)] {
+            for (dtype, rel) in
+                [(WeightDtype::F32, 1e-6), (WeightDtype::Bf16, 1.0 / 256.0), (WeightDtype::F16, 1.0 / 2048.0), (WeightDtype::Q8_0, 2.0 / 127.0)]
+            {
                 for (src, layout) in [(w_io.clone(), Layout::InOut), (w_oi.clone(), Layout::OutIn)] {
                     let mat = Matrix::new(Source::F32(src), layout, k, n, Role::Linear, dtype, &dev).unwrap();
                     let got = mat.matmul(&xt, Some(&bias_t)).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();

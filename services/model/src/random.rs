@@ -30,21 +30,14 @@ pub struct RandomInit {
 
 impl Default for RandomInit {
     fn default() -> Self {
-        Self {
-            seed: 0,
-            std: 0.02,
-            prefixed: false,
-        }
+        Self { seed: 0, std: 0.02, prefixed: false }
     }
 }
 
 /// Names and shapes of every parameter, in file order.
 pub fn parameter_shapes(cfg: &Config) -> Vec<(String, Vec<usize>)> {
     let (d, f) = (cfg.n_embd, cfg.inner_dim());
-    let mut v = vec![
-        ("wte.weight".to_string(), vec![cfg.vocab_size, d]),
-        ("wpe.weight".to_string(), vec![cfg.n_positions, d]),
-    ];
+    let mut v = vec![("wte.weight".to_string(), vec![cfg.vocab_size, d]), ("wpe.weight".to_string(), vec![cfg.n_positions, d])];
     for i in 0..cfg.n_layer {
         let p = |s: &str| format!("h.{i}.{s}");
         v.extend([
@@ -76,10 +69,7 @@ pub fn write_random_checkpoint(dir: &Path, cfg: &Config, init: &RandomInit, toke
     tokenizer.save(&dir.join("tokenizer.json"))?;
 
     let shapes = parameter_shapes(cfg);
-    let named: Vec<(String, Vec<usize>)> = shapes
-        .into_iter()
-        .map(|(n, s)| (if init.prefixed { format!("transformer.{n}") } else { n }, s))
-        .collect();
+    let named: Vec<(String, Vec<usize>)> = shapes.into_iter().map(|(n, s)| (if init.prefixed { format!("transformer.{n}") } else { n }, s)).collect();
     let mut rng = Rng::new(init.seed);
     // Uniform with the requested standard deviation: cheap enough for 1.5B parameters.
     let mut uniform = move |std: f32| ((rng.next_f64() * 2.0 - 1.0) * 3f64.sqrt()) as f32 * std;

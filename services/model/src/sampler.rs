@@ -55,10 +55,7 @@ impl SamplingParams {
         // times a count, would overflow to Inf and make the distribution NaN.
         let t = self.temperature;
         if !(t == 0.0 || (MIN_TEMPERATURE..=MAX_TEMPERATURE).contains(&t)) {
-            return Err(ModelError::invalid(
-                "sampling.temperature",
-                format!("{t}: must be 0 (greedy) or in [{MIN_TEMPERATURE}, {MAX_TEMPERATURE}]"),
-            ));
+            return Err(ModelError::invalid("sampling.temperature", format!("{t}: must be 0 (greedy) or in [{MIN_TEMPERATURE}, {MAX_TEMPERATURE}]")));
         }
         if let Some(p) = self.top_p {
             if !(p > 0.0 && p <= 1.0) {
@@ -138,11 +135,7 @@ pub struct Sampler {
 impl Sampler {
     /// `context`: the tokens so far (prompt, BOS included), which the penalties count.
     pub fn new(params: SamplingParams, seed: u64, context: &[u32]) -> Self {
-        let mut s = Self {
-            params,
-            rng: Rng::new(seed),
-            counts: HashMap::new(),
-        };
+        let mut s = Self { params, rng: Rng::new(seed), counts: HashMap::new() };
         for &t in context {
             s.observe(t);
         }
@@ -207,12 +200,8 @@ pub fn argmax(logits: &[f32]) -> u32 {
 /// probabilities renormalised.
 pub fn filter(logits: &[f32], top_k: Option<usize>, top_p: Option<f32>) -> Vec<(u32, f64)> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut probs: Vec<(u32, f64)> = logits
-        .iter()
-        .enumerate()
-        .map(|(i, &l)| (i as u32, ((l - max) as f64).exp()))
-        .filter(|&(_, p)| p > 0.0)
-        .collect();
+    let mut probs: Vec<(u32, f64)> =
+        logits.iter().enumerate().map(|(i, &l)| (i as u32, ((l - max) as f64).exp())).filter(|&(_, p)| p > 0.0).collect();
     let order = |a: &(u32, f64), b: &(u32, f64)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
     let total: f64 = probs.iter().map(|p| p.1).sum();
     // Only the head of the distribution can survive top-k/top-p: partition out the most likely
@@ -315,13 +304,7 @@ mod tests {
 
     #[test]
     fn temperature_then_frequency_and_presence_penalties() {
-        let p = SamplingParams {
-            temperature: 2.0,
-            frequency_penalty: 1.0,
-            presence_penalty: 0.5,
-            top_p: None,
-            ..SamplingParams::greedy()
-        };
+        let p = SamplingParams { temperature: 2.0, frequency_penalty: 1.0, presence_penalty: 0.5, top_p: None, ..SamplingParams::greedy() };
         // context: BOS(3) once, token 1 twice.
         let s = Sampler::new(p, 0, &[3, 1, 1]);
         let mut l = [4.0, 4.0, 2.0, 6.0];
@@ -376,7 +359,13 @@ mod tests {
             let t: f64 = all.iter().map(|x| x.1).sum();
             let mut cum = 0.0;
             let keep = match p {
-                Some(p) => all.iter().position(|x| { cum += x.1 / t; cum >= p as f64 - 1e-6 }).map_or(all.len(), |i| i + 1),
+                Some(p) => all
+                    .iter()
+                    .position(|x| {
+                        cum += x.1 / t;
+                        cum >= p as f64 - 1e-6
+                    })
+                    .map_or(all.len(), |i| i + 1),
                 None => all.len(),
             };
             let ids: Vec<u32> = all[..keep].iter().map(|x| x.0).collect();

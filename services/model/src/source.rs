@@ -24,11 +24,7 @@ pub enum ModelSource {
 
 impl Default for ModelSource {
     fn default() -> Self {
-        ModelSource::Hub {
-            repo: DEFAULT_REPO.into(),
-            revision: DEFAULT_REVISION.into(),
-            file: None,
-        }
+        ModelSource::Hub { repo: DEFAULT_REPO.into(), revision: DEFAULT_REVISION.into(), file: None }
     }
 }
 
@@ -108,9 +104,8 @@ impl Default for HubOptions {
 
 impl HubOptions {
     pub fn from_env() -> Self {
-        let offline = std::env::var("HF_HUB_OFFLINE")
-            .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
-            .unwrap_or(false);
+        let offline =
+            std::env::var("HF_HUB_OFFLINE").map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")).unwrap_or(false);
         Self {
             offline,
             cache_dir: None,
@@ -122,9 +117,7 @@ impl HubOptions {
     }
 
     pub fn cache_dir(&self) -> PathBuf {
-        self.cache_dir
-            .clone()
-            .unwrap_or_else(|| hf_hub::Cache::from_env().path().clone())
+        self.cache_dir.clone().unwrap_or_else(|| hf_hub::Cache::from_env().path().clone())
     }
 }
 
@@ -175,12 +168,7 @@ impl ModelFiles {
                 ))),
             };
         }
-        Ok(Self {
-            dir: path.to_path_buf(),
-            format: Format::Safetensors,
-            config,
-            weights: weights::weight_files(path)?,
-        })
+        Ok(Self { dir: path.to_path_buf(), format: Format::Safetensors, config, weights: weights::weight_files(path)? })
     }
 
     fn gguf(file: PathBuf) -> Self {
@@ -339,19 +327,16 @@ fn resolve_online(opts: &HubOptions, repo: &str, revision: &str, file: Option<&s
             return match ggufs.as_slice() {
                 [] => Err(hub_err("config.json", e)),
                 [one] => Ok(ModelFiles::gguf(r.get(one).map_err(|e| hub_err(one, e))?)),
-                several => Err(ModelError::NotFound(format!(
-                    "{repo}@{revision} holds several GGUF files; name one as {repo}/FILE: {}",
-                    several.join(", ")
-                ))),
+                several => {
+                    Err(ModelError::NotFound(format!("{repo}@{revision} holds several GGUF files; name one as {repo}/FILE: {}", several.join(", "))))
+                }
             };
         }
     };
     let weights = match r.get("model.safetensors") {
         Ok(p) => vec![p],
         Err(single) => {
-            let index = r
-                .get("model.safetensors.index.json")
-                .map_err(|_| hub_err("model.safetensors", single))?;
+            let index = r.get("model.safetensors.index.json").map_err(|_| hub_err("model.safetensors", single))?;
             let shards = weights::shards_of(&index)?;
             for s in &shards {
                 let name = s.file_name().unwrap().to_string_lossy().to_string();
@@ -396,7 +381,11 @@ mod tests {
         let mut calls = 0;
         let got = wait_for_lock(tick * 100, tick, || {
             calls += 1;
-            if calls < 3 { Err(ApiError::LockAcquisition("x.lock".into())) } else { Ok(calls) }
+            if calls < 3 {
+                Err(ApiError::LockAcquisition("x.lock".into()))
+            } else {
+                Ok(calls)
+            }
         });
         assert_eq!(got.unwrap(), 3, "waited through two held locks");
         let held = wait_for_lock(tick * 3, tick, || Err::<(), _>(ApiError::LockAcquisition("x.lock".into())));

@@ -40,10 +40,7 @@ impl Gpt2Tokenizer {
         if vocab.exists() && merges.exists() {
             return Self::from_vocab_merges(&vocab, &merges);
         }
-        Err(ModelError::NotFound(format!(
-            "no tokenizer in {}: looked for tokenizer.json, or vocab.json + merges.txt",
-            dir.display()
-        )))
+        Err(ModelError::NotFound(format!("no tokenizer in {}: looked for tokenizer.json, or vocab.json + merges.txt", dir.display())))
     }
 
     pub fn from_tokenizer_json(path: &Path) -> Result<Self> {
@@ -77,16 +74,12 @@ impl Gpt2Tokenizer {
         let mut inner = Tokenizer::new(bpe);
         inner.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
         inner.with_decoder(Some(ByteLevelDecoder::default()));
-        inner
-            .add_special_tokens([AddedToken::from("<|endoftext|>", true)])
-            .map_err(tok_err)?;
+        inner.add_special_tokens([AddedToken::from("<|endoftext|>", true)]).map_err(tok_err)?;
         Self::from_tokenizer(inner)
     }
 
     fn from_tokenizer(inner: Tokenizer) -> Result<Self> {
-        let bos = inner
-            .token_to_id("<|endoftext|>")
-            .ok_or_else(|| tok_err("vocabulary has no <|endoftext|>"))?;
+        let bos = inner.token_to_id("<|endoftext|>").ok_or_else(|| tok_err("vocabulary has no <|endoftext|>"))?;
         let unicode_to_byte: HashMap<char, u8> = bytes_to_unicode().into_iter().map(|(b, c)| (c, b)).collect();
         let n = inner.get_vocab_size(true);
         let token_bytes = (0..n as u32)
@@ -152,11 +145,7 @@ fn bytes_to_unicode() -> Vec<(u8, char)> {
             n += 1;
         }
     }
-    printable
-        .into_iter()
-        .zip(chars)
-        .map(|(b, c)| (b as u8, char::from_u32(c).unwrap()))
-        .collect()
+    printable.into_iter().zip(chars).map(|(b, c)| (b as u8, char::from_u32(c).unwrap())).collect()
 }
 
 /// Turns a stream of token ids into text deltas that are always valid UTF-8: bytes of a
@@ -172,7 +161,7 @@ impl StreamDecoder {
         let valid = match std::str::from_utf8(&self.pending) {
             Ok(_) => self.pending.len(),
             Err(e) if e.error_len().is_none() => e.valid_up_to(), // incomplete tail: wait
-            Err(e) => e.valid_up_to() + e.error_len().unwrap(),  // invalid bytes: emit lossily
+            Err(e) => e.valid_up_to() + e.error_len().unwrap(),   // invalid bytes: emit lossily
         };
         let out: Vec<u8> = self.pending.drain(..valid).collect();
         String::from_utf8_lossy(&out).into_owned()

@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use serde::Deserialize;
 
+use crate::dtype::HalfKind;
 use crate::dtype::WeightDtype;
 use crate::error::{ModelError, Result};
-use crate::dtype::HalfKind;
 use crate::matrix::{Layout, Matrix, Role, Source};
 
 /// A checkpoint's parameters as the model holds them, by canonical name (`h.0.attn.c_attn.weight`).
@@ -96,10 +96,7 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     if index.exists() {
         return shards_of(&index);
     }
-    Err(ModelError::NotFound(format!(
-        "no weights in {}: looked for model.safetensors and model.safetensors.index.json",
-        dir.display()
-    )))
+    Err(ModelError::NotFound(format!("no weights in {}: looked for model.safetensors and model.safetensors.index.json", dir.display())))
 }
 
 /// Shard files listed in a `model.safetensors.index.json` (relative to its folder).
@@ -109,10 +106,7 @@ pub fn shards_of(index: &Path) -> Result<Vec<PathBuf>> {
         weight_map: HashMap<String, String>,
     }
     let text = std::fs::read_to_string(index).map_err(|e| ModelError::io(index, e))?;
-    let idx: Index = serde_json::from_str(&text).map_err(|e| ModelError::Weights {
-        path: index.into(),
-        message: e.to_string(),
-    })?;
+    let idx: Index = serde_json::from_str(&text).map_err(|e| ModelError::Weights { path: index.into(), message: e.to_string() })?;
     let mut files: Vec<String> = idx.weight_map.into_values().collect();
     files.sort();
     files.dedup();
@@ -141,8 +135,7 @@ fn load_file(path: &Path, dtype: WeightDtype, device: &Device, out: &mut Params)
     }
     let mut header = vec![0u8; header_len as usize];
     file.read_exact(&mut header).map_err(|e| ModelError::io(path, e))?;
-    let entries: HashMap<String, serde_json::Value> =
-        serde_json::from_slice(&header).map_err(|e| bad(format!("header: {e}")))?;
+    let entries: HashMap<String, serde_json::Value> = serde_json::from_slice(&header).map_err(|e| bad(format!("header: {e}")))?;
     let data_start = 8 + header_len;
     let mut named: Vec<(String, Entry)> = entries
         .into_iter()
@@ -186,7 +179,15 @@ fn load_file(path: &Path, dtype: WeightDtype, device: &Device, out: &mut Params)
 /// Adds one parameter read from a checkpoint, by canonical name: a matrix converted to `dtype`
 /// (linears stored as `linear`: Hugging Face's Conv1D `[in, out]`, GGUF's `[out, in]`; tables
 /// `[rows, d]` in both), or a dense f32 tensor.
-pub(crate) fn insert(out: &mut Params, name: String, src: Source, shape: &[usize], linear: Layout, dtype: WeightDtype, device: &Device) -> Result<()> {
+pub(crate) fn insert(
+    out: &mut Params,
+    name: String,
+    src: Source,
+    shape: &[usize],
+    linear: Layout,
+    dtype: WeightDtype,
+    device: &Device,
+) -> Result<()> {
     match (matrix_role(&name), shape) {
         (Some(Role::Linear), &[rows, cols]) => {
             let (n_in, n_out) = if linear == Layout::InOut { (rows, cols) } else { (cols, rows) };
@@ -224,20 +225,13 @@ fn bytemuck_u16(v: &mut [u16]) -> &mut [u8] {
 
 /// Writes tensors (given in order) as one safetensors file, streaming each tensor's data from
 /// `fill` so that a 6 GB checkpoint never sits in memory whole.
-pub fn write_safetensors(
-    path: &Path,
-    tensors: &[(String, Vec<usize>)],
-    mut fill: impl FnMut(&str, &mut [f32]),
-) -> Result<()> {
+pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>)], mut fill: impl FnMut(&str, &mut [f32])) -> Result<()> {
     use std::io::{BufWriter, Write};
     let mut header = serde_json::Map::new();
     let mut offset = 0u64;
     for (name, shape) in tensors {
         let bytes = (shape.iter().product::<usize>() * 4) as u64;
-        header.insert(
-            name.clone(),
-            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + bytes]}),
-        );
+        header.insert(name.clone(), serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + bytes]}));
         offset += bytes;
     }
     header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));

@@ -54,7 +54,10 @@ fn a_gguf_loads_in_another_dtype_and_from_its_directory() {
     // A directory holding one GGUF file is that file; several must be named.
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(gguf("f16"), dir.path().join("model.gguf")).unwrap();
-    assert_eq!(logits(&load(&ModelSource::Dir(dir.path().into()), WeightDtype::F16)), logits(&load(&ModelSource::Dir(gguf("f16")), WeightDtype::F16)));
+    assert_eq!(
+        logits(&load(&ModelSource::Dir(dir.path().into()), WeightDtype::F16)),
+        logits(&load(&ModelSource::Dir(gguf("f16")), WeightDtype::F16))
+    );
     std::fs::copy(gguf("f32"), dir.path().join("other.gguf")).unwrap();
     let err = Engine::load(&ModelSource::Dir(dir.path().into()), &LoadOptions::default()).err().unwrap().to_string();
     assert!(err.contains("several GGUF files") && err.contains("other.gguf"), "{err}");
@@ -75,7 +78,11 @@ fn a_gguf_in_the_hub_cache_loads_offline() {
     assert_eq!(e.info().name, "ggml-org/tiny-gpt2-GGUF/tiny-gpt2-q8_0.gguf");
     assert_eq!(logits(&e), logits(&load(&ModelSource::Dir(gguf("q8_0")), WeightDtype::Q8_0)));
     // The repository alone: its one GGUF file.
-    let opts = LoadOptions { dtype: WeightDtype::Q8_0, hub: steer_model::HubOptions { offline: true, cache_dir: Some(cache.path().into()), ..steer_model::HubOptions::from_env() }, ..Default::default() };
+    let opts = LoadOptions {
+        dtype: WeightDtype::Q8_0,
+        hub: steer_model::HubOptions { offline: true, cache_dir: Some(cache.path().into()), ..steer_model::HubOptions::from_env() },
+        ..Default::default()
+    };
     let whole = Engine::load(&ModelSource::parse("ggml-org/tiny-gpt2-GGUF", None), &opts).unwrap();
     assert_eq!(logits(&whole), logits(&e));
 }

@@ -34,11 +34,7 @@ fn zero_steering_equals_baseline_bit_for_bit() {
     let p = e.encode("I hate you because", true).unwrap();
     let zero = Addition::new(HookPoint::ResidPre(2), 3, vec![0f32; 3 * e.info().d_model]);
     let base = e.logits(&[p.clone()], &[vec![]]).unwrap()[0].to_vec2::<f32>().unwrap();
-    let z = e
-        .logits(&[p.clone()], &[vec![zero.clone()]])
-        .unwrap()[0]
-        .to_vec2::<f32>()
-        .unwrap();
+    let z = e.logits(&[p.clone()], &[vec![zero.clone()]]).unwrap()[0].to_vec2::<f32>().unwrap();
     assert_eq!(base, z);
     let a = gen(&e, &[sampled(&p, vec![], 3)]);
     let b = gen(&e, &[sampled(&p, vec![zero], 3)]);
@@ -52,13 +48,7 @@ fn in_a_mixed_batch_only_steered_rows_change() {
     let steer = love_hate(&e, HookPoint::ResidPre(2), 8.0);
     let alone = gen(&e, &[sampled(&p, vec![], 1)]);
     let steered_alone = gen(&e, &[sampled(&p, vec![steer.clone()], 1)]);
-    let mixed = gen(
-        &e,
-        &[
-            sampled(&p, vec![], 1),
-            sampled(&p, vec![steer], 1),
-        ],
-    );
+    let mixed = gen(&e, &[sampled(&p, vec![], 1), sampled(&p, vec![steer], 1)]);
     assert_eq!(mixed[0], alone[0]);
     assert_eq!(mixed[1], steered_alone[0]);
     assert_ne!(mixed[0], mixed[1]);
@@ -80,9 +70,7 @@ fn several_additions_at_several_layers_add_up() {
     let b = love_hate(&e, HookPoint::ResidPre(3), -2.0);
     let both = vec![a.clone(), b.clone()];
     let la = e.logits(&[p.clone()], &[both]).unwrap()[0].to_vec2::<f32>().unwrap();
-    let only_a = e.logits(&[p.clone()], &[vec![a]]).unwrap()[0]
-        .to_vec2::<f32>()
-        .unwrap();
+    let only_a = e.logits(&[p.clone()], &[vec![a]]).unwrap()[0].to_vec2::<f32>().unwrap();
     assert_ne!(la, only_a, "the second addition must act");
     // The first positions of the later stream carry the sum: check via capture of stream 3.
     let base = e.logits(&[p], &[vec![]]).unwrap()[0].to_vec2::<f32>().unwrap();
@@ -99,7 +87,11 @@ fn same_seed_same_tokens_and_cancellation_stops() {
     let out = e
         .generate(&[sampled(&p, vec![], 7)], &opts, |_| {
             seen += 1;
-            if seen == 3 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+            if seen == 3 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
         })
         .unwrap();
     assert_eq!(out[0].tokens.len(), 3);
@@ -113,8 +105,7 @@ fn shared_prefill_of_identical_rows_equals_each_row_alone() {
     let steer = love_hate(&e, HookPoint::ResidPre(2), 8.0);
     let add = || vec![steer.clone()];
     // 3 unsteered + 3 steered, paired seeds: the prefill runs for 2 distinct rows and fans out.
-    let rows: Vec<RowRequest> =
-        (0..3).map(|i| sampled(&p, vec![], i)).chain((0..3).map(|i| sampled(&p, add(), i))).collect();
+    let rows: Vec<RowRequest> = (0..3).map(|i| sampled(&p, vec![], i)).chain((0..3).map(|i| sampled(&p, add(), i))).collect();
     let batched = gen(&e, &rows);
     for (i, r) in rows.iter().enumerate() {
         assert_eq!(batched[i], gen(&e, std::slice::from_ref(r))[0], "row {i}");
@@ -122,8 +113,7 @@ fn shared_prefill_of_identical_rows_equals_each_row_alone() {
     assert_ne!(batched[0], batched[1], "different seeds, different samples");
     // Without the cache (no fan-out) the tokens are the same too.
     let opts = GenerateOptions { max_new_tokens: 15, stop_at_eos: false, use_kv_cache: false, ..Default::default() };
-    let uncached: Vec<Vec<u32>> =
-        e.generate(&rows, &opts, |_| ControlFlow::Continue(())).unwrap().into_iter().map(|o| o.tokens).collect();
+    let uncached: Vec<Vec<u32>> = e.generate(&rows, &opts, |_| ControlFlow::Continue(())).unwrap().into_iter().map(|o| o.tokens).collect();
     assert_eq!(uncached, batched);
 }
 
@@ -132,10 +122,10 @@ fn a_prefill_in_chunks_matches_the_whole_prefill() {
     let e = engine();
     let p = e.encode("I went up to my friend and said", true).unwrap();
     let steer = love_hate(&e, HookPoint::ResidPre(2), 8.0); // 3 positions: the window spans chunks
-    let rows = [RowRequest { sampling: SamplingParams::greedy(), ..sampled(&p, vec![steer.clone()], 0) }, RowRequest {
-        sampling: SamplingParams::greedy(),
-        ..sampled(&p, vec![], 0)
-    }];
+    let rows = [
+        RowRequest { sampling: SamplingParams::greedy(), ..sampled(&p, vec![steer.clone()], 0) },
+        RowRequest { sampling: SamplingParams::greedy(), ..sampled(&p, vec![], 0) },
+    ];
     let opts = GenerateOptions { max_new_tokens: 15, stop_at_eos: false, ..Default::default() };
     let run = |chunk: usize| {
         let mut pre = e.begin(&rows, &opts).unwrap();

@@ -25,11 +25,7 @@ fn ids(v: &Value) -> Vec<u32> {
 }
 
 fn matrix(v: &Value) -> Vec<Vec<f32>> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
-        .collect()
+    v.as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()).collect()
 }
 
 fn max_abs_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
@@ -48,21 +44,12 @@ fn prompts(g: &Value) -> Vec<Vec<u32>> {
 }
 
 fn greedy_rows(prompts: &[Vec<u32>], additions: Vec<Vec<Addition>>) -> Vec<RowRequest> {
-    prompts
-        .iter()
-        .zip(additions)
-        .map(|(p, a)| RowRequest { prompt: p.clone(), additions: a, sampling: SamplingParams::greedy(), seed: 0 })
-        .collect()
+    prompts.iter().zip(additions).map(|(p, a)| RowRequest { prompt: p.clone(), additions: a, sampling: SamplingParams::greedy(), seed: 0 }).collect()
 }
 
 fn run(engine: &Engine, rows: &[RowRequest], n: usize, cache: bool) -> Vec<Vec<u32>> {
     let opts = GenerateOptions { max_new_tokens: n, stop_at_eos: false, use_kv_cache: cache, top_logprobs: 0 };
-    engine
-        .generate(rows, &opts, |_| ControlFlow::Continue(()))
-        .unwrap()
-        .into_iter()
-        .map(|o| o.tokens)
-        .collect()
+    engine.generate(rows, &opts, |_| ControlFlow::Continue(())).unwrap().into_iter().map(|o| o.tokens).collect()
 }
 
 #[test]
@@ -85,8 +72,7 @@ fn residual_stream_at_every_hook_matches_hugging_face() {
     let e = engine();
     let g = goldens();
     let n_layer = e.info().n_layer;
-    let points: Vec<HookPoint> =
-        (0..n_layer).flat_map(|l| [HookPoint::ResidPre(l), HookPoint::BlockOutput(l)]).collect();
+    let points: Vec<HookPoint> = (0..n_layer).flat_map(|l| [HookPoint::ResidPre(l), HookPoint::BlockOutput(l)]).collect();
     // All prompts in one left-padded batch: padding must not leak into any row.
     let got = e.capture(&prompts(&g), &points).unwrap();
     let mut worst = 0f32;

@@ -154,17 +154,13 @@ fn read(path: &Path) -> Result<Vec<u8>, ServerError> {
 /// The tokens of an `--auth-tokens` file: one per line; blank lines and `#` comments skipped.
 pub fn read_tokens(path: &Path) -> Result<Vec<String>, ServerError> {
     let text = String::from_utf8(read(path)?).map_err(|_| ServerError::Config(format!("{}: not UTF-8", path.display())))?;
-    let tokens: Vec<String> =
-        text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect();
+    let tokens: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect();
     if tokens.is_empty() {
         return Err(ServerError::Config(format!("{}: no tokens (one per line)", path.display())));
     }
     if let Some(t) = tokens.iter().find(|t| t.len() < 16 || !t.bytes().all(|b| b.is_ascii_graphic())) {
         let shown: String = t.chars().take(4).collect();
-        return Err(ServerError::Config(format!(
-            "{}: token {shown}...: tokens must be at least 16 printable ASCII characters",
-            path.display()
-        )));
+        return Err(ServerError::Config(format!("{}: token {shown}...: tokens must be at least 16 printable ASCII characters", path.display())));
     }
     Ok(tokens)
 }

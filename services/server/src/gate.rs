@@ -12,10 +12,10 @@ use steer_generation::GenerationWorker;
 use steer_proto::v1::activation_service_server::ActivationService;
 use steer_proto::v1::generation_service_server::GenerationService;
 use steer_proto::v1::{
-    ComputeVectorRequest, DeleteVectorRequest, DeleteVectorResponse, GetVectorRequest, GetVectorResponse, ListVectorsRequest,
-    ListVectorsResponse, PutVectorRequest, PutVectorResponse, ScoreRequest,
-    ActivationServiceGetModelInfoRequest, ActivationServiceGetModelInfoResponse, GenerateFromTensorsRequest, GenerateRequest,
-    GenerationServiceGetModelInfoRequest, GenerationServiceGetModelInfoResponse, GetActivationsRequest, GetSteeringTensorsRequest,
+    ActivationServiceGetModelInfoRequest, ActivationServiceGetModelInfoResponse, ComputeVectorRequest, DeleteVectorRequest, DeleteVectorResponse,
+    GenerateFromTensorsRequest, GenerateRequest, GenerationServiceGetModelInfoRequest, GenerationServiceGetModelInfoResponse, GetActivationsRequest,
+    GetSteeringTensorsRequest, GetVectorRequest, GetVectorResponse, ListVectorsRequest, ListVectorsResponse, PutVectorRequest, PutVectorResponse,
+    ScoreRequest,
 };
 use steer_telemetry::Metrics;
 use tonic::{Request, Response, Status, Streaming};
@@ -146,10 +146,7 @@ impl GenerationService for Gate<GenerationWorker> {
     async fn generate(&self, r: Request<Streaming<GenerateRequest>>) -> Result<Response<Self::GenerateStream>, Status> {
         self.observe("Generate", r, |w, r| async move { w.generate(r).await }).await
     }
-    async fn generate_from_tensors(
-        &self,
-        r: Request<GenerateFromTensorsRequest>,
-    ) -> Result<Response<Self::GenerateFromTensorsStream>, Status> {
+    async fn generate_from_tensors(&self, r: Request<GenerateFromTensorsRequest>) -> Result<Response<Self::GenerateFromTensorsStream>, Status> {
         self.observe("GenerateFromTensors", r, |w, r| async move { w.generate_from_tensors(r).await }).await
     }
     async fn get_model_info(

@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use steer_activation::ActivationWorker;
 use steer_generation::{GenerationWorker, VectorSource};
-use steer_vector::Library;
 use steer_model::Engine;
 use steer_telemetry::Metrics;
+use steer_vector::Library;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
@@ -67,10 +67,12 @@ impl Services {
             return VectorSource::Local(lib.clone());
         }
         match &self.cfg.vectors.source_url {
-            Some(url) => VectorSource::remote(url, self.cfg.vectors.source_token.clone(), self.cfg.vectors.source_ca.as_deref()).unwrap_or_else(|e| {
-                tracing::error!(error = %e, "--vector-source: library vectors unavailable");
-                VectorSource::None
-            }),
+            Some(url) => {
+                VectorSource::remote(url, self.cfg.vectors.source_token.clone(), self.cfg.vectors.source_ca.as_deref()).unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "--vector-source: library vectors unavailable");
+                    VectorSource::None
+                })
+            }
             None => VectorSource::None,
         }
     }

@@ -15,9 +15,8 @@ use steer_proto::v1::activation_service_server::ActivationService;
 use steer_proto::v1::eval_service_server::{EvalService, EvalServiceServer};
 use steer_proto::v1::generation_service_server::GenerationService;
 use steer_proto::v1::{
-    CancelSweepRequest, CancelSweepResponse, GenerateFromTensorsRequest, GetActivationsRequest, Hook, HookPoint,
-    ListSweepsRequest, ListSweepsResponse, StartSweepRequest, StartSweepResponse, Sweep,
-    SweepKind, SweepState, TextScore, WatchSweepRequest, WatchSweepResponse,
+    CancelSweepRequest, CancelSweepResponse, GenerateFromTensorsRequest, GetActivationsRequest, Hook, HookPoint, ListSweepsRequest,
+    ListSweepsResponse, StartSweepRequest, StartSweepResponse, Sweep, SweepKind, SweepState, TextScore, WatchSweepRequest, WatchSweepResponse,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -67,7 +66,10 @@ struct Local(Arc<Services>);
 
 impl Backend for Local {
     fn comparison(&self, prompt: &str, tensors: &[SteeringTensor], opts: &RunOptions) -> impl Future<Output = eval::Result<Comparison>> + Send {
-        let req = GenerateFromTensorsRequest { setup: Some(opts.setup(prompt, tensors.len())), tensors: tensors.iter().map(SteeringTensor::inline).collect() };
+        let req = GenerateFromTensorsRequest {
+            setup: Some(opts.setup(prompt, tensors.len())),
+            tensors: tensors.iter().map(SteeringTensor::inline).collect(),
+        };
         let services = self.0.clone();
         async move {
             let stream = services.generation.generate_from_tensors(Request::new(req)).await?.into_inner();
@@ -183,7 +185,13 @@ fn spec(req: &StartSweepRequest) -> Result<(SweepKind, eval::Sweep, RunOptions, 
         return Err(invalid(&format!("sets[{i}]"), "a text set needs a name and texts"));
     }
     let sweep = eval::Sweep { plus: req.plus.clone(), minus: req.minus.clone(), layers: req.layers.clone(), coeffs: req.coeffs.clone() };
-    let opts = RunOptions { hook, use_bos: req.use_bos, seed: req.seed, n_tokens: if req.n_tokens == 0 { 40 } else { req.n_tokens }, ..RunOptions::default() };
+    let opts = RunOptions {
+        hook,
+        use_bos: req.use_bos,
+        seed: req.seed,
+        n_tokens: if req.n_tokens == 0 { 40 } else { req.n_tokens },
+        ..RunOptions::default()
+    };
     Ok((kind, sweep, opts, sets))
 }
 
@@ -221,11 +229,15 @@ impl EvalService for SweepService {
         let words: Vec<String> = if req.words.is_empty() { eval::WEDDING_WORDS.iter().map(|w| w.to_string()).collect() } else { req.words.clone() };
         let positions: Vec<eval::Position> = match req.positions.is_empty() {
             true => vec![eval::Position::Front],
-            false => req.positions.iter().map(|p| match p.as_str() {
-                "middle" => eval::Position::Middle,
-                "end" => eval::Position::End,
-                _ => eval::Position::Front,
-            }).collect(),
+            false => req
+                .positions
+                .iter()
+                .map(|p| match p.as_str() {
+                    "middle" => eval::Position::Middle,
+                    "end" => eval::Position::End,
+                    _ => eval::Position::Front,
+                })
+                .collect(),
         };
         let task = tokio::spawn(async move {
             let progress = |done: usize, total: usize, row: &serde_json::Value| {

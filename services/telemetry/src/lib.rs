@@ -46,8 +46,7 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Arc<Self> {
         let registry = Registry::new_custom(Some("steer".into()), None).expect("registry");
-        let requests =
-            IntCounterVec::new(Opts::new("requests_total", "RPCs by service, method and code"), &["service", "method", "code"]).unwrap();
+        let requests = IntCounterVec::new(Opts::new("requests_total", "RPCs by service, method and code"), &["service", "method", "code"]).unwrap();
         let buckets = vec![0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
         let latency = HistogramVec::new(
             HistogramOpts::new("request_duration_seconds", "time to the response or the stream's start").buckets(buckets.clone()),
@@ -90,7 +89,17 @@ impl Metrics {
         r.register(Box::new(m.queue_wait.clone())).unwrap();
         r.register(Box::new(m.decode_steps.clone())).unwrap();
         r.register(Box::new(m.step_rows.clone())).unwrap();
-        for gauge in [&m.queue_depth, &m.batch_rows, &m.requests_running, &m.kv_bytes, &m.inflight_bytes, &m.cache_hits, &m.cache_misses, &m.cache_bytes, &m.cache_entries] {
+        for gauge in [
+            &m.queue_depth,
+            &m.batch_rows,
+            &m.requests_running,
+            &m.kv_bytes,
+            &m.inflight_bytes,
+            &m.cache_hits,
+            &m.cache_misses,
+            &m.cache_bytes,
+            &m.cache_entries,
+        ] {
             r.register(Box::new(gauge.clone())).unwrap();
         }
         Arc::new(m)

@@ -58,11 +58,8 @@ fn stats(outcomes: &[Outcome], wall: f64) -> Stats {
         .iter()
         .map(|o| o.times.iter().filter_map(|t| t.first()).min().map_or(f64::NAN, |f| f.duration_since(o.started).as_secs_f64()))
         .collect();
-    let mut itl: Vec<f64> = outcomes
-        .iter()
-        .flat_map(|o| o.times.iter())
-        .flat_map(|t| t.windows(2).map(|w| w[1].duration_since(w[0]).as_secs_f64()))
-        .collect();
+    let mut itl: Vec<f64> =
+        outcomes.iter().flat_map(|o| o.times.iter()).flat_map(|t| t.windows(2).map(|w| w[1].duration_since(w[0]).as_secs_f64())).collect();
     Stats {
         tokens_per_s: tokens as f64 / wall,
         ttft_p50: percentile(&mut ttft, 0.5),

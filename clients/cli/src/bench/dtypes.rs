@@ -93,11 +93,7 @@ pub fn table(all: &[Measured], bw: f64) -> String {
                 continue;
             };
             let total = r * b as f64;
-            s += &if b == 1 {
-                format!(" {total:.2} tok/s = {:.0}% of limit", 100.0 * total / limit)
-            } else {
-                format!(" {total:.2} tok/s total")
-            };
+            s += &if b == 1 { format!(" {total:.2} tok/s = {:.0}% of limit", 100.0 * total / limit) } else { format!(" {total:.2} tok/s total") };
             if let (Some(f), false) = (base.and_then(|f| rate(f, b)), m.dtype == "f32") {
                 s += &format!(" ({:.2}x f32)", r / f);
             }

@@ -42,11 +42,7 @@ pub async fn run(engine: Arc<Engine>, tokens: usize) -> Result<()> {
         client.steering_tensors(&adds, &opts).await?;
         lat.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    println!(
-        "steering tensors, cache hit over loopback gRPC: p50 {:.3} ms, p99 {:.3} ms",
-        percentile(&mut lat, 0.5),
-        percentile(&mut lat, 0.99)
-    );
+    println!("steering tensors, cache hit over loopback gRPC: p50 {:.3} ms, p99 {:.3} ms", percentile(&mut lat, 0.5), percentile(&mut lat, 0.99));
     // Time to first streamed token.
     let t = Instant::now();
     let mut stream = client.generate_stream(PROMPT, &tensors, &opts).await?;

@@ -99,8 +99,7 @@ impl EngineLoop {
         while let Some(job) = self.waiting.front() {
             let rows: usize = self.running.iter().map(Running::rows).sum();
             let reserved: usize = self.running.iter().filter(|r| !r.ended()).map(|r| r.request.kv_positions()).sum();
-            let fits = rows + job.request.rows.len() <= self.cfg.max_batch_rows
-                && reserved + job.request.kv_positions() <= self.cfg.max_batch_tokens;
+            let fits = rows + job.request.rows.len() <= self.cfg.max_batch_rows && reserved + job.request.kv_positions() <= self.cfg.max_batch_tokens;
             // Wait for retirements (a request alone always fits: validation checks it).
             if !fits && !self.running.is_empty() {
                 break;
@@ -256,9 +255,9 @@ mod tests {
     use super::*;
     use crate::scheduler::Event;
     use crate::validation::ValidRequest;
-    use tokio::sync::mpsc;
     use std::time::Duration;
     use steer_model::{LoadOptions, ModelSource, SamplingParams, Sequence};
+    use tokio::sync::mpsc;
 
     fn engine() -> Arc<Engine> {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tiny-gpt2");

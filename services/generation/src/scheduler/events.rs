@@ -56,7 +56,15 @@ impl EventWriter {
     }
 
     /// Row `row`'s end: its whole text, tokens, reason and timings.
-    pub(super) fn finished(&self, tok: &Gpt2Tokenizer, row: usize, seq: &Sequence, reason: FinishReason, timing: &Timing, worker: &str) -> GenerateResponse {
+    pub(super) fn finished(
+        &self,
+        tok: &Gpt2Tokenizer,
+        row: usize,
+        seq: &Sequence,
+        reason: FinishReason,
+        timing: &Timing,
+        worker: &str,
+    ) -> GenerateResponse {
         let finished = RowFinished {
             row: row as u32,
             steered: self.steered(row),

@@ -44,7 +44,14 @@ pub(super) struct Running {
 }
 
 impl Running {
-    pub(super) fn new(request: ValidRequest, prefill: Prefill, events: Events, last_word: OwnedPermit<Event>, deadline: Option<Instant>, queue_ms: f64) -> Self {
+    pub(super) fn new(
+        request: ValidRequest,
+        prefill: Prefill,
+        events: Events,
+        last_word: OwnedPermit<Event>,
+        deadline: Option<Instant>,
+        queue_ms: f64,
+    ) -> Self {
         Self {
             writer: EventWriter::new(&request, queue_ms),
             phase: Phase::Prefilling(prefill),

@@ -24,11 +24,7 @@ impl Engine {
         let mut captures = Captures::new(points.iter().copied());
         let step = layout.prefill_step(prompts, &self.model)?;
         let mut cache = KvCache::new(self.info.n_layer, layout.width);
-        let hooks = Hooks {
-            additions: None,
-            stop_after_stream: captures.last_stream(),
-            captures: Some(&mut captures),
-        };
+        let hooks = Hooks { additions: None, stop_after_stream: captures.last_stream(), captures: Some(&mut captures) };
         self.model.forward(&step, &mut cache, hooks)?;
         prompts
             .iter()
@@ -51,16 +47,9 @@ impl Engine {
         let adds = self.additions(&layout, additions)?;
         let step = layout.prefill_step(prompts, &self.model)?;
         let mut cache = KvCache::new(self.info.n_layer, layout.width);
-        let hooks = Hooks {
-            additions: adds.as_ref(),
-            ..Default::default()
-        };
+        let hooks = Hooks { additions: adds.as_ref(), ..Default::default() };
         let hidden = self.model.forward(&step, &mut cache, hooks)?;
-        prompts
-            .iter()
-            .enumerate()
-            .map(|(row, p)| self.model.logits(&hidden.i(row)?.narrow(0, layout.offsets[row], p.len())?))
-            .collect()
+        prompts.iter().enumerate().map(|(row, p)| self.model.logits(&hidden.i(row)?.narrow(0, layout.offsets[row], p.len())?)).collect()
     }
 
     /// Teacher-forced scores of every row (steered by its additions): the log-probability of

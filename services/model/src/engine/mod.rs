@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | [`Engine::load`] | loading from a directory, a GGUF file or the hub | here |
 //! | [`Engine::capture`], [`Engine::logits`], [`Engine::score`] | activations and teacher-forced scores | [`capture`] |
-//! | [`Engine::begin`] then [`Engine::run`] | **the serving loop**: chunked prefills and decode steps of many requests in one forward | [`prefill`], [`step`] |
+//! | [`Engine::begin`], [`Engine::run`] | **the serving loop**: chunked prefills and decode steps in one forward | [`prefill`], [`step`] |
 //! | [`Engine::generate`] | the reference loop: one batch, prefill then decode to the end | [`reference`] |
 //!
 //! A generation's rows are [`RowRequest`]s; [`Engine::begin`] makes a [`Prefill`], which
@@ -55,11 +55,7 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self {
-            dtype: WeightDtype::F32,
-            device: Device::Cpu,
-            hub: HubOptions::from_env(),
-        }
+        Self { dtype: WeightDtype::F32, device: Device::Cpu, hub: HubOptions::from_env() }
     }
 }
 

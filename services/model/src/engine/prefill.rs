@@ -22,9 +22,9 @@ impl Engine {
         debug_assert!(width + opts.max_new_tokens <= self.info.n_positions, "prompt + new tokens exceed n_positions");
         debug_assert!(rows.iter().all(|r| r.sampling.validate().is_ok()), "invalid sampling settings");
         debug_assert!(
-            rows.iter().flat_map(|r| r.additions.iter().map(move |a| (r, a))).all(|(r, a)| {
-                a.hook.check(self.info.n_layer).is_ok() && a.k <= r.prompt.len() && a.values.iter().all(|v| v.is_finite())
-            }),
+            rows.iter()
+                .flat_map(|r| r.additions.iter().map(move |a| (r, a)))
+                .all(|(r, a)| { a.hook.check(self.info.n_layer).is_ok() && a.k <= r.prompt.len() && a.values.iter().all(|v| v.is_finite()) }),
             "invalid steering"
         );
         let (distinct, fan_out) = distinct_rows(rows);

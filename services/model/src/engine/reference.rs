@@ -88,7 +88,12 @@ impl Engine {
         tracing::debug!(rows = rows.len(), prefill_secs, total, "generated");
         Ok(seqs
             .into_iter()
-            .map(|s| RowOutput { finish: s.finish.unwrap_or(FinishReason::Length), tokens: s.tokens, prefill_secs, decode_secs: total - prefill_secs })
+            .map(|s| RowOutput {
+                finish: s.finish.unwrap_or(FinishReason::Length),
+                tokens: s.tokens,
+                prefill_secs,
+                decode_secs: total - prefill_secs,
+            })
             .collect())
     }
 

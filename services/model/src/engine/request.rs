@@ -32,12 +32,7 @@ pub struct GenerateOptions {
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        Self {
-            max_new_tokens: 50,
-            stop_at_eos: true,
-            use_kv_cache: true,
-            top_logprobs: 0,
-        }
+        Self { max_new_tokens: 50, stop_at_eos: true, use_kv_cache: true, top_logprobs: 0 }
     }
 }
 

@@ -2,9 +2,9 @@
 
 use rayon::prelude::*;
 
+use super::isa::isa;
 #[cfg(target_arch = "x86_64")]
 use super::x86::dots256;
-use super::isa::isa;
 use super::Elem;
 
 /// `y[m, v] = h[m, d] . w[v, d]^T`: the tied lm_head, whose rows are the vocabulary embeddings.

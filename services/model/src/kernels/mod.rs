@@ -12,7 +12,7 @@
 //! | [`elem`] | the weight element types (f32, bf16 and f16 bits) and their conversion to f32 |
 //! | [`isa`] | the one instruction-set dispatch (AVX2 / AVX-512 / VNNI), detected once |
 //! | [`panels`] | the production product: weights in panels of 32 columns ([`matmul_panels`]) |
-//! | [`reference`] | the row-major product ([`matmul_reference`]): the reference the panel kernels are tested against, and the old path the `kernels` example measures |
+//! | [`reference`] | the row-major product ([`matmul_reference`]): what the panels are tested against |
 //! | [`dots`] | the tied lm_head: `h . w^T` by rows ([`rows_dot`]) |
 //! | [`attention`], [`gelu`] | one head attending over its cache; GPT-2's tanh GELU |
 //! | [`probe`] | a sequential read for measuring a machine's bandwidth |

@@ -3,10 +3,10 @@
 //! registers over a core's whole share of each panel and reads it as one stream. It gives the
 //! bits of the row-major reference ([`super::matmul_reference`], tested).
 
-#[cfg(target_arch = "x86_64")]
-use super::x86::blocked;
 use super::isa::isa;
 use super::slabs::{add_bias, by_slabs};
+#[cfg(target_arch = "x86_64")]
+use super::x86::blocked;
 use super::Elem;
 
 /// Columns per panel of a packed weight matrix ([`pack_panels`]).

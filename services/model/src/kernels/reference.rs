@@ -5,12 +5,11 @@
 //! From 2 rows of x the register-blocked x86 kernels do the FMAs, from 48 a packed one; every
 //! path gives each output element the same FMA chain in the same order.
 
-#[cfg(target_arch = "x86_64")]
-use super::x86::{blocked, f16c};
 use super::isa::isa;
 use super::slabs::{add_bias, by_slabs, TILE};
+#[cfg(target_arch = "x86_64")]
+use super::x86::{blocked, f16c};
 use super::Elem;
-
 
 /// `y[m, n] = x[m, k] . w[k, n] (+ bias[n])`, all row-major f32; `w` in GPT-2's Conv1D layout.
 /// The reference product ([`super::matmul_panels`] must give its bits).
@@ -30,7 +29,6 @@ pub fn matmul_reference<E: Elem>(x: &[f32], w: &[E], bias: Option<&[f32]>, m: us
     }
     y
 }
-
 
 #[allow(clippy::too_many_arguments)]
 fn row_slab<E: Elem>(x: &[f32], w: &[E], acc: &mut [f32], m: usize, k: usize, n: usize, i0: usize, i1: usize) {
@@ -102,7 +100,6 @@ unsafe fn row_slab_avx512<E: Elem, const WIDE: bool>(x: &[f32], w: &[E], acc: &m
 /// Rows of x from which the register-blocked kernel (`x86::blocked`) takes over (at one row it
 /// measured the same as the streaming loop for f32, and 16-bit weights have their 8-row loop).
 const BLOCKED_MIN_ROWS: usize = 2;
-
 
 /// Adds weight rows i0..i1 into `acc` ([m, n]): 4 rows at a time, column tile by column tile,
 /// so each weight element is loaded from memory once and used for all m rows from L1.

@@ -144,9 +144,7 @@ fn attention_of_one_head_matches_the_softmax_formula() {
     let (keys, values) = (data(s * d, 2), data(s * d, 3));
     let mut out = vec![0f32; hd];
     attend_one(&q, &keys, &values, off, d, &mut out);
-    let scores: Vec<f64> = (0..s)
-        .map(|t| (0..hd).map(|j| q[j] as f64 * keys[t * d + off + j] as f64).sum::<f64>() / (hd as f64).sqrt())
-        .collect();
+    let scores: Vec<f64> = (0..s).map(|t| (0..hd).map(|j| q[j] as f64 * keys[t * d + off + j] as f64).sum::<f64>() / (hd as f64).sqrt()).collect();
     let z: f64 = scores.iter().map(|x| x.exp()).sum();
     for j in 0..hd {
         let want: f64 = (0..s).map(|t| scores[t].exp() / z * values[t * d + off + j] as f64).sum();

@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use super::format::{Q32, Q8Blocks, QK8_0};
+use super::format::{Q8Blocks, Q32, QK8_0};
 
 /// Blocks one 512-bit vector advances at once: each of its 16 lanes holds 4 bytes of one block,
 /// so a group's 8 vectors give every lane its block's whole dot product (`vpdpbusd`, 4 bytes per
@@ -93,8 +93,7 @@ impl Q8Rows {
     pub fn pack(mut b: Q8Blocks, row_blocks: usize) -> Self {
         assert!(row_blocks > 0 && b.len().is_multiple_of(row_blocks), "whole rows of blocks");
         let shape = Shape::of(row_blocks);
-        b.qs.par_chunks_mut(row_blocks)
-            .for_each_init(|| vec![Q32::default(); row_blocks], |out, row| pack_row(row, shape, 0x80, out));
+        b.qs.par_chunks_mut(row_blocks).for_each_init(|| vec![Q32::default(); row_blocks], |out, row| pack_row(row, shape, 0x80, out));
         Self { qs: b.qs, d: b.d, row_blocks }
     }
 

@@ -4,13 +4,12 @@
 
 use rayon::prelude::*;
 
-use super::format::{quantize_block, Q32, QK8_0};
 use super::activations::{tail, XQ};
+use super::format::{quantize_block, Q32, QK8_0};
 use super::packing::{byte, place, Q8Rows, Shape, GROUP, HALF, TILE_FROM_BLOCKS, TILE_ROWS};
 #[cfg(target_arch = "x86_64")]
 use super::x86;
 use crate::kernels::{isa, Isa};
-
 
 fn quantize_x(x: &[f32], nb: usize) -> XQ {
     #[cfg(target_arch = "x86_64")]
@@ -256,14 +255,11 @@ impl Kernel {
 /// Rows of x that share each pass over a weight row (at most).
 pub(super) const X_ROWS: usize = 8;
 
-
-
 /// The sum of the 8 lanes, in the tree the AVX2 `hsum` uses.
 #[inline(always)]
 fn lanes_sum(a: [f32; HALF]) -> f32 {
     ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
 }
-
 
 /// One output element without SIMD: the same operations in the same order as the kernels.
 fn portable_row(qs: &[Q32], d: &[u16], xq: &XQ, r: usize) -> f32 {

@@ -2,9 +2,9 @@
 //! rows), AVX2's `maddubs` + `madd` on the two 256-bit halves, and AVX2's block quantizer. The
 //! same sums in the same order as the portable kernel ([`super::product`]).
 
+use super::activations::{tail, XQ};
 use super::format::{Q32, QK8_0};
 use super::packing::{GROUP, HALF};
-use super::activations::{tail, XQ};
 use super::packing::{TILE_GROUPS, TILE_ROWS};
 use std::arch::x86_64::*;
 
@@ -75,7 +75,15 @@ pub unsafe fn quantize_block_avx2(b: &[f32]) -> (f32, Q32) {
 /// The 16-block groups `groups` of one weight row (`wp`, `dp`) against G rows of x (row r
 /// at block `x0 + r * nb`), added to `wide`; the weights `ahead` bytes on are prefetched.
 #[inline(always)]
-unsafe fn wide_vnni<const G: usize>(wp: *const Q32, dp: *const u16, xq: &XQ, x0: usize, groups: std::ops::Range<usize>, ahead: usize, wide: &mut [__m512; G]) {
+unsafe fn wide_vnni<const G: usize>(
+    wp: *const Q32,
+    dp: *const u16,
+    xq: &XQ,
+    x0: usize,
+    groups: std::ops::Range<usize>,
+    ahead: usize,
+    wide: &mut [__m512; G],
+) {
     let (nb, xp) = (xq.nb, xq.qs.as_ptr());
     for g in groups {
         let b0 = g * GROUP;

@@ -30,8 +30,8 @@ use serde_json::{json, Value};
 use steer_proto::v1::activation_service_server::ActivationService;
 use steer_proto::v1::generation_service_server::GenerationService;
 use steer_proto::v1::{
-    generate_from_tensors_response, get_steering_tensors_response, ActivationAddition, FinishReason, GenerateFromTensorsRequest,
-    GenerateSetup, GetSteeringTensorsRequest, GetVectorRequest, Hook, InlineTensor, SamplingParameters, VectorRef,
+    generate_from_tensors_response, get_steering_tensors_response, ActivationAddition, FinishReason, GenerateFromTensorsRequest, GenerateSetup,
+    GetSteeringTensorsRequest, GetVectorRequest, Hook, InlineTensor, SamplingParameters, VectorRef,
 };
 use tokio_stream::StreamExt;
 use tonic::{Code, Status};
@@ -135,9 +135,6 @@ pub(super) fn error(status: &Status) -> Response {
     error_naming(status, openai_param)
 }
 
-
-
-
 /// A field of the GenerateSetup this request became, by its name in the OpenAI request.
 fn openai_param(field: &str) -> String {
     let f = field.strip_prefix("setup.").unwrap_or(field);
@@ -193,7 +190,10 @@ async fn steering_tensors(services: &Services, s: &Steering, use_bos: bool) -> R
 /// are `steering.additions[0].layer`.
 fn rename(s: Status) -> Status {
     if s.code() == Code::InvalidArgument && s.message().starts_with("additions") {
-        return steer_proto::status::invalid_argument(&format!("steering.{}", s.message().split(':').next().unwrap_or_default()), s.message().split_once(": ").map_or("", |p| p.1));
+        return steer_proto::status::invalid_argument(
+            &format!("steering.{}", s.message().split(':').next().unwrap_or_default()),
+            s.message().split_once(": ").map_or("", |p| p.1),
+        );
     }
     s
 }
@@ -301,5 +301,3 @@ async fn start(services: &Arc<Services>, req: &CompletionRequest) -> Result<Resp
     let body = Body::from_stream(futures::stream::once(body).map(Ok::<_, Infallible>));
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
-
-

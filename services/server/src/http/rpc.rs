@@ -19,9 +19,9 @@ use serde::Serialize;
 use steer_proto::v1::activation_service_server::ActivationService;
 use steer_proto::v1::generation_service_server::GenerationService;
 use steer_proto::v1::{
-    ComputeVectorRequest, DeleteVectorRequest, GetVectorRequest, ListVectorsRequest, PutVectorRequest, ScoreRequest,
-    ActivationServiceGetModelInfoRequest, GenerateFromTensorsRequest, GenerationServiceGetModelInfoRequest, GetActivationsRequest,
-    GetSteeringTensorsRequest,
+    ActivationServiceGetModelInfoRequest, ComputeVectorRequest, DeleteVectorRequest, GenerateFromTensorsRequest,
+    GenerationServiceGetModelInfoRequest, GetActivationsRequest, GetSteeringTensorsRequest, GetVectorRequest, ListVectorsRequest, PutVectorRequest,
+    ScoreRequest,
 };
 use tokio_stream::{Stream, StreamExt};
 use tonic::Status;

@@ -6,8 +6,8 @@
 //! chain over the slab's weight rows in ascending order, `w * x + sum`: the same operations in
 //! the same order as [`row_slab_generic`], so the same bits, whichever kernel a row goes through.
 
-use crate::kernels::Elem;
 use super::{load16, load8};
+use crate::kernels::Elem;
 use std::arch::x86_64::*;
 
 /// Weight rows per block: the sums are loaded and stored once per block (8 against 16 and
@@ -156,7 +156,16 @@ pub unsafe fn row_slab_512<E: Elem>(x: &[f32], w: &[E], acc: &mut [f32], m: usiz
 /// One 16- or (`Z`) 32-column panel where it fits, from column `c0`; returns its width.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn panel_at<E: Elem, const Z: bool>(xr: *const f32, wr: *const E, ws: usize, rows: usize, ar: *mut f32, m: usize, n: usize, left: usize) -> usize {
+unsafe fn panel_at<E: Elem, const Z: bool>(
+    xr: *const f32,
+    wr: *const E,
+    ws: usize,
+    rows: usize,
+    ar: *mut f32,
+    m: usize,
+    n: usize,
+    left: usize,
+) -> usize {
     if Z && left >= 2 * NR {
         panel_512(xr, wr, ws, rows, ar, m, n, Pf::NONE);
         2 * NR
@@ -190,7 +199,16 @@ unsafe fn row_slab_streaming<E: Elem, const Z: bool>(x: &[f32], w: &[E], acc: &m
                         _mm_prefetch::<_MM_HINT_T0>(w.as_ptr().wrapping_add(i * n + c0 + 5 * NR).cast());
                     }
                 }
-                c0 += panel_at::<E, Z>(xt.as_ptr().add((kb - i0) * m), w.as_ptr().add(kb * n + c0), n, ke - kb, acc.as_mut_ptr().add(c0), m, n, ce - c0);
+                c0 += panel_at::<E, Z>(
+                    xt.as_ptr().add((kb - i0) * m),
+                    w.as_ptr().add(kb * n + c0),
+                    n,
+                    ke - kb,
+                    acc.as_mut_ptr().add(c0),
+                    m,
+                    n,
+                    ce - c0,
+                );
             }
             kb = ke;
         }
@@ -234,7 +252,16 @@ unsafe fn row_slab_packed<E: Elem, const Z: bool>(x: &[f32], w: &[E], acc: &mut 
             }
             let mut c0 = 0;
             while c0 < cw {
-                c0 += panel_at::<f32, Z>(xt.as_ptr().add((kb - i0) * m), pack.as_ptr().add(c0), PC, ke - kb, acc.as_mut_ptr().add(ct + c0), m, n, cw - c0);
+                c0 += panel_at::<f32, Z>(
+                    xt.as_ptr().add((kb - i0) * m),
+                    pack.as_ptr().add(c0),
+                    PC,
+                    ke - kb,
+                    acc.as_mut_ptr().add(ct + c0),
+                    m,
+                    n,
+                    cw - c0,
+                );
             }
             kb = ke;
         }
@@ -572,7 +599,16 @@ unsafe fn panel_512<E: Elem>(xr: *const f32, wr: *const E, ws: usize, rows: usiz
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn micro_512<E: Elem, const R: usize>(xr: *const f32, xs: usize, wr: *const E, ws: usize, rows: usize, ar: *mut f32, n: usize, mut pf: PfPass<E>) {
+unsafe fn micro_512<E: Elem, const R: usize>(
+    xr: *const f32,
+    xs: usize,
+    wr: *const E,
+    ws: usize,
+    rows: usize,
+    ar: *mut f32,
+    n: usize,
+    mut pf: PfPass<E>,
+) {
     let mut a = [[_mm512_setzero_ps(); 2]; R];
     for (r, a) in a.iter_mut().enumerate() {
         let o = ar.add(r * n);

@@ -3,8 +3,8 @@
 //! of `d / 16` dependent FMAs: latency-bound, 23 ms for XL's lm_head at 6 rows against 11 ms
 //! to stream it). The same operations in the same order per row, so the same bits.
 
-use crate::kernels::{isa, Elem};
 use super::{dots512, load8};
+use crate::kernels::{isa, Elem};
 use std::arch::x86_64::*;
 
 #[target_feature(enable = "avx2,fma,f16c")]

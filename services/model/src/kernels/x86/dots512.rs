@@ -4,8 +4,8 @@
 //! lm_head at ~60 GFLOP/s). A 512-bit sum's 16 lanes are the 2 x 8 lanes of the 256-bit loop,
 //! summed in the same order: the same bits.
 
-use crate::kernels::Elem;
 use super::load16;
+use crate::kernels::Elem;
 use std::arch::x86_64::*;
 
 /// The sums of the whole groups of 4 weight rows; returns how many weight rows that was.
