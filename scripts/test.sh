@@ -8,6 +8,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Style first (cheap, and a failure here says what to fix): one format (rustfmt.toml) and no
+# clippy warnings, on every target.
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
 cargo test --workspace --locked
 cat artifacts/soak.txt  # the soak's figures (clients/cli/tests/soak.rs)
 # The model's tests again on the AVX2 kernels that AVX2-only hosts run (on an AVX-512 host the

@@ -178,6 +178,7 @@ pub fn count_words(text: &str, words: &[String]) -> usize {
 
 /// Topic-word counts in `n` unsteered and `n` steered completions of `prompt` per setting and
 /// position: mean count per completion and the fraction of completions with any.
+#[allow(clippy::too_many_arguments)]
 pub async fn topic_words(
     client: &impl Backend,
     sweep: &Sweep,

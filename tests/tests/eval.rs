@@ -18,7 +18,7 @@ fn ppl(e: &Engine, prefix: &[u32], texts: &[String], adds: &[Addition]) -> f64 {
     let (mut sum, mut n) = (0.0, 0);
     for t in texts {
         let ids = [prefix.to_vec(), e.encode(t, false).unwrap()].concat();
-        let logits = e.logits(&[ids.clone()], &[adds.to_vec()]).unwrap()[0].to_vec2::<f32>().unwrap();
+        let logits = e.logits(std::slice::from_ref(&ids), &[adds.to_vec()]).unwrap()[0].to_vec2::<f32>().unwrap();
         for p in prefix.len()..ids.len() {
             sum += log_softmax(&logits[p - 1])[ids[p] as usize];
             n += 1;
@@ -40,7 +40,7 @@ async fn perplexity_kl_and_topic_words_equal_independent_computations() {
     let acts = e.capture(&[e.encode(" wedding", true).unwrap(), e.encode(" ", true).unwrap()], &[point]).unwrap();
     let steer = Addition::from_tensor(point, &((&acts[0][0] - &acts[1][0]).unwrap() * 4.0).unwrap()).unwrap();
     let bos = e.encode("", true).unwrap();
-    let (u, s) = (ppl(&e, &bos, &set.texts, &[]), ppl(&e, &bos, &set.texts, &[steer.clone()]));
+    let (u, s) = (ppl(&e, &bos, &set.texts, &[]), ppl(&e, &bos, &set.texts, std::slice::from_ref(&steer)));
     let m = &rows[0]["sets"]["w"];
     let close = |a: f64, b: f64| (a - b).abs() / b < 1e-4;
     assert!(close(m["perplexity_unsteered"].as_f64().unwrap(), u) && close(m["perplexity_steered"].as_f64().unwrap(), s), "{m} vs {u} {s}");
@@ -53,7 +53,7 @@ async fn perplexity_kl_and_topic_words_equal_independent_computations() {
     let prompt = "I'm excited because I'm going to a";
     let kl_rows = eval::kl_sweep(&client, &sweep, prompt, 3, &opts, |_, _, _| {}).await.unwrap();
     let ids = e.encode(prompt, true).unwrap();
-    let last = |adds: Vec<Addition>| log_softmax(&e.logits(&[ids.clone()], &[adds]).unwrap()[0].to_vec2::<f32>().unwrap().pop().unwrap());
+    let last = |adds: Vec<Addition>| log_softmax(&e.logits(std::slice::from_ref(&ids), &[adds]).unwrap()[0].to_vec2::<f32>().unwrap().pop().unwrap());
     let (ps, pu) = (last(vec![steer]), last(vec![]));
     let kl: f64 = ps.iter().zip(&pu).map(|(a, b)| a.exp() * (a - b)).sum();
     assert!((kl_rows[0]["kl"].as_f64().unwrap() - kl).abs() < 1e-4 * kl.max(1.0), "{} vs {kl}", kl_rows[0]["kl"]);

@@ -66,22 +66,22 @@ async fn tls_and_bearer_tokens_guard_every_service_but_health() {
 
     // Health answers probes without a token; the services do not.
     assert_eq!(health(&url, &tls).await.unwrap(), 1, "SERVING");
-    let anon = SteerClient::connect_with(&url, &[url.clone()], tls.clone()).await.unwrap();
+    let anon = SteerClient::connect_with(&url, std::slice::from_ref(&url), tls.clone()).await.unwrap();
     let err = anon.calculate_and_apply_steering_vector("I hate you because", &adds(), &quick()).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{err}");
     let err = anon.generate("I hate you because", &[], &quick(), |_| {}).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "not retried as a worker failure: {err}");
     let wrong = ConnectOptions { token: Some("s3cret-token-0123456788".into()), ..tls.clone() };
-    let err = SteerClient::connect_with(&url, &[url.clone()], wrong).await.unwrap().activation_info().await.unwrap_err();
+    let err = SteerClient::connect_with(&url, std::slice::from_ref(&url), wrong).await.unwrap().activation_info().await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
 
     // The right token over TLS runs the experiment; a plaintext client gets nowhere.
-    let ok = SteerClient::connect_with(&url, &[url.clone()], ConnectOptions { token: Some(token.clone()), ..tls.clone() }).await.unwrap();
+    let ok = SteerClient::connect_with(&url, std::slice::from_ref(&url), ConnectOptions { token: Some(token.clone()), ..tls.clone() }).await.unwrap();
     let cmp = ok.calculate_and_apply_steering_vector("I hate you because", &adds(), &quick()).await.unwrap();
     assert_eq!(cmp.steered.len(), 1);
     let plain_url = format!("http://{}", server.addr);
     let plain_opts = ConnectOptions { token: Some(token), ..Default::default() };
-    let plain = SteerClient::connect_with(&plain_url, &[plain_url.clone()], plain_opts).await.unwrap();
+    let plain = SteerClient::connect_with(&plain_url, std::slice::from_ref(&plain_url), plain_opts).await.unwrap();
     assert!(plain.activation_info().await.is_err());
     // A client that does not trust the CA refuses the server.
     assert!(health(&url, &ConnectOptions::default()).await.is_err());
@@ -100,7 +100,7 @@ async fn mutual_tls_requires_a_client_certificate_signed_by_the_ca() {
     assert!(health(&url, &tls).await.is_err(), "no client certificate");
     let mtls = ConnectOptions { tls_identity: Some((p.client.0.into(), p.client.1.into())), ..tls };
     assert_eq!(health(&url, &mtls).await.unwrap(), 1);
-    let client = SteerClient::connect_with(&url, &[url.clone()], mtls).await.unwrap();
+    let client = SteerClient::connect_with(&url, std::slice::from_ref(&url), mtls).await.unwrap();
     assert_eq!(client.calculate_and_apply_steering_vector("I hate you because", &adds(), &quick()).await.unwrap().steered.len(), 1);
     server.shutdown().await;
 }

@@ -39,7 +39,7 @@ async fn scores_perplexity_and_kl_equal_an_independent_computation() {
             let s = scores.iter().find(|s| s.index == i as u32 && s.steered == side).unwrap();
             assert_eq!(s.token_ids, ids[prompt.len()..].to_vec());
             assert_eq!(s.prompt_tokens as usize, prompt.len());
-            let logits = e.logits(&[ids.clone()], &[adds]).unwrap()[0].to_vec2::<f32>().unwrap();
+            let logits = e.logits(std::slice::from_ref(&ids), &[adds]).unwrap()[0].to_vec2::<f32>().unwrap();
             let want: Vec<f64> = (prompt.len()..ids.len()).map(|t| log_softmax(&logits[t - 1])[ids[t] as usize]).collect();
             for (got, want) in s.logprobs.iter().zip(&want) {
                 assert!((*got as f64 - want).abs() < 1e-4, "text {i} steered {side}: {got} vs {want}");
@@ -58,7 +58,7 @@ async fn scores_perplexity_and_kl_equal_an_independent_computation() {
     // KL(steered || unsteered) after text 0, and its largest terms, from the logits here.
     let (p, c) = &texts()[0];
     let ids = [e.encode(p, true).unwrap(), e.encode(c, false).unwrap()].concat();
-    let last = |adds: Vec<Addition>| e.logits(&[ids.clone()], &[adds]).unwrap()[0].to_vec2::<f32>().unwrap().pop().unwrap();
+    let last = |adds: Vec<Addition>| e.logits(std::slice::from_ref(&ids), &[adds]).unwrap()[0].to_vec2::<f32>().unwrap().pop().unwrap();
     let (ls, lu) = (log_softmax(&last(vec![steer.clone()])), log_softmax(&last(vec![])));
     let terms: Vec<f64> = ls.iter().zip(&lu).map(|(p, q)| p.exp() * (p - q)).collect();
     let kl: f64 = terms.iter().sum();
@@ -77,7 +77,7 @@ async fn all_positions_and_library_steering_score_like_inline_tensors_and_bad_in
     let opts = RunOptions::default();
     let dir = VectorTensor { point: HookPoint::BlockOutput(1), k: 1, values: (0..64).map(|i| (i as f32 * 0.37).sin()).collect() };
     let t = SteeringTensor::from_vector(&dir, Placement::AllPositions);
-    let a = client.score(&texts(), &[t.clone()], &opts, false, 0).await.unwrap();
+    let a = client.score(&texts(), std::slice::from_ref(&t), &opts, false, 0).await.unwrap();
     let b = client.score(&texts(), &[t], &opts, true, 0).await.unwrap();
     let steered: Vec<_> = b.iter().filter(|s| s.steered).cloned().collect();
     assert_eq!(a, steered, "scores do not depend on the unsteered rows beside them");

@@ -85,7 +85,7 @@ async fn unavailable_while_the_model_loads_reaches_the_caller() {
     let task = tokio::spawn(steer_server::serve(Arc::new(services), health, listener, async move {
         let _ = stopped.await;
     }));
-    let client = SteerClient::connect(&url, &[url.clone()]).await.unwrap();
+    let client = SteerClient::connect(&url, std::slice::from_ref(&url)).await.unwrap();
     let err = client.steering_tensors(&love_hate(1), &RunOptions::default()).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err}");
     let err = client.generate("I hate you", &[], &RunOptions::default(), |_| {}).await.unwrap_err();

@@ -303,7 +303,7 @@ async fn execute_with(
                 print!("{}", t.text_delta);
                 let _ = std::io::stdout().flush();
             }
-            Progress::Steps if tokens % rows.max(1) == 0 => {
+            Progress::Steps if tokens.is_multiple_of(rows.max(1)) => {
                 if let Some(s) = steps.as_mut() {
                     s.update((tokens / rows.max(1)) as u64, tokens);
                 }

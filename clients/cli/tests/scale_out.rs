@@ -154,7 +154,7 @@ async fn metrics_count_requests_tokens_and_cache() {
         .unwrap();
     let w = Worker { child, url: format!("http://127.0.0.1:{port}") };
     wait_serving(&w.url).await;
-    let client = SteerClient::connect(&w.url, &[w.url.clone()]).await.unwrap();
+    let client = SteerClient::connect(&w.url, std::slice::from_ref(&w.url)).await.unwrap();
     let adds = [AdditionSpec::new(1, 4.0, "Love "), AdditionSpec::new(1, -4.0, "Hate")];
     let opts = RunOptions { n_tokens: 7, n_comparisons: 2, ..RunOptions::default() };
     client.calculate_and_apply_steering_vector("I hate you because", &adds, &opts).await.unwrap();

@@ -14,8 +14,8 @@ impl Backend for SteerClient {
     fn comparison(&self, prompt: &str, tensors: &[SteeringTensor], opts: &RunOptions) -> impl Future<Output = Result<Comparison>> + Send {
         SteerClient::generate(self, prompt, tensors, opts, |_| {})
     }
-    fn max_comparisons(&self) -> impl Future<Output = Result<u32>> + Send {
-        async move { Ok(self.generation_info().await?.max_comparisons) }
+    async fn max_comparisons(&self) -> Result<u32> {
+        Ok(self.generation_info().await?.max_comparisons)
     }
     fn activations(&self, prompts: &[String], points: &[HookPoint], use_bos: bool) -> impl Future<Output = Result<Activations>> + Send {
         SteerClient::activations(self, prompts, points, use_bos)

@@ -111,7 +111,7 @@ impl Config {
     }
 
     pub fn validate(&self) -> std::result::Result<(), String> {
-        if self.n_head == 0 || self.n_embd % self.n_head != 0 {
+        if self.n_head == 0 || !self.n_embd.is_multiple_of(self.n_head) {
             return Err(format!("n_embd ({}) must be a multiple of n_head ({})", self.n_embd, self.n_head));
         }
         if self.n_layer == 0 || self.n_positions == 0 || self.vocab_size == 0 {

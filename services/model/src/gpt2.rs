@@ -123,7 +123,7 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn load(p: &mut Params, prefix: &str, cfg: &Config) -> Result<Self> {
-        let act = cfg.activation().map_err(|m| candle_core::Error::Msg(m))?;
+        let act = cfg.activation().map_err(candle_core::Error::Msg)?;
         Ok(Self {
             c_fc: Conv1D::load(p, &format!("{prefix}.c_fc"), cfg.n_embd, cfg.inner_dim())?,
             c_proj: Conv1D::load(p, &format!("{prefix}.c_proj"), cfg.inner_dim(), cfg.n_embd)?,

@@ -118,7 +118,7 @@ impl Matrix {
         if !device.is_cpu() && dtype != WeightDtype::F32 {
             return Err(ModelError::invalid("dtype", format!("{dtype} weights run on the CPU only")));
         }
-        if dtype == WeightDtype::Q8_0 && n_in % QK8_0 != 0 {
+        if dtype == WeightDtype::Q8_0 && !n_in.is_multiple_of(QK8_0) {
             return Err(ModelError::invalid("dtype", format!("q8_0 needs rows of a multiple of 32 values, not {n_in}")));
         }
         // (rows, cols) of the source as stored

@@ -236,7 +236,7 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>)], mut fill
     }
     header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
     let mut header = serde_json::to_vec(&header).expect("json");
-    while header.len() % 8 != 0 {
+    while !header.len().is_multiple_of(8) {
         header.push(b' ');
     }
     let f = File::create(path).map_err(|e| ModelError::io(path, e))?;

@@ -88,7 +88,7 @@ fn measure(source: &ModelSource, dtype: WeightDtype, base: &Engine) -> Accuracy 
     let mut acc = Accuracy { min_cosine: 1.0, ..Default::default() };
     for p in g["prompts"].as_array().unwrap() {
         let ids = e.encode(p["text"].as_str().unwrap(), p["bos"].as_bool().unwrap()).unwrap();
-        let want = base.logits(&[ids.clone()], &[vec![]]).unwrap()[0].to_vec2::<f32>().unwrap();
+        let want = base.logits(std::slice::from_ref(&ids), &[vec![]]).unwrap()[0].to_vec2::<f32>().unwrap();
         let got = e.logits(&[ids], &[vec![]]).unwrap()[0].to_vec2::<f32>().unwrap();
         for (w, g) in want.iter().zip(&got) {
             for (a, b) in w.iter().zip(g) {

@@ -33,8 +33,8 @@ fn zero_steering_equals_baseline_bit_for_bit() {
     let e = engine();
     let p = e.encode("I hate you because", true).unwrap();
     let zero = Addition::new(HookPoint::ResidPre(2), 3, vec![0f32; 3 * e.info().d_model]);
-    let base = e.logits(&[p.clone()], &[vec![]]).unwrap()[0].to_vec2::<f32>().unwrap();
-    let z = e.logits(&[p.clone()], &[vec![zero.clone()]]).unwrap()[0].to_vec2::<f32>().unwrap();
+    let base = e.logits(std::slice::from_ref(&p), &[vec![]]).unwrap()[0].to_vec2::<f32>().unwrap();
+    let z = e.logits(std::slice::from_ref(&p), &[vec![zero.clone()]]).unwrap()[0].to_vec2::<f32>().unwrap();
     assert_eq!(base, z);
     let a = gen(&e, &[sampled(&p, vec![], 3)]);
     let b = gen(&e, &[sampled(&p, vec![zero], 3)]);
@@ -69,8 +69,8 @@ fn several_additions_at_several_layers_add_up() {
     let a = love_hate(&e, HookPoint::ResidPre(1), 4.0);
     let b = love_hate(&e, HookPoint::ResidPre(3), -2.0);
     let both = vec![a.clone(), b.clone()];
-    let la = e.logits(&[p.clone()], &[both]).unwrap()[0].to_vec2::<f32>().unwrap();
-    let only_a = e.logits(&[p.clone()], &[vec![a]]).unwrap()[0].to_vec2::<f32>().unwrap();
+    let la = e.logits(std::slice::from_ref(&p), &[both]).unwrap()[0].to_vec2::<f32>().unwrap();
+    let only_a = e.logits(std::slice::from_ref(&p), &[vec![a]]).unwrap()[0].to_vec2::<f32>().unwrap();
     assert_ne!(la, only_a, "the second addition must act");
     // The first positions of the later stream carry the sum: check via capture of stream 3.
     let base = e.logits(&[p], &[vec![]]).unwrap()[0].to_vec2::<f32>().unwrap();

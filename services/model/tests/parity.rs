@@ -156,12 +156,12 @@ fn actadd_steering_tensor_and_steered_greedy_match_hugging_face() {
         let prompt = ids(&a["prompt_ids"]);
         let golden_tensor = Tensor::new(want, &steer_model::Device::Cpu).unwrap();
         for tensor in [steer, golden_tensor] {
-            let rows = greedy_rows(&[prompt.clone()], vec![vec![Addition::from_tensor(hook, &tensor).unwrap()]]);
+            let rows = greedy_rows(std::slice::from_ref(&prompt), vec![vec![Addition::from_tensor(hook, &tensor).unwrap()]]);
             let steered = run(&e, &rows, 20, true);
             assert_eq!(steered[0], ids(&a["steered_greedy"]), "{hook}");
             assert_eq!(run(&e, &rows, 20, false), steered, "{hook}: cache vs recompute");
         }
-        let plain = run(&e, &greedy_rows(&[prompt.clone()], vec![vec![]]), 20, true);
+        let plain = run(&e, &greedy_rows(std::slice::from_ref(&prompt), vec![vec![]]), 20, true);
         assert_eq!(plain[0], ids(&a["unsteered_greedy"]));
         // Unsteered and steered in one prefill, sharing the streams below the steering.
         let steer = Addition::from_tensor(hook, &Tensor::new(matrix(&a["steering"]), &steer_model::Device::Cpu).unwrap()).unwrap();
@@ -190,11 +190,11 @@ fn all_positions_steering_matches_a_hugging_face_hook_at_every_position() {
         let last = |t: &Tensor| t.get(t.dim(0).unwrap() - 1).unwrap().to_vec1::<f32>().unwrap();
         let coeff = c["coeff"].as_f64().unwrap() as f32;
         let ours: Vec<f32> = last(&acts[0][0]).iter().zip(last(&acts[1][0])).map(|(p, m)| coeff * (p - m)).collect();
-        assert!(max_abs_diff(&[ours], &[golden.clone()]) < 1e-4, "{hook}: direction");
+        assert!(max_abs_diff(&[ours], std::slice::from_ref(&golden)) < 1e-4, "{hook}: direction");
         let prompt = ids(&c["prompt_ids"]);
         let dir = Addition::all_positions(hook, golden.clone());
         for cache in [true, false] {
-            let got = run(&e, &greedy_rows(&[prompt.clone()], vec![vec![dir.clone()]]), 20, cache);
+            let got = run(&e, &greedy_rows(std::slice::from_ref(&prompt), vec![vec![dir.clone()]]), 20, cache);
             assert_eq!(got[0], ids(&c["steered_greedy"]), "{hook}, kv cache {cache}");
         }
         // Beside an unsteered row and a prefix (ActAdd) row of the same values: each its own.

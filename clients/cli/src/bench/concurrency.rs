@@ -107,13 +107,13 @@ pub async fn run(engine: Arc<Engine>, levels: &[usize], budgets: &[usize]) -> Re
                 together.push(t.await??);
             }
             let c = stats(&together, started.elapsed().as_secs_f64());
-            if !alone_stats.contains_key(&n) {
+            if let std::collections::hash_map::Entry::Vacant(e) = alone_stats.entry(n) {
                 let started = Instant::now();
                 let mut alone = vec![];
                 for i in 0..n {
                     alone.push(one(&client, i, &tensors, Instant::now()).await?);
                 }
-                alone_stats.insert(n, stats(&alone, started.elapsed().as_secs_f64()));
+                e.insert(stats(&alone, started.elapsed().as_secs_f64()));
             }
             let s = alone_stats[&n];
             println!(

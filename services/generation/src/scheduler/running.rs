@@ -17,7 +17,7 @@ use crate::validation::ValidRequest;
 /// Where a request is in its life.
 pub(super) enum Phase {
     /// The prompt goes through the engine chunk by chunk ([`Engine::run`]).
-    Prefilling(Prefill),
+    Prefilling(Box<Prefill>),
     /// Every row has its sequence; those not finished decode.
     Decoding(Vec<Sequence>),
     /// Every row finished; events are still queued for the client.
@@ -54,7 +54,7 @@ impl Running {
     ) -> Self {
         Self {
             writer: EventWriter::new(&request, queue_ms),
-            phase: Phase::Prefilling(prefill),
+            phase: Phase::Prefilling(Box::new(prefill)),
             request,
             outbox: VecDeque::new(),
             events,

@@ -33,7 +33,7 @@ unsafe fn gelu_chunk_avx2(x: &[f32], y: &mut [f32]) {
 
 #[inline(always)]
 fn gelu_chunk_generic(x: &[f32], y: &mut [f32]) {
-    const C: f32 = 0.797_884_56; // sqrt(2 / pi)
+    const C: f32 = 0.797_884_6; // sqrt(2 / pi)
     for (o, &v) in y.iter_mut().zip(x) {
         let u = C * (v + 0.044715 * v * v * v);
         *o = v / (1.0 + exp_approx(-2.0 * u));

@@ -45,7 +45,7 @@ impl Q8Blocks {
 
     /// From ggml's bytes (34 per block: f16 scale, 32 int8).
     pub fn from_ggml(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() % 34 != 0 {
+        if !bytes.len().is_multiple_of(34) {
             return None;
         }
         let (d, qs) = bytes

@@ -2,6 +2,9 @@
 //! rows), AVX2's `maddubs` + `madd` on the two 256-bit halves, and AVX2's block quantizer. The
 //! same sums in the same order as the portable kernel ([`super::product`]).
 
+// The kernels index their register arrays in explicit, fully unrolled loops.
+#![allow(clippy::needless_range_loop)]
+
 use super::activations::{tail, XQ};
 use super::format::{Q32, QK8_0};
 use super::packing::{GROUP, HALF};

@@ -37,6 +37,7 @@ fn error(status: &Status) -> Response {
     error_naming(status, str::to_string)
 }
 
+#[allow(clippy::result_large_err)] // the error is the response itself, returned at once
 fn parse<T>(body: Body_<T>) -> Result<T, Response> {
     body.map(|Json(t)| t).map_err(|e| error(&body_error(e)))
 }

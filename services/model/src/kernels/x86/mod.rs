@@ -4,6 +4,9 @@
 //! and compiled for the features it names; the portable callers in [`super`] pick one from
 //! [`super::isa`] and keep the same sums in the same order, so every path gives the same bits.
 
+// The micro-kernels index their register arrays in explicit, fully unrolled loops.
+#![allow(clippy::needless_range_loop)]
+
 pub(super) mod blocked;
 pub(super) mod dots256;
 pub(super) mod dots512;
