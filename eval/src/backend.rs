@@ -4,7 +4,7 @@
 
 use std::future::Future;
 
-use steer_proto::v1::{HookPoint, TextScore};
+use steer_proto::v1::{HookPoint, ScoreRequest, TextScore};
 
 use crate::error::Result;
 use crate::run::{AdditionSpec, Comparison, RunOptions, SteeringTensor};
@@ -22,12 +22,7 @@ pub trait Backend: Sync {
     /// Most comparisons one generation may ask for.
     fn max_comparisons(&self) -> impl Future<Output = Result<u32>> + Send;
     fn activations(&self, prompts: &[String], points: &[HookPoint], use_bos: bool) -> impl Future<Output = Result<Activations>> + Send;
-    fn score(
-        &self,
-        texts: &[(String, String)],
-        tensors: &[SteeringTensor],
-        opts: &RunOptions,
-        include_unsteered: bool,
-        kl_top: u32,
-    ) -> impl Future<Output = Result<Vec<TextScore>>> + Send;
+    /// Teacher-forced scores (`score_request` builds the request), in text order, unsteered
+    /// before steered.
+    fn score(&self, req: ScoreRequest) -> impl Future<Output = Result<Vec<TextScore>>> + Send;
 }

@@ -156,6 +156,20 @@ where
     Ok(out)
 }
 
+/// Scores from a Score response stream (any transport), in text order, unsteered before
+/// steered (the worker sends them as they finish).
+pub async fn collect_scores<S>(mut stream: S) -> Result<Vec<v1::TextScore>>
+where
+    S: Stream<Item = std::result::Result<v1::ScoreResponse, Status>> + Unpin,
+{
+    let mut out = vec![];
+    while let Some(msg) = stream.next().await {
+        out.extend(msg?.score);
+    }
+    out.sort_by_key(|s| (s.index, s.steered));
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,7 @@ pub mod run;
 pub mod sweeps;
 
 pub use backend::{Activations, Backend};
-pub use collect::{collect, collect_activations, collect_steering_tensors, drain, MAX_TENSOR_BYTES};
+pub use collect::{collect, collect_activations, collect_scores, collect_steering_tensors, drain, MAX_TENSOR_BYTES};
 pub use error::{Error, Result};
 pub use run::{model_ref, score_request, steering_request, AdditionSpec, Comparison, Completion, RunOptions, SteeringTensor};
 pub use sweeps::{

@@ -18,7 +18,7 @@ use steer_proto::v1::{HookPoint, TextScore};
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::run::{AdditionSpec, RunOptions, SteeringTensor};
+use crate::run::{score_request, AdditionSpec, RunOptions, SteeringTensor};
 
 /// The post's wedding words.
 pub const WEDDING_WORDS: &[&str] = &["wedding", "weddings", "wed", "marry", "married", "marriage", "bride", "groom", "honeymoon"];
@@ -64,7 +64,7 @@ pub fn perplexity<'a>(scores: impl IntoIterator<Item = &'a TextScore>) -> f64 {
 
 async fn set_perplexity(client: &impl Backend, set: &TextSet, prompt: &str, tensors: &[SteeringTensor], opts: &RunOptions) -> Result<f64> {
     let texts: Vec<(String, String)> = set.texts.iter().map(|t| (prompt.to_string(), t.clone())).collect();
-    Ok(perplexity(&client.score(&texts, tensors, opts, false, 0).await?))
+    Ok(perplexity(&client.score(score_request(&texts, tensors, opts, false, 0)).await?))
 }
 
 /// Steered and unsteered perplexity of each text set per setting (`method: "actadd"`), then
@@ -117,11 +117,9 @@ pub async fn kl_sweep(
     prompt: &str,
     top: u32,
     opts: &RunOptions,
-    mut progress: impl FnMut(usize, usize, &Value),
+    progress: impl FnMut(usize, usize, &Value),
 ) -> Result<Vec<Value>> {
-    let settings = sweep.settings();
-    let mut rows = vec![];
-    for (i, &(layer, coeff)) in settings.iter().enumerate() {
+    each_setting(sweep, progress, |_, layer, coeff| async move {
         let tensors = client.steering_tensors(&sweep.additions(layer, coeff), opts).await?;
         let s = next_token_kl(client, prompt, &tensors, top, opts).await?;
         let top: Vec<Value> = s
@@ -132,14 +130,29 @@ pub async fn kl_sweep(
                        "p_steered": k.p_steered, "p_unsteered": k.p_unsteered})
             })
             .collect();
-        rows.push(json!({"layer": layer, "coeff": coeff, "kl": s.next_token_kl, "top": top}));
+        Ok(json!({"layer": layer, "coeff": coeff, "kl": s.next_token_kl, "top": top}))
+    })
+    .await
+}
+
+/// Runs `row(i, layer, coeff)` for each of the sweep's settings in order, passing each row to
+/// `progress(done, total, row)` as it finishes.
+async fn each_setting<F, Fut>(sweep: &Sweep, mut progress: impl FnMut(usize, usize, &Value), mut row: F) -> Result<Vec<Value>>
+where
+    F: FnMut(usize, u32, f64) -> Fut,
+    Fut: std::future::Future<Output = Result<Value>>,
+{
+    let settings = sweep.settings();
+    let mut rows = vec![];
+    for (i, &(layer, coeff)) in settings.iter().enumerate() {
+        rows.push(row(i, layer, coeff).await?);
         progress(i + 1, settings.len(), &rows[i]);
     }
     Ok(rows)
 }
 
 async fn next_token_kl(client: &impl Backend, prompt: &str, tensors: &[SteeringTensor], top: u32, opts: &RunOptions) -> Result<TextScore> {
-    let scores = client.score(&[(prompt.to_string(), String::new())], tensors, opts, true, top.max(1)).await?;
+    let scores = client.score(score_request(&[(prompt.to_string(), String::new())], tensors, opts, true, top.max(1))).await?;
     scores.into_iter().find(|s| s.steered).ok_or_else(|| Error::Protocol("Score without the steered side".into()))
 }
 
@@ -245,11 +258,9 @@ pub async fn norms(
     sweep: &Sweep,
     prompt: &str,
     opts: &RunOptions,
-    mut progress: impl FnMut(usize, usize, &Value),
+    progress: impl FnMut(usize, usize, &Value),
 ) -> Result<Vec<Value>> {
-    let settings = sweep.settings();
-    let mut rows = vec![];
-    for (i, &(layer, coeff)) in settings.iter().enumerate() {
+    each_setting(sweep, progress, |i, layer, coeff| async move {
         let point = HookPoint { hook: opts.hook as i32, layer };
         let acts = client.activations(&[prompt.to_string()], &[point], opts.use_bos).await?;
         let (len, d, values) = &acts[0][0];
@@ -262,13 +273,12 @@ pub async fn norms(
         let random = random_like(t, &norms, 1000 + i as u64);
         let kl_steering = next_token_kl(client, prompt, &tensors, 1, opts).await?.next_token_kl;
         let kl_random = next_token_kl(client, prompt, &[random], 1, opts).await?.next_token_kl;
-        rows.push(json!({
+        Ok(json!({
             "layer": layer, "coeff": coeff, "resid_norm": resid, "steering_norm": steering, "ratio": steering / resid,
             "kl_steering": kl_steering, "kl_random": kl_random,
-        }));
-        progress(i + 1, settings.len(), &rows[i]);
-    }
-    Ok(rows)
+        }))
+    })
+    .await
 }
 
 fn l2(v: &[f32]) -> f64 {

@@ -37,6 +37,40 @@ fn normalised(s: &str) -> String {
     s.trim().to_ascii_lowercase().replace('-', "_")
 }
 
+/// `ALL`, `name()`, `Display` and `FromStr` (`-` for `_`, any case) of a named enum: one
+/// spelling per variant, one parser.
+macro_rules! named {
+    ($ty:ident, $expected:literal, { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $ty {
+            pub const ALL: [$ty; [$($name),+].len()] = [$($ty::$variant),+];
+
+            /// The name, as files, the wire's JSON and every front end spell it.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name),+
+                }
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+
+        impl FromStr for $ty {
+            type Err = ParseError;
+            fn from_str(s: &str) -> Result<Self, ParseError> {
+                let bad = || ParseError { input: s.to_string(), expected: $expected };
+                Self::ALL.into_iter().find(|v| v.name() == normalised(s)).ok_or_else(bad)
+            }
+        }
+    };
+}
+
+named!(HookKind, "resid_pre or block_output", { ResidPre => "resid_pre", BlockOutput => "block_output" });
+named!(Placement, "prefix or all_positions", { Prefix => "prefix", AllPositions => "all_positions" });
+
 /// The two conventions for "layer L", named explicitly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -49,39 +83,12 @@ pub enum HookKind {
 }
 
 impl HookKind {
-    pub const ALL: [HookKind; 2] = [HookKind::ResidPre, HookKind::BlockOutput];
-
     /// The point of this kind at `layer`.
     pub fn at(self, layer: usize) -> HookPoint {
         match self {
             HookKind::ResidPre => HookPoint::ResidPre(layer),
             HookKind::BlockOutput => HookPoint::BlockOutput(layer),
         }
-    }
-
-    /// `resid_pre` or `block_output`.
-    pub fn name(self) -> &'static str {
-        match self {
-            HookKind::ResidPre => "resid_pre",
-            HookKind::BlockOutput => "block_output",
-        }
-    }
-}
-
-impl fmt::Display for HookKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for HookKind {
-    type Err = ParseError;
-    /// `resid_pre` or `block_output` (`-` for `_`, any case).
-    fn from_str(s: &str) -> Result<Self, ParseError> {
-        HookKind::ALL
-            .into_iter()
-            .find(|k| k.name() == normalised(s))
-            .ok_or_else(|| ParseError { input: s.to_string(), expected: "resid_pre or block_output" })
     }
 }
 
@@ -155,35 +162,6 @@ pub enum Placement {
     /// Control vectors, CAA: a `[1, d_model]` direction at every position of the prompt and
     /// at every generated token (in each decode step).
     AllPositions,
-}
-
-impl Placement {
-    pub const ALL: [Placement; 2] = [Placement::Prefix, Placement::AllPositions];
-
-    /// `prefix` or `all_positions`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Placement::Prefix => "prefix",
-            Placement::AllPositions => "all_positions",
-        }
-    }
-}
-
-impl fmt::Display for Placement {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Placement {
-    type Err = ParseError;
-    /// `prefix` or `all_positions` (`-` for `_`, any case).
-    fn from_str(s: &str) -> Result<Self, ParseError> {
-        Placement::ALL
-            .into_iter()
-            .find(|p| p.name() == normalised(s))
-            .ok_or_else(|| ParseError { input: s.to_string(), expected: "prefix or all_positions" })
-    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 use std::future::Future;
 
 use steer_eval::{collect_activations, Activations, Backend};
-use steer_proto::v1::{GetActivationsRequest, HookPoint, TextScore};
+use steer_proto::v1::{GetActivationsRequest, HookPoint, ScoreRequest, TextScore};
 
 use crate::{AdditionSpec, Comparison, Result, RunOptions, SteerClient, SteeringTensor};
 
@@ -20,15 +20,8 @@ impl Backend for SteerClient {
     fn activations(&self, prompts: &[String], points: &[HookPoint], use_bos: bool) -> impl Future<Output = Result<Activations>> + Send {
         SteerClient::activations(self, prompts, points, use_bos)
     }
-    fn score(
-        &self,
-        texts: &[(String, String)],
-        tensors: &[SteeringTensor],
-        opts: &RunOptions,
-        include_unsteered: bool,
-        kl_top: u32,
-    ) -> impl Future<Output = Result<Vec<TextScore>>> + Send {
-        SteerClient::score(self, texts, tensors, opts, include_unsteered, kl_top)
+    fn score(&self, req: ScoreRequest) -> impl Future<Output = Result<Vec<TextScore>>> + Send {
+        self.score_with(req)
     }
 }
 

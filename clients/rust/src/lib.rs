@@ -96,15 +96,14 @@ impl SteerClient {
         include_unsteered: bool,
         kl_top: u32,
     ) -> Result<Vec<v1::TextScore>> {
-        let req = score_request(texts, tensors, opts, include_unsteered, kl_top);
+        self.score_with(score_request(texts, tensors, opts, include_unsteered, kl_top)).await
+    }
+
+    /// [`SteerClient::score`] of a request already built.
+    pub async fn score_with(&self, req: v1::ScoreRequest) -> Result<Vec<v1::TextScore>> {
         let (_, mut g) = self.generation.pick(None).ok_or_else(no_worker)?;
-        let mut stream = g.score(self.request(req)).await?.into_inner();
-        let mut out = vec![];
-        while let Some(msg) = self.next(&mut stream).await? {
-            out.extend(msg.score);
-        }
-        out.sort_by_key(|s| (s.index, s.steered));
-        Ok(out)
+        let stream = g.score(self.request(req)).await?.into_inner();
+        steer_eval::collect_scores(self.within(stream)).await
     }
 
     /// Builds a vector file on the activation worker (ActAdd additions or contrast pairs),

@@ -16,11 +16,11 @@ use steer_proto::v1::eval_service_server::{EvalService, EvalServiceServer};
 use steer_proto::v1::generation_service_server::GenerationService;
 use steer_proto::v1::{
     CancelSweepRequest, CancelSweepResponse, GenerateFromTensorsRequest, GetActivationsRequest, Hook, HookPoint, ListSweepsRequest,
-    ListSweepsResponse, StartSweepRequest, StartSweepResponse, Sweep, SweepKind, SweepState, TextScore, WatchSweepRequest, WatchSweepResponse,
+    ListSweepsResponse, ScoreRequest, StartSweepRequest, StartSweepResponse, Sweep, SweepKind, SweepState, TextScore, WatchSweepRequest,
+    WatchSweepResponse,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
 use crate::services::Services;
@@ -99,23 +99,11 @@ impl Backend for Local {
         }
     }
 
-    fn score(
-        &self,
-        texts: &[(String, String)],
-        tensors: &[SteeringTensor],
-        opts: &RunOptions,
-        include_unsteered: bool,
-        kl_top: u32,
-    ) -> impl Future<Output = eval::Result<Vec<TextScore>>> + Send {
-        let (services, req) = (self.0.clone(), eval::score_request(texts, tensors, opts, include_unsteered, kl_top));
+    fn score(&self, req: ScoreRequest) -> impl Future<Output = eval::Result<Vec<TextScore>>> + Send {
+        let services = self.0.clone();
         async move {
-            let mut stream = services.generation.score(Request::new(req)).await?.into_inner();
-            let mut out = vec![];
-            while let Some(m) = stream.next().await {
-                out.extend(m?.score);
-            }
-            out.sort_by_key(|s| (s.index, s.steered));
-            Ok(out)
+            let stream = services.generation.score(Request::new(req)).await?.into_inner();
+            eval::collect_scores(stream).await
         }
     }
 }

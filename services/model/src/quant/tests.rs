@@ -87,22 +87,9 @@ fn matmul_matches_the_dequantized_product_and_rows_are_independent() {
     // a tail (XL's 1600), with an 8-block group (XL's 6400) and with both, and tiled (k from
     // 4096, m from 2: whole tiles and a partial one, group counts that are and are not a
     // multiple of the tile's); m: every fixed-size kernel, and more rows than one pass takes.
-    let shapes = [
-        (1usize, 32usize, 5usize),
-        (3, 64, 130),
-        (5, 256, 31),
-        (6, 320, 77),
-        (7, 32, 9),
-        (8, 512, 20),
-        (9, 96, 200),
-        (16, 288, 40),
-        (4, 800, 19),
-        (2, 1600, 7),
-        (8, 768, 5),
-        (11, 6400, 3),
-        (6, 4096, 37),
-        (3, 5120, 21),
-    ];
+    #[rustfmt::skip]
+    let shapes = [(1usize, 32usize, 5usize), (3, 64, 130), (5, 256, 31), (6, 320, 77), (7, 32, 9), (8, 512, 20), (9, 96, 200),
+        (16, 288, 40), (4, 800, 19), (2, 1600, 7), (8, 768, 5), (11, 6400, 3), (6, 4096, 37), (3, 5120, 21)];
     for &(m, k, n) in &shapes {
         let x = data(m * k, 1);
         let bias = data(n, 3);
