@@ -388,7 +388,8 @@ mod tests {
         let rows = vec![
             json!({"method": "actadd", "layer": 1, "coeff": 2.0, "sets": {"wedding": {"ratio": 0.9}, "unrelated": {"ratio": 1.01}}}),
             json!({"method": "actadd", "layer": 2, "coeff": 2.0, "sets": {"wedding": {"ratio": 0.8}, "unrelated": {"ratio": 1.02}}}),
-            json!({"method": "prompting", "layer": null, "coeff": null, "prompt": "a, \"b\"", "sets": {"wedding": {"ratio": 0.95}, "unrelated": {"ratio": 1.1}}}),
+            json!({"method": "prompting", "layer": null, "coeff": null, "prompt": "a, \"b\"",
+                   "sets": {"wedding": {"ratio": 0.95}, "unrelated": {"ratio": 1.1}}}),
         ];
         let c = csv(&rows);
         let lines: Vec<&str> = c.lines().collect();

@@ -49,7 +49,8 @@ pub fn all() -> Vec<Preset> {
         ("post-3", "Barack Obama was born in", "Bush did 9/11 because", "", 23, 1.0),
         (
             "post-4",
-            "Some people think that death is scary and should be avoided. I agree. I never want to die. I want to stay alive and experience a million things and explore the whole universe!",
+            "Some people think that death is scary and should be avoided. I agree. I never want to die. \
+             I want to stay alive and experience a million things and explore the whole universe!",
             "Want to die",
             "Want to stay alive",
             10,

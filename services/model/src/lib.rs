@@ -1,12 +1,15 @@
 //! `steer-model`: GPT-2 in candle with hook points on the residual stream, a KV cache, batched
 //! generation of rows of different lengths, and the sampler ActAdd uses. No gRPC in here.
 //!
-//! - [`config`]: `config.json`; [`dtype`]: the weights' element type; [`gpt2`]: the network; [`hooks`]: capture/add on the residual stream;
-//! - [`kv_cache`]; [`kernels`]: CPU kernels for decode shapes; [`matrix`]: weight matrices in f32,
-//!   bf16, f16 or [`quant`]'s q8_0; [`sampler`]: next-token rules;
-//! - [`tokenizer`]; [`source`]: local directory, GGUF file or hub; [`weights`]: safetensors I/O;
-//!   [`gguf`]: llama.cpp's GGUF files;
-//! - [`random`]: random checkpoints for tests and benchmarks; [`engine`]: the API the services use.
+//! - [`engine`]: the API the services use (loading, capture and scores, the serving loop's
+//!   prefill and forward, sequences, the reference generate loop);
+//! - [`gpt2`]: the network; [`hooks`]: capture/add on the residual stream (the hook vocabulary
+//!   itself is `steer-hooks`', re-exported); [`kv_cache`]; [`sampler`]: next-token rules;
+//! - [`matrix`]: weight matrices in f32, bf16, f16 or q8_0; [`kernels`]: the CPU kernels and the
+//!   one instruction-set dispatch; [`quant`]: q8_0; [`dtype`]: the weights' element types;
+//! - [`config`]: `config.json`; [`tokenizer`]; [`source`]: local directory, GGUF file or hub;
+//!   [`weights`]: safetensors I/O; [`gguf`]: llama.cpp's GGUF files; [`random`]: random
+//!   checkpoints for tests and benchmarks.
 
 pub mod config;
 pub mod dtype;

@@ -24,7 +24,8 @@ const PROMPTS: [&str; 8] = [
     "Thanks for asking about that! I moved to Berkeley, CA because",
     "Yesterday, my dog died. Today, I got denied for a raise. I'm feeling",
     "The rock hurtled toward the child. The child couldn't get out of the way in time, and so sadly the rock",
-    "Some people think that death is scary and should be avoided. I agree. I never want to die. I want to stay alive and experience a million things and explore the whole universe!",
+    "Some people think that death is scary and should be avoided. I agree. I never want to die. \
+     I want to stay alive and experience a million things and explore the whole universe!",
     "Barack Obama was born in the state of Hawaii, and before that he said",
 ];
 
@@ -92,7 +93,10 @@ pub async fn run(engine: Arc<Engine>, levels: &[usize], budgets: &[usize]) -> Re
             "concurrency: N clients at once, each 1 unsteered + 1 steered row of {TOKENS} tokens, prompts of 9-38 tokens; \
              prefill {budget} positions per step while others decode (--prefill-tokens-per-step)"
         );
-        println!("| N | aggregate tokens/s | one at a time | ratio | TTFT p50 | TTFT p99 | inter-token p50 | inter-token p99 | (one at a time: TTFT p50, inter-token p50) |");
+        println!(
+            "| N | aggregate tokens/s | one at a time | ratio | TTFT p50 | TTFT p99 | inter-token p50 | inter-token p99 | \
+             (one at a time: TTFT p50, inter-token p50) |"
+        );
         println!("|---|---|---|---|---|---|---|---|---|");
         for &n in levels {
             let started = Instant::now();

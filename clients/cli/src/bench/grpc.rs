@@ -69,7 +69,8 @@ pub async fn run(engine: Arc<Engine>, tokens: usize) -> Result<()> {
     let (runs_grpc, runs_local) = (shown(&via_grpc), shown(&in_process));
     let (g, l) = (percentile(&mut via_grpc, 0.5), percentile(&mut in_process, 0.5));
     println!(
-        "full run, {tokens} tokens x 6 rows, {FULL_RUNS} of each in turn: gRPC (cached steering) median {g:.3} s ({runs_grpc}), in-process {l:.3} s ({runs_local}), overhead {:+.1}%",
+        "full run, {tokens} tokens x 6 rows, {FULL_RUNS} of each in turn: gRPC (cached steering) median {g:.3} s ({runs_grpc}), \
+         in-process {l:.3} s ({runs_local}), overhead {:+.1}%",
         (g / l - 1.0) * 100.0
     );
     server.shutdown().await;
