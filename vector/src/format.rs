@@ -135,8 +135,8 @@ impl SteeringVector {
             if mode == Placement::AllPositions && t.k != 1 {
                 return Err(VectorError::invalid(field, format!("{}: an all_positions vector is [1, d_model], not [{}, {d}]", t.point, t.k)));
             }
-            if model.n_layer > 0 && t.point.layer() >= model.n_layer as usize {
-                return Err(VectorError::invalid(field, format!("{}: layer must be in 0..{}", t.point, model.n_layer)));
+            if model.n_layer > 0 {
+                t.point.check(model.n_layer as usize).map_err(|e| VectorError::invalid(&field, e.to_string()))?;
             }
             if i > 0 && tensors[i - 1].point == t.point {
                 return Err(VectorError::invalid(field, format!("{}: two tensors at one point", t.point)));
@@ -249,7 +249,7 @@ impl SteeringVector {
                 message: format!("the vector is for {} layers ({}), the model has {}", mine.n_layer, mine.name, model.n_layer),
             });
         }
-        if let Some(t) = self.tensors.iter().find(|t| model.n_layer != 0 && t.point.layer() >= model.n_layer as usize) {
+        if let Some(t) = self.tensors.iter().find(|t| model.n_layer != 0 && t.point.check(model.n_layer as usize).is_err()) {
             return Err(VectorError::WrongModel {
                 field: format!("tensors.{}", t.point),
                 message: format!("layer {} does not exist in a {}-layer model", t.point.layer(), model.n_layer),

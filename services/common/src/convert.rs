@@ -24,9 +24,7 @@ pub fn hook_point(hook: i32, layer: u32, n_layer: usize, field: &str) -> Result<
 /// A point (from a vector file, say) with its layer checked against the model's depth; errors
 /// name `field`.
 pub fn checked_point(p: HookPoint, n_layer: usize, field: &str) -> Result<HookPoint, ServiceError> {
-    if p.layer() >= n_layer {
-        return Err(ServiceError::invalid(field, format!("{}: must be in 0..{n_layer}", p.layer())));
-    }
+    p.check(n_layer).map_err(|_| ServiceError::invalid(field, format!("{}: must be in 0..{n_layer}", p.layer())))?;
     Ok(p)
 }
 

@@ -11,12 +11,9 @@ use steer_proto::v1::{generate_response, GenerateResponse, RowFinished, TokenEve
 
 use crate::validation::ValidRequest;
 
-/// One request's stream writer.
+/// One request's stream writer: each row's detokenizer, and how long the request queued.
 pub(super) struct EventWriter {
     decoders: Vec<StreamDecoder>,
-    n_unsteered: usize,
-    prompt_tokens: u32,
-    seeds: Vec<u64>,
     queue_ms: f64,
 }
 
@@ -28,24 +25,14 @@ pub(super) struct Timing {
 
 impl EventWriter {
     pub(super) fn new(request: &ValidRequest, queue_ms: f64) -> Self {
-        Self {
-            decoders: vec![StreamDecoder::default(); request.rows.len()],
-            n_unsteered: request.n_unsteered,
-            prompt_tokens: request.prompt_tokens as u32,
-            seeds: request.rows.iter().map(|r| r.seed).collect(),
-            queue_ms,
-        }
-    }
-
-    fn steered(&self, row: usize) -> bool {
-        row >= self.n_unsteered
+        Self { decoders: vec![StreamDecoder::default(); request.rows.len()], queue_ms }
     }
 
     /// Row `ev.row`'s token, its text the newly complete part of the row's UTF-8.
-    pub(super) fn token(&mut self, tok: &Gpt2Tokenizer, ev: &steer_model::TokenEvent) -> GenerateResponse {
+    pub(super) fn token(&mut self, request: &ValidRequest, tok: &Gpt2Tokenizer, ev: &steer_model::TokenEvent) -> GenerateResponse {
         let token = TokenEvent {
             row: ev.row as u32,
-            steered: self.steered(ev.row),
+            steered: ev.row >= request.n_unsteered,
             index: ev.index as u32,
             token_id: ev.token,
             text_delta: self.decoders[ev.row].push(tok, ev.token),
@@ -56,8 +43,10 @@ impl EventWriter {
     }
 
     /// Row `row`'s end: its whole text, tokens, reason and timings.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn finished(
         &self,
+        request: &ValidRequest,
         tok: &Gpt2Tokenizer,
         row: usize,
         seq: &Sequence,
@@ -67,15 +56,15 @@ impl EventWriter {
     ) -> GenerateResponse {
         let finished = RowFinished {
             row: row as u32,
-            steered: self.steered(row),
+            steered: row >= request.n_unsteered,
             text: tok.decode(&seq.tokens).unwrap_or_default(),
             token_ids: seq.tokens.clone(),
             reason: convert::proto_finish(reason) as i32,
-            prompt_tokens: self.prompt_tokens,
+            prompt_tokens: request.prompt_tokens as u32,
             generated_tokens: seq.tokens.len() as u32,
             prefill_ms: timing.prefill_ms,
             total_ms: timing.started.elapsed().as_secs_f64() * 1e3,
-            seed: self.seeds[row],
+            seed: request.rows[row].seed,
             queue_ms: self.queue_ms,
             worker: worker.to_string(),
         };

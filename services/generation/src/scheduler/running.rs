@@ -110,9 +110,9 @@ impl Running {
         let tok = engine.tokenizer();
         for ev in steer_model::advance_all(seqs, tok.bos_id()).into_iter().flatten() {
             self.produced += 1;
-            self.outbox.push_back(Ok(self.writer.token(tok, &ev)));
+            self.outbox.push_back(Ok(self.writer.token(&self.request, tok, &ev)));
             if let Some(reason) = seqs[ev.row].finish {
-                self.outbox.push_back(Ok(self.writer.finished(tok, ev.row, &seqs[ev.row], reason, &self.timing, worker)));
+                self.outbox.push_back(Ok(self.writer.finished(&self.request, tok, ev.row, &seqs[ev.row], reason, &self.timing, worker)));
             }
         }
         if seqs.iter().all(Sequence::is_finished) {
