@@ -44,16 +44,18 @@ bash scripts/check_deploy.sh
 # the screenshot lands in artifacts/dashboard.png.
 (cd clients/web && npm ci --silent --no-audit --no-fund && STEER_BIN="$PWD/../../target/debug/steer" node --test test/)
 
-# Python client: stubs generated from proto/, built as a wheel and installed into a venv of its
+# Python client: installed as a user installs it (clients/python/install.sh: stubs generated from
+# proto/ and the wheel built in a temporary copy, the source tree untouched) into a venv of its
 # own (seeing the packages of the python3 that runs this, which .ci/run installs into a venv),
 # then tested against a real `steer serve` (tiny model).
-python3 clients/python/generate.py
 rm -rf target/py-wheel target/py-venv
-python3 -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir target/py-wheel ./clients/python
 python3 -m venv --system-site-packages target/py-venv
 # A venv made from a venv's python sees the base interpreter's packages, not that venv's: point
 # it at the running python3's site-packages too (numpy, gguf, grpcio from .ci/run's venv).
 target/py-venv/bin/python -c 'import sys, sysconfig; print(sys.argv[1], file=open(sysconfig.get_paths()["purelib"] + "/parent-site.pth", "w"))' \
   "$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-target/py-venv/bin/python -m pip install --quiet --no-deps target/py-wheel/steer_client-*.whl
+before=$(git status --porcelain --ignored clients/python)
+PYTHON=target/py-venv/bin/python PIP_ARGS="--no-deps --no-build-isolation" bash clients/python/install.sh
+after=$(git status --porcelain --ignored clients/python)
+[ "$before" = "$after" ] || { echo "clients/python/install.sh wrote into the source tree:"; diff <(echo "$before") <(echo "$after"); exit 1; }
 (cd clients/python/tests && STEER_BIN="$OLDPWD/target/debug/steer" "$OLDPWD/target/py-venv/bin/python" -m pytest -q -p no:cacheprovider .)

@@ -163,7 +163,9 @@ export const F = {
     "dtype": 8,
     "cache": 9,
     "max_new_tokens": 10,
-    "max_comparisons": 11
+    "max_comparisons": 11,
+    "architecture": 12,
+    "weights_fingerprint": 13
   },
   "PromptTokens": {
     "prompt_index": 1,
@@ -171,7 +173,8 @@ export const F = {
   },
   "PutVectorRequest": {
     "data": 1,
-    "name": 2
+    "name": 2,
+    "force_model": 3
   },
   "PutVectorResponse": {
     "info": 1,
@@ -282,7 +285,8 @@ export const F = {
   },
   "TopLogprob": {
     "token_id": 1,
-    "logprob": 2
+    "logprob": 2,
+    "text": 3
   },
   "VectorFile": {
     "info": 1,
@@ -305,7 +309,8 @@ export const F = {
     "digest": 1,
     "scale": 2,
     "first_layer": 3,
-    "last_layer": 4
+    "last_layer": 4,
+    "force_model": 5
   },
   "WatchSweepRequest": {
     "id": 1

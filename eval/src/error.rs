@@ -6,10 +6,12 @@ use tonic::Status;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The server's status, code kept.
-    #[error("{}: {}", .0.code(), .0.message())]
-    Status(#[from] Status),
-    #[error("cannot connect to {endpoint}: {message}")]
+    /// The server's status, code kept. Shown as one line, `invalid argument: FIELD: WHY` (not
+    /// a source: the status's own text would print it again).
+    #[error("{}: {}", code_name(.0.code()), .0.message())]
+    Status(Status),
+    /// Nothing answered at the address (refused, no such host, connect timeout).
+    #[error("cannot reach {endpoint}: {message}")]
     Connect { endpoint: String, message: String },
     #[error("protocol: {0}")]
     Protocol(String),
@@ -19,6 +21,24 @@ pub enum Error {
     /// A vector file that does not read, or is for another model.
     #[error("{0}")]
     Vector(String),
+}
+
+impl From<Status> for Error {
+    fn from(s: Status) -> Self {
+        Error::Status(s)
+    }
+}
+
+/// A code as words: `InvalidArgument` -> `invalid argument`.
+pub fn code_name(code: tonic::Code) -> String {
+    let mut out = String::new();
+    for (i, c) in format!("{code:?}").chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push(' ');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
 }
 
 impl Error {

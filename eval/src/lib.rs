@@ -18,7 +18,7 @@ pub mod sweeps;
 pub use backend::{Activations, Backend};
 pub use collect::{collect, collect_activations, collect_scores, collect_steering_tensors, drain, MAX_TENSOR_BYTES};
 pub use error::{Error, Result};
-pub use run::{model_ref, score_request, steering_request, AdditionSpec, Comparison, Completion, RunOptions, SteeringTensor};
+pub use run::{model_ref, no_op_warnings, score_request, steering_request, AdditionSpec, Comparison, Completion, RunOptions, SteeringTensor};
 pub use sweeps::{
     count_words, default_text_sets, kl_sweep, norms, perplexity, perplexity_sweep, topic_words, Position, Sweep, TextSet, WEDDING_WORDS,
 };

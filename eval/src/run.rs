@@ -58,6 +58,8 @@ pub struct RunOptions {
     pub skip_unsteered: bool,
     /// Keep generating past <|endoftext|>.
     pub ignore_eos: bool,
+    /// Pad a prompt shorter than the steering with spaces after BOS (else it is refused).
+    pub pad_short_prompt: bool,
     /// Library vectors (by digest) the generation worker adds along with the tensors sent.
     pub vectors: Vec<VectorRef>,
 }
@@ -75,6 +77,7 @@ impl Default for RunOptions {
             top_logprobs: 0,
             skip_unsteered: false,
             ignore_eos: false,
+            pad_short_prompt: false,
             vectors: vec![],
         }
     }
@@ -101,7 +104,7 @@ impl RunOptions {
             skip_unsteered: self.skip_unsteered,
             ignore_eos: self.ignore_eos,
             vectors: self.vectors.clone(),
-            ..Default::default()
+            short_prompt: short_prompt(self.pad_short_prompt) as i32,
         }
     }
 
@@ -142,10 +145,18 @@ impl SteeringTensor {
     /// The tensors to send for a vector file: checked against the model the services hold
     /// (`info`), scaled, narrowed to `layers` (inclusive).
     pub fn from_file(v: &SteeringVector, info: &ModelInfo, scale: f32, layers: Option<(u32, u32)>) -> Result<Vec<Self>> {
-        v.check_model(&model_ref(info)).map_err(|e| Error::Vector(e.to_string()))?;
+        Self::from_file_with(v, info, scale, layers, false)
+    }
+
+    /// [`SteeringTensor::from_file`]; `force_model` accepts a vector made on other weights of
+    /// the same shape (`--force-model`).
+    pub fn from_file_with(v: &SteeringVector, info: &ModelInfo, scale: f32, layers: Option<(u32, u32)>, force_model: bool) -> Result<Vec<Self>> {
+        v.check_model_or_shape(&model_ref(info), force_model).map_err(|e| Error::Vector(e.to_string()))?;
         let tensors = v.applied(scale, layers);
         if tensors.is_empty() {
-            return Err(Error::Parse(format!("vector {}: no tensor in layers {layers:?}", v.meta.name)));
+            let have: Vec<String> = v.tensors.iter().map(|t| t.point.to_string()).collect();
+            let (a, b) = layers.unwrap_or((0, u32::MAX));
+            return Err(Error::Parse(format!("vector {}: no tensor in layers {a}-{b} (it has {})", v.meta.name, have.join(", "))));
         }
         Ok(tensors.iter().map(|t| Self::from_vector(t, v.mode())).collect())
     }
@@ -189,6 +200,32 @@ impl From<v1::RowFinished> for Completion {
     }
 }
 
+/// Why steering with `tensors` on a model of `n_layer` blocks cannot change a completion, one
+/// line per tensor that cannot (empty when each can): a tensor of zeros (a coefficient of 0),
+/// and a prefix at the last block's output, which no block reads and which moves only the
+/// logits of the positions it covers (so a completion changes only when it covers the whole
+/// prompt). The CLI prints these as warnings, and the HTTP route returns them.
+pub fn no_op_warnings(tensors: &[SteeringTensor], n_layer: u32) -> Vec<String> {
+    let mut out = vec![];
+    for t in tensors {
+        let point = t.header.point.unwrap_or_default();
+        let name = point.point().map_or_else(|| format!("layer {}", point.layer), |p| p.to_string());
+        if t.values.iter().all(|v| *v == 0.0) {
+            out.push(format!("{name}: the steering tensor is all zeros (a coefficient of 0?): the steered rows will equal the unsteered"));
+            continue;
+        }
+        let prefix = t.header.mode != v1::SteeringMode::AllPositions as i32;
+        if prefix && point.point().is_some_and(|p| p.stream() == n_layer as usize) {
+            out.push(format!(
+                "{name}: no block reads the last block's output, so a prefix there changes only the logits of the {} positions it covers: \
+                 the completion does not change unless it covers the whole prompt (steer an earlier layer, or use resid_pre)",
+                t.header.shape.first().copied().unwrap_or(0)
+            ));
+        }
+    }
+    out
+}
+
 /// The result of `calculate_and_apply_steering_vector`.
 #[derive(Debug, Clone)]
 pub struct Comparison {
@@ -210,8 +247,16 @@ pub fn score_request(
         tensors: tensors.iter().map(SteeringTensor::inline).collect(),
         vectors: opts.vectors.clone(),
         include_unsteered,
-        short_prompt: 0,
+        short_prompt: short_prompt(opts.pad_short_prompt) as i32,
         kl_top,
+    }
+}
+
+fn short_prompt(pad: bool) -> v1::ShortPrompt {
+    if pad {
+        v1::ShortPrompt::Pad
+    } else {
+        v1::ShortPrompt::Error
     }
 }
 
@@ -227,7 +272,14 @@ pub fn steering_request(additions: &[AdditionSpec], opts: &RunOptions) -> GetSte
 
 /// The model a service reports, as vector files name models.
 pub fn model_ref(info: &ModelInfo) -> ModelRef {
-    ModelRef { name: info.name.clone(), revision: info.revision.clone(), d_model: info.d_model, n_layer: info.n_layer }
+    ModelRef {
+        name: info.name.clone(),
+        revision: info.revision.clone(),
+        d_model: info.d_model,
+        n_layer: info.n_layer,
+        architecture: info.architecture.clone(),
+        fingerprint: info.weights_fingerprint.clone(),
+    }
 }
 
 #[cfg(test)]

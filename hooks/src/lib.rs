@@ -26,7 +26,7 @@ pub struct ParseError {
 
 /// A hook point whose layer the model does not have.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{point}: layer must be in 0..{n_layer}")]
+#[error("{point}: layer {} does not exist (this model has {n_layer} layers, 0 to {})", .point.layer(), .n_layer.saturating_sub(1))]
 pub struct LayerError {
     pub point: HookPoint,
     pub n_layer: usize,
@@ -207,7 +207,10 @@ mod tests {
         ps.sort();
         assert_eq!(ps, vec![HookPoint::ResidPre(2), HookPoint::ResidPre(9), HookPoint::BlockOutput(1)]);
         assert!(HookPoint::ResidPre(3).check(4).is_ok());
-        assert_eq!(HookPoint::BlockOutput(4).check(4).unwrap_err().to_string(), "block_output.4: layer must be in 0..4");
+        assert_eq!(
+            HookPoint::BlockOutput(4).check(4).unwrap_err().to_string(),
+            "block_output.4: layer 4 does not exist (this model has 4 layers, 0 to 3)"
+        );
     }
 
     #[test]

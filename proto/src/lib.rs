@@ -8,6 +8,7 @@ pub mod v1 {
 }
 
 pub mod hooks;
+pub mod names;
 pub mod sampling;
 pub mod status;
 pub mod wire;

@@ -60,7 +60,7 @@ async fn save_load_run_gives_the_tokens_of_the_in_memory_run() {
     let cmp = client.generate("I hate you because", &zero, &opts(), |_| {}).await.unwrap();
     assert_eq!(cmp.steered.iter().map(|c| &c.token_ids).collect::<Vec<_>>(), cmp.unsteered.iter().map(|c| &c.token_ids).collect::<Vec<_>>());
     // Stored, then referenced by digest instead of streamed: the same tokens.
-    let put = client.put_vector(file.data.clone(), "").await.unwrap().info.unwrap();
+    let put = client.put_vector(file.data.clone(), "", false).await.unwrap().info.unwrap();
     let r = client.vector_ref("love", 1.0, None).await.unwrap();
     assert_eq!(r.digest, put.digest);
     let by_ref = steered(&client, &[], &RunOptions { vectors: vec![r], ..opts() }).await;
@@ -101,7 +101,7 @@ async fn the_library_survives_a_restart_and_serves_a_generation_only_worker() {
 }
 
 fn reference(digest: &str) -> VectorRef {
-    VectorRef { digest: digest.into(), scale: None, first_layer: None, last_layer: None }
+    VectorRef { digest: digest.into(), ..VectorRef::default() }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,15 +110,26 @@ async fn a_vector_for_another_model_is_refused_naming_the_field() {
     let dir = tmp.path().to_path_buf();
     let (server, client) = start_with(engine(), library(&dir)).await;
     let other = |d: u32, name: &str| {
-        let model = ModelRef { name: name.into(), revision: "main".into(), d_model: d, n_layer: 4 };
+        let fingerprint = "00000000000000ff".into();
+        let model = ModelRef { name: name.into(), revision: "main".into(), d_model: d, n_layer: 4, fingerprint, ..ModelRef::default() };
         let t = vec![VectorTensor { point: steer_vector::HookPoint::ResidPre(1), k: 1, values: vec![0.5; d as usize] }];
         SteeringVector::new("other", model, Placement::AllPositions, Origin::Gguf { model_hint: "gpt2".into(), layer_count: 1 }, t).unwrap()
     };
     // Put: FAILED_PRECONDITION naming the field.
-    let err = client.put_vector(other(1600, "gpt2-xl").to_bytes(), "").await.unwrap_err();
-    assert!(err.code() == Code::FailedPrecondition && err.to_string().contains("data.model.d_model"), "{err}");
-    let err = client.put_vector(other(64, "openai-community/gpt2-xl").to_bytes(), "").await.unwrap_err();
-    assert!(err.code() == Code::FailedPrecondition && err.to_string().contains("data.model.name"), "{err}");
+    let err = client.put_vector(other(1600, "gpt2-xl").to_bytes(), "", true).await.unwrap_err();
+    assert!(err.code() == Code::FailedPrecondition && err.to_string().contains("data.model.d_model"), "forcing never skips the shape: {err}");
+    // Same shape, other weights (another fingerprint): refused, unless forced. The name plays no part.
+    let err = client.put_vector(other(64, "fixtures/tiny-gpt2").to_bytes(), "", false).await.unwrap_err();
+    assert!(err.code() == Code::FailedPrecondition && err.to_string().contains("data.model.fingerprint"), "{err}");
+    assert!(err.to_string().contains("--force-model"), "{err}");
+    let forced = other(64, "fixtures/tiny-gpt2");
+    client.put_vector(forced.to_bytes(), "forced", true).await.unwrap();
+    // Referenced for a generation: the worker refuses it in turn, unless the reference forces it.
+    let plain = RunOptions { vectors: vec![reference(forced.digest())], n_comparisons: 1, ..opts() };
+    let err = client.generate("I hate you because", &[], &plain, |_| {}).await.unwrap_err();
+    assert!(err.to_string().contains("setup.vectors[0].model.fingerprint"), "{err}");
+    let force = RunOptions { vectors: vec![VectorRef { force_model: true, ..reference(forced.digest()) }], ..plain };
+    assert_eq!(client.generate("I hate you because", &[], &force, |_| {}).await.unwrap().steered.len(), 1);
     // Client side, before anything is sent.
     let info = client.generation_info().await.unwrap();
     let err = SteeringTensor::from_file(&other(1600, "gpt2-xl"), &info, 1.0, None).unwrap_err();
@@ -135,7 +146,7 @@ async fn a_vector_for_another_model_is_refused_naming_the_field() {
     let mut bytes = client.save_vector("love", &love_hate(), &opts(), false).await.unwrap().data;
     let n = bytes.len();
     bytes[n - 2] ^= 1;
-    let err = client.put_vector(bytes, "").await.unwrap_err();
+    let err = client.put_vector(bytes, "", false).await.unwrap_err();
     assert!(err.code() == Code::InvalidArgument && err.to_string().contains("data.digest"), "{err}");
     server.shutdown().await;
 }

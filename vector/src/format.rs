@@ -52,15 +52,12 @@ pub struct ModelRef {
     pub d_model: u32,
     /// 0 when unknown.
     pub n_layer: u32,
-}
-
-impl ModelRef {
-    /// The model's own name without directories (`openai-community/gpt2-xl` and
-    /// `/models/gpt2-xl` are both `gpt2-xl`), lower case.
-    fn short(&self) -> String {
-        let name = self.name.trim_end_matches(['/', '\\']).trim_end_matches(".gguf");
-        name.rsplit(['/', '\\']).next().unwrap_or("").to_ascii_lowercase()
-    }
+    /// `gpt2` ("" when unknown: files written before it was recorded, GGUF control vectors).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub architecture: String,
+    /// The weights' fingerprint (ModelInfo.weights_fingerprint; "" when unknown).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub fingerprint: String,
 }
 
 /// One ActAdd term as it was computed.
@@ -233,20 +230,50 @@ impl SteeringVector {
         Ok(Self { meta: Metadata { created_by: meta.created_by, ..checked.meta }, tensors: checked.tensors })
     }
 
-    /// Refuses a vector made for a model of another shape, or another model by name (names are
-    /// compared without directories and case; an unknown name or depth is not compared).
+    /// Refuses a vector made for a model of another shape ([`SteeringVector::check_shape`]) or
+    /// on other weights: another architecture, or another weights fingerprint, when both sides
+    /// know it. The model's name is informative only (one checkpoint has many paths and files).
     pub fn check_model(&self, model: &ModelRef) -> Result<()> {
+        self.check_shape(model)?;
+        let mine = &self.meta.model;
+        let known = |a: &str, b: &str| !a.is_empty() && !b.is_empty() && a != b;
+        if known(&mine.architecture, &model.architecture) {
+            return Err(VectorError::WrongModel {
+                field: "model.architecture".into(),
+                message: format!("the vector was made on a {} model, this is {}", mine.architecture, model.architecture),
+            });
+        }
+        if known(&mine.fingerprint, &model.fingerprint) {
+            return Err(VectorError::WrongModel {
+                field: "model.fingerprint".into(),
+                message: format!(
+                    "the vector was made on other weights of this shape ({}, weights {}; these are {}, weights {}); \
+                     --force-model (force_model) applies it anyway",
+                    or_unknown(&mine.name),
+                    mine.fingerprint,
+                    or_unknown(&model.name),
+                    model.fingerprint
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Refuses a vector whose shape the model cannot take: another d_model, another depth
+    /// (when both are known), or a tensor at a layer the model does not have. `--force-model`
+    /// skips the identity checks of [`SteeringVector::check_model`], never these.
+    pub fn check_shape(&self, model: &ModelRef) -> Result<()> {
         let mine = &self.meta.model;
         if mine.d_model != model.d_model {
             return Err(VectorError::WrongModel {
                 field: "model.d_model".into(),
-                message: format!("the vector is for d_model {} ({}), the model has {}", mine.d_model, mine.name, model.d_model),
+                message: format!("the vector is for d_model {} ({}), the model has {}", mine.d_model, or_unknown(&mine.name), model.d_model),
             });
         }
         if mine.n_layer != 0 && model.n_layer != 0 && mine.n_layer != model.n_layer {
             return Err(VectorError::WrongModel {
                 field: "model.n_layer".into(),
-                message: format!("the vector is for {} layers ({}), the model has {}", mine.n_layer, mine.name, model.n_layer),
+                message: format!("the vector is for {} layers ({}), the model has {}", mine.n_layer, or_unknown(&mine.name), model.n_layer),
             });
         }
         if let Some(t) = self.tensors.iter().find(|t| model.n_layer != 0 && t.point.check(model.n_layer as usize).is_err()) {
@@ -255,14 +282,16 @@ impl SteeringVector {
                 message: format!("layer {} does not exist in a {}-layer model", t.point.layer(), model.n_layer),
             });
         }
-        let (a, b) = (mine.short(), model.short());
-        if !a.is_empty() && !b.is_empty() && a != b {
-            return Err(VectorError::WrongModel {
-                field: "model.name".into(),
-                message: format!("the vector was made for `{}`, this is `{}`", mine.name, model.name),
-            });
-        }
         Ok(())
+    }
+
+    /// [`SteeringVector::check_model`], or only [`SteeringVector::check_shape`] when `force`.
+    pub fn check_model_or_shape(&self, model: &ModelRef, force: bool) -> Result<()> {
+        if force {
+            self.check_shape(model)
+        } else {
+            self.check_model(model)
+        }
     }
 
     /// The tensors to apply: values times `scale`, only those whose layer is in `layers`
@@ -304,14 +333,20 @@ impl SteeringVector {
         let mut s = String::new();
         let _ = writeln!(s, "name      {}", m.name);
         let _ = writeln!(s, "digest    {}", m.digest);
-        let _ = writeln!(
-            s,
-            "model     {} (rev {}, d_model {}, {} layers)",
-            or_unknown(&m.model.name),
-            or_unknown(&m.model.revision),
-            m.model.d_model,
-            m.model.n_layer
-        );
+        let mut model = vec![];
+        if !m.model.architecture.is_empty() {
+            model.push(m.model.architecture.clone());
+        }
+        model.push(format!("d_model {}", m.model.d_model));
+        model.push(if m.model.n_layer == 0 { "layers not recorded".into() } else { format!("{} layers", m.model.n_layer) });
+        if !m.model.fingerprint.is_empty() {
+            model.push(format!("weights {}", m.model.fingerprint));
+        }
+        if !m.model.revision.is_empty() {
+            model.push(format!("rev {}", m.model.revision));
+        }
+        let name = if m.model.name.is_empty() { "not recorded" } else { &m.model.name };
+        let _ = writeln!(s, "model     {name} ({})", model.join(", "));
         let _ = writeln!(s, "mode      {}", m.mode.name());
         match &m.origin {
             Origin::ActAdd { additions, use_bos, strict_lengths, pad_token } => {
@@ -376,7 +411,14 @@ pub(crate) mod tests {
     use super::*;
 
     pub fn model() -> ModelRef {
-        ModelRef { name: "fixtures/tiny-gpt2".into(), revision: "main".into(), d_model: 4, n_layer: 3 }
+        ModelRef {
+            name: "fixtures/tiny-gpt2".into(),
+            revision: "main".into(),
+            d_model: 4,
+            n_layer: 3,
+            architecture: "gpt2".into(),
+            fingerprint: "0123456789abcdef".into(),
+        }
     }
 
     pub fn actadd() -> SteeringVector {
@@ -440,8 +482,19 @@ pub(crate) mod tests {
         assert!(matches!(&err, VectorError::WrongModel { field, .. } if field == "model.d_model"), "{err}");
         let err = v.check_model(&ModelRef { n_layer: 48, ..model() }).unwrap_err();
         assert!(matches!(&err, VectorError::WrongModel { field, .. } if field == "model.n_layer"), "{err}");
-        let err = v.check_model(&ModelRef { name: "openai-community/gpt2-xl".into(), ..model() }).unwrap_err();
-        assert!(matches!(&err, VectorError::WrongModel { field, .. } if field == "model.name"), "{err}");
+        // The name is informative only: the same weights under another name or file pass.
+        v.check_model(&ModelRef { name: "tiny-gpt2-f32.gguf".into(), ..model() }).unwrap();
+        // Other weights of the same shape are refused, unless forced; an unknown fingerprint
+        // (an older file, a GGUF control vector) is not compared.
+        let other = ModelRef { fingerprint: "fedcba9876543210".into(), ..model() };
+        let err = v.check_model(&other).unwrap_err();
+        assert!(matches!(&err, VectorError::WrongModel { field, .. } if field == "model.fingerprint"), "{err}");
+        assert!(err.to_string().contains("--force-model"), "{err}");
+        v.check_model_or_shape(&other, true).unwrap();
+        assert!(v.check_model_or_shape(&ModelRef { d_model: 1600, ..other.clone() }, true).is_err(), "forcing never skips the shape");
+        v.check_model(&ModelRef { fingerprint: String::new(), ..other }).unwrap();
+        let err = v.check_model(&ModelRef { architecture: "llama".into(), ..model() }).unwrap_err();
+        assert!(matches!(&err, VectorError::WrongModel { field, .. } if field == "model.architecture"), "{err}");
     }
 
     #[test]

@@ -40,12 +40,19 @@ pub fn export(v: &SteeringVector) -> Result<Vec<u8>> {
     }
     let mut tensors: Vec<(String, QTensor)> = vec![];
     let mut seen = std::collections::BTreeMap::new();
+    let exportable: Vec<u32> = v.tensors.iter().filter(|t| llama_layer(t.point).is_some()).map(|t| t.point.layer() as u32).collect();
     for t in &v.tensors {
         let il = llama_layer(t.point).ok_or_else(|| {
+            let others = match (exportable.first(), exportable.last()) {
+                (Some(a), Some(b)) => format!("; export the other layers only with --layers {a}-{b}"),
+                _ => String::new(),
+            };
             VectorError::invalid(
                 format!("tensors.{}", t.point),
-                "llama.cpp steers the outputs of blocks 1.. (direction.0 is invalid): \
-                 block_output.0 = resid_pre.1 and resid_pre.0 have no control-vector layer",
+                format!(
+                    "llama.cpp steers the outputs of blocks 1.. (direction.0 is invalid): \
+                     block_output.0 = resid_pre.1 and resid_pre.0 have no control-vector layer{others}"
+                ),
             )
         })?;
         if let Some(other) = seen.insert(il, t.point) {
@@ -111,7 +118,7 @@ pub fn import(bytes: &[u8], name: &str) -> Result<SteeringVector> {
         d = values.len();
         tensors.push(VectorTensor { point: HookPoint::BlockOutput(il as usize), k: 1, values });
     }
-    let model = ModelRef { name: String::new(), revision: String::new(), d_model: d as u32, n_layer: 0 };
+    let model = ModelRef { d_model: d as u32, ..ModelRef::default() };
     let origin = Origin::Gguf { model_hint, layer_count: layer_count.max(0) as u32 };
     SteeringVector::new(name, model, Placement::AllPositions, origin, tensors)
 }

@@ -70,14 +70,17 @@ impl Library {
     }
 
     /// Stores a vector file under `name` (its own name when `None`), after checking it against
-    /// `model`. Returns its info and the digest the name pointed to before, when that was
-    /// another vector (now deleted).
-    pub fn put(&self, bytes: &[u8], name: Option<&str>, model: &ModelRef) -> Result<(VectorInfo, Option<String>)> {
+    /// `model` (only its shape when `force_model`; not at all without a model, as `steer vector
+    /// put` into a directory does: the worker that applies it checks it then). Returns its info
+    /// and the digest the name pointed to before, when that was another vector (now deleted).
+    pub fn put(&self, bytes: &[u8], name: Option<&str>, model: Option<&ModelRef>, force_model: bool) -> Result<(VectorInfo, Option<String>)> {
         if bytes.len() as u64 > self.cfg.max_file_bytes {
             return Err(VectorError::invalid("data", format!("{} bytes; a library vector is at most {}", bytes.len(), self.cfg.max_file_bytes)));
         }
         let mut v = SteeringVector::from_bytes(bytes).map_err(|e| e.within("data"))?;
-        v.check_model(model).map_err(|e| e.within("data"))?;
+        if let Some(model) = model {
+            v.check_model_or_shape(model, force_model).map_err(|e| e.within("data"))?;
+        }
         let name = name.filter(|n| !n.is_empty()).map(str::to_string).unwrap_or_else(|| v.meta.name.clone());
         let name = if name.is_empty() { v.digest()[..12].to_string() } else { name };
         if name.len() > MAX_NAME || name.chars().any(char::is_control) {
@@ -178,7 +181,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let l = lib(dir.path(), 2);
         let v = actadd();
-        let (info, replaced) = l.put(&v.to_bytes(), None, &model()).unwrap();
+        let (info, replaced) = l.put(&v.to_bytes(), None, Some(&model()), false).unwrap();
         assert_eq!((info.name.as_str(), replaced), ("love", None));
         assert_eq!(info.digest, v.digest());
         // By name, digest and prefix.
@@ -195,26 +198,26 @@ mod tests {
         let mut t = v.tensors.clone();
         t[0].values[0] = 9.0;
         let w = SteeringVector::new("love", model(), v.mode(), v.meta.origin.clone(), t).unwrap();
-        let (_, replaced) = l.put(&w.to_bytes(), None, &model()).unwrap();
+        let (_, replaced) = l.put(&w.to_bytes(), None, Some(&model()), false).unwrap();
         assert_eq!(replaced.as_deref(), Some(v.digest()));
         assert!(!dir.path().join(format!("{}.safetensors", v.digest())).exists());
-        l.put(&v.to_bytes(), Some("hate"), &model()).unwrap();
+        l.put(&v.to_bytes(), Some("hate"), Some(&model()), false).unwrap();
         let mut t = v.tensors.clone();
         t[0].values[1] = 7.0;
         let x = SteeringVector::new("third", model(), v.mode(), v.meta.origin.clone(), t).unwrap();
-        assert!(matches!(l.put(&x.to_bytes(), None, &model()), Err(VectorError::Full(_))));
+        assert!(matches!(l.put(&x.to_bytes(), None, Some(&model()), false), Err(VectorError::Full(_))));
         assert_eq!(l.delete("hate").unwrap().digest, v.digest());
         assert_eq!(l.list().len(), 1);
-        l.put(&x.to_bytes(), None, &model()).unwrap();
+        l.put(&x.to_bytes(), None, Some(&model()), false).unwrap();
     }
 
     #[test]
     fn other_models_and_bad_files_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let l = lib(dir.path(), 8);
-        let err = l.put(&actadd().to_bytes(), None, &ModelRef { d_model: 8, ..model() }).unwrap_err();
+        let err = l.put(&actadd().to_bytes(), None, Some(&ModelRef { d_model: 8, ..model() }), false).unwrap_err();
         assert!(matches!(&err, VectorError::WrongModel { field, .. } if field == "data.model.d_model"), "{err}");
-        assert!(l.put(b"junk", None, &model()).unwrap_err().to_string().starts_with("data.file"));
+        assert!(l.put(b"junk", None, Some(&model()), false).unwrap_err().to_string().starts_with("data.file"));
         std::fs::write(dir.path().join("junk.safetensors"), b"junk").unwrap();
         assert_eq!(lib(dir.path(), 8).list().len(), 0);
     }

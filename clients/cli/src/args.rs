@@ -76,7 +76,11 @@ impl ModelArgs {
         let mut opts = LoadOptions { dtype: self.dtype.into(), ..Default::default() };
         // hf-hub's download bars on a terminal only; off one, the spinner's line says it.
         opts.hub.progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-        let spinner = progress::spinner(&format!("loading {} (downloading what the cache lacks)", source.name()));
+        let what = match source {
+            ModelSource::Hub { .. } => format!("loading {} (downloading what the cache lacks)", source.name()),
+            ModelSource::Dir(_) => format!("loading {}", source.name()),
+        };
+        let spinner = progress::spinner(&what);
         let t = std::time::Instant::now();
         let engine = Engine::load(&source, &opts).with_context(|| format!("loading {}", source.name()));
         if let Some(s) = spinner {
@@ -98,12 +102,15 @@ impl ModelArgs {
     }
 }
 
-/// Where steering is added (see the README's "ActAdd, as implemented").
+/// Where steering is added (see the README's "ActAdd, as implemented"). Spelled as everywhere
+/// else (`resid_pre`, `block_output`); the dashed forms are accepted too.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum HookArg {
     /// The stream entering block L (TransformerLens hook_resid_pre; the post's convention).
+    #[value(name = "resid_pre", alias = "resid-pre")]
     ResidPre,
     /// The stream leaving block L (nnsight transformer.h[L].output[0]; the ARENA seed's).
+    #[value(name = "block_output", alias = "block-output")]
     BlockOutput,
 }
 
@@ -162,30 +169,60 @@ impl ConnectArgs {
     }
 }
 
-/// Which activation service: a running one, or one embedded here (loading --model) with its
-/// library in --vector-dir.
+/// Which services: running ones (`--url` for one `steer serve`, or `--activation-url` and
+/// `--generation-url` for separate workers), else both embedded in this process (loading
+/// `--model`) with the library in `--vector-dir`.
 #[derive(Args, Clone)]
+#[command(next_help_heading = "Services")]
 pub struct ServiceArgs {
-    /// A running activation worker's URL (else the services are embedded in this process).
+    /// A running server doing both jobs (`steer serve`): host:port, http://host:port or
+    /// https://host:port [default: embed the services, loading --model].
+    #[arg(long, env = "STEER_URL")]
+    url: Option<String>,
+    /// A running activation worker's address [default: --url].
     #[arg(long, env = "STEER_ACTIVATION_URL")]
     activation_url: Option<String>,
-    /// Generation workers' URLs, for the commands that generate or score [default: the activation URL].
-    #[arg(long, requires = "activation_url")]
+    /// Generation workers' addresses, repeatable; dns:host:port for every address of a name
+    /// [default: --url, else --activation-url].
+    #[arg(long)]
     generation_url: Vec<String>,
     /// Library directory of the embedded server [default: as `steer serve`].
     #[arg(long, env = "STEER_VECTOR_DIR")]
     vector_dir: Option<PathBuf>,
     #[command(flatten)]
-    conn: ConnectArgs,
+    pub conn: ConnectArgs,
     #[command(flatten)]
-    model: ModelArgs,
+    pub model: ModelArgs,
 }
 
 impl ServiceArgs {
+    /// The running services' addresses (activation, generation), or `None` to embed them.
+    pub fn remote(&self) -> Result<Option<(String, Vec<String>)>> {
+        let Some(act) = self.activation_url.clone().or_else(|| self.url.clone()) else {
+            if !self.generation_url.is_empty() {
+                bail!("--generation-url needs --activation-url or --url (the activation worker's address)");
+            }
+            return Ok(None);
+        };
+        let gen = match (&self.generation_url[..], &self.url) {
+            ([], Some(u)) => vec![u.clone()],
+            ([], None) => vec![act.clone()],
+            (g, _) => g.to_vec(),
+        };
+        Ok(Some((act, gen)))
+    }
+
+    /// The library directory an embedded server would use.
+    pub fn vector_dir(&self) -> PathBuf {
+        self.vector_dir.clone().unwrap_or_else(default_vector_dir)
+    }
+
     pub async fn connect(&self) -> Result<(SteerClient, Option<LocalServer>)> {
-        if let Some(url) = &self.activation_url {
-            let gen = if self.generation_url.is_empty() { vec![url.clone()] } else { self.generation_url.clone() };
-            return Ok((SteerClient::connect_with(url, &gen, self.conn.options()?).await?, None));
+        if let Some((act, gen)) = self.remote()? {
+            let client = SteerClient::connect_with(&act, &gen, self.conn.options()?).await?;
+            // One call now: a wrong address fails here, in one line, before any work starts.
+            client.activation_info().await?;
+            return Ok((client, None));
         }
         let model = self.model.clone();
         let engine = Arc::new(tokio::task::spawn_blocking(move || model.load()).await??);

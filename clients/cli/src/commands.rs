@@ -1,9 +1,6 @@
 //! `steer run`, `demo`, `generate` (through `steer-client`, against running services or an
 //! embedded server on loopback).
 
-use std::io::Write;
-use std::sync::Arc;
-
 use anyhow::{Context, Result};
 use clap::Args;
 use steer_client::presets;
@@ -12,7 +9,7 @@ use steer_client::v1::TokenEvent;
 use steer_client::{AdditionSpec, Comparison, RunOptions, SteerClient, SteeringTensor};
 use steer_server::LocalServer;
 
-use crate::args::{embedded_config, parse_range, parse_scaled, ConnectArgs, HookArg, ModelArgs};
+use crate::args::{parse_range, parse_scaled, ConnectArgs, HookArg, ServiceArgs};
 
 /// Flags shared by run, demo and generate; each overrides the base options (the post's, or a
 /// preset's) only when given.
@@ -66,17 +63,12 @@ pub struct RunFlags {
     /// Contrast prompts at one layer must have equal token lengths (else they are space-padded).
     #[arg(long)]
     strict_lengths: bool,
+    /// A prompt shorter than the steering is padded with spaces after BOS (else refused).
+    #[arg(long)]
+    pad_short_prompt: bool,
     /// Print each row as JSON (steered, text, token ids) instead of the table.
     #[arg(long)]
     json: bool,
-    /// Use running services instead of embedding them: the activation worker's URL...
-    #[arg(long, requires = "generation_url")]
-    activation_url: Option<String>,
-    /// ...and one or more generation workers' URLs.
-    #[arg(long, requires = "activation_url")]
-    generation_url: Vec<String>,
-    #[command(flatten)]
-    conn: ConnectArgs,
     /// Terminal width of the table.
     #[arg(long, default_value_t = 120)]
     width: usize,
@@ -91,11 +83,12 @@ pub struct RunFlags {
     /// --control-vector-layer-range.
     #[arg(long, value_name = "A-B")]
     vector_layers: Option<String>,
-    /// The embedded server's vector library [default: as `steer serve`].
-    #[arg(long, env = "STEER_VECTOR_DIR")]
-    vector_dir: Option<std::path::PathBuf>,
+    /// Apply --vector and --library-vector files made on other weights of the same shape
+    /// (d_model and layers must still match).
+    #[arg(long)]
+    force_model: bool,
     #[command(flatten)]
-    model: ModelArgs,
+    service: ServiceArgs,
 }
 
 impl RunFlags {
@@ -120,18 +113,13 @@ impl RunFlags {
         o.n_comparisons = self.comparisons.unwrap_or(o.n_comparisons);
         o.seed = self.seed.unwrap_or(o.seed);
         o.strict_lengths |= self.strict_lengths;
+        o.pad_short_prompt |= self.pad_short_prompt;
         o
     }
 
     /// A client of the given services, or of an embedded server (loopback, same data path).
     async fn connect(&self) -> Result<(SteerClient, Option<LocalServer>)> {
-        if let Some(act) = &self.activation_url {
-            return Ok((SteerClient::connect_with(act, &self.generation_url, self.conn.options()?).await?, None));
-        }
-        let model = self.model.clone();
-        let engine = Arc::new(tokio::task::spawn_blocking(move || model.load()).await??);
-        let local = LocalServer::start(engine, embedded_config(self.vector_dir.clone())).await?;
-        Ok((SteerClient::connect(&local.url(), &[local.url()]).await?, Some(local)))
+        self.service.connect().await
     }
 }
 
@@ -172,7 +160,7 @@ pub struct DemoArgs {
 pub async fn demo(a: DemoArgs) -> Result<()> {
     let Some(name) = a.name.as_deref().filter(|_| !a.list) else {
         for p in presets::all() {
-            println!("{:<10} {}", p.name, p.description);
+            outln!("{:<10} {}", p.name, p.description);
         }
         return Ok(());
     };
@@ -211,17 +199,12 @@ pub struct GenerateArgs {
 /// One completion (the steered row only), its text streamed to stdout as it is generated.
 pub async fn generate(a: GenerateArgs) -> Result<()> {
     let opts = RunOptions { n_comparisons: 1, skip_unsteered: true, ..a.opts.apply(RunOptions::default()) };
-    print!("{}", a.prompt);
+    out!("{}", a.prompt);
     let t = std::time::Instant::now();
     let out = execute(&a.prompt, &a.add, &opts, &a.opts, Progress::Text).await?;
-    println!();
+    outln!();
     let c = &out.cmp.steered[0];
-    eprintln!(
-        "[{} tokens, {}, {:.2} tokens/s]",
-        c.token_ids.len(),
-        c.finish_reason.as_str_name(),
-        c.token_ids.len() as f64 / t.elapsed().as_secs_f64()
-    );
+    eprintln!("[{} tokens, {}, {:.2} tokens/s]", c.token_ids.len(), c.finish_reason.name(), c.token_ids.len() as f64 / t.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -272,17 +255,23 @@ async fn execute_with(
             let (file, scale) = parse_scaled(spec);
             let v = SteeringVector::load(&file).with_context(|| format!("--vector {file}"))?;
             eprintln!("vector {} ({}, {}, {} tensors) x {scale}", v.meta.name, &v.digest()[..12], v.mode().name(), v.tensors.len());
-            tensors.extend(SteeringTensor::from_file(&v, &info, scale, layers).with_context(|| format!("--vector {file}"))?);
+            tensors.extend(SteeringTensor::from_file_with(&v, &info, scale, layers, flags.force_model).with_context(|| format!("--vector {file}"))?);
         }
     }
     let mut opts = opts.clone();
     for spec in &flags.library_vectors {
         let (r, scale) = parse_scaled(spec);
-        let v = client.vector_ref(&r, scale as f64, layers).await.with_context(|| format!("--library-vector {r}"))?;
+        let mut v = client.vector_ref(&r, scale as f64, layers).await.with_context(|| format!("--library-vector {r}"))?;
+        v.force_model = flags.force_model;
         eprintln!("library vector {r} ({}) x {scale}", &v.digest[..12]);
         opts.vectors.push(v);
     }
     let opts = &opts;
+    if !tensors.is_empty() {
+        for w in steer_client::no_op_warnings(&tensors, client.generation_info().await?.n_layer) {
+            eprintln!("warning: {w}");
+        }
+    }
     for t in &tensors {
         let norms: Vec<String> = t.position_norms().iter().map(|n| format!("{n:.1}")).collect();
         let point = t.header.point.unwrap_or_default().point().map_or_else(|| "?".to_string(), |p| p.to_string());
@@ -300,8 +289,7 @@ async fn execute_with(
         }
         match progress {
             Progress::Text if t.row == 0 => {
-                print!("{}", t.text_delta);
-                let _ = std::io::stdout().flush();
+                out!("{}", t.text_delta);
             }
             Progress::Steps if tokens.is_multiple_of(rows.max(1)) => {
                 if let Some(s) = steps.as_mut() {
@@ -324,7 +312,7 @@ fn print_comparison(prompt: &str, out: &Outcome, flags: &RunFlags) {
         for c in cmp.unsteered.iter().chain(&cmp.steered) {
             let mut row = serde_json::json!({
                 "row": c.row, "steered": c.steered, "seed": c.seed, "text": c.text,
-                "token_ids": c.token_ids, "finish_reason": c.finish_reason.as_str_name(),
+                "token_ids": c.token_ids, "finish_reason": c.finish_reason.name(),
             });
             let mut tokens: Vec<&TokenEvent> = out.tokens.iter().filter(|t| t.row == c.row && t.steered == c.steered).collect();
             if !tokens.is_empty() {
@@ -332,15 +320,19 @@ fn print_comparison(prompt: &str, out: &Outcome, flags: &RunFlags) {
                 row["tokens"] = tokens
                     .iter()
                     .map(|t| {
-                        let top: Vec<_> = t.top_logprobs.iter().map(|a| serde_json::json!({"token_id": a.token_id, "logprob": a.logprob})).collect();
+                        let top: Vec<_> = t
+                            .top_logprobs
+                            .iter()
+                            .map(|a| serde_json::json!({"token_id": a.token_id, "text": a.text, "logprob": a.logprob}))
+                            .collect();
                         serde_json::json!({"token_id": t.token_id, "text": t.text_delta, "logprob": t.logprob, "top_logprobs": top})
                     })
                     .collect();
             }
-            println!("{row}");
+            outln!("{row}");
         }
     } else {
-        print!("{}", crate::table::render(prompt, cmp, flags.width));
+        out!("{}", crate::table::render(prompt, cmp, flags.width));
     }
 }
 
@@ -364,7 +356,7 @@ pub async fn health(a: HealthArgs) -> Result<()> {
     opts.deadline = opts.deadline.min(std::time::Duration::from_secs(10));
     let mut h = tonic_health::pb::health_client::HealthClient::new(opts.channel(&a.url)?);
     let status = h.check(tonic_health::pb::HealthCheckRequest { service: a.service.clone() }).await?.into_inner().status();
-    println!("{}", status.as_str_name());
+    outln!("{}", status.as_str_name());
     anyhow::ensure!(status == tonic_health::pb::health_check_response::ServingStatus::Serving, "not serving");
     Ok(())
 }

@@ -2,6 +2,8 @@
 //! them: `steer-server` to serve, `steer-client` to run experiments (embedded servers go through
 //! the same client path), `steer-model` to load models and write random checkpoints.
 
+#[macro_use]
+mod output;
 mod args;
 mod bench;
 mod commands;
@@ -126,7 +128,7 @@ fn steer() -> Result<()> {
         Command::Health(a) => args::runtime()?.block_on(commands::health(a)),
         Command::Bench(a) => bench::run(a),
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "steer", &mut std::io::stdout());
+            clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "steer", &mut output::Stdout);
             Ok(())
         }
     }

@@ -119,6 +119,9 @@ pub struct ExportArgs {
     /// The control-vector GGUF to write.
     #[arg(long)]
     gguf: PathBuf,
+    /// Only the tensors at these layers (A-B, inclusive).
+    #[arg(long, value_name = "A-B")]
+    layers: Option<String>,
 }
 
 #[derive(Args)]
@@ -136,6 +139,9 @@ pub struct PutArgs {
     /// Library name [default: the file's own].
     #[arg(long)]
     name: Option<String>,
+    /// Store a vector made on other weights of the same shape (d_model and layers must match).
+    #[arg(long)]
+    force_model: bool,
     #[command(flatten)]
     service: ServiceArgs,
 }
@@ -163,7 +169,14 @@ pub async fn run(cmd: VectorCommand) -> Result<()> {
         VectorCommand::Show(a) => show(&a),
         VectorCommand::Train(a) => train(a).await,
         VectorCommand::Export(a) => {
-            let v = SteeringVector::load(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
+            let mut v = SteeringVector::load(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
+            if let Some(l) = &a.layers {
+                let tensors = v.applied(1.0, Some(crate::args::parse_range(l)?));
+                if tensors.is_empty() {
+                    bail!("--layers {l}: the vector has no tensor there");
+                }
+                v = SteeringVector::new(v.meta.name.clone(), v.meta.model.clone(), v.mode(), v.meta.origin.clone(), tensors)?;
+            }
             let bytes = steer_vector::gguf::export(&v).with_context(|| format!("exporting {}", a.file.display()))?;
             write(&a.gguf, &bytes)?;
             eprintln!("wrote {} ({} directions, llama.cpp numbering)", a.gguf.display(), v.tensors.len());
@@ -178,8 +191,17 @@ pub async fn run(cmd: VectorCommand) -> Result<()> {
         VectorCommand::Put(a) => {
             let data = std::fs::read(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
             let data = if a.file.extension().is_some_and(|e| e == "gguf") { SteeringVector::load(&a.file)?.to_bytes() } else { data };
+            if let Some(lib) = local_library(&a.service)? {
+                let (info, replaced) = lib.put(&data, a.name.as_deref(), None, false)?;
+                print_infos(std::slice::from_ref(&info));
+                if let Some(r) = replaced {
+                    eprintln!("replaced {r}");
+                }
+                eprintln!("stored in {} (checked against a model when a worker applies it)", lib.dir().display());
+                return Ok(());
+            }
             with_service(&a.service, |c| async move {
-                let r = c.put_vector(data, a.name.as_deref().unwrap_or("")).await?;
+                let r = c.put_vector(data, a.name.as_deref().unwrap_or(""), a.force_model).await?;
                 let info = r.info.unwrap_or_default();
                 print_infos(std::slice::from_ref(&info));
                 if !r.replaced.is_empty() {
@@ -190,6 +212,12 @@ pub async fn run(cmd: VectorCommand) -> Result<()> {
             .await
         }
         VectorCommand::Get(a) => {
+            if let Some(lib) = local_library(&a.service)? {
+                let (v, bytes) = lib.get(&a.reference)?;
+                write(&a.out, &bytes)?;
+                eprintln!("wrote {} ({})", a.out.display(), v.digest());
+                return Ok(());
+            }
             with_service(&a.service, |c| async move {
                 let f = c.get_vector(&a.reference).await?;
                 write(&a.out, &f.data)?;
@@ -199,6 +227,20 @@ pub async fn run(cmd: VectorCommand) -> Result<()> {
             .await
         }
         VectorCommand::List(a) => {
+            if let Some(lib) = local_library(&a)? {
+                let l = lib.list();
+                print_infos(&l);
+                let c = lib.config();
+                eprintln!(
+                    "{} vectors in {}, {} of {} bytes, at most {} vectors",
+                    l.len(),
+                    lib.dir().display(),
+                    lib.bytes(),
+                    c.max_bytes,
+                    c.max_entries
+                );
+                return Ok(());
+            }
             with_service(&a, |c| async move {
                 let l = c.list_vectors().await?;
                 print_infos(&l.vectors);
@@ -208,6 +250,11 @@ pub async fn run(cmd: VectorCommand) -> Result<()> {
             .await
         }
         VectorCommand::Delete(a) => {
+            if let Some(lib) = local_library(&a.service)? {
+                let info = lib.delete(&a.reference)?;
+                eprintln!("deleted {} ({})", info.name, info.digest);
+                return Ok(());
+            }
             with_service(&a.service, |c| async move {
                 let info = c.delete_vector(&a.reference).await?;
                 eprintln!("deleted {} ({})", info.name, info.digest);
@@ -216,6 +263,16 @@ pub async fn run(cmd: VectorCommand) -> Result<()> {
             .await
         }
     }
+}
+
+/// The library directory itself when no service is named: put, get, list and delete need no
+/// model, so none is loaded.
+fn local_library(s: &ServiceArgs) -> Result<Option<steer_vector::Library>> {
+    if s.remote()?.is_some() {
+        return Ok(None);
+    }
+    let cfg = steer_vector::LibraryConfig { dir: s.vector_dir(), ..Default::default() };
+    Ok(Some(steer_vector::Library::open(cfg)?))
 }
 
 /// Runs `f` against the service, shutting an embedded one down after.
@@ -267,9 +324,9 @@ async fn save(a: SaveArgs) -> Result<()> {
 fn show(a: &ShowArgs) -> Result<()> {
     let v = SteeringVector::load(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&v.meta)?);
+        outln!("{}", serde_json::to_string_pretty(&v.meta)?);
     } else {
-        print!("{}", v.describe());
+        out!("{}", v.describe());
     }
     Ok(())
 }
@@ -324,11 +381,11 @@ pub fn parse_pairs(text: &str) -> Result<Vec<ContrastPair>> {
 }
 
 fn print_infos(infos: &[VectorInfo]) {
-    println!("{:<24} {:<16} {:<14} {:>4} {:>10}  points", "name", "digest", "mode", "k", "bytes");
+    outln!("{:<24} {:<16} {:<14} {:>4} {:>10}  points", "name", "digest", "mode", "k", "bytes");
     for i in infos {
         let mode = steer_client::hooks::placement(i.mode).map_or("?", |m| m.name());
         let points: Vec<String> = i.points.iter().filter_map(|p| p.point()).map(|p| p.to_string()).collect();
-        println!("{:<24} {:<16} {:<14} {:>4} {:>10}  {}", i.name, &i.digest[..i.digest.len().min(16)], mode, i.positions, i.bytes, points.join(" "));
+        outln!("{:<24} {:<16} {:<14} {:>4} {:>10}  {}", i.name, &i.digest[..i.digest.len().min(16)], mode, i.positions, i.bytes, points.join(" "));
     }
 }
 

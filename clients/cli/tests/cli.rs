@@ -34,7 +34,7 @@ fn without_scaling_a_preset_says_why_it_fails_on_a_small_model() {
 fn help_states_defaults_and_choices_and_completions_print() {
     let help = String::from_utf8(steer(&["run", "--help"]).stdout).unwrap();
     for want in
-        ["[default: 0.3", "resid-pre", "block-output", "--presence-penalty", "--top-logprobs", "--ignore-eos", "--skip-unsteered", "STEER_TOKEN"]
+        ["[default: 0.3", "resid_pre", "block_output", "--presence-penalty", "--top-logprobs", "--ignore-eos", "--skip-unsteered", "STEER_TOKEN"]
     {
         assert!(help.contains(want), "{want} missing from steer run --help");
     }

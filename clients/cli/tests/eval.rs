@@ -36,7 +36,7 @@ fn a_perplexity_sweep_writes_one_csv_row_per_setting_and_a_plot_naming_its_axes(
     let svg = std::fs::read_to_string(out.join("perplexity.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains(">layer</text>") && svg.contains(">perplexity ratio (steered / unsteered)</text>"));
     let shown = Command::new(env!("CARGO_BIN_EXE_steer")).args(["eval", "show", out.join("perplexity.json").to_str().unwrap()]).output().unwrap();
-    assert_eq!(String::from_utf8(shown.stdout).unwrap().lines().count(), 1 + 7);
+    assert_eq!(String::from_utf8(shown.stdout).unwrap().lines().count(), 1 + 7 * 2, "a line per setting and text set");
 }
 
 #[test]

@@ -57,3 +57,13 @@ def server(vector_dir):
     client.close()
     proc.terminate()
     assert proc.wait(timeout=30) == 0
+
+
+@pytest.fixture()
+def client(server):
+    """A client of the session's server, closed after each test."""
+    from steer_client import SteerClient
+
+    c = SteerClient(server)
+    yield c
+    c.close()

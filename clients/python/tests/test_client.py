@@ -1,16 +1,9 @@
 import grpc
 import pytest
 
-from steer_client import SteerClient, generation_pb2, tensor_pb2
+from steer_client import generation_pb2, tensor_pb2
 
 LOVE_HATE = [(1, 8.0, "Love "), (1, -8.0, "Hate")]
-
-
-@pytest.fixture()
-def client(server):
-    c = SteerClient(server)
-    yield c
-    c.close()
 
 
 def test_model_info_and_cache(client):
@@ -38,7 +31,8 @@ def test_rows_are_paired_by_seed_and_reproducible(client):
 
 
 def test_zero_coefficients_change_nothing(client):
-    u, s = client.run("I hate you because", [(2, 0.0, "Love "), (2, 0.0, "Hate")], n_tokens=8, n_comparisons=2)
+    with pytest.warns(UserWarning, match="resid_pre.2: the steering tensor is all zeros"):
+        u, s = client.run("I hate you because", [(2, 0.0, "Love "), (2, 0.0, "Hate")], n_tokens=8, n_comparisons=2)
     assert [c.token_ids for c in u] == [c.token_ids for c in s]
 
 

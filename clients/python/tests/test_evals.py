@@ -8,14 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import BINARY, ROOT
-from steer_client import SteerClient, evals
-
-
-@pytest.fixture()
-def client(server):
-    c = SteerClient(server)
-    yield c
-    c.close()
+from steer_client import evals
 
 
 def cli(server, *args):
@@ -59,7 +52,7 @@ def test_a_server_sweep_equals_the_client_side_one_and_is_kept(client):
     sweep_id = evals.start_sweep(client, "perplexity", " wedding", " ", [1, 2], [2.0], sets)
     seen = []
     done = evals.watch_sweep(client, sweep_id, lambda d, t: seen.append((d, t)))
-    assert done["state"] == "SWEEP_STATE_DONE" and seen[-1] == (3, 3)
+    assert done["state"] == "done" and seen[-1] == (3, 3)
     local = evals.perplexity_sweep(client, " wedding", " ", [1, 2], [2.0], sets)
     for a, b in zip(done["rows"], local):
         assert math.isclose(a["sets"]["w"]["ratio"], b["sets"]["w"]["ratio"], rel_tol=1e-12)

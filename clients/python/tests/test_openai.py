@@ -106,3 +106,20 @@ def test_json_mirrors_of_the_rpcs_reproduce_the_grpc_clients_output(server):
     bad = json.loads(_post(server, "/v1/rpc/steer.v1.GenerationService/GenerateFromTensors",
                            {"setup": {"prompt": "", "nComparisons": 1, "maxNewTokens": 2}}))
     assert bad["error"]["param"] == "setup.prompt"
+
+
+def test_hooks_either_spelling_padding_and_warnings(oai):
+    both = [oai.completions.create(model="steer", prompt="I hate you because", max_tokens=4, seed=2, **POST,
+                                   extra_body={"steering": {**LOVE_HATE, "hook": h}}).choices[0].text
+            for h in ("block_output", "block-output")]
+    assert both[0] == both[1]
+    with pytest.raises(openai.BadRequestError) as e:
+        oai.completions.create(model="steer", prompt="Hi", max_tokens=2,
+                               extra_body={"steering": {"additions": [{"layer": 1, "coeff": 5, "text": "I talk about weddings"}]}})
+    assert '"pad_short_prompt": true' in str(e.value)
+    r = oai.completions.create(model="steer", prompt="Hi", max_tokens=2, extra_body={"steering": {
+        "additions": [{"layer": 1, "coeff": 5, "text": "I talk about weddings"}], "pad_short_prompt": True}})
+    assert r.usage.completion_tokens == 2 and not r.model_extra.get("warnings")
+    r = oai.completions.create(model="steer", prompt="I hate you because", max_tokens=2, extra_body={"steering": {
+        "additions": [{"layer": 2, "coeff": 0, "text": "Love"}]}})
+    assert "resid_pre.2: the steering tensor is all zeros" in r.model_extra["warnings"][0]

@@ -9,18 +9,11 @@ import numpy as np
 import pytest
 
 from conftest import BINARY, ROOT
-from steer_client import SteerClient, load_vector, parse_vector
+from steer_client import load_vector, parse_vector
 
 LOVE_HATE = [(2, 4.0, "Love "), (2, -4.0, "Hate")]
 PAIRS = [("I love you", "I hate you"), ("Love is kind", "Hate is cruel"), ("What a joy", "What a pain")]
 TINY = str(ROOT / "fixtures" / "tiny-gpt2")
-
-
-@pytest.fixture()
-def client(server):
-    c = SteerClient(server)
-    yield c
-    c.close()
 
 
 def steered_ids(client, **kw):

@@ -63,9 +63,87 @@ impl std::fmt::Debug for ConnectOptions {
     }
 }
 
+/// The one address form every front end takes: `host:port` (plaintext), `http://host:port`,
+/// `https://host:port`, or a DNS name whose every address is a worker, `dns:host:port` (also
+/// written `dns://host:port`, `dns:///host:port`; `dns+https:` for TLS). A missing port is
+/// 50051, the server's. Returns the URL the client dials (`http://`, `https://`, `dns://` or
+/// `dns+https://`), or a one-line error naming the address.
+pub fn normalize_address(address: &str) -> Result<String> {
+    let a = address.trim();
+    let bad =
+        |why: &str| ClientError::Parse(format!("address `{address}`: {why} (give host:port, http://host:port, https://host:port or dns:host:port)"));
+    let (scheme, rest) = match a.split_once(':') {
+        Some((s @ ("http" | "https"), r)) if r.starts_with("//") => (s, &r[2..]),
+        Some((s @ ("dns" | "dns+https"), r)) => (s, r.trim_start_matches('/')),
+        Some((s, r)) if r.starts_with("//") => return Err(bad(&format!("unknown scheme `{s}`"))),
+        _ => ("http", a),
+    };
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() || rest.contains(['/', '?', '#', ' ']) {
+        return Err(bad("not host:port"));
+    }
+    let has_port = match rest.rsplit_once(':') {
+        // `[::1]` alone has no port; `[::1]:50051` has.
+        Some((host, port)) if !port.ends_with(']') => {
+            if host.is_empty() || port.parse::<u16>().is_err() {
+                return Err(bad(&format!("`{port}` is not a port")));
+            }
+            true
+        }
+        _ => false,
+    };
+    let hostport = if has_port { rest.to_string() } else { format!("{rest}:50051") };
+    let url = match scheme {
+        "dns" => format!("dns://{hostport}"),
+        "dns+https" => format!("dns+https://{hostport}"),
+        s => format!("{s}://{hostport}"),
+    };
+    if !url.starts_with("dns") {
+        Endpoint::from_shared(url.clone()).map_err(|e| bad(&e.to_string()))?;
+    }
+    Ok(url)
+}
+
+/// A call that failed because `endpoint` could not be reached at all (nothing listens, no such
+/// host, no answer within the connect timeout) as one line, [`ClientError::Connect`]; any other
+/// status as it is.
+pub fn unreachable(endpoint: &str, status: tonic::Status) -> ClientError {
+    match connect_failure(&status) {
+        Some(why) => ClientError::Connect { endpoint: endpoint.to_string(), message: why },
+        None => ClientError::Status(status),
+    }
+}
+
+/// Why a call never reached its server, when that is what `status` says.
+pub(crate) fn connect_failure(status: &tonic::Status) -> Option<String> {
+    if status.code() != tonic::Code::Unavailable && status.code() != tonic::Code::Unknown {
+        return None;
+    }
+    let mut text = status.message().to_string();
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return Some(match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => "connection refused: nothing listens there (is `steer serve` running?)".into(),
+                std::io::ErrorKind::TimedOut => "no answer within the connect timeout".into(),
+                _ => io.to_string(),
+            });
+        }
+        text = format!("{text}: {e}");
+        source = e.source();
+    }
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("dns error") || lower.contains("lookup address") {
+        return Some("no such host".into());
+    }
+    (lower.contains("tcp connect error") || lower.contains("connection refused")).then_some(text)
+}
+
 impl ConnectOptions {
-    /// A lazy channel to `url`: nothing is dialled until the first call.
+    /// A lazy channel to `url` (any form [`normalize_address`] takes): nothing is dialled until
+    /// the first call.
     pub fn channel(&self, url: &str) -> Result<Channel> {
+        let url = &normalize_address(url)?;
         let err = |e: tonic::transport::Error| ClientError::Connect { endpoint: url.to_string(), message: e.to_string() };
         let mut ep = Endpoint::from_shared(url.to_string())
             .map_err(err)?
@@ -150,8 +228,9 @@ impl Workers {
     /// yet is tried again later) and then in the background while the pool lives.
     pub(crate) async fn new(urls: &[String], opts: &ConnectOptions) -> Result<Arc<Self>> {
         let pool = Arc::new(Self { members: RwLock::new(vec![]), next: AtomicUsize::new(0), epoch: Instant::now() });
+        let urls = urls.iter().map(|u| normalize_address(u)).collect::<Result<Vec<_>>>()?;
         let mut names = vec![];
-        for u in urls {
+        for u in &urls {
             match dns_name(u) {
                 Some(_) => names.push(u.clone()),
                 None => pool.members.write().unwrap().push(Arc::new(Member {

@@ -8,6 +8,7 @@
 //! deadline. A generation that fails because of its worker moves to the next one, skipping
 //! workers that failed a moment ago.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,8 +23,8 @@ use tonic::Status;
 
 pub use steer_eval as eval;
 pub use steer_eval::{
-    collect_steering_tensors, drain, model_ref, score_request, steering_request, AdditionSpec, Comparison, Completion, Error as ClientError, Result,
-    RunOptions, SteeringTensor,
+    collect_steering_tensors, drain, model_ref, no_op_warnings, score_request, steering_request, AdditionSpec, Comparison, Completion,
+    Error as ClientError, Result, RunOptions, SteeringTensor,
 };
 pub use steer_proto::{hooks, v1};
 pub use steer_vector;
@@ -32,21 +33,25 @@ mod backend;
 pub mod connection;
 pub mod presets;
 
-pub use connection::ConnectOptions;
+pub use connection::{normalize_address, unreachable, ConnectOptions};
 use connection::{Channel, Workers};
 
 /// Connections to one activation worker and one or more generation workers.
 pub struct SteerClient {
     activation: ActivationServiceClient<Channel>,
+    /// The activation worker's URL, as dialled.
+    activation_url: String,
+    /// Whether the activation worker has answered once: only then is a failure to reach it
+    /// taken for a restart and tried again.
+    reached: AtomicBool,
     generation: Arc<Workers>,
     opts: ConnectOptions,
 }
 
 impl SteerClient {
-    /// `activation_url` and each of `generation_urls` as `http://host:port` (or `https://`;
-    /// a generation URL may also be `dns://host:port`, every address the name resolves to,
-    /// followed as it changes),
-    /// with the default options: no token, the system's roots for TLS, a 10-minute deadline.
+    /// `activation_url` and each of `generation_urls` as `host:port`, `http://host:port` or
+    /// `https://host:port` (a generation address may also be `dns:host:port`, every address the
+    /// name resolves to, followed as it changes; see [`normalize_address`]), with the default options: no token, the system's roots for TLS, a 10-minute deadline.
     pub async fn connect(activation_url: &str, generation_urls: &[String]) -> Result<Self> {
         Self::connect_with(activation_url, generation_urls, ConnectOptions::default()).await
     }
@@ -57,9 +62,15 @@ impl SteerClient {
         if generation_urls.is_empty() {
             return Err(ClientError::Protocol("at least one generation endpoint".into()));
         }
-        let activation = ActivationServiceClient::new(opts.channel(activation_url)?).max_decoding_message_size(64 << 20);
+        let activation_url = normalize_address(activation_url)?;
+        let activation = ActivationServiceClient::new(opts.channel(&activation_url)?).max_decoding_message_size(64 << 20);
         let generation = Workers::new(generation_urls, &opts).await?;
-        Ok(Self { activation, generation, opts })
+        Ok(Self { activation, activation_url, reached: AtomicBool::new(false), generation, opts })
+    }
+
+    /// The error of a call to the activation worker: one line when it could not be reached.
+    fn act_err(&self, s: Status) -> ClientError {
+        unreachable(&self.activation_url, s)
     }
 
     /// A request carrying the client's deadline (sent as `grpc-timeout`, which the workers honour).
@@ -70,13 +81,19 @@ impl SteerClient {
     }
 
     pub async fn activation_info(&self) -> Result<ModelInfo> {
-        let r = self.activation.clone().get_model_info(self.request(ActivationServiceGetModelInfoRequest {})).await?.into_inner();
+        let r = self
+            .activation
+            .clone()
+            .get_model_info(self.request(ActivationServiceGetModelInfoRequest {}))
+            .await
+            .map_err(|e| self.act_err(e))?
+            .into_inner();
         r.info.ok_or_else(|| ClientError::Protocol("model info missing".into()))
     }
 
     pub async fn generation_info(&self) -> Result<ModelInfo> {
-        let (_, mut g) = self.generation.pick(None).ok_or_else(no_worker)?;
-        let r = g.get_model_info(self.request(GenerationServiceGetModelInfoRequest {})).await?.into_inner();
+        let (url, mut g) = self.generation.pick(None).ok_or_else(no_worker)?;
+        let r = g.get_model_info(self.request(GenerationServiceGetModelInfoRequest {})).await.map_err(|e| unreachable(&url, e))?.into_inner();
         r.info.ok_or_else(|| ClientError::Protocol("model info missing".into()))
     }
 
@@ -101,15 +118,15 @@ impl SteerClient {
 
     /// [`SteerClient::score`] of a request already built.
     pub async fn score_with(&self, req: v1::ScoreRequest) -> Result<Vec<v1::TextScore>> {
-        let (_, mut g) = self.generation.pick(None).ok_or_else(no_worker)?;
-        let stream = g.score(self.request(req)).await?.into_inner();
+        let (url, mut g) = self.generation.pick(None).ok_or_else(no_worker)?;
+        let stream = g.score(self.request(req)).await.map_err(|e| unreachable(&url, e))?.into_inner();
         steer_eval::collect_scores(self.within(stream)).await
     }
 
     /// Builds a vector file on the activation worker (ActAdd additions or contrast pairs),
     /// calling `on_progress(done, total)` as a dataset vector's batches finish.
     pub async fn compute_vector(&self, req: ComputeVectorRequest, mut on_progress: impl FnMut(u32, u32)) -> Result<VectorFile> {
-        let mut stream = self.activation.clone().compute_vector(self.request(req)).await?.into_inner();
+        let mut stream = self.activation.clone().compute_vector(self.request(req)).await.map_err(|e| self.act_err(e))?.into_inner();
         while let Some(msg) = self.next(&mut stream).await? {
             match msg.event {
                 Some(compute_vector_response::Event::Progress(p)) => on_progress(p.done, p.total),
@@ -138,23 +155,32 @@ impl SteerClient {
         self.compute_vector(req, on_progress).await
     }
 
-    /// Puts a vector file in the activation worker's library (under `name`, or its own).
-    pub async fn put_vector(&self, data: Vec<u8>, name: &str) -> Result<PutVectorResponse> {
-        Ok(self.activation.clone().put_vector(self.request(PutVectorRequest { data, name: name.into() })).await?.into_inner())
+    /// Puts a vector file in the activation worker's library (under `name`, or its own);
+    /// `force_model` stores one made on other weights of the same shape.
+    pub async fn put_vector(&self, data: Vec<u8>, name: &str, force_model: bool) -> Result<PutVectorResponse> {
+        let req = PutVectorRequest { data, name: name.into(), force_model };
+        Ok(self.activation.clone().put_vector(self.request(req)).await.map_err(|e| self.act_err(e))?.into_inner())
     }
 
     /// A library vector by name, digest or digest prefix.
     pub async fn get_vector(&self, r: &str) -> Result<VectorFile> {
-        let resp = self.activation.clone().get_vector(self.request(GetVectorRequest { r#ref: r.into() })).await?.into_inner();
+        let resp =
+            self.activation.clone().get_vector(self.request(GetVectorRequest { r#ref: r.into() })).await.map_err(|e| self.act_err(e))?.into_inner();
         resp.vector.ok_or_else(|| ClientError::Protocol("GetVector without a vector".into()))
     }
 
     pub async fn list_vectors(&self) -> Result<ListVectorsResponse> {
-        Ok(self.activation.clone().list_vectors(self.request(ListVectorsRequest {})).await?.into_inner())
+        Ok(self.activation.clone().list_vectors(self.request(ListVectorsRequest {})).await.map_err(|e| self.act_err(e))?.into_inner())
     }
 
     pub async fn delete_vector(&self, r: &str) -> Result<VectorInfo> {
-        let resp = self.activation.clone().delete_vector(self.request(DeleteVectorRequest { r#ref: r.into() })).await?.into_inner();
+        let resp = self
+            .activation
+            .clone()
+            .delete_vector(self.request(DeleteVectorRequest { r#ref: r.into() }))
+            .await
+            .map_err(|e| self.act_err(e))?
+            .into_inner();
         resp.deleted.ok_or_else(|| ClientError::Protocol("DeleteVector without the vector".into()))
     }
 
@@ -162,19 +188,36 @@ impl SteerClient {
     /// its full digest, looked up on the activation worker.
     pub async fn vector_ref(&self, r: &str, scale: f64, layers: Option<(u32, u32)>) -> Result<VectorRef> {
         let info = self.get_vector(r).await?.info.ok_or_else(|| ClientError::Protocol("vector without info".into()))?;
-        Ok(VectorRef { digest: info.digest, scale: Some(scale), first_layer: layers.map(|l| l.0), last_layer: layers.map(|l| l.1) })
+        Ok(VectorRef {
+            digest: info.digest,
+            scale: Some(scale),
+            first_layer: layers.map(|l| l.0),
+            last_layer: layers.map(|l| l.1),
+            force_model: false,
+        })
     }
 
     /// The steering tensor of each layer for `additions`. A call that fails because the
-    /// activation worker is unreachable or restarting is tried again, with backoff, within the
-    /// deadline.
+    /// activation worker is restarting (or refuses connections after it has answered once) is
+    /// tried again, with backoff, within the deadline and `retry_for`; an address where nothing
+    /// ever answered fails at once.
     pub async fn steering_tensors(&self, additions: &[AdditionSpec], opts: &RunOptions) -> Result<Vec<SteeringTensor>> {
         let started = std::time::Instant::now();
         let mut wait = Duration::from_millis(100);
         loop {
+            let in_time = started.elapsed() + wait < self.opts.deadline.min(self.opts.retry_for);
             match self.steering_tensors_once(additions, opts).await {
-                Err(ClientError::Status(s)) if retryable(&s) && started.elapsed() + wait < self.opts.deadline.min(self.opts.retry_for) => {
-                    tracing::warn!(code = ?s.code(), ?wait, "activation worker failed; trying again");
+                Ok(t) => {
+                    self.reached.store(true, Ordering::Relaxed);
+                    return Ok(t);
+                }
+                // Refused at the first call is a wrong address, not a restart: no retry.
+                Err(e)
+                    if in_time
+                        && (matches!(&e, ClientError::Status(s) if retryable(s))
+                            || matches!(e, ClientError::Connect { .. }) && self.reached.load(Ordering::Relaxed)) =>
+                {
+                    tracing::warn!(code = ?e.code(), ?wait, "activation worker failed; trying again");
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(2));
                 }
@@ -185,7 +228,7 @@ impl SteerClient {
 
     async fn steering_tensors_once(&self, additions: &[AdditionSpec], opts: &RunOptions) -> Result<Vec<SteeringTensor>> {
         let req = steering_request(additions, opts);
-        let stream = self.activation.clone().get_steering_tensors(self.request(req)).await?.into_inner();
+        let stream = self.activation.clone().get_steering_tensors(self.request(req)).await.map_err(|e| self.act_err(e))?.into_inner();
         collect_steering_tensors(self.within(stream)).await
     }
 
@@ -293,8 +336,8 @@ impl SteerClient {
                 Err(ClientError::Status(s)) if retryable(&s) => {
                     tracing::warn!(attempt, worker, code = ?s.code(), "generation worker failed; trying the next one");
                     self.generation.failed(&worker);
+                    last = Some(unreachable(&worker, s));
                     after = Some(worker);
-                    last = Some(ClientError::Status(s));
                 }
                 Ok(c) => {
                     self.generation.succeeded(&worker);

@@ -116,7 +116,7 @@ impl ActivationWorker {
     fn vector_file(&self, v: SteeringVector, store: bool) -> Result<VectorFile, Status> {
         let data = v.to_bytes();
         let info = if store {
-            self.library()?.put(&data, None, &convert::model_ref(&self.engine)).map_err(ServiceError::from)?.0
+            self.library()?.put(&data, None, Some(&convert::model_ref(&self.engine)), false).map_err(ServiceError::from)?.0
         } else {
             v.info(data.len() as u64)
         };
@@ -271,7 +271,7 @@ impl ActivationService for ActivationWorker {
     async fn put_vector(&self, request: Request<PutVectorRequest>) -> Result<Response<PutVectorResponse>, Status> {
         let req = request.into_inner();
         let (lib, model) = (self.library()?.clone(), convert::model_ref(&self.engine));
-        let (info, replaced) = tokio::task::spawn_blocking(move || lib.put(&req.data, Some(&req.name), &model))
+        let (info, replaced) = tokio::task::spawn_blocking(move || lib.put(&req.data, Some(&req.name), Some(&model), req.force_model))
             .await
             .map_err(|e| Status::internal(format!("library task: {e}")))?
             .map_err(ServiceError::from)?;

@@ -24,7 +24,12 @@ pub fn hook_point(hook: i32, layer: u32, n_layer: usize, field: &str) -> Result<
 /// A point (from a vector file, say) with its layer checked against the model's depth; errors
 /// name `field`.
 pub fn checked_point(p: HookPoint, n_layer: usize, field: &str) -> Result<HookPoint, ServiceError> {
-    p.check(n_layer).map_err(|_| ServiceError::invalid(field, format!("{}: must be in 0..{n_layer}", p.layer())))?;
+    p.check(n_layer).map_err(|_| {
+        ServiceError::invalid(
+            field,
+            format!("layer {} does not exist (this model has {n_layer} layers, 0 to {})", p.layer(), n_layer.saturating_sub(1)),
+        )
+    })?;
     Ok(p)
 }
 
@@ -81,6 +86,8 @@ pub fn model_info(engine: &Engine) -> v1::ModelInfo {
         cache: None,
         max_new_tokens: 0,
         max_comparisons: 0,
+        architecture: i.architecture.clone(),
+        weights_fingerprint: i.fingerprint.clone(),
     }
 }
 
@@ -90,7 +97,14 @@ pub fn model_ref(engine: &Engine) -> steer_vector::ModelRef {
     let i = engine.info();
     let path = std::path::Path::new(&i.name);
     let name = if path.exists() { path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default() } else { i.name.clone() };
-    steer_vector::ModelRef { name, revision: i.revision.clone(), d_model: i.d_model as u32, n_layer: i.n_layer as u32 }
+    steer_vector::ModelRef {
+        name,
+        revision: i.revision.clone(),
+        d_model: i.d_model as u32,
+        n_layer: i.n_layer as u32,
+        architecture: i.architecture.clone(),
+        fingerprint: i.fingerprint.clone(),
+    }
 }
 
 #[cfg(test)]

@@ -172,7 +172,12 @@ pub fn fit(mut prompt: Vec<u32>, additions: &[Addition], use_bos: bool, short_pr
         if short_prompt != ShortPrompt::Pad as i32 {
             return Err(ServiceError::invalid(
                 field,
-                format!("{} tokens are fewer than the steering tensor's {k_max} positions; use short_prompt = PAD to pad", prompt.len()),
+                format!(
+                    "{} tokens are fewer than the steering tensor's {k_max} positions; to pad the prompt with spaces, pass \
+                     --pad-short-prompt (CLI), pad_short_prompt=True (Python), \"pad_short_prompt\": true in `steering` (HTTP) or \
+                     short_prompt = SHORT_PROMPT_PAD (gRPC)",
+                    prompt.len()
+                ),
             ));
         }
         let at = usize::from(use_bos);

@@ -132,7 +132,7 @@ impl VectorCache {
                 return Err(ServiceError::invalid(format!("{field}.first_layer"), format!("{a} > last_layer {b}")));
             }
             let v = self.fetch(&r.digest.to_ascii_lowercase(), &field).await?;
-            v.check_model(model).map_err(|e| e.within(&field))?;
+            v.check_model_or_shape(model, r.force_model).map_err(|e| e.within(&field))?;
             let tensors = v.applied(scale as f32, layers);
             if tensors.is_empty() {
                 return Err(ServiceError::invalid(format!("{field}.first_layer"), "no tensor of the vector is in the layer range"));

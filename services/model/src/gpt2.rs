@@ -277,6 +277,19 @@ pub struct Gpt2 {
     ln_f: LayerNorm,
     cfg: Config,
     device: Device,
+    fingerprint: String,
+}
+
+/// See [`Gpt2::fingerprint`].
+fn weights_fingerprint(tensors: &[&Tensor]) -> Result<String> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for t in tensors {
+        for v in t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()? {
+            h.update(v.to_le_bytes());
+        }
+    }
+    Ok(h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect())
 }
 
 impl Gpt2 {
@@ -285,8 +298,18 @@ impl Gpt2 {
         let wte = p.matrix("wte.weight", cfg.n_embd, cfg.vocab_size)?;
         let wpe_w = p.tensor("wpe.weight", &[cfg.n_positions, cfg.n_embd])?;
         let blocks = (0..cfg.n_layer).map(|i| Block::load(p, &format!("h.{i}"), cfg)).collect::<Result<Vec<_>>>()?;
-        let ln_f = layer_norm(p, "ln_f", cfg.n_embd, cfg.layer_norm_epsilon)?;
-        Ok(Self { wte, wpe: Embedding::new(wpe_w, cfg.n_embd), blocks, ln_f, cfg: cfg.clone(), device: device.clone() })
+        let ln_f_w = p.tensor("ln_f.weight", &[cfg.n_embd])?;
+        let ln_f_b = p.tensor("ln_f.bias", &[cfg.n_embd])?;
+        let fingerprint = weights_fingerprint(&[&wpe_w, &ln_f_w, &ln_f_b])?;
+        let ln_f = LayerNorm::new(ln_f_w, ln_f_b, cfg.layer_norm_epsilon);
+        Ok(Self { wte, wpe: Embedding::new(wpe_w, cfg.n_embd), blocks, ln_f, cfg: cfg.clone(), device: device.clone(), fingerprint })
+    }
+
+    /// 16 hex digits of SHA-256 over the position embeddings and the final layer norm as
+    /// stored (f32 whatever the weights' dtype, so a checkpoint loaded as f32, f16, bf16 or
+    /// q8_0, from safetensors or GGUF, has one fingerprint; other weights have another).
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     pub fn config(&self) -> &Config {

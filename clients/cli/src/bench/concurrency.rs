@@ -89,15 +89,15 @@ pub async fn run(engine: Arc<Engine>, levels: &[usize], budgets: &[usize]) -> Re
         ];
         let tensors = Arc::new(client.steering_tensors(&adds, &RunOptions::default()).await?);
         one(&client, 0, &tensors, Instant::now()).await?; // warm-up
-        println!(
+        outln!(
             "concurrency: N clients at once, each 1 unsteered + 1 steered row of {TOKENS} tokens, prompts of 9-38 tokens; \
              prefill {budget} positions per step while others decode (--prefill-tokens-per-step)"
         );
-        println!(
+        outln!(
             "| N | aggregate tokens/s | one at a time | ratio | TTFT p50 | TTFT p99 | inter-token p50 | inter-token p99 | \
              (one at a time: TTFT p50, inter-token p50) |"
         );
-        println!("|---|---|---|---|---|---|---|---|---|");
+        outln!("|---|---|---|---|---|---|---|---|---|");
         for &n in levels {
             let started = Instant::now();
             let tasks: Vec<_> = (0..n)
@@ -120,7 +120,7 @@ pub async fn run(engine: Arc<Engine>, levels: &[usize], budgets: &[usize]) -> Re
                 e.insert(stats(&alone, started.elapsed().as_secs_f64()));
             }
             let s = alone_stats[&n];
-            println!(
+            outln!(
                 "| {n} | {:.2} | {:.2} | {:.2}x | {:.2} s | {:.2} s | {:.3} s | {:.3} s | ({:.2} s, {:.3} s) |",
                 c.tokens_per_s,
                 s.tokens_per_s,
@@ -185,7 +185,7 @@ async fn stall(client: &Arc<SteerClient>, tensors: &Arc<Vec<SteeringTensor>>, en
     let worst = gaps.iter().copied().fold(0.0, f64::max);
     let median = percentile(&mut gaps, 0.5);
     if let Some((_, prefill_ms)) = joined {
-        println!(
+        outln!(
             "stall: a {prompt_tokens}-token prompt's prefill (prefill time {:.3} s) joining a decoding stream: \
              its longest gap {worst:.3} s vs median {median:.3} s ({:.1} steps' worth)",
             prefill_ms / 1e3,

@@ -46,7 +46,7 @@ pub fn read_bandwidth() -> (f64, f64, f64) {
 
 pub fn compare(a: &BenchArgs) -> Result<()> {
     let (bw, lo, hi) = read_bandwidth();
-    println!("read bandwidth: {bw:.1} GB/s (a 1 GiB buffer read by every core: median of 9 passes, range {lo:.1}-{hi:.1})");
+    outln!("read bandwidth: {bw:.1} GB/s (a 1 GiB buffer read by every core: median of 9 passes, range {lo:.1}-{hi:.1})");
     let exe = std::env::current_exe().context("locating this binary")?;
     let mut all = vec![];
     for dtype in &a.dtypes {
@@ -60,15 +60,15 @@ pub fn compare(a: &BenchArgs) -> Result<()> {
             .output()
             .with_context(|| format!("running {}", exe.display()))?;
         let text = String::from_utf8_lossy(&out.stdout);
-        print!("{text}");
+        out!("{text}");
         if !out.status.success() {
             bail!("the {dtype} measurement failed ({})", out.status);
         }
         let line = text.lines().find_map(|l| l.strip_prefix(LINE)).context("the child printed no measurement")?;
         all.push(serde_json::from_str::<Measured>(line)?);
     }
-    println!();
-    print!("{}", table(&all, bw));
+    outln!();
+    out!("{}", table(&all, bw));
     Ok(())
 }
 

@@ -34,7 +34,7 @@ pub async fn run(engine: Arc<Engine>, tokens: usize) -> Result<()> {
         cold.push(t.elapsed().as_secs_f64() * 1e3);
     }
     let shown: Vec<String> = cold.iter().map(|ms| format!("{ms:.0}")).collect();
-    println!("steering tensors (weddings pair), cold cache: median {:.1} ms ({} ms)", percentile(&mut cold, 0.5), shown.join(", "));
+    outln!("steering tensors (weddings pair), cold cache: median {:.1} ms ({} ms)", percentile(&mut cold, 0.5), shown.join(", "));
     let tensors = client.steering_tensors(&adds, &opts).await?;
     let mut lat = vec![];
     for _ in 0..200 {
@@ -42,12 +42,12 @@ pub async fn run(engine: Arc<Engine>, tokens: usize) -> Result<()> {
         client.steering_tensors(&adds, &opts).await?;
         lat.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    println!("steering tensors, cache hit over loopback gRPC: p50 {:.3} ms, p99 {:.3} ms", percentile(&mut lat, 0.5), percentile(&mut lat, 0.99));
+    outln!("steering tensors, cache hit over loopback gRPC: p50 {:.3} ms, p99 {:.3} ms", percentile(&mut lat, 0.5), percentile(&mut lat, 0.99));
     // Time to first streamed token.
     let t = Instant::now();
     let mut stream = client.generate_stream(PROMPT, &tensors, &opts).await?;
     let _ = stream.next().await;
-    println!("time to first streamed token (6 rows, prefill): {:.3} s", t.elapsed().as_secs_f64());
+    outln!("time to first streamed token (6 rows, prefill): {:.3} s", t.elapsed().as_secs_f64());
     while stream.next().await.is_some() {}
     // Full runs over gRPC against the same rows in process (built by the service's own
     // validation, so both run exactly the same batch), taken in turn: one of each varied by
@@ -68,7 +68,7 @@ pub async fn run(engine: Arc<Engine>, tokens: usize) -> Result<()> {
     let shown = |v: &[f64]| v.iter().map(|s| format!("{s:.3}")).collect::<Vec<_>>().join(", ");
     let (runs_grpc, runs_local) = (shown(&via_grpc), shown(&in_process));
     let (g, l) = (percentile(&mut via_grpc, 0.5), percentile(&mut in_process, 0.5));
-    println!(
+    outln!(
         "full run, {tokens} tokens x 6 rows, {FULL_RUNS} of each in turn: gRPC (cached steering) median {g:.3} s ({runs_grpc}), \
          in-process {l:.3} s ({runs_local}), overhead {:+.1}%",
         (g / l - 1.0) * 100.0

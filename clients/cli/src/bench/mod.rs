@@ -68,7 +68,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let t = Instant::now();
     let engine = a.model.load()?;
     let weight_bytes = engine.weight_bytes() as u64;
-    println!(
+    outln!(
         "load: {:.1} s, peak RSS {:.2} GB; weights {} ({:.2} GB read per token)",
         t.elapsed().as_secs_f64(),
         peak_rss_gb(),
@@ -76,7 +76,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         weight_bytes as f64 / 1e9
     );
     if let Some((bw, lo, hi)) = bandwidth {
-        println!("read bandwidth {bw:.1} GB/s (median of 9, range {lo:.1}-{hi:.1}): batch-1 limit {:.2} tokens/s", bw * 1e9 / weight_bytes as f64);
+        outln!("read bandwidth {bw:.1} GB/s (median of 9, range {lo:.1}-{hi:.1}): batch-1 limit {:.2} tokens/s", bw * 1e9 / weight_bytes as f64);
     }
     // Prefill of the 9-token prompt: generate one token.
     let one = GenerateOptions { max_new_tokens: 1, stop_at_eos: false, ..Default::default() };
@@ -87,7 +87,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         engine.generate(&rows(&engine, 1)?, &one, |_| std::ops::ControlFlow::Continue(()))?;
         best = best.min(t.elapsed().as_secs_f64());
     }
-    println!("prefill 9 tokens (batch 1): {best:.3} s");
+    outln!("prefill 9 tokens (batch 1): {best:.3} s");
     let mut decode = vec![];
     for &b in &a.batches {
         let opts = GenerateOptions { max_new_tokens: a.tokens + 1, stop_at_eos: false, ..Default::default() };
@@ -95,7 +95,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let o = &out[0];
         let steps = (o.tokens.len() - 1) as f64;
         let step_s = o.decode_secs / steps;
-        println!(
+        outln!(
             "decode batch {b}: {:.1} ms/step, {:.2} tokens/s per row, {:.2} tokens/s total (prefill {:.3} s)",
             step_s * 1e3,
             1.0 / step_s,
@@ -104,10 +104,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
         );
         decode.push((b, 1.0 / step_s));
     }
-    println!("peak RSS: {:.2} GB", peak_rss_gb());
+    outln!("peak RSS: {:.2} GB", peak_rss_gb());
     if a.child {
         let m = dtypes::Measured { dtype: engine.info().dtype.to_string(), weight_bytes, prefill_secs: best, decode, peak_rss_gb: peak_rss_gb() };
-        println!("{}{}", dtypes::LINE, serde_json::to_string(&m)?);
+        outln!("{}{}", dtypes::LINE, serde_json::to_string(&m)?);
     }
     let engine = std::sync::Arc::new(engine);
     if a.grpc {

@@ -1,7 +1,7 @@
 """Python client of steer.
 
     from steer_client import SteerClient
-    client = SteerClient("localhost:50051")
+    client = SteerClient("localhost:50051")  # or "http://localhost:50051", as the CLI's --url
     unsteered, steered = client.calculate_and_apply_steering_vector(
         "I went up to my friend and said",
         activation_additions=[(20, 4.0, "I talk about weddings constantly  "),
@@ -13,6 +13,7 @@ clients/python/generate.py.
 """
 import itertools
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Iterable, List, Optional, Sequence, Tuple
 
@@ -26,6 +27,51 @@ __all__ = ["evals", "SteerClient", "Completion", "POST", "SEED", "activation_pb2
            "parse_vector", "Vector"]
 
 HOOKS = {"resid_pre": tensor_pb2.HOOK_RESID_PRE, "block_output": tensor_pb2.HOOK_BLOCK_OUTPUT}
+_HOOK_NAMES = {v: k for k, v in HOOKS.items()}
+#: Finish reasons as every front end prints them (OpenAI's words).
+FINISH_REASONS = {generation_pb2.FINISH_REASON_LENGTH: "length", generation_pb2.FINISH_REASON_EOS: "stop",
+                  generation_pb2.FINISH_REASON_CANCELLED: "cancelled"}
+
+
+def _hook(name) -> int:
+    """A hook kind by name, as the CLI and HTTP spell it: `resid_pre` or `block_output` (dashes
+    and any case accepted too); a proto enum value passes through."""
+    if isinstance(name, int):
+        return name
+    key = str(name).strip().lower().replace("-", "_")
+    if key not in HOOKS:
+        raise ValueError(f"hook {name!r}: expected one of {', '.join(HOOKS)} (resid-pre and block-output too)")
+    return HOOKS[key]
+
+
+def point_name(p) -> str:
+    """A HookPoint as every front end prints it: `resid_pre.6`."""
+    return f"{_HOOK_NAMES.get(p.hook, '?')}.{p.layer}"
+
+
+def address(addr: str):
+    """(target, tls) of an address in the one form every front end takes: host:port,
+    http://host:port, https://host:port (TLS), or dns:host:port (every address of a name); a
+    missing port is 50051, the server's."""
+    a = addr.strip()
+    tls = False
+    for scheme in ("https://", "http://", "dns+https:", "dns:"):
+        if a.startswith(scheme):
+            tls = scheme.startswith("https") or scheme.startswith("dns+https")
+            rest = a[len(scheme):].lstrip("/").rstrip("/")
+            break
+    else:
+        if "://" in a:
+            raise ValueError(f"address {addr!r}: unknown scheme (give host:port, http://host:port, https://host:port or dns:host:port)")
+        scheme, rest = "", a.rstrip("/")
+    if not rest or any(c in rest for c in "/?# "):
+        raise ValueError(f"address {addr!r}: not host:port")
+    host, sep, port = rest.rpartition(":")
+    if not sep or port.endswith("]"):
+        rest = f"{rest}:50051"
+    elif not port.isdigit() or not host:
+        raise ValueError(f"address {addr!r}: {port!r} is not a port")
+    return (f"dns:///{rest}" if scheme.startswith("dns") else rest), tls
 
 # The named sampling settings, spelled out once here (as SamplingParameters::post()/seed() are in
 # the Rust crates); every method starts from one of them and applies the keywords given.
@@ -48,6 +94,23 @@ def _sampling(preset, overrides):
     return sampling
 
 
+def no_op_warnings(tensors, n_layer) -> List[str]:
+    """Why steering with `tensors` cannot change a completion (as the CLI warns and HTTP returns):
+    a tensor of zeros (a coefficient of 0), or a prefix at the last block's output, which no
+    block reads (it moves only the logits of the positions it covers)."""
+    out = []
+    for t in tensors:
+        if all(v == 0.0 for v in t._flat()):
+            out.append(f"{t.point}: the steering tensor is all zeros (a coefficient of 0?): "
+                       "the steered rows will equal the unsteered")
+        elif (t.header.mode != tensor_pb2.STEERING_MODE_ALL_POSITIONS and t.header.point.hook == tensor_pb2.HOOK_BLOCK_OUTPUT
+              and t.header.point.layer == n_layer - 1):
+            out.append(f"{t.point}: no block reads the last block's output, so a prefix there changes only the logits of "
+                       f"the {t.shape[0]} positions it covers: the completion does not change unless it covers the whole "
+                       "prompt (steer an earlier layer, or use resid_pre)")
+    return out
+
+
 @dataclass
 class Completion:
     row: int
@@ -59,17 +122,47 @@ class Completion:
     worker: str = ""
 
 
-@dataclass
+@dataclass(repr=False)
 class SteeringTensor:
+    """A steering tensor (or an activation) as streamed: its header (hook point, shape, mode)
+    and its f32 bytes in chunks. `shape`, `values()` (rows), `numpy()` and `point` read it."""
     header: tensor_pb2.TensorHeader
     chunks: List[tensor_pb2.TensorChunk] = field(default_factory=list)
 
-    def values(self):
-        """The tensor as a flat list of floats (f32 only)."""
+    @property
+    def shape(self) -> Tuple[int, ...]:
+        return tuple(self.header.shape)
+
+    @property
+    def point(self) -> str:
+        """Where it applies, `resid_pre.6`."""
+        return point_name(self.header.point)
+
+    def _flat(self) -> List[float]:
         import struct
 
         data = b"".join(c.data for c in self.chunks)
         return list(struct.unpack(f"<{len(data) // 4}f", data))
+
+    def values(self) -> List[List[float]]:
+        """The values as rows: `shape[0]` lists of `shape[1]` floats."""
+        flat = self._flat()
+        d = self.shape[-1] if self.shape else max(len(flat), 1)
+        return [flat[i:i + d] for i in range(0, len(flat), d)]
+
+    def numpy(self):
+        """The values as a float32 numpy array of `shape` (needs numpy)."""
+        import numpy as np
+
+        return np.frombuffer(b"".join(c.data for c in self.chunks), dtype="<f4").reshape(self.shape).copy()
+
+    def position_norms(self) -> List[float]:
+        return [sum(v * v for v in row) ** 0.5 for row in self.values()]
+
+    def __repr__(self):
+        norms = ", ".join(f"{n:.1f}" for n in self.position_norms()[:8])
+        more = ", ..." if len(self.position_norms()) > 8 else ""
+        return f"SteeringTensor({self.point}, shape {list(self.shape)}, position norms [{norms}{more}])"
 
 
 class SteerClient:
@@ -85,6 +178,10 @@ class SteerClient:
                  tls_ca=None, tls_identity=None, tls_domain: Optional[str] = None, token: Optional[str] = None,
                  timeout: float = 600.0):
         generation = list(generation or [activation])
+        activation, act_tls = address(activation)
+        targets = [address(g) for g in generation]
+        tls = tls or act_tls or any(t for _, t in targets)
+        generation = [t for t, _ in targets]
         opts = [("grpc.max_receive_message_length", 64 << 20)]
         if tls_domain:
             opts.append(("grpc.ssl_target_name_override", tls_domain))
@@ -120,7 +217,7 @@ class SteerClient:
                          use_bos=True, strict_lengths=False, timeout=None) -> List[SteeringTensor]:
         req = activation_pb2.GetSteeringTensorsRequest(
             additions=[activation_pb2.ActivationAddition(layer=l, coeff=c, prompt=p) for l, c, p in activation_additions],
-            hook=HOOKS[hook], use_bos=use_bos, strict_lengths=strict_lengths)
+            hook=_hook(hook), use_bos=use_bos, strict_lengths=strict_lengths)
         tensors: List[SteeringTensor] = []
         for msg in self.activation.GetSteeringTensors(req, **self._call(timeout)):
             kind = msg.WhichOneof("event")
@@ -131,17 +228,21 @@ class SteerClient:
         return tensors
 
     def generate_stream(self, prompt: str, tensors: Sequence[SteeringTensor], n_tokens=50, n_comparisons=3,
-                        use_bos=True, seed=0, preset=POST, timeout=None, vectors=(), **sampling):
+                        use_bos=True, seed=0, preset=POST, timeout=None, vectors=(), pad_short_prompt=False,
+                        **sampling):
         """Yields GenerateResponse events (TokenEvent or RowFinished) as the server streams them.
 
         Sampling starts from `preset` (POST or SEED); keywords temperature, top_p, top_k,
         repetition_penalty, frequency_penalty, presence_penalty override it. `vectors`: library
         vectors by digest (VectorRef messages, see vector_ref), added along with `tensors`.
+        `pad_short_prompt`: a prompt shorter than the steering is padded with spaces after BOS
+        (else the server refuses it).
         """
         sampling = _sampling(preset, sampling)
+        short = generation_pb2.SHORT_PROMPT_PAD if pad_short_prompt else generation_pb2.SHORT_PROMPT_ERROR
         setup = generation_pb2.GenerateSetup(
             prompt=prompt, use_bos=use_bos, sampling=sampling, n_comparisons=n_comparisons,
-            max_new_tokens=n_tokens, seed=seed, n_tensors=len(tensors), vectors=list(vectors))
+            max_new_tokens=n_tokens, seed=seed, n_tensors=len(tensors), vectors=list(vectors), short_prompt=short)
 
         def requests():
             yield generation_pb2.GenerateRequest(setup=setup)
@@ -173,6 +274,9 @@ class SteerClient:
         if activation_additions:
             tensors += self.steering_tensors(activation_additions, hook=hook, use_bos=use_bos,
                                              strict_lengths=strict_lengths)
+        if tensors:
+            for w in no_op_warnings(tensors, self.model_info().n_layer):
+                warnings.warn(w, stacklevel=2)
         unsteered: List[Completion] = []
         steered: List[Completion] = []
         for msg in self.generate_stream(prompt, tensors, n_tokens=n_tokens, n_comparisons=n_comparisons,
@@ -180,7 +284,7 @@ class SteerClient:
             if msg.WhichOneof("event") == "finished":
                 f = msg.finished
                 c = Completion(f.row, f.steered, f.text, list(f.token_ids),
-                               generation_pb2.FinishReason.Name(f.reason), f.seed, f.worker)
+                               FINISH_REASONS.get(f.reason, "length"), f.seed, f.worker)
                 (steered if f.steered else unsteered).append(c)
         return unsteered, steered
 
@@ -202,7 +306,7 @@ class SteerClient:
         vector file (VectorFile: .info, .data bytes); `store` also puts it in the library."""
         additions = activation_pb2.GetSteeringTensorsRequest(
             additions=[activation_pb2.ActivationAddition(layer=l, coeff=c, prompt=p) for l, c, p in activation_additions],
-            hook=HOOKS[hook], use_bos=use_bos, strict_lengths=strict_lengths)
+            hook=_hook(hook), use_bos=use_bos, strict_lengths=strict_lengths)
         req = activation_pb2.ComputeVectorRequest(name=name, additions=additions, store=store)
         return self.compute_vector(req, timeout=timeout)
 
@@ -214,13 +318,15 @@ class SteerClient:
         reductions = {"last_token": activation_pb2.REDUCTION_LAST_TOKEN, "mean": activation_pb2.REDUCTION_MEAN}
         req = activation_pb2.ComputeVectorRequest(name=name, store=store, pairs=activation_pb2.ContrastPairs(
             pairs=[activation_pb2.ContrastPair(positive=p, negative=n) for p, n in pairs],
-            points=[tensor_pb2.HookPoint(hook=HOOKS[hook], layer=l) for l in layers],
+            points=[tensor_pb2.HookPoint(hook=_hook(hook), layer=l) for l in layers],
             reduction=reductions[reduction], use_bos=use_bos, batch_size=batch_size))
         return self.compute_vector(req, on_progress, timeout)
 
-    def put_vector(self, data: bytes, name: str = "", timeout=None):
-        """Stores a vector file in the library; returns PutVectorResponse (info, replaced)."""
-        return self.activation.PutVector(activation_pb2.PutVectorRequest(data=data, name=name), **self._call(timeout))
+    def put_vector(self, data: bytes, name: str = "", force_model=False, timeout=None):
+        """Stores a vector file in the library; returns PutVectorResponse (info, replaced).
+        `force_model` stores one made on other weights of the same shape."""
+        req = activation_pb2.PutVectorRequest(data=data, name=name, force_model=force_model)
+        return self.activation.PutVector(req, **self._call(timeout))
 
     def get_vector(self, ref: str, timeout=None):
         """A library vector (VectorFile) by name, digest or digest prefix (8+ hex digits)."""
@@ -232,9 +338,10 @@ class SteerClient:
     def delete_vector(self, ref: str, timeout=None):
         return self.activation.DeleteVector(activation_pb2.DeleteVectorRequest(ref=ref), **self._call(timeout)).deleted
 
-    def vector_ref(self, ref: str, scale: float = 1.0, layers: Optional[Tuple[int, int]] = None):
-        """A VectorRef for generate_stream/run(vectors=...): the library vector's full digest."""
-        r = generation_pb2.VectorRef(digest=self.get_vector(ref).info.digest, scale=scale)
+    def vector_ref(self, ref: str, scale: float = 1.0, layers: Optional[Tuple[int, int]] = None, force_model=False):
+        """A VectorRef for generate_stream/run(vectors=...): the library vector's full digest;
+        `force_model` applies one made on other weights of the same shape."""
+        r = generation_pb2.VectorRef(digest=self.get_vector(ref).info.digest, scale=scale, force_model=force_model)
         if layers is not None:
             r.first_layer, r.last_layer = layers
         return r
@@ -242,7 +349,7 @@ class SteerClient:
     def activations(self, prompts, layers, hook="resid_pre", use_bos=True, timeout=None):
         """Residual-stream activations: out[prompt][layer_index] = (shape, flat f32 values)."""
         req = activation_pb2.GetActivationsRequest(
-            prompts=list(prompts), use_bos=use_bos, points=[tensor_pb2.HookPoint(hook=HOOKS[hook], layer=l) for l in layers])
+            prompts=list(prompts), use_bos=use_bos, points=[tensor_pb2.HookPoint(hook=_hook(hook), layer=l) for l in layers])
         out = [[] for _ in prompts]
         current = None
         for msg in self.activation.GetActivations(req, **self._call(timeout)):
@@ -252,7 +359,7 @@ class SteerClient:
                 out[msg.header.prompt_index].append(current)
             elif kind == "chunk":
                 current.chunks.append(msg.chunk)
-        return [[(tuple(t.header.shape), t.values()) for t in row] for row in out]
+        return [[(tuple(t.header.shape), t._flat()) for t in row] for row in out]
 
 
 from .vectors import Vector, load_vector, parse_vector  # noqa: E402

@@ -37,9 +37,12 @@ def perplexity(scores) -> float:
     return math.exp(-total / max(n, 1))
 
 
-def text_sets(directory) -> Dict[str, List[str]]:
-    """Every NAME.txt of `directory` (one text per line) as {NAME: texts}: e.g. the repository's
-    fixtures/eval (wedding, unrelated), which `steer eval perplexity` uses by default."""
+def text_sets(directory=None) -> Dict[str, List[str]]:
+    """Every NAME.txt of `directory` (one text per line) as {NAME: texts}; by default the sets
+    `steer eval perplexity` uses (wedding, unrelated: the repository's fixtures/eval, shipped
+    with this package)."""
+    if directory is None:
+        directory = pathlib.Path(__file__).resolve().parent / "data" / "eval"
     return {p.stem: [l for l in p.read_text().splitlines() if l.strip()] for p in sorted(pathlib.Path(directory).glob("*.txt"))}
 
 
@@ -128,7 +131,7 @@ def norms(client, plus, minus, layers, coeffs, prompt, hook="resid_pre", use_bos
         skip = 1 if use_bos and n > 1 else 0
         resid = sum(math.sqrt(sum(v * v for v in values[p * d:(p + 1) * d])) for p in range(skip, n)) / (n - skip)
         t = client.steering_tensors(_additions(plus, minus, layer, coeff), hook=hook, use_bos=use_bos)[0]
-        vals = t.values()
+        vals = t._flat()
         k = len(vals) // d
         steering = sum(math.sqrt(sum(v * v for v in vals[p * d:(p + 1) * d])) for p in range(k)) / k
         rows.append({"layer": layer, "coeff": float(coeff), "resid_norm": resid, "steering_norm": steering,
@@ -151,11 +154,11 @@ def start_sweep(client, kind, plus, minus, layers, coeffs, sets: Optional[Dict[s
                 top=10, hook="resid_pre", use_bos=True, n=0, n_tokens=0, words=(), positions=(), seed=0) -> str:
     """Starts a perplexity, kl, topic-words or norms sweep on the server; returns its id."""
     from ._proto.steer.v1 import eval_pb2
-    from . import HOOKS
+    from . import _hook
 
     req = eval_pb2.StartSweepRequest(
         kind=KINDS[kind], plus=plus, minus=minus, layers=list(layers), coeffs=[float(c) for c in coeffs],
-        hook=HOOKS[hook], use_bos=use_bos, prompt=prompt, top=top, n=n, n_tokens=n_tokens, words=list(words),
+        hook=_hook(hook), use_bos=use_bos, prompt=prompt, top=top, n=n, n_tokens=n_tokens, words=list(words),
         positions=list(positions), seed=seed,
         sets=[eval_pb2.EvalTextSet(name=n, texts=t) for n, t in (sets or {}).items()])
     return _eval_stub(client).StartSweep(req, **client._call(None)).sweep.id
@@ -164,7 +167,7 @@ def start_sweep(client, kind, plus, minus, layers, coeffs, sets: Optional[Dict[s
 def _sweep_dict(s) -> dict:
     from ._proto.steer.v1 import eval_pb2
 
-    return {"id": s.id, "state": eval_pb2.SweepState.Name(s.state), "done": s.done, "total": s.total,
+    return {"id": s.id, "state": eval_pb2.SweepState.Name(s.state).replace("SWEEP_STATE_", "").lower(), "done": s.done, "total": s.total,
             "error": s.error, "rows": [json.loads(r) for r in s.rows_json]}
 
 

@@ -37,7 +37,11 @@ impl EventWriter {
             token_id: ev.token,
             text_delta: self.decoders[ev.row].push(tok, ev.token),
             logprob: ev.logprob,
-            top_logprobs: ev.top_logprobs.iter().map(|&(token_id, logprob)| TopLogprob { token_id, logprob }).collect(),
+            top_logprobs: ev
+                .top_logprobs
+                .iter()
+                .map(|&(token_id, logprob)| TopLogprob { token_id, logprob, text: tok.decode(&[token_id]).unwrap_or_default() })
+                .collect(),
         };
         GenerateResponse { event: Some(generate_response::Event::Token(token)) }
     }

@@ -70,6 +70,10 @@ pub struct ModelInfo {
     pub n_positions: usize,
     pub vocab_size: usize,
     pub dtype: WeightDtype,
+    /// The architecture's name, as vector files record it: `gpt2`.
+    pub architecture: String,
+    /// [`Gpt2::fingerprint`]: which weights these are, whatever file or dtype they came in.
+    pub fingerprint: String,
 }
 
 /// A loaded GPT-2 and its tokenizer.
@@ -118,6 +122,8 @@ impl Engine {
             n_positions: cfg.n_positions,
             vocab_size: cfg.vocab_size,
             dtype,
+            architecture: "gpt2".into(),
+            fingerprint: model.fingerprint().to_string(),
         };
         Self { model, tokenizer, info }
     }

@@ -27,11 +27,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use steer_model::HookKind;
 use steer_proto::v1::activation_service_server::ActivationService;
 use steer_proto::v1::generation_service_server::GenerationService;
 use steer_proto::v1::{
     generate_from_tensors_response, get_steering_tensors_response, ActivationAddition, FinishReason, GenerateFromTensorsRequest, GenerateSetup,
-    GetSteeringTensorsRequest, GetVectorRequest, Hook, InlineTensor, SamplingParameters, VectorRef,
+    GetSteeringTensorsRequest, GetVectorRequest, Hook, InlineTensor, SamplingParameters, ShortPrompt, VectorRef,
 };
 use tokio_stream::StreamExt;
 use tonic::{Code, Status};
@@ -74,9 +75,12 @@ fn sixteen() -> u32 {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Steering {
-    /// `resid_pre` (default) or `block_output`.
+    /// `resid_pre` (default) or `block_output` (`resid-pre`, `block-output` too).
     #[serde(default)]
     pub hook: Option<String>,
+    /// A prompt shorter than the steering is padded with spaces after BOS (else refused).
+    #[serde(default)]
+    pub pad_short_prompt: bool,
     #[serde(default)]
     pub additions: Vec<SteeringAddition>,
     /// Library vectors, by name, digest or digest prefix, each with an optional scale and layer
@@ -110,6 +114,9 @@ pub struct SteeringVectorRef {
     pub first_layer: Option<u32>,
     #[serde(default)]
     pub last_layer: Option<u32>,
+    /// Apply it though it was made on other weights of the same shape.
+    #[serde(default)]
+    pub force_model: bool,
 }
 
 /// The library vectors of `s` as references by digest (names resolved in this process's library).
@@ -125,7 +132,7 @@ async fn vector_refs(services: &Services, s: &Steering) -> Result<Vec<VectorRef>
             _ => e,
         })?;
         let digest = file.into_inner().vector.and_then(|f| f.info).map(|i| i.digest).unwrap_or_default();
-        out.push(VectorRef { digest, scale: v.scale, first_layer: v.first_layer, last_layer: v.last_layer });
+        out.push(VectorRef { digest, scale: v.scale, first_layer: v.first_layer, last_layer: v.last_layer, force_model: v.force_model });
     }
     Ok(out)
 }
@@ -149,11 +156,7 @@ fn openai_param(field: &str) -> String {
 }
 
 fn finish_reason(r: i32) -> &'static str {
-    match FinishReason::try_from(r).unwrap_or_default() {
-        FinishReason::Eos => "stop",
-        FinishReason::Cancelled => "cancelled",
-        _ => "length",
-    }
+    FinishReason::try_from(r).unwrap_or_default().name()
 }
 
 /// The steering tensors of `s`, inline, from the ActivationService in this process.
@@ -161,14 +164,13 @@ async fn steering_tensors(services: &Services, s: &Steering, use_bos: bool) -> R
     if !services.cfg.role.activation() {
         return Err(Status::failed_precondition("steering needs the ActivationService in this process (steer serve)"));
     }
-    let hook = match s.hook.as_deref().unwrap_or("resid_pre") {
-        "resid_pre" => Hook::ResidPre,
-        "block_output" => Hook::BlockOutput,
-        other => return Err(steer_proto::status::invalid_argument("steering.hook", &format!("{other:?}: resid_pre or block_output"))),
+    let hook: HookKind = match s.hook.as_deref().unwrap_or("resid_pre").parse() {
+        Ok(h) => h,
+        Err(e) => return Err(steer_proto::status::invalid_argument("steering.hook", &e.to_string())),
     };
     let req = GetSteeringTensorsRequest {
         additions: s.additions.iter().map(|a| ActivationAddition { layer: a.layer, coeff: a.coeff, prompt: a.text.clone() }).collect(),
-        hook: hook as i32,
+        hook: Hook::from(hook) as i32,
         use_bos,
         strict_lengths: false,
     };
@@ -184,6 +186,24 @@ async fn steering_tensors(services: &Services, s: &Steering, use_bos: bool) -> R
         }
     }
     Ok(out)
+}
+
+/// What in the steering cannot change a completion ([`steer_eval::no_op_warnings`]), returned
+/// as the response's `warnings`.
+async fn no_op_warnings(services: &Services, tensors: &[InlineTensor]) -> Result<Vec<String>, Status> {
+    if tensors.is_empty() {
+        return Ok(vec![]);
+    }
+    let info = services.generation.get_model_info(tonic::Request::new(Default::default())).await?.into_inner().info.unwrap_or_default();
+    let tensors: Vec<steer_eval::SteeringTensor> = tensors
+        .iter()
+        .map(|t| {
+            let h = t.header.clone().unwrap_or_default();
+            let values = t.data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            steer_eval::SteeringTensor::prefix(h.point.unwrap_or_default(), values, info.d_model as usize)
+        })
+        .collect();
+    Ok(steer_eval::no_op_warnings(&tensors, info.n_layer))
 }
 
 /// The activation service names fields of its own request (`additions[0].layer`): here they
@@ -223,6 +243,7 @@ async fn start(services: &Arc<Services>, req: &CompletionRequest) -> Result<Resp
         Some(s) => vector_refs(services, s).await?,
         None => vec![],
     };
+    let warnings = no_op_warnings(services, &tensors).await?;
     let compare = req.steering.as_ref().is_some_and(|s| s.compare);
     let n = req.n.unwrap_or(1);
     let setup = GenerateSetup {
@@ -241,6 +262,7 @@ async fn start(services: &Arc<Services>, req: &CompletionRequest) -> Result<Resp
         n_tensors: tensors.len() as u32,
         skip_unsteered: !compare,
         vectors,
+        short_prompt: if req.steering.as_ref().is_some_and(|s| s.pad_short_prompt) { ShortPrompt::Pad } else { ShortPrompt::Error } as i32,
         ..Default::default()
     };
     let call = GenerateFromTensorsRequest { setup: Some(setup), tensors };
@@ -296,6 +318,9 @@ async fn start(services: &Arc<Services>, req: &CompletionRequest) -> Result<Resp
         let mut obj = head(Value::Array(choices));
         obj["usage"] = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                               "total_tokens": prompt_tokens + completion_tokens});
+        if !warnings.is_empty() {
+            obj["warnings"] = json!(warnings);
+        }
         obj.to_string()
     };
     let body = Body::from_stream(futures::stream::once(body).map(Ok::<_, Infallible>));
