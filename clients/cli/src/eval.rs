@@ -469,7 +469,7 @@ pub fn plot(name: &str, setup: &Value, rows: &[Value]) -> String {
                 let x = x.unwrap_or(0.0);
                 push(&mut series, line.clone(), Style::Measured, x, num(&r["ratio"]));
                 push(&mut kl, format!("steering, {line}"), Style::Measured, x, num(&r["kl_steering"]));
-                push(&mut kl, format!("random of its norms, {line}"), Style::Baseline, x, num(&r["kl_random"]));
+                push(&mut kl, format!("random, {line}"), Style::Baseline, x, num(&r["kl_random"]));
             }
         }
     }
@@ -483,7 +483,7 @@ pub fn plot(name: &str, setup: &Value, rows: &[Value]) -> String {
     if kl.is_empty() {
         return main;
     }
-    let kl_title = format!("steer eval {name}: next-token KL, steering against a random vector");
+    let kl_title = format!("steer eval {name}: next-token KL, steering against a random vector of its norms");
     stack(&[main, line_chart(&Chart { title: &kl_title, y_label: "next-token KL (nats)", ..chart }, &kl)])
 }
 
@@ -543,7 +543,7 @@ mod tests {
             .map(|l| json!({"layer": l, "coeff": 1.0, "ratio": 0.1 * l as f64, "kl_steering": 0.2, "kl_random": 0.01, "resid_norm": 1.0}))
             .collect();
         let svg = plot("norms", &json!({"prompt": "I think you're"}), &norms);
-        assert!(svg.contains("random of its norms") && svg.contains("steering, coeff 1.0"), "{svg}");
+        assert!(svg.contains("random, coeff 1.0") && svg.contains("steering, coeff 1.0"), "{svg}");
         assert!(!svg.contains(">0.5</text>") && !svg.contains(">1.5</text>"), "whole layer ticks only");
         let topic = vec![json!({"layer": 1, "coeff": 2.0, "position": "front", "mean_count_steered": 0.5, "mean_count_unsteered": 0.0})];
         let svg = plot("topic-words", &json!({}), &topic);

@@ -54,6 +54,7 @@ fn ticks(lo: f64, hi: f64, integer: bool) -> Vec<f64> {
 }
 
 fn label(v: f64) -> String {
+    let v = if v == 0.0 { 0.0 } else { v }; // no "-0"
     if v == v.trunc() && v.abs() < 1e6 {
         format!("{}", v as i64)
     } else {
@@ -92,7 +93,11 @@ pub fn line_chart(chart: &Chart, series: &[Series]) -> String {
     if x1 - x0 < 1e-12 {
         (x0, x1) = (x0 - 1.0, x1 + 1.0);
     }
-    let pad = ((y1 - y0) * 0.08).max(1e-9);
+    if y1 - y0 < 1e-12 {
+        // A flat line (every count 0, say): a unit range around it, not ticks 1e-9 apart.
+        (y0, y1) = (y0 - 1.0, y1 + 1.0);
+    }
+    let pad = (y1 - y0) * 0.08;
     (y0, y1) = (y0 - pad, y1 + pad);
     let (pw, ph) = (w - left - right, h - top - bottom);
     let sx = |x: f64| left + (x - x0) / (x1 - x0) * pw;
@@ -190,5 +195,8 @@ mod tests {
         assert_eq!(ticks(3.0, 47.0, true), vec![10.0, 20.0, 30.0, 40.0]);
         assert_eq!(ticks(0.0, 2.0, true), vec![0.0, 1.0, 2.0], "layers: no 0.5 or 1.5");
         assert_eq!(ticks(0.0, 2.0, false), vec![0.0, 0.5, 1.0, 1.5, 2.0]);
+        // A flat line gets a readable range: distinct tick labels, no "-0".
+        let flat = line_chart(&chart, &[Series { name: "zero".into(), points: vec![(0.0, 0.0), (3.0, 0.0)], style: Style::Measured }]);
+        assert!(flat.contains(">-1</text>") && flat.contains(">1</text>") && !flat.contains(">-0</text>"), "{flat}");
     }
 }
