@@ -115,6 +115,10 @@ struct LimitArgs {
     /// Most KV positions the running rows may reserve (prompt + max new tokens per row).
     #[arg(long, default_value_t = 8192, env = "STEER_MAX_BATCH_TOKENS")]
     max_batch_tokens: usize,
+    /// MiB of prefilled prompts (KV and first logits) kept for later requests with the same
+    /// prompt and steering (a re-run with another seed skips its prefill); 0 turns it off.
+    #[arg(long, default_value_t = 1024, env = "STEER_PREFIX_CACHE_MIB")]
+    prefix_cache_mib: usize,
     /// Prefill chunk: prompt positions of one request prefilled per forward while others decode.
     #[arg(long, default_value_t = 32, env = "STEER_MAX_PREFILL_TOKENS")]
     max_prefill_tokens: usize,
@@ -199,6 +203,7 @@ impl ServeArgs {
         g.max_batch_rows = l.max_batch_rows;
         g.max_batch_tokens = l.max_batch_tokens;
         g.max_prefill_tokens = l.max_prefill_tokens;
+        g.prefix_cache_bytes = l.prefix_cache_mib << 20;
         g.prefill_tokens_per_step = l.prefill_tokens_per_step as usize;
         g.prefill_aging = secs(l.prefill_aging_secs);
         g.arrival_window = Duration::from_millis(l.arrival_window_ms);

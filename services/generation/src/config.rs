@@ -51,6 +51,9 @@ pub struct GenerationConfig {
     pub max_score_calls: usize,
     /// Bytes of library vectors kept after fetching (by digest).
     pub vector_cache_bytes: u64,
+    /// Bytes of prefilled rows (KV and first logits) kept for later requests with the same
+    /// prompt and steering (`steer_model::PrefixCache`); 0 turns it off.
+    pub prefix_cache_bytes: usize,
     /// Name reported in each finished row (the serving process sets it; empty by default).
     pub worker_id: String,
 }
@@ -77,6 +80,7 @@ impl Default for GenerationConfig {
             score_batch_tokens: 1024,
             max_score_calls: 2,
             vector_cache_bytes: 256 << 20,
+            prefix_cache_bytes: 1 << 30,
             worker_id: String::new(),
         }
     }

@@ -99,6 +99,11 @@ impl RowKv {
         self.len == 0
     }
 
+    /// A copy holding exactly its positions (no spare capacity).
+    pub(crate) fn compact(&self) -> Self {
+        Self { k: self.k.iter().map(|l| l.to_vec()).collect(), v: self.v.iter().map(|l| l.to_vec()).collect(), len: self.len, d: self.d }
+    }
+
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.k.iter().chain(&self.v).map(|l| l.capacity() * 4).sum()

@@ -41,6 +41,13 @@ pub struct Metrics {
     pub cache_misses: IntGauge,
     pub cache_bytes: IntGauge,
     pub cache_entries: IntGauge,
+    /// The generation worker's prefix cache: requests whose rows were all held, rows missed,
+    /// prompt positions not prefilled, bytes and entries held.
+    pub prefix_cache_hits: IntGauge,
+    pub prefix_cache_misses: IntGauge,
+    pub prefix_cache_positions_reused: IntGauge,
+    pub prefix_cache_bytes: IntGauge,
+    pub prefix_cache_entries: IntGauge,
 }
 
 impl Metrics {
@@ -77,6 +84,11 @@ impl Metrics {
             cache_misses: g("activation_cache_misses", "activation cache misses (computations)"),
             cache_bytes: g("activation_cache_bytes", "bytes held by the activation cache"),
             cache_entries: g("activation_cache_entries", "entries in the activation cache"),
+            prefix_cache_hits: g("prefix_cache_hits", "prompt rows served from the prefix cache"),
+            prefix_cache_misses: g("prefix_cache_misses", "prompt rows the prefix cache did not hold"),
+            prefix_cache_positions_reused: g("prefix_cache_positions_reused", "prompt positions not prefilled thanks to the prefix cache"),
+            prefix_cache_bytes: g("prefix_cache_bytes", "bytes held by the prefix cache"),
+            prefix_cache_entries: g("prefix_cache_entries", "prefilled rows held by the prefix cache"),
             registry,
         };
         let r = &m.registry;
@@ -99,6 +111,11 @@ impl Metrics {
             &m.cache_misses,
             &m.cache_bytes,
             &m.cache_entries,
+            &m.prefix_cache_hits,
+            &m.prefix_cache_misses,
+            &m.prefix_cache_positions_reused,
+            &m.prefix_cache_bytes,
+            &m.prefix_cache_entries,
         ] {
             r.register(Box::new(gauge.clone())).unwrap();
         }

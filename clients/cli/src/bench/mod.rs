@@ -5,6 +5,7 @@
 mod concurrency;
 mod dtypes;
 mod grpc;
+mod prefix;
 
 use std::time::Instant;
 
@@ -29,6 +30,10 @@ pub struct BenchArgs {
     /// and the overhead of a full run against the in-process engine.
     #[arg(long)]
     grpc: bool,
+    /// Also measure the generation worker's prefix cache against the same server with it off:
+    /// a re-run with a new seed (time to first token) and 8 clients re-running 2 long prompts.
+    #[arg(long)]
+    prefix_cache: bool,
     /// Also serve N clients at once for each N given (e.g. 1,4,8,16), against the same requests
     /// one at a time, and the stall a long prefill causes to running streams.
     #[arg(long, value_delimiter = ',')]
@@ -112,6 +117,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let engine = std::sync::Arc::new(engine);
     if a.grpc {
         crate::args::runtime()?.block_on(grpc::run(engine.clone(), a.tokens))?;
+    }
+    if a.prefix_cache {
+        crate::args::runtime()?.block_on(prefix::run(engine.clone()))?;
     }
     if !a.concurrency.is_empty() {
         crate::args::runtime()?.block_on(concurrency::run(engine, &a.concurrency, &a.prefill_tokens_per_step))?;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use steer_common::ServiceError;
-use steer_model::{Engine, GenerateOptions, Prefill, Sequence};
+use steer_model::{Engine, GenerateOptions, Prefill, PrefixCache, Sequence};
 use steer_telemetry::Metrics;
 use tonic::Status;
 
@@ -25,6 +25,8 @@ pub(super) struct EngineLoop {
     pub(super) waiting: VecDeque<Job>,
     pub(super) running: Vec<Running>,
     pub(super) heartbeat: Arc<Heartbeat>,
+    /// Prefilled rows kept for later requests with the same prompt and steering.
+    pub(super) prefix: PrefixCache,
 }
 
 impl EngineLoop {
@@ -113,7 +115,7 @@ impl EngineLoop {
         self.metrics.queue_depth.set(self.depth.load(Ordering::SeqCst) as i64);
     }
 
-    fn begin(&self, job: Job) -> Option<Running> {
+    fn begin(&mut self, job: Job) -> Option<Running> {
         let Job { request, events, queued_at, deadline } = job;
         let last_word = events.clone().try_reserve_owned().ok()?; // None: the client left
         self.metrics.queue_wait.observe(queued_at.elapsed().as_secs_f64());
@@ -123,14 +125,32 @@ impl EngineLoop {
             use_kv_cache: true,
             top_logprobs: request.top_logprobs,
         };
-        let prefill = match self.engine.begin(&request.rows, &opts) {
+        let mut prefill = match self.engine.begin_cached(&request.rows, &opts, &mut self.prefix) {
             Ok(p) => p,
             Err(e) => {
                 last_word.send(Err(ServiceError::from(e).into()));
                 return None;
             }
         };
-        Some(Running::new(request, prefill, events, last_word, deadline, queued_at.elapsed().as_secs_f64() * 1e3))
+        let ready = prefill.take_ready();
+        let mut running = Running::new(request, prefill, events, last_word, deadline, queued_at.elapsed().as_secs_f64() * 1e3);
+        // Every row's prompt was in the prefix cache: it decodes from the next forward on.
+        if let Some(seqs) = ready {
+            running.prefilled(seqs);
+            self.metrics.time_to_first_token.observe(running.timing.started.elapsed().as_secs_f64());
+        }
+        self.prefix_metrics();
+        Some(running)
+    }
+
+    fn prefix_metrics(&self) {
+        let s = self.prefix.stats();
+        let m = &self.metrics;
+        m.prefix_cache_hits.set(s.hits as i64);
+        m.prefix_cache_misses.set(s.misses as i64);
+        m.prefix_cache_positions_reused.set(s.positions_reused as i64);
+        m.prefix_cache_bytes.set(s.bytes as i64);
+        m.prefix_cache_entries.set(s.entries as i64);
     }
 
     /// The prefills that join this iteration's forward, in order: one chunk of
@@ -216,9 +236,13 @@ impl EngineLoop {
         for (&i, seqs) in joined.iter().zip(done) {
             let Some(seqs) = seqs else { continue };
             let r = &mut self.running[i];
+            if let Some(p) = r.prefill() {
+                p.remember(&seqs, &mut self.prefix);
+            }
             r.prefilled(seqs);
             self.metrics.time_to_first_token.observe(r.timing.started.elapsed().as_secs_f64());
         }
+        self.prefix_metrics();
         if n > 0 {
             self.metrics.decode_steps.inc();
             self.metrics.step_rows.observe(n as f64);
@@ -275,6 +299,7 @@ mod tests {
             metrics: Metrics::new(),
             waiting: VecDeque::new(),
             running: vec![],
+            prefix: PrefixCache::new(0),
         }
     }
 
@@ -419,5 +444,42 @@ mod tests {
             }
         }
         assert_eq!(finished, 2, "both rows' RowFinished reached the stream");
+    }
+
+    #[test]
+    fn a_request_seen_before_decodes_at_once_from_the_prefix_cache_with_the_same_tokens() {
+        let engine = engine();
+        let (_tx, rx) = std::sync::mpsc::channel();
+        let mut lp = engine_loop(&engine, GenerationConfig::default(), rx);
+        lp.prefix = PrefixCache::new(64 << 20);
+        let mut runs = vec![];
+        for _ in 0..2 {
+            let (j, mut events) = job(&engine, "I went up to my friend and said");
+            lp.waiting.push_back(j);
+            lp.depth.fetch_add(1, Ordering::SeqCst);
+            lp.admit();
+            let prefilling = matches!(lp.running[0].phase, Phase::Prefilling(_));
+            while !lp.running.is_empty() {
+                lp.forward();
+                for r in lp.running.iter_mut() {
+                    r.sample(&engine, "w");
+                    r.deliver(Instant::now(), Duration::from_secs(60));
+                }
+                lp.retire();
+            }
+            let mut rows = vec![];
+            while let Ok(ev) = events.try_recv() {
+                if let Some(steer_proto::v1::generate_response::Event::Finished(f)) = ev.unwrap().event {
+                    rows.push((f.row, f.token_ids));
+                }
+            }
+            runs.push((prefilling, rows));
+        }
+        assert!(runs[0].0 && !runs[1].0, "the second request skipped its prefill");
+        assert_eq!(runs[0].1, runs[1].1);
+        assert_eq!(runs[0].1.len(), 2);
+        // Both rows share one prompt and no steering: one distinct row, held once, hit once.
+        assert_eq!((lp.prefix.stats().hits, lp.prefix.stats().misses, lp.prefix.stats().entries), (1, 1, 1));
+        assert_eq!(lp.metrics.prefix_cache_hits.get(), 1);
     }
 }

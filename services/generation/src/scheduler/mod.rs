@@ -86,6 +86,7 @@ impl Scheduler {
             metrics: metrics.clone(),
             waiting: VecDeque::new(),
             running: vec![],
+            prefix: steer_model::PrefixCache::new(config.prefix_cache_bytes),
         };
         std::thread::Builder::new().name("steer-engine".into()).spawn(move || lp.run()).expect("spawn the engine loop");
         Self { queue: tx, depth, max_queue: config.max_queue, metrics, heartbeat }

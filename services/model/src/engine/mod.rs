@@ -20,6 +20,7 @@ mod capture;
 mod layout;
 mod logprobs;
 mod prefill;
+mod prefix_cache;
 mod reference;
 mod request;
 mod sequence;
@@ -41,6 +42,7 @@ use layout::BatchLayout;
 
 pub use capture::Scored;
 pub use prefill::Prefill;
+pub use prefix_cache::{row_key, PrefixCache, PrefixStats, RowKey};
 pub use request::{FinishReason, GenerateOptions, RowOutput, RowRequest, TokenEvent};
 pub use sequence::{advance_all, Sequence};
 

@@ -5,13 +5,14 @@
 use candle_core::Tensor;
 
 use super::layout::{distinct_rows, BatchLayout};
+use super::prefix_cache::{row_key, PrefixCache, RowKey};
 use super::request::{GenerateOptions, RowRequest};
 use super::sequence::Sequence;
 use super::Engine;
 use crate::error::Result;
 use crate::gpt2::Step;
 use crate::hooks::{Addition, Additions};
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{KvCache, RowKv};
 
 impl Engine {
     /// A prefill to run in chunks ([`Engine::prefill_chunk`]), so that a long prompt can share
@@ -34,7 +35,31 @@ impl Engine {
         let additions = self.additions(&layout, &adds)?;
         let shared = self.shared_prefix(&seqs, &adds)?;
         let cache = KvCache::new(self.info.n_layer, layout.width);
-        Ok(Prefill { rows: rows.to_vec(), seqs, fan_out, layout, additions, shared, cache, done: 0, opts: opts.clone() })
+        Ok(Prefill { rows: rows.to_vec(), seqs, fan_out, layout, additions, shared, cache, done: 0, opts: opts.clone(), keys: vec![], ready: None })
+    }
+
+    /// [`Engine::begin`], with the rows' prefilled states taken from `cache` when it holds every
+    /// distinct row of the request: then nothing is prefilled and the sequences are ready at
+    /// once ([`Prefill::take_ready`]), with the numbers a prefill would give. Otherwise the
+    /// prefill runs, and [`Prefill::remember`] keeps its rows for later requests.
+    pub fn begin_cached(&self, rows: &[RowRequest], opts: &GenerateOptions, cache: &mut PrefixCache) -> Result<Prefill> {
+        let mut p = self.begin(rows, opts)?;
+        if !cache.enabled() {
+            return Ok(p);
+        }
+        let firsts: Vec<usize> =
+            (0..p.seqs.len()).map(|d| p.fan_out.iter().position(|&g| g as usize == d).expect("every distinct row has a row")).collect();
+        p.keys = firsts.iter().map(|&r| row_key(&rows[r].prompt, &rows[r].additions)).collect();
+        if p.keys.iter().all(|k| cache.contains(k)) {
+            let states: Vec<(RowKv, Vec<f32>)> = p.keys.iter().map(|k| cache.get(k).expect("held")).collect();
+            let seqs = rows.iter().zip(&p.fan_out).map(|(r, &g)| Sequence::new(r, states[g as usize].0.clone(), states[g as usize].1.clone(), opts));
+            p.ready = Some(seqs.collect());
+        } else {
+            for k in p.keys.iter().filter(|k| !cache.contains(k)).copied().collect::<Vec<_>>() {
+                let _ = cache.get(&k); // counts the miss
+            }
+        }
+        Ok(p)
     }
 
     /// Rows with the same prompt and different steering (a comparison's unsteered and steered
@@ -100,6 +125,10 @@ pub struct Prefill {
     pub(super) cache: KvCache,
     pub(super) done: usize,
     opts: GenerateOptions,
+    /// Each distinct row's [`RowKey`] when a prefix cache is in use.
+    keys: Vec<RowKey>,
+    /// The sequences, when the cache held every row (nothing to prefill).
+    ready: Option<Vec<Sequence>>,
 }
 
 /// The next chunk of a prefill: positions `p0..p1`, with their steering and, when rows share
@@ -124,6 +153,23 @@ pub(super) struct PromptGroups {
 }
 
 impl Prefill {
+    /// The sequences when the prefix cache held every row ([`Engine::begin_cached`]): the
+    /// request decodes at once.
+    pub fn take_ready(&mut self) -> Option<Vec<Sequence>> {
+        self.ready.take()
+    }
+
+    /// Keeps the prefilled state of each distinct row in `cache` (`seqs`: this prefill's
+    /// sequences, as [`Engine::run`] returned them, before their first token is sampled).
+    pub fn remember(&self, seqs: &[Sequence], cache: &mut PrefixCache) {
+        for (d, key) in self.keys.iter().enumerate() {
+            let Some(r) = self.fan_out.iter().position(|&g| g as usize == d) else { continue };
+            if let Some(logits) = seqs.get(r).and_then(|s| s.logits.as_deref()) {
+                cache.insert(*key, &seqs[r].kv, logits);
+            }
+        }
+    }
+
     /// Prompt positions still to prefill.
     pub fn remaining(&self) -> usize {
         self.layout.width - self.done

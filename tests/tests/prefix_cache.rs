@@ -1,0 +1,73 @@
+//! The generation worker's prefix cache over gRPC: a request whose every row the worker
+//! prefilled before (same prompt, same steering) skips its prefill, and its tokens and
+//! log-probabilities equal, bit for bit, those of a server with the cache off: for prefix and
+//! all-positions steering and plain rows, on a hit, a miss and a partial hit, alone and in a
+//! busy batch.
+
+use std::sync::Arc;
+
+use steer_client::steer_vector::{HookPoint, Placement, VectorTensor};
+use steer_client::v1::TokenEvent;
+use steer_client::{AdditionSpec, RunOptions, SteerClient, SteeringTensor};
+use steer_e2e::{engine, start_with};
+use steer_server::ServeConfig;
+
+const PROMPT: &str = "I went up to my friend and said that the weather";
+
+fn config(prefix_cache_bytes: usize) -> ServeConfig {
+    let mut cfg = ServeConfig::default();
+    cfg.generation.prefix_cache_bytes = prefix_cache_bytes;
+    cfg
+}
+
+/// Every token event of a generation (row, side, index, token, log-probability and its top
+/// alternatives as bits), in a fixed order.
+async fn events(client: &SteerClient, tensors: &[SteeringTensor], opts: &RunOptions) -> Vec<(u32, bool, u32, u32, u32, Vec<(u32, u32)>)> {
+    let mut out = vec![];
+    client
+        .generate(PROMPT, tensors, opts, |t: &TokenEvent| {
+            let top = t.top_logprobs.iter().map(|a| (a.token_id, a.logprob.to_bits())).collect();
+            out.push((t.row, t.steered, t.index, t.token_id, t.logprob.to_bits(), top));
+        })
+        .await
+        .unwrap();
+    out.sort();
+    out
+}
+
+fn opts(seed: u64) -> RunOptions {
+    RunOptions { n_tokens: 8, n_comparisons: 2, seed, top_logprobs: 3, ..RunOptions::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hits_misses_and_partial_hits_give_the_numbers_of_a_server_without_the_cache() {
+    let e = engine();
+    let (off_server, off) = start_with(e.clone(), config(0)).await;
+    let (on_server, on) = start_with(e.clone(), config(64 << 20)).await;
+    let on = Arc::new(on);
+    let adds = |coeff: f64| vec![AdditionSpec::new(1, coeff, "Love "), AdditionSpec::new(1, -coeff, "Hate")];
+    let prefix = off.steering_tensors(&adds(4.0), &opts(0)).await.unwrap();
+    let other = off.steering_tensors(&adds(2.0), &opts(0)).await.unwrap();
+    let d = e.info().d_model;
+    let direction: Vec<f32> = (0..d).map(|i| ((i % 5) as f32 - 2.0) * 0.5).collect();
+    let steady = vec![SteeringTensor::from_vector(&VectorTensor { point: HookPoint::ResidPre(2), k: 1, values: direction }, Placement::AllPositions)];
+    for (name, tensors) in [("prefix", &prefix), ("all positions", &steady), ("plain", &vec![])] {
+        let want = events(&off, tensors, &opts(5)).await;
+        assert_eq!(events(&on, tensors, &opts(5)).await, want, "{name}: a miss");
+        assert_eq!(events(&on, tensors, &opts(5)).await, want, "{name}: a hit");
+        // Another seed: a hit on the prompt's states, other draws.
+        assert_eq!(events(&on, tensors, &opts(6)).await, events(&off, tensors, &opts(6)).await, "{name}: a hit, another seed");
+    }
+    // A partial hit: the plain row is held, the steered one (another coefficient) is not.
+    assert_eq!(events(&on, &other, &opts(5)).await, events(&off, &other, &opts(5)).await, "a partial hit");
+    // A hit joining a busy batch: another request streams 200 tokens meanwhile.
+    let busy = {
+        let on = on.clone();
+        let o = RunOptions { n_tokens: 200, n_comparisons: 3, seed: 1, ..RunOptions::default() };
+        tokio::spawn(async move { on.generate("Yesterday, my dog died. Today, I got denied for a raise.", &[], &o, |_| {}).await.unwrap() })
+    };
+    assert_eq!(events(&on, &prefix, &opts(7)).await, events(&off, &prefix, &opts(7)).await, "a hit in a busy batch");
+    busy.await.unwrap();
+    on_server.shutdown().await;
+    off_server.shutdown().await;
+}
