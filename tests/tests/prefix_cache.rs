@@ -71,3 +71,52 @@ async fn hits_misses_and_partial_hits_give_the_numbers_of_a_server_without_the_c
     on_server.shutdown().await;
     off_server.shutdown().await;
 }
+
+/// Every score as bits: (text, side, token ids, log-probabilities, KL and its top tokens).
+type ScoreBits = Vec<(u32, bool, Vec<u32>, Vec<u32>, u64, Vec<(u32, u32)>)>;
+
+async fn score_bits(client: &SteerClient, texts: &[(String, String)], tensors: &[SteeringTensor], unsteered: bool, kl: u32) -> ScoreBits {
+    let scores = client.score(texts, tensors, &RunOptions::default(), unsteered, kl).await.unwrap();
+    scores
+        .iter()
+        .map(|s| {
+            let top = s.kl_top.iter().map(|k| (k.token_id, k.contribution.to_bits())).collect();
+            (s.index, s.steered, s.token_ids.clone(), s.logprobs.iter().map(|x| x.to_bits()).collect(), s.next_token_kl.to_bits(), top)
+        })
+        .collect()
+}
+
+/// Score runs in the engine loop through the same cache: a sweep's unsteered pass leaves each
+/// text's trunk, and every steered setting after it starts from its steered stream. The scores
+/// equal a server's without the cache bit for bit, and a text scores the same alone as among
+/// others (no padding: each text is its own row).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scores_through_the_cache_equal_a_server_without_it_and_never_depend_on_the_other_texts() {
+    let e = engine();
+    let (off_server, off) = start_with(e.clone(), config(0)).await;
+    let (on_server, on) = start_with(e.clone(), config(64 << 20)).await;
+    let texts: Vec<(String, String)> = [
+        ("", "I went to a wedding and the bride was lovely"),
+        ("", "The weather today is cold and grey, and it rained all afternoon long"),
+        ("Love", " is all you need"),
+    ]
+    .iter()
+    .map(|(p, c)| (p.to_string(), c.to_string()))
+    .collect();
+    assert_eq!(score_bits(&on, &texts, &[], false, 0).await, score_bits(&off, &texts, &[], false, 0).await, "unsteered: misses");
+    for layer in [0, 1, 3] {
+        let adds = vec![AdditionSpec::new(layer, 3.0, "Love "), AdditionSpec::new(layer, -3.0, "Hate")];
+        let tensors = off.steering_tensors(&adds, &RunOptions::default()).await.unwrap();
+        for (unsteered, kl) in [(false, 0), (true, 4)] {
+            let want = score_bits(&off, &texts, &tensors, unsteered, kl).await;
+            assert_eq!(score_bits(&on, &texts, &tensors, unsteered, kl).await, want, "layer {layer}, unsteered {unsteered}");
+        }
+        // One text alone: the same numbers as among the others.
+        let alone = score_bits(&on, &texts[1..2], &tensors, true, 0).await;
+        let among: ScoreBits =
+            score_bits(&off, &texts, &tensors, true, 0).await.into_iter().filter(|s| s.0 == 1).map(|s| (0, s.1, s.2, s.3, s.4, s.5)).collect();
+        assert_eq!(alone, among, "layer {layer}: text 1 alone");
+    }
+    on_server.shutdown().await;
+    off_server.shutdown().await;
+}

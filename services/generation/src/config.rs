@@ -45,7 +45,8 @@ pub struct GenerationConfig {
     pub read_timeout: std::time::Duration,
     /// Most texts in one Score request.
     pub max_score_texts: usize,
-    /// Tokens scored per forward (a batch's logits take this x vocabulary x 4 bytes).
+    /// Text positions scored per forward when no generation runs (a forward's logits take
+    /// this x vocabulary x 4 bytes); beside generations, `prefill_tokens_per_step` holds.
     pub score_batch_tokens: usize,
     /// Score calls computing at once; one more gets RESOURCE_EXHAUSTED.
     pub max_score_calls: usize,

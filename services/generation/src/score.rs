@@ -1,11 +1,12 @@
 //! `GenerationService.Score`: teacher-forced log-probabilities of continuations under the given
 //! steering, through the same reading (inline tensors, byte budgets), library references and
-//! validation of steering as a generation. Texts are scored in batches (each text's steered and
-//! unsteered rows in one forward) on a blocking thread beside the engine loop; the scores
-//! stream as each batch finishes, and a client that leaves stops the rest.
+//! validation of steering as a generation. The engine loop scores the texts (the scheduler's
+//! `scoring` module): each text's rows (unsteered and steered) are one scoring prefill, batched
+//! with generations and other Score calls, through the prefix cache; the scores stream back in
+//! text order.
 
 use steer_common::ServiceError;
-use steer_model::{Addition, Engine};
+use steer_model::{Addition, Engine, Scored};
 use steer_proto::v1::{KlContribution, ScoreRequest, TextScore};
 
 use crate::config::GenerationConfig;
@@ -71,68 +72,56 @@ pub fn validate(req: &ScoreRequest, additions: Vec<Addition>, engine: &Engine, c
     Ok(ValidScore { texts, additions, include_unsteered: req.include_unsteered, kl_top: req.kl_top as usize })
 }
 
-/// Scores `valid` in batches of at most `cfg.score_batch_tokens` tokens, calling `emit` with
-/// each text's scores (unsteered first); stops early when `emit` returns false.
-pub fn run(engine: &Engine, valid: &ValidScore, cfg: &GenerationConfig, mut emit: impl FnMut(TextScore) -> bool) -> Result<(), ServiceError> {
-    let sides: &[bool] = if valid.include_unsteered { &[false, true] } else { &[true] };
-    let mut batch: Vec<&ScoreText> = vec![];
-    let mut tokens = 0;
-    for (i, t) in valid.texts.iter().enumerate() {
-        batch.push(t);
-        tokens += t.ids.len() * sides.len();
-        let last = i + 1 == valid.texts.len();
-        if tokens < cfg.score_batch_tokens && !last {
-            continue;
+impl ValidScore {
+    /// The steering of each row of a text: unsteered first when asked, then steered.
+    pub fn sides(&self) -> Vec<Vec<Addition>> {
+        let mut sides = vec![];
+        if self.include_unsteered {
+            sides.push(vec![]);
         }
-        let mut rows = vec![];
-        let mut adds = vec![];
-        let mut starts = vec![];
-        for t in &batch {
-            for &steered in sides {
-                rows.push(t.ids.clone());
-                adds.push(if steered { valid.additions.clone() } else { vec![] });
-                starts.push(t.start);
-            }
-        }
-        let scored = engine.score(&rows, &adds, &starts, valid.kl_top > 0)?;
-        for (j, t) in batch.iter().enumerate() {
-            let mut pair = scored[j * sides.len()..(j + 1) * sides.len()].iter().zip(sides);
-            let unsteered_next = if valid.include_unsteered { pair.clone().next().and_then(|(s, _)| s.next.clone()) } else { None };
-            for (s, &steered) in pair.by_ref() {
-                let sum: f64 = s.logprobs.iter().map(|&x| x as f64).sum();
-                let mut score = TextScore {
-                    index: t.index as u32,
-                    steered,
-                    token_ids: t.ids[t.start..].to_vec(),
-                    logprobs: s.logprobs.clone(),
-                    sum,
-                    mean: if s.logprobs.is_empty() { 0.0 } else { sum / s.logprobs.len() as f64 },
-                    prompt_tokens: t.start as u32,
-                    ..Default::default()
-                };
-                if let (true, Some(p), Some(q)) = (steered, &s.next, &unsteered_next) {
-                    let (kl, top) = kl_contributions(p, q, valid.kl_top);
-                    score.next_token_kl = kl;
-                    score.kl_top = top
-                        .into_iter()
-                        .map(|(token, ps, pu, c)| KlContribution {
-                            token_id: token,
-                            text: engine.tokenizer().decode(&[token]).unwrap_or_default(),
-                            p_steered: ps,
-                            p_unsteered: pu,
-                            contribution: c,
-                        })
-                        .collect();
-                }
-                if !emit(score) {
-                    return Ok(());
-                }
-            }
-        }
-        batch.clear();
-        tokens = 0;
+        sides.push(self.additions.clone());
+        sides
     }
-    Ok(())
+}
+
+/// A text's scores (unsteered first when asked), from the engine's scores of its rows in
+/// [`ValidScore::sides`] order.
+pub fn text_scores(engine: &Engine, valid: &ValidScore, t: &ScoreText, scored: &[Scored]) -> Vec<TextScore> {
+    let steered_side = |i: usize| !valid.include_unsteered || i == 1;
+    let unsteered_next = if valid.include_unsteered { scored.first().and_then(|s| s.next.as_ref()) } else { None };
+    let mut out = vec![];
+    for (i, s) in scored.iter().enumerate() {
+        let steered = steered_side(i);
+        // Scored holds tokens 1..len; the continuation starts at `t.start` (and never at 0).
+        let logprobs = s.logprobs[t.start.max(1) - 1..].to_vec();
+        let sum: f64 = logprobs.iter().map(|&x| x as f64).sum();
+        let mut score = TextScore {
+            index: t.index as u32,
+            steered,
+            token_ids: t.ids[t.start..].to_vec(),
+            mean: if logprobs.is_empty() { 0.0 } else { sum / logprobs.len() as f64 },
+            logprobs,
+            sum,
+            prompt_tokens: t.start as u32,
+            ..Default::default()
+        };
+        if let (true, true, Some(p), Some(q)) = (steered, valid.kl_top > 0, &s.next, unsteered_next) {
+            let (kl, top) = kl_contributions(p, q, valid.kl_top);
+            score.next_token_kl = kl;
+            score.kl_top = top
+                .into_iter()
+                .map(|(token, ps, pu, c)| KlContribution {
+                    token_id: token,
+                    text: engine.tokenizer().decode(&[token]).unwrap_or_default(),
+                    p_steered: ps,
+                    p_unsteered: pu,
+                    contribution: c,
+                })
+                .collect();
+        }
+        out.push(score);
+    }
+    out
 }
 
 /// KL(p || q) from log-probabilities, and the `n` tokens with the largest p * (log p - log q):

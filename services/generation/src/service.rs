@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::GenerationConfig;
 use crate::read::{self, ReadLimits};
-use crate::scheduler::Scheduler;
+use crate::scheduler::{Scheduler, ScoreJob};
 use crate::score;
 use crate::validation::{self, ValidRequest};
 use crate::vectors::{RefTensor, VectorCache, VectorSource};
@@ -160,6 +160,7 @@ impl GenerationService for GenerationWorker {
     #[tracing::instrument(skip(self, request), fields(model = %self.engine.info().name, texts))]
     async fn score(&self, request: Request<ScoreRequest>) -> Result<Response<Self::ScoreStream>, Status> {
         let call = self.score_calls.try_take(1)?;
+        let deadline = deadline(request.metadata());
         let mut req = request.into_inner();
         tracing::Span::current().record("texts", req.texts.len());
         // The tensors are read as GenerateFromTensors reads them (caps, the worker's byte budget).
@@ -172,16 +173,8 @@ impl GenerationService for GenerationWorker {
         let additions = validation::additions(tensors, refs, &self.engine, &self.config)?;
         let valid = score::validate(&req, additions, &self.engine, &self.config)?;
         let (tx, rx) = mpsc::channel(16);
-        let (engine, cfg) = (self.engine.clone(), self.config.clone());
-        let rt = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || {
-            let _held = (call, memory);
-            // A reader that stalls past the stall timeout, or leaves, stops the scoring.
-            let send = |msg| rt.block_on(tokio::time::timeout(cfg.stall_timeout, tx.send(msg))).is_ok_and(|r| r.is_ok());
-            if let Err(e) = score::run(&engine, &valid, &cfg, |s| send(Ok(ScoreResponse { score: Some(s) }))) {
-                send(Err(e.into()));
-            }
-        });
+        let job = ScoreJob { valid, out: tx, _held: Box::new((call, memory)) };
+        self.scheduler.submit_score(job, deadline)?;
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 

@@ -179,11 +179,11 @@ impl Block {
         let qkv = self.attn.c_attn.forward(&self.ln_1.forward(x)?)?;
         let mut ys = Vec::with_capacity(parts.len());
         let mut at = 0;
-        for (part, l) in parts.iter_mut().zip(live).filter(|(_, l)| !l.done) {
+        for (part, l) in parts.iter_mut().zip(live).filter(|(_, l)| l.at(layer)) {
             let qkv = qkv.narrow(0, at, l.rows())?;
             at += l.rows();
             ys.push(match &mut part.input {
-                Input::Batch { step, shared, cache } => {
+                Input::Batch { step, shared, cache, .. } => {
                     let mask = match shared {
                         Some(sh) if layer + 1 < sh.streams => &sh.step.mask,
                         _ => &step.mask,
@@ -228,6 +228,16 @@ pub struct SharedPrefix<'a> {
     pub streams: usize,
 }
 
+/// A part that starts at stream `stream` from the given residual instead of at the
+/// embeddings: the blocks below it do not run for the part (their keys and values are the
+/// caller's), its hooks act from `stream` on.
+#[derive(Debug, Clone, Copy)]
+pub struct Start<'a> {
+    pub stream: usize,
+    /// `[B * T, d]`: the residual entering block `stream`, before the hooks at `stream`.
+    pub x: &'a Tensor,
+}
+
 /// What one part of a forward ([`Gpt2::forward_parts`]) computes on.
 pub enum Input<'a> {
     /// A chunk of a (left-padded) batch, `[B, T]` positions after those in `cache`. With
@@ -235,7 +245,8 @@ pub enum Input<'a> {
     /// and unsteered) compute the streams before it once, one row per group (`shared.step`); the
     /// cache's layers below `shared.streams - 1` then hold the groups' rows, the others every
     /// row's, and no hook may act before `shared.streams`.
-    Batch { step: &'a Step, shared: Option<SharedPrefix<'a>>, cache: &'a mut KvCache },
+    /// With `start`, the part joins at a later stream: see [`Start`].
+    Batch { step: &'a Step, shared: Option<SharedPrefix<'a>>, start: Option<Start<'a>>, cache: &'a mut KvCache },
     /// One new position per row: `ids[r]` is row r's newest token, at position `kv[r].len()`;
     /// each row attends over its own cache.
     Rows { ids: &'a [u32], kv: Vec<&'a mut RowKv> },
@@ -253,17 +264,24 @@ impl<'a> Part<'a> {
     }
 }
 
-/// A part's place in the running forward: `batch x t` rows of `x` until it stops.
+/// A part's place in the running forward: `batch x t` rows of `x` from stream `from` until
+/// it stops.
 #[derive(Debug, Clone, Copy)]
 struct Live {
     batch: usize,
     t: usize,
     done: bool,
+    from: usize,
 }
 
 impl Live {
     fn rows(&self) -> usize {
         self.batch * self.t
+    }
+
+    /// The part has rows in `x` at `stream` (it joined at or before it and has not stopped).
+    fn at(&self, stream: usize) -> bool {
+        !self.done && self.from <= stream
     }
 }
 
@@ -331,7 +349,7 @@ impl Gpt2 {
     /// Returns the final hidden states after `ln_f` ([B, T, d]), or, when
     /// `hooks.stop_after_stream` is set, the raw stream at that point.
     pub fn forward(&self, step: &Step, cache: &mut KvCache, hooks: Hooks<'_>) -> Result<Tensor> {
-        Ok(self.forward_parts(vec![Part::new(Input::Batch { step, shared: None, cache }, hooks)])?.remove(0))
+        Ok(self.forward_parts(vec![Part::new(Input::Batch { step, shared: None, start: None, cache }, hooks)])?.remove(0))
     }
 
     /// One decode step of m rows, each with its own cache and position: `ids[r]` is row r's
@@ -358,46 +376,58 @@ impl Gpt2 {
         let mut xs = Vec::with_capacity(parts.len());
         for part in &parts {
             let (l, x) = match &part.input {
+                Input::Batch { step, start: Some(st), .. } => {
+                    let (b, t) = step.ids.dims2()?;
+                    (Live { batch: b, t, done: false, from: st.stream }, None)
+                }
                 Input::Batch { step, shared, .. } => {
                     let step = shared.as_ref().map_or(*step, |sh| sh.step);
                     let (b, t) = step.ids.dims2()?;
-                    (Live { batch: b, t, done: false }, self.embed(step)?.reshape((b * t, d))?)
+                    (Live { batch: b, t, done: false, from: 0 }, Some(self.embed(step)?.reshape((b * t, d))?))
                 }
                 Input::Rows { ids, kv } => {
                     let positions: Vec<u32> = kv.iter().map(|r| r.len() as u32).collect();
                     let positions = Tensor::from_vec(positions, ids.len(), &self.device)?;
                     let x = (self.wte.gather(ids, &self.device)? + self.wpe.forward(&positions)?)?;
-                    (Live { batch: ids.len(), t: 1, done: false }, x)
+                    (Live { batch: ids.len(), t: 1, done: false, from: 0 }, Some(x))
                 }
             };
             live.push(l);
-            xs.push(x);
+            xs.extend(x);
         }
         let mut out: Vec<Option<Tensor>> = vec![None; parts.len()];
-        let mut x = cat_rows(xs)?;
+        let mut x = match xs.is_empty() {
+            true => Tensor::zeros((0, d), self.dtype(), &self.device)?,
+            false => cat_rows(xs)?,
+        };
         for stream in 0..=self.blocks.len() {
             if stream > 0 {
                 let expands = |p: &Part<'_>| matches!(&p.input, Input::Batch { shared: Some(sh), .. } if sh.streams == stream);
-                if parts.iter().zip(&live).any(|(p, l)| !l.done && expands(p)) {
-                    x = self.each_part(x, &mut parts, &mut live, |_, part, l, piece| match &part.input {
+                if parts.iter().zip(&live).any(|(p, l)| l.at(stream - 1) && expands(p)) {
+                    x = self.each_part(x, stream - 1, &mut parts, &mut live, |_, part, l, piece| match &part.input {
                         Input::Batch { step, shared: Some(sh), .. } if sh.streams == stream => {
                             let (b, t) = step.ids.dims2()?;
                             let piece = piece.reshape((l.batch, l.t, d))?.index_select(sh.rows, 0)?;
-                            *l = Live { batch: b, t, done: false };
+                            *l = Live { batch: b, t, ..*l };
                             Ok(piece.reshape((b * t, d))?)
                         }
                         _ => Ok(piece),
                     })?;
                 }
-                x = self.blocks[stream - 1].forward(&x, stream - 1, &mut parts, &live)?;
+                if live.iter().any(|l| l.at(stream - 1)) {
+                    x = self.blocks[stream - 1].forward(&x, stream - 1, &mut parts, &live)?;
+                }
+                if live.iter().any(|l| !l.done && l.from == stream) {
+                    x = self.join(x, stream, &parts, &live)?;
+                }
             }
             let acts = |h: &Hooks<'_>| {
                 h.additions.is_some_and(|a| a.at_stream(stream).is_some())
                     || h.captures.as_ref().is_some_and(|c| c.wants(stream))
                     || h.stop_after_stream == Some(stream)
             };
-            if parts.iter().zip(&live).any(|(p, l)| !l.done && acts(&p.hooks)) {
-                x = self.each_part(x, &mut parts, &mut live, |i, part, l, mut piece| {
+            if parts.iter().zip(&live).any(|(p, l)| l.at(stream) && acts(&p.hooks)) {
+                x = self.each_part(x, stream, &mut parts, &mut live, |i, part, l, mut piece| {
                     if let Some(delta) = part.hooks.additions.and_then(|a| a.at_stream(stream)) {
                         piece = (piece + delta.reshape((l.rows(), d))?)?;
                     }
@@ -439,18 +469,20 @@ impl Gpt2 {
         Ok(out.into_iter().map(|o| o.expect("every part ends")).collect())
     }
 
-    /// Splits `x` into the live parts' rows, maps each piece with `f(part index, ..)` (which may
-    /// change the part's rows, or end it), and joins the pieces of the parts still live.
+    /// Splits `x` (at `stream`) into the live parts' rows, maps each piece with `f(part index,
+    /// ..)` (which may change the part's rows, or end it), and joins the pieces of the parts
+    /// still live.
     fn each_part(
         &self,
         x: Tensor,
+        stream: usize,
         parts: &mut [Part<'_>],
         live: &mut [Live],
         mut f: impl FnMut(usize, &mut Part<'_>, &mut Live, Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
         let mut pieces = Vec::with_capacity(parts.len());
         let mut at = 0;
-        for (i, (part, l)) in parts.iter_mut().zip(live.iter_mut()).enumerate().filter(|(_, (_, l))| !l.done) {
+        for (i, (part, l)) in parts.iter_mut().zip(live.iter_mut()).enumerate().filter(|(_, (_, l))| l.at(stream)) {
             let piece = x.narrow(0, at, l.rows())?;
             at += l.rows();
             let piece = f(i, part, l, piece)?;
@@ -460,6 +492,22 @@ impl Gpt2 {
         }
         if pieces.is_empty() {
             return Ok(x.narrow(0, 0, 0)?);
+        }
+        cat_rows(pieces)
+    }
+
+    /// `x` at `stream` with the rows of the parts that start there ([`Start`]) in their places.
+    fn join(&self, x: Tensor, stream: usize, parts: &[Part<'_>], live: &[Live]) -> Result<Tensor> {
+        let mut pieces = Vec::with_capacity(parts.len());
+        let mut at = 0;
+        for (part, l) in parts.iter().zip(live).filter(|(_, l)| l.at(stream)) {
+            match &part.input {
+                Input::Batch { start: Some(st), .. } if st.stream == stream => pieces.push(st.x.clone()),
+                _ => {
+                    pieces.push(x.narrow(0, at, l.rows())?);
+                    at += l.rows();
+                }
+            }
         }
         cat_rows(pieces)
     }

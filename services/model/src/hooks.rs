@@ -143,6 +143,16 @@ impl Captures {
         Self { wanted: points.into_iter().map(HookPoint::stream).collect(), got: BTreeMap::new() }
     }
 
+    /// Captures of the residual at each of `streams` (stream s enters block s).
+    pub fn streams(streams: impl IntoIterator<Item = usize>) -> Self {
+        Self { wanted: streams.into_iter().collect(), got: BTreeMap::new() }
+    }
+
+    /// The recorded `[B, T, d]` residual at `stream`.
+    pub fn at_stream(&self, stream: usize) -> Option<&Tensor> {
+        self.got.get(&stream)
+    }
+
     pub fn wants(&self, stream: usize) -> bool {
         self.wanted.contains(&stream)
     }

@@ -58,7 +58,10 @@ impl KvCache {
         for (l, layer) in self.layers.iter().enumerate() {
             let row = if l < shared_layers { group } else { row };
             let (Some(k), Some(v)) = (layer.inner.k()?, layer.inner.v()?) else {
-                return Ok(out);
+                // A layer the forward never reached (it stopped early, or started later).
+                out.k.push(vec![]);
+                out.v.push(vec![]);
+                continue;
             };
             let (_, h, s, hd) = k.dims4()?;
             // [H, S, hd] -> [S, H * hd]: position-major, heads side by side.
@@ -99,9 +102,30 @@ impl RowKv {
         self.len == 0
     }
 
+    /// Layers held.
+    pub fn n_layer(&self) -> usize {
+        self.k.len()
+    }
+
     /// A copy holding exactly its positions (no spare capacity).
     pub(crate) fn compact(&self) -> Self {
         Self { k: self.k.iter().map(|l| l.to_vec()).collect(), v: self.v.iter().map(|l| l.to_vec()).collect(), len: self.len, d: self.d }
+    }
+
+    /// A copy of the first `n` layers (exactly their positions); the layers above are empty.
+    pub(crate) fn layers_below(&self, n: usize) -> Self {
+        let take = |ls: &[Vec<f32>]| ls.iter().enumerate().map(|(l, v)| if l < n { v.to_vec() } else { vec![] }).collect();
+        Self { k: take(&self.k), v: take(&self.v), len: self.len, d: self.d }
+    }
+
+    /// `above` with its first `n` layers taken from `below` (the same positions).
+    pub(crate) fn splice(below: &RowKv, n: usize, mut above: RowKv) -> Self {
+        debug_assert_eq!(below.len, above.len, "the same positions");
+        for l in 0..n.min(above.k.len()) {
+            above.k[l] = below.k[l].clone();
+            above.v[l] = below.v[l].clone();
+        }
+        above
     }
 
     /// Bytes held.

@@ -46,6 +46,8 @@ pub struct Metrics {
     pub prefix_cache_hits: IntGauge,
     pub prefix_cache_misses: IntGauge,
     pub prefix_cache_positions_reused: IntGauge,
+    pub prefix_cache_partial_hits: IntGauge,
+    pub prefix_cache_block_positions_reused: IntGauge,
     pub prefix_cache_bytes: IntGauge,
     pub prefix_cache_entries: IntGauge,
 }
@@ -87,6 +89,14 @@ impl Metrics {
             prefix_cache_hits: g("prefix_cache_hits", "prompt rows served from the prefix cache"),
             prefix_cache_misses: g("prefix_cache_misses", "prompt rows the prefix cache did not hold"),
             prefix_cache_positions_reused: g("prefix_cache_positions_reused", "prompt positions not prefilled thanks to the prefix cache"),
+            prefix_cache_partial_hits: g(
+                "prefix_cache_partial_hits",
+                "steered rows prefilled from a cached unsteered trunk, from their first steered stream",
+            ),
+            prefix_cache_block_positions_reused: g(
+                "prefix_cache_block_positions_reused",
+                "prompt positions times blocks not computed thanks to the prefix cache (hits and partial hits)",
+            ),
             prefix_cache_bytes: g("prefix_cache_bytes", "bytes held by the prefix cache"),
             prefix_cache_entries: g("prefix_cache_entries", "prefilled rows held by the prefix cache"),
             registry,
@@ -114,6 +124,8 @@ impl Metrics {
             &m.prefix_cache_hits,
             &m.prefix_cache_misses,
             &m.prefix_cache_positions_reused,
+            &m.prefix_cache_partial_hits,
+            &m.prefix_cache_block_positions_reused,
             &m.prefix_cache_bytes,
             &m.prefix_cache_entries,
         ] {

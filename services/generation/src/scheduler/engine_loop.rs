@@ -12,9 +12,11 @@ use steer_telemetry::Metrics;
 use tonic::Status;
 
 use super::running::{Phase, Running};
-use super::Job;
+use super::scoring::Scoring;
+use super::{Events, Job, Work};
 use crate::config::GenerationConfig;
 use crate::heartbeat::{Heartbeat, StopOnDrop};
+use crate::validation::ValidRequest;
 
 pub(super) struct EngineLoop {
     pub(super) engine: Arc<Engine>,
@@ -24,6 +26,8 @@ pub(super) struct EngineLoop {
     pub(super) metrics: Arc<Metrics>,
     pub(super) waiting: VecDeque<Job>,
     pub(super) running: Vec<Running>,
+    /// Score calls being computed.
+    pub(super) scoring: Vec<Scoring>,
     pub(super) heartbeat: Arc<Heartbeat>,
     /// Prefilled rows kept for later requests with the same prompt and steering.
     pub(super) prefix: PrefixCache,
@@ -39,22 +43,26 @@ impl EngineLoop {
             }
             heartbeat.tick(true);
             self.admit();
+            self.start_texts();
             self.forward();
             let now = Instant::now();
             for r in self.running.iter_mut() {
                 r.sample(&self.engine, &self.cfg.worker_id);
                 r.deliver(now, self.cfg.stall_timeout);
             }
+            for s in self.scoring.iter_mut() {
+                s.deliver(now, self.cfg.stall_timeout);
+            }
             self.retire();
-            heartbeat.tick(!(self.running.is_empty() && self.waiting.is_empty()));
+            heartbeat.tick(!(self.running.is_empty() && self.waiting.is_empty() && self.scoring.is_empty()));
         }
     }
 
     /// Takes arrivals (waiting for one when idle) and drops waiting jobs whose client left or
     /// whose deadline passed. False once the service is gone and nothing is left to do.
     fn intake(&mut self) -> bool {
-        let idle = self.running.is_empty() && self.waiting.is_empty();
-        let busy = self.running.iter().any(|r| r.rows() > 0 && !r.ended());
+        let idle = self.running.is_empty() && self.waiting.is_empty() && self.scoring.is_empty();
+        let busy = self.running.iter().any(|r| r.rows() > 0 && !r.ended()) || self.scoring.iter().any(|s| !s.active.is_empty() || s.pending());
         if idle {
             match self.rx.recv() {
                 Ok(job) => self.waiting.push_back(job),
@@ -83,11 +91,11 @@ impl EngineLoop {
         let now = Instant::now();
         let before = self.waiting.len();
         self.waiting.retain(|job| {
-            if job.events.is_closed() {
+            if job.is_closed() {
                 return false;
             }
             if job.deadline.is_some_and(|d| now >= d) {
-                let _ = job.events.try_send(Err(ServiceError::DeadlineExceeded("deadline passed while queued".into()).into()));
+                job.refuse(ServiceError::DeadlineExceeded("deadline passed while queued".into()));
                 return false;
             }
             true
@@ -96,29 +104,64 @@ impl EngineLoop {
         true
     }
 
-    /// Admits waiting requests in order while they fit the budgets; their prefills start.
+    /// Rows and KV positions the running generations and Score calls hold.
+    fn in_use(&self) -> (usize, usize) {
+        let rows = self.running.iter().map(Running::rows).sum::<usize>() + self.scoring.iter().map(Scoring::rows).sum::<usize>();
+        let reserved = self.running.iter().filter(|r| !r.ended()).map(|r| r.request.kv_positions()).sum::<usize>()
+            + self.scoring.iter().map(Scoring::reserved).sum::<usize>();
+        (rows, reserved)
+    }
+
+    /// Admits waiting requests in order while they fit the budgets; their prefills start. A
+    /// Score call is admitted at once: its texts start as the budgets allow ([`Self::start_texts`]).
     fn admit(&mut self) {
         while let Some(job) = self.waiting.front() {
-            let rows: usize = self.running.iter().map(Running::rows).sum();
-            let reserved: usize = self.running.iter().filter(|r| !r.ended()).map(|r| r.request.kv_positions()).sum();
-            let fits = rows + job.request.rows.len() <= self.cfg.max_batch_rows && reserved + job.request.kv_positions() <= self.cfg.max_batch_tokens;
+            let (rows, reserved) = self.in_use();
+            let fits = match &job.work {
+                Work::Generate { request, .. } => {
+                    rows + request.rows.len() <= self.cfg.max_batch_rows && reserved + request.kv_positions() <= self.cfg.max_batch_tokens
+                }
+                Work::Score(_) => true,
+            };
             // Wait for retirements (a request alone always fits: validation checks it).
-            if !fits && !self.running.is_empty() {
+            let alone = self.running.is_empty() && self.scoring.is_empty();
+            if !fits && !alone {
                 break;
             }
             let job = self.waiting.pop_front().expect("front exists");
             self.depth.fetch_sub(1, Ordering::SeqCst);
-            if let Some(r) = self.begin(job) {
-                self.running.push(r);
+            self.metrics.queue_wait.observe(job.queued_at.elapsed().as_secs_f64());
+            match job.work {
+                Work::Generate { request, events } => {
+                    if let Some(r) = self.begin(request, events, job.queued_at, job.deadline) {
+                        self.running.push(r);
+                    }
+                }
+                Work::Score(s) => self.scoring.extend(Scoring::new(s, job.deadline)),
             }
         }
         self.metrics.queue_depth.set(self.depth.load(Ordering::SeqCst) as i64);
     }
 
-    fn begin(&mut self, job: Job) -> Option<Running> {
-        let Job { request, events, queued_at, deadline } = job;
+    /// Starts Score calls' next texts, oldest call first, while they fit the budgets (one text
+    /// at least when nothing else runs).
+    fn start_texts(&mut self) {
+        for i in 0..self.scoring.len() {
+            while self.scoring[i].pending() {
+                let (rows, reserved) = self.in_use();
+                let (r, k) = self.scoring[i].next_cost();
+                let fits = rows + r <= self.cfg.max_batch_rows && reserved + k <= self.cfg.max_batch_tokens;
+                if !fits && rows > 0 {
+                    return;
+                }
+                self.scoring[i].start_next(&self.engine, &mut self.prefix);
+            }
+        }
+        self.prefix_metrics();
+    }
+
+    fn begin(&mut self, request: ValidRequest, events: Events, queued_at: Instant, deadline: Option<Instant>) -> Option<Running> {
         let last_word = events.clone().try_reserve_owned().ok()?; // None: the client left
-        self.metrics.queue_wait.observe(queued_at.elapsed().as_secs_f64());
         let opts = GenerateOptions {
             max_new_tokens: request.max_new_tokens,
             stop_at_eos: request.stop_at_eos,
@@ -149,6 +192,8 @@ impl EngineLoop {
         m.prefix_cache_hits.set(s.hits as i64);
         m.prefix_cache_misses.set(s.misses as i64);
         m.prefix_cache_positions_reused.set(s.positions_reused as i64);
+        m.prefix_cache_partial_hits.set(s.partial_hits as i64);
+        m.prefix_cache_block_positions_reused.set(s.block_positions_reused as i64);
         m.prefix_cache_bytes.set(s.bytes as i64);
         m.prefix_cache_entries.set(s.entries as i64);
     }
@@ -212,10 +257,31 @@ impl EngineLoop {
                 _ => {}
             }
         }
+        // Score calls' chunks fill the forward: up to `prefill_tokens_per_step` positions in all
+        // while generations run (their streams wait on this forward), `score_batch_tokens` when
+        // only scoring runs; at least one chunk.
+        let chunk = |p: &Prefill| p.next_chunk(self.cfg.max_prefill_tokens);
+        let budget = match prefills.is_empty() && seqs.is_empty() {
+            true => self.cfg.score_batch_tokens,
+            false => self.cfg.prefill_tokens_per_step,
+        };
+        let mut spent: usize = prefills.iter().map(|p| chunk(p)).sum();
+        let mut texts = vec![];
+        'calls: for (j, sc) in self.scoring.iter_mut().enumerate() {
+            for (a, (_, p)) in sc.active.iter_mut().enumerate() {
+                let c = chunk(p);
+                if !(prefills.is_empty() && seqs.is_empty()) && spent + c > budget {
+                    break 'calls;
+                }
+                spent += c;
+                texts.push((j, a));
+                prefills.push(p);
+            }
+        }
         if prefills.is_empty() && seqs.is_empty() {
             return;
         }
-        let (n, positions) = (seqs.len(), prefills.iter().map(|p| p.next_chunk(self.cfg.max_prefill_tokens)).sum::<usize>());
+        let (n, positions) = (seqs.len(), spent);
         let span = tracing::info_span!("forward", decode_rows = n, prefills = prefills.len(), prefill_positions = positions);
         let started = Instant::now();
         let result = span.in_scope(|| self.engine.run(&mut prefills, self.cfg.max_prefill_tokens, &mut seqs));
@@ -230,17 +296,30 @@ impl EngineLoop {
                         r.end(Some(ServiceError::Internal(status.message().to_string())));
                     }
                 }
+                for &(j, _) in &texts {
+                    self.scoring[j].end(Some(ServiceError::Internal(status.message().to_string())));
+                }
                 return;
             }
         };
-        for (&i, seqs) in joined.iter().zip(done) {
+        let mut done = done.into_iter();
+        for (&i, seqs) in joined.iter().zip(done.by_ref()) {
             let Some(seqs) = seqs else { continue };
             let r = &mut self.running[i];
-            if let Some(p) = r.prefill() {
+            if let Phase::Prefilling(p) = &mut r.phase {
                 p.remember(&seqs, &mut self.prefix);
             }
             r.prefilled(seqs);
             self.metrics.time_to_first_token.observe(r.timing.started.elapsed().as_secs_f64());
+        }
+        // Texts scored: their scores go out, their prefills go (last first, so indices hold).
+        for (&(j, a), seqs) in texts.iter().zip(done).rev() {
+            let Some(seqs) = seqs else { continue };
+            let sc = &mut self.scoring[j];
+            let (text, mut p) = sc.active.remove(a);
+            p.remember(&seqs, &mut self.prefix);
+            let scored = p.take_scored().expect("a scoring prefill that is over has its scores");
+            sc.text_done(&self.engine, text, scored);
         }
         self.prefix_metrics();
         if n > 0 {
@@ -249,8 +328,9 @@ impl EngineLoop {
         }
     }
 
-    /// Removes finished requests; updates the gauges.
+    /// Removes finished requests and Score calls; updates the gauges.
     fn retire(&mut self) {
+        self.scoring.retain(|s| !s.ended);
         let metrics = &self.metrics;
         self.running.retain_mut(|r| {
             let Phase::Ended { completed } = r.phase else {
@@ -299,6 +379,7 @@ mod tests {
             metrics: Metrics::new(),
             waiting: VecDeque::new(),
             running: vec![],
+            scoring: vec![],
             prefix: PrefixCache::new(0),
         }
     }
@@ -317,7 +398,7 @@ mod tests {
             memory: Arc::new(Default::default()),
         };
         let (tx, rx) = mpsc::channel(64);
-        (Job { request, events: tx, queued_at: Instant::now(), deadline: None }, rx)
+        (Job { work: Work::Generate { request, events: tx }, queued_at: Instant::now(), deadline: None }, rx)
     }
 
     /// One request decodes while three arrive: which of the three (in arrival order) finish

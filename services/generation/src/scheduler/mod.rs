@@ -18,7 +18,9 @@
 //!    or passed its deadline leaves at this step; finished rows free their KV memory at once.
 //!
 //! A request's life in the batch is an explicit phase ([`running::Phase`]): prefilling,
-//! decoding, draining, ended.
+//! decoding, draining, ended. Score calls share the loop ([`scoring`]): each text is a scoring
+//! prefill whose chunks join the forwards within the same budgets, deadlines and cancellation,
+//! and prefills of both kinds go through the prefix cache (`steer_model::PrefixCache`).
 //!
 //! KV layout: one host cache per row (`steer_model::kv_cache::RowKv`), the projections and MLPs
 //! batched over all rows of the step, attention per row over its own cache. Chosen over a
@@ -34,6 +36,9 @@
 mod engine_loop;
 mod events;
 mod running;
+mod scoring;
+
+pub(crate) use scoring::ScoreJob;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -55,11 +60,37 @@ use engine_loop::EngineLoop;
 type Event = Result<GenerateResponse, Status>;
 pub type Events = mpsc::Sender<Event>;
 
+/// What a job asks of the engine loop.
+pub(crate) enum Work {
+    /// A generation, its events streamed on `events`.
+    Generate { request: ValidRequest, events: Events },
+    /// A Score call ([`scoring`]).
+    Score(ScoreJob),
+}
+
 pub(crate) struct Job {
-    request: ValidRequest,
-    events: Events,
+    work: Work,
     queued_at: Instant,
     deadline: Option<Instant>,
+}
+
+impl Job {
+    /// The client left.
+    fn is_closed(&self) -> bool {
+        match &self.work {
+            Work::Generate { events, .. } => events.is_closed(),
+            Work::Score(s) => s.out.is_closed(),
+        }
+    }
+
+    /// Tells the client why its job never started (when its channel has room).
+    fn refuse(&self, e: ServiceError) {
+        let status: Status = e.into();
+        match &self.work {
+            Work::Generate { events, .. } => drop(events.try_send(Err(status))),
+            Work::Score(s) => drop(s.out.try_send(Err(status))),
+        }
+    }
 }
 
 /// The queue in front of the engine loop.
@@ -86,6 +117,7 @@ impl Scheduler {
             metrics: metrics.clone(),
             waiting: VecDeque::new(),
             running: vec![],
+            scoring: vec![],
             prefix: steer_model::PrefixCache::new(config.prefix_cache_bytes),
         };
         std::thread::Builder::new().name("steer-engine".into()).spawn(move || lp.run()).expect("spawn the engine loop");
@@ -104,12 +136,21 @@ impl Scheduler {
 
     /// Queues a request, or refuses it at once when `max_queue` requests already wait.
     pub fn submit(&self, request: ValidRequest, events: Events, deadline: Option<Instant>) -> Result<(), ServiceError> {
+        self.submit_work(Work::Generate { request, events }, deadline)
+    }
+
+    /// Queues a Score call, as [`Scheduler::submit`] does a generation.
+    pub(crate) fn submit_score(&self, job: ScoreJob, deadline: Option<Instant>) -> Result<(), ServiceError> {
+        self.submit_work(Work::Score(job), deadline)
+    }
+
+    fn submit_work(&self, work: Work, deadline: Option<Instant>) -> Result<(), ServiceError> {
         let max = self.max_queue;
         self.depth
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |d| (d < max).then_some(d + 1))
             .map_err(|_| ServiceError::ResourceExhausted(format!("queue full ({max} requests waiting)")))?;
         self.metrics.queue_depth.set(self.depth() as i64);
-        self.queue.send(Job { request, events, queued_at: Instant::now(), deadline }).map_err(|_| {
+        self.queue.send(Job { work, queued_at: Instant::now(), deadline }).map_err(|_| {
             self.depth.fetch_sub(1, Ordering::SeqCst);
             ServiceError::Unavailable("the generation engine has stopped".into())
         })

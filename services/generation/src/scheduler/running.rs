@@ -134,22 +134,11 @@ impl Running {
             let n = self.produced;
             return self.end(Some(ServiceError::DeadlineExceeded(format!("deadline passed after {n} tokens"))));
         }
-        while let Some(ev) = self.outbox.pop_front() {
-            match self.events.try_send(ev) {
-                Ok(()) => {}
-                Err(TrySendError::Full(ev)) => {
-                    self.outbox.push_front(ev);
-                    let since = *self.blocked_since.get_or_insert(now);
-                    if now.duration_since(since) >= stall_timeout {
-                        let secs = stall_timeout.as_secs_f64();
-                        self.end(Some(ServiceError::Aborted(format!("the client read nothing for {secs:.0} s; request cancelled"))));
-                    }
-                    return;
-                }
-                Err(TrySendError::Closed(_)) => return self.end(None), // the client left
-            }
+        match hand_over(&mut self.outbox, &self.events, &mut self.blocked_since, now, stall_timeout) {
+            Handed::All => {}
+            Handed::Some => return,
+            Handed::Stop(why) => return self.end(why),
         }
-        self.blocked_since = None;
         if matches!(self.phase, Phase::Draining) {
             self.phase = Phase::Ended { completed: true };
         }
@@ -164,4 +153,42 @@ impl Running {
             permit.send(Err(e.into()));
         }
     }
+}
+
+/// What [`hand_over`] did.
+pub(super) enum Handed {
+    /// Everything went out.
+    All,
+    /// The channel is full; the rest waits for the next iteration.
+    Some,
+    /// The client left (`None`) or read nothing for the stall timeout.
+    Stop(Option<ServiceError>),
+}
+
+/// Hands `outbox` to `tx` without waiting, noting since when the channel has been full in
+/// `blocked_since`.
+pub(super) fn hand_over<T>(
+    outbox: &mut VecDeque<T>,
+    tx: &tokio::sync::mpsc::Sender<T>,
+    blocked_since: &mut Option<Instant>,
+    now: Instant,
+    stall_timeout: Duration,
+) -> Handed {
+    while let Some(ev) = outbox.pop_front() {
+        match tx.try_send(ev) {
+            Ok(()) => {}
+            Err(TrySendError::Full(ev)) => {
+                outbox.push_front(ev);
+                let since = *blocked_since.get_or_insert(now);
+                if now.duration_since(since) >= stall_timeout {
+                    let secs = stall_timeout.as_secs_f64();
+                    return Handed::Stop(Some(ServiceError::Aborted(format!("the client read nothing for {secs:.0} s; call cancelled"))));
+                }
+                return Handed::Some;
+            }
+            Err(TrySendError::Closed(_)) => return Handed::Stop(None),
+        }
+    }
+    *blocked_since = None;
+    Handed::All
 }

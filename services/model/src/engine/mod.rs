@@ -7,6 +7,7 @@
 //! | [`Engine::load`] | loading from a directory, a GGUF file or the hub | here |
 //! | [`Engine::capture`], [`Engine::logits`], [`Engine::score`] | activations and teacher-forced scores | [`capture`] |
 //! | [`Engine::begin`], [`Engine::run`] | **the serving loop**: chunked prefills and decode steps in one forward | [`prefill`], [`step`] |
+//! | [`Engine::begin_cached`], [`Engine::begin_score`] | the same through a [`PrefixCache`] (whole rows, and steered rows from a cached trunk); scoring as a prefill | [`prefill`], [`prefix_cache`] |
 //! | [`Engine::generate`] | the reference loop: one batch, prefill then decode to the end | [`reference`] |
 //!
 //! A generation's rows are [`RowRequest`]s; [`Engine::begin`] makes a [`Prefill`], which

@@ -4,23 +4,54 @@
 
 use candle_core::Tensor;
 
+use super::capture::Scored;
 use super::layout::{distinct_rows, BatchLayout};
-use super::prefix_cache::{row_key, PrefixCache, RowKey};
+use super::logprobs::{log_softmax_at, log_sum_exp};
+use super::prefix_cache::{row_key, Held, PrefixCache, RowKey};
 use super::request::{GenerateOptions, RowRequest};
 use super::sequence::Sequence;
 use super::Engine;
 use crate::error::Result;
 use crate::gpt2::Step;
-use crate::hooks::{Addition, Additions};
+use crate::hooks::{Addition, Additions, Captures};
 use crate::kv_cache::{KvCache, RowKv};
+use crate::sampler::SamplingParams;
 
 impl Engine {
     /// A prefill to run in chunks ([`Engine::prefill_chunk`]), so that a long prompt can share
     /// the engine with decoding rows.
     pub fn begin(&self, rows: &[RowRequest], opts: &GenerateOptions) -> Result<Prefill> {
-        let width = rows.iter().map(|r| r.prompt.len()).max().unwrap_or(0);
+        self.begin_with(rows, opts, None, false)
+    }
+
+    /// [`Engine::begin`] with a prefix cache: the distinct rows `cache` holds are not prefilled
+    /// (when it holds them all, the sequences are ready at once: [`Prefill::take_ready`]); the
+    /// others are, and when they all steer one prompt whose unsteered trunk it holds, from
+    /// their first steered stream on. The numbers are those a prefill would give, bit for bit.
+    /// [`Prefill::remember`] keeps what was prefilled for later requests.
+    pub fn begin_cached(&self, rows: &[RowRequest], opts: &GenerateOptions, cache: &mut PrefixCache) -> Result<Prefill> {
+        self.begin_with(rows, opts, Some(cache).filter(|c| c.enabled()), false)
+    }
+
+    /// A teacher-forced scoring of `ids` once per entry of `sides` (each a row's steering), run
+    /// as a prefill ([`Engine::run`]) that also takes the log-probability of every token after
+    /// the first: [`Prefill::take_scored`] once it is over. A row is computed alone (no padding,
+    /// whatever else shares the forward), so its numbers depend on the text, its steering and
+    /// the chunk size only; with `cache`, as [`Engine::begin_cached`] (a scored row it holds is
+    /// not recomputed; a steered row starts from the text's cached trunk).
+    pub fn begin_score(&self, ids: &[u32], sides: &[Vec<Addition>], cache: Option<&mut PrefixCache>) -> Result<Prefill> {
+        let rows: Vec<RowRequest> =
+            sides.iter().map(|a| RowRequest { prompt: ids.to_vec(), additions: a.clone(), sampling: SamplingParams::greedy(), seed: 0 }).collect();
+        let opts = GenerateOptions { max_new_tokens: 0, stop_at_eos: false, ..Default::default() };
+        self.begin_with(&rows, &opts, cache.filter(|c| c.enabled()), true)
+    }
+
+    fn begin_with(&self, rows: &[RowRequest], opts: &GenerateOptions, cache: Option<&mut PrefixCache>, scoring: bool) -> Result<Prefill> {
         // The caller validated the rows (steer-generation's validation module); trust them.
-        debug_assert!(width + opts.max_new_tokens <= self.info.n_positions, "prompt + new tokens exceed n_positions");
+        debug_assert!(
+            rows.iter().map(|r| r.prompt.len()).max().unwrap_or(0) + opts.max_new_tokens <= self.info.n_positions,
+            "prompt + new tokens exceed n_positions"
+        );
         debug_assert!(rows.iter().all(|r| r.sampling.validate().is_ok()), "invalid sampling settings");
         debug_assert!(
             rows.iter()
@@ -29,37 +60,77 @@ impl Engine {
             "invalid steering"
         );
         let (distinct, fan_out) = distinct_rows(rows);
-        let seqs: Vec<Vec<u32>> = distinct.iter().map(|&r| rows[r].prompt.clone()).collect();
-        let adds: Vec<Vec<Addition>> = distinct.iter().map(|&r| rows[r].additions.clone()).collect();
-        let layout = BatchLayout::new(&seqs, self.info.n_positions)?;
-        let additions = self.additions(&layout, &adds)?;
-        let shared = self.shared_prefix(&seqs, &adds)?;
-        let cache = KvCache::new(self.info.n_layer, layout.width);
-        Ok(Prefill { rows: rows.to_vec(), seqs, fan_out, layout, additions, shared, cache, done: 0, opts: opts.clone(), keys: vec![], ready: None })
-    }
-
-    /// [`Engine::begin`], with the rows' prefilled states taken from `cache` when it holds every
-    /// distinct row of the request: then nothing is prefilled and the sequences are ready at
-    /// once ([`Prefill::take_ready`]), with the numbers a prefill would give. Otherwise the
-    /// prefill runs, and [`Prefill::remember`] keeps its rows for later requests.
-    pub fn begin_cached(&self, rows: &[RowRequest], opts: &GenerateOptions, cache: &mut PrefixCache) -> Result<Prefill> {
-        let mut p = self.begin(rows, opts)?;
-        if !cache.enabled() {
-            return Ok(p);
-        }
-        let firsts: Vec<usize> =
-            (0..p.seqs.len()).map(|d| p.fan_out.iter().position(|&g| g as usize == d).expect("every distinct row has a row")).collect();
-        p.keys = firsts.iter().map(|&r| row_key(&rows[r].prompt, &rows[r].additions)).collect();
-        if p.keys.iter().all(|k| cache.contains(k)) {
-            let states: Vec<(RowKv, Vec<f32>)> = p.keys.iter().map(|k| cache.get(k).expect("held")).collect();
-            let seqs = rows.iter().zip(&p.fan_out).map(|(r, &g)| Sequence::new(r, states[g as usize].0.clone(), states[g as usize].1.clone(), opts));
-            p.ready = Some(seqs.collect());
-        } else {
-            for k in p.keys.iter().filter(|k| !cache.contains(k)).copied().collect::<Vec<_>>() {
-                let _ = cache.get(&k); // counts the miss
+        let mut held = vec![None; distinct.len()];
+        let mut todo: Vec<usize> = (0..distinct.len()).collect();
+        let (mut keys, mut trunk) = (vec![], None);
+        if let Some(cache) = cache {
+            keys = distinct.iter().map(|&r| row_key(&rows[r].prompt, &rows[r].additions)).collect();
+            for (h, key) in held.iter_mut().zip(&keys) {
+                *h = cache.lookup(key, scoring);
             }
+            todo.retain(|&d| held[d].is_none());
+            let todo_rows: Vec<&RowRequest> = todo.iter().map(|&d| &rows[distinct[d]]).collect();
+            trunk = self.trunk(&todo_rows, cache)?;
+        }
+        let seqs: Vec<Vec<u32>> = todo.iter().map(|&d| rows[distinct[d]].prompt.clone()).collect();
+        let adds: Vec<Vec<Addition>> = todo.iter().map(|&d| rows[distinct[d]].additions.clone()).collect();
+        // An unsteered row computed here leaves its trunk in the cache.
+        let keep = match keys.is_empty() {
+            true => None,
+            false => adds.iter().position(|a| a.is_empty()),
+        };
+        let layout = BatchLayout::new(&seqs, self.info.n_positions)?;
+        let keep = keep.filter(|&j| layout.offsets[j] == 0);
+        let additions = self.additions(&layout, &adds)?;
+        let shared = match trunk {
+            Some(_) => None,
+            None => self.shared_prefix(&seqs, &adds)?,
+        };
+        let cache = KvCache::new(self.info.n_layer, layout.width);
+        let mut p = Prefill {
+            rows: rows.to_vec(),
+            fan_out,
+            held,
+            todo,
+            seqs,
+            layout,
+            additions,
+            shared,
+            trunk,
+            cache,
+            done: 0,
+            opts: opts.clone(),
+            keys,
+            keep,
+            kept: vec![],
+            scoring: scoring.then(Vec::new),
+            scored: None,
+            ready: None,
+        };
+        if let Some(acc) = &mut p.scoring {
+            acc.resize(p.todo.len(), vec![]);
+        }
+        if p.todo.is_empty() {
+            let seqs = self.sequences(&p, vec![])?;
+            p.finish_scores(&seqs);
+            p.ready = Some(seqs);
         }
         Ok(p)
+    }
+
+    /// Where rows that all steer one prompt can start: at their first steered stream, from the
+    /// prompt's unsteered trunk in `cache`.
+    fn trunk(&self, rows: &[&RowRequest], cache: &mut PrefixCache) -> Result<Option<Trunk>> {
+        let Some(first) = rows.first() else { return Ok(None) };
+        if rows.iter().any(|r| r.prompt != first.prompt || r.additions.is_empty()) {
+            return Ok(None);
+        }
+        let Some(stream) = rows.iter().flat_map(|r| r.additions.iter().map(|a| a.hook.stream())).min().filter(|&s| s > 0) else {
+            return Ok(None);
+        };
+        let Some((kv, x)) = cache.trunk(&row_key(&first.prompt, &[]), stream) else { return Ok(None) };
+        let x = Tensor::from_vec(x, (first.prompt.len(), self.info.d_model), self.model.device())?;
+        Ok(Some(Trunk { stream, x, kv }))
     }
 
     /// Rows with the same prompt and different steering (a comparison's unsteered and steered
@@ -98,37 +169,113 @@ impl Engine {
             None => None,
         };
         let group_step = p.shared.as_ref().map(|sh| sh.layout.chunk_step(&sh.prompts, p0, p1, &self.model)).transpose()?;
-        Ok(Chunk { p0, p1, step: p.layout.chunk_step(&p.seqs, p0, p1, &self.model)?, window, group_step })
+        // Every row of a prefill from a trunk has the trunk's prompt (no padding).
+        let start = p
+            .trunk
+            .as_ref()
+            .map(|t| -> Result<Tensor> {
+                let (b, d) = (p.seqs.len(), self.info.d_model);
+                Ok(t.x.narrow(0, p0, p1 - p0)?.unsqueeze(0)?.broadcast_as((b, p1 - p0, d))?.contiguous()?.reshape((b * (p1 - p0), d))?)
+            })
+            .transpose()?;
+        Ok(Chunk { p0, p1, step: p.layout.chunk_step(&p.seqs, p0, p1, &self.model)?, window, group_step, start })
     }
 
-    /// The rows of a prefill that is over, each with its cache and its first logits (those of
-    /// its distinct row, `logits[fan_out[row]]`).
+    /// The rows of a prefill that is over, each with its cache and its first logits: those of
+    /// its distinct row, held by the prefix cache or prefilled here (`logits[j]` for the j-th
+    /// row computed).
     pub(super) fn sequences(&self, p: &Prefill, logits: Vec<Vec<f32>>) -> Result<Vec<Sequence>> {
         let (shared_layers, groups) = match &p.shared {
             Some(sh) => (sh.streams - 1, sh.groups.clone()),
             None => (0, (0..p.seqs.len()).collect()),
         };
-        let kv = (0..p.seqs.len()).map(|i| p.cache.row(i, shared_layers, groups[i], p.layout.offsets[i])).collect::<Result<Vec<_>>>()?;
-        Ok(p.rows.iter().zip(&p.fan_out).map(|(r, &g)| Sequence::new(r, kv[g as usize].clone(), logits[g as usize].clone(), &p.opts)).collect())
+        let mut states: Vec<Option<(RowKv, Vec<f32>)>> = p.held.iter().map(|h| h.as_ref().map(|h| (h.kv.clone(), h.logits.clone()))).collect();
+        for ((j, &d), logits) in p.todo.iter().enumerate().zip(logits) {
+            let kv = p.cache.row(j, shared_layers, groups[j], p.layout.offsets[j])?;
+            let kv = match &p.trunk {
+                Some(t) => RowKv::splice(&t.kv, t.stream, kv),
+                None => kv,
+            };
+            states[d] = Some((kv, logits));
+        }
+        let state = |g: u32| states[g as usize].as_ref().expect("every distinct row held or prefilled");
+        Ok(p.rows.iter().zip(&p.fan_out).map(|(r, &g)| Sequence::new(r, state(g).0.clone(), state(g).1.clone(), &p.opts)).collect())
+    }
+
+    /// A scoring prefill's chunk is over: the log-probability of each token after one of the
+    /// chunk's positions, from `logits` (`[rows * t, V]`, the prefilled rows' positions `p0..p1`).
+    pub(super) fn score_chunk(&self, p: &mut Prefill, p0: usize, logits: &[Vec<f32>]) {
+        let Some(acc) = &mut p.scoring else { return };
+        let t = logits.len() / acc.len().max(1);
+        for (j, acc) in acc.iter_mut().enumerate() {
+            let ids = &p.seqs[j];
+            for (q, l) in (p0..p0 + t).zip(&logits[j * t..(j + 1) * t]) {
+                if let Some(&next) = ids.get(q + 1) {
+                    acc.push(log_softmax_at(l, next as usize));
+                }
+            }
+        }
+    }
+
+    /// The streams a prefill keeps as its unsteered row's trunk ([`Prefill::remember`]), from
+    /// the `[B, T, d]` captures of a chunk's forward.
+    pub(super) fn keep_streams(&self, p: &mut Prefill, captures: &Captures) -> Result<()> {
+        let Some(row) = p.keep else { return Ok(()) };
+        p.kept.resize(self.info.n_layer, vec![]);
+        for stream in 1..=self.info.n_layer {
+            let at = match &p.shared {
+                Some(sh) if stream < sh.streams => sh.groups[row],
+                _ => row,
+            };
+            let t = captures.at_stream(stream).expect("every stream captured");
+            p.kept[stream - 1].extend(t.get(at)?.flatten_all()?.to_vec1::<f32>()?);
+        }
+        Ok(())
     }
 }
 
-/// A prefill in progress: the distinct rows' shared batch cache and how far it got.
+/// A prefill in progress: the distinct rows a prefix cache did not hold, as one batch with its
+/// cache, and how far it got.
 #[derive(Debug)]
 pub struct Prefill {
     rows: Vec<RowRequest>,
-    pub(super) seqs: Vec<Vec<u32>>,
+    /// Each row's distinct row.
     fan_out: Vec<u32>,
+    /// Per distinct row: its prefilled state, when the prefix cache held it.
+    held: Vec<Option<Held>>,
+    /// The distinct rows computed here, in batch order (`seqs`, the layout and the cache).
+    todo: Vec<usize>,
+    pub(super) seqs: Vec<Vec<u32>>,
     pub(super) layout: BatchLayout,
     additions: Option<Additions>,
     pub(super) shared: Option<PromptGroups>,
+    /// Where the rows start when the cache held their prompt's trunk.
+    pub(super) trunk: Option<Trunk>,
     pub(super) cache: KvCache,
     pub(super) done: usize,
     opts: GenerateOptions,
     /// Each distinct row's [`RowKey`] when a prefix cache is in use.
     keys: Vec<RowKey>,
+    /// The batch row of an unsteered row whose trunk this prefill keeps, and the trunk so far
+    /// (`kept[s - 1]`: stream s, `[done, d]`).
+    pub(super) keep: Option<usize>,
+    kept: Vec<Vec<f32>>,
+    /// A scoring prefill ([`Engine::begin_score`]): each prefilled row's log-probabilities so far.
+    pub(super) scoring: Option<Vec<Vec<f32>>>,
+    /// A scoring prefill's scores, per row, once it is over.
+    scored: Option<Vec<Scored>>,
     /// The sequences, when the cache held every row (nothing to prefill).
     ready: Option<Vec<Sequence>>,
+}
+
+/// Rows prefilled from a cached trunk: they start at `stream` from `x`, and take `kv`'s
+/// layers below it.
+#[derive(Debug)]
+pub(super) struct Trunk {
+    pub(super) stream: usize,
+    /// f32 `[T, d]`: the prompt's unsteered residual entering block `stream`.
+    x: Tensor,
+    kv: RowKv,
 }
 
 /// The next chunk of a prefill: positions `p0..p1`, with their steering and, when rows share
@@ -139,6 +286,8 @@ pub(super) struct Chunk {
     pub(super) step: Step,
     pub(super) window: Option<Additions>,
     pub(super) group_step: Option<Step>,
+    /// With a trunk: the rows' residual at its stream, `[B * T, d]`.
+    pub(super) start: Option<Tensor>,
 }
 
 /// The streams a prefill's rows share: one row per distinct prompt (see `gpt2::Input::Batch`).
@@ -159,15 +308,48 @@ impl Prefill {
         self.ready.take()
     }
 
-    /// Keeps the prefilled state of each distinct row in `cache` (`seqs`: this prefill's
-    /// sequences, as [`Engine::run`] returned them, before their first token is sampled).
-    pub fn remember(&self, seqs: &[Sequence], cache: &mut PrefixCache) {
-        for (d, key) in self.keys.iter().enumerate() {
+    /// Keeps the state of each row prefilled here in `cache`, an unsteered row's with its trunk
+    /// (`seqs`: this prefill's sequences, as [`Engine::run`] returned them, before their first
+    /// token is sampled).
+    pub fn remember(&mut self, seqs: &[Sequence], cache: &mut PrefixCache) {
+        for (j, &d) in self.todo.iter().enumerate() {
             let Some(r) = self.fan_out.iter().position(|&g| g as usize == d) else { continue };
-            if let Some(logits) = seqs.get(r).and_then(|s| s.logits.as_deref()) {
-                cache.insert(*key, &seqs[r].kv, logits);
-            }
+            let (Some(key), Some(logits)) = (self.keys.get(d), seqs.get(r).and_then(|s| s.logits.as_deref())) else { continue };
+            let streams = if self.keep == Some(j) { std::mem::take(&mut self.kept) } else { vec![] };
+            let logprobs = self.scoring.as_ref().map(|acc| acc[j].clone());
+            cache.insert(*key, &seqs[r].kv, logits, logprobs, streams);
         }
+    }
+
+    /// A scoring prefill's scores, one per side in order, once it is over (then `None`).
+    pub fn take_scored(&mut self) -> Option<Vec<Scored>> {
+        self.scored.take()
+    }
+
+    /// Whether this is a scoring prefill ([`Engine::begin_score`]).
+    pub fn is_scoring(&self) -> bool {
+        self.scoring.is_some()
+    }
+
+    /// A scoring prefill is over (`seqs`: its rows, with their last logits): its scores.
+    pub(super) fn finish_scores(&mut self, seqs: &[Sequence]) {
+        let Some(acc) = &self.scoring else { return };
+        let scored = self
+            .fan_out
+            .iter()
+            .zip(seqs)
+            .map(|(&g, s)| {
+                let g = g as usize;
+                let logprobs = match self.todo.iter().position(|&d| d == g) {
+                    Some(j) => acc[j].clone(),
+                    None => self.held[g].as_ref().and_then(|h| h.logprobs.clone()).expect("a held scored row has its scores"),
+                };
+                let last = s.logits.as_deref().expect("a prefilled row has its last logits");
+                let lse = log_sum_exp(last);
+                Scored { logprobs, next: Some(last.iter().map(|&x| x - lse).collect()) }
+            })
+            .collect();
+        self.scored = Some(scored);
     }
 
     /// Prompt positions still to prefill.

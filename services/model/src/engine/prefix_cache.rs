@@ -4,9 +4,11 @@
 //! tokens and every addition of the row (hook point, placement, positions and the values'
 //! bits), so a hit gives the numbers a prefill would, bit for bit.
 //!
-//! Today a row hits when its whole prompt and steering match (a re-run with another seed,
-//! several clients sending one prompt); the states below a row's first steered stream are not
-//! yet shared across requests with other steering.
+//! An unsteered row also keeps its residual stream entering every block (its *trunk*). Steering
+//! first acts at some stream S, and below S a steered row's states are the unsteered prompt's:
+//! so a steered row the cache does not hold, whose prompt's trunk it does, is prefilled from
+//! stream S with the trunk's residual and takes the trunk's keys and values below S (a
+//! partial hit: a coefficient change, another steering text at the layer, a sweep).
 //!
 //! Bounded in bytes, least recently used out first. A hit copies the state out, so nothing a
 //! running request reads is ever evicted, and a full cache still serves every request.
@@ -46,16 +48,33 @@ pub fn row_key(prompt: &[u32], additions: &[Addition]) -> RowKey {
 pub struct PrefixStats {
     pub hits: u64,
     pub misses: u64,
+    /// Rows prefilled from a cached trunk (from their first steered stream).
+    pub partial_hits: u64,
     /// Prompt positions not prefilled thanks to hits.
     pub positions_reused: u64,
+    /// Positions times blocks not computed thanks to hits and partial hits.
+    pub block_positions_reused: u64,
     pub evictions: u64,
     pub bytes: usize,
     pub entries: usize,
 }
 
+/// A prefilled row as the cache hands it out: its KV cache, the logits after its last
+/// position and, when it was scored, the log-probability of each of its tokens after the first.
+#[derive(Debug, Clone)]
+pub(crate) struct Held {
+    pub(crate) kv: RowKv,
+    pub(crate) logits: Vec<f32>,
+    pub(crate) logprobs: Option<Vec<f32>>,
+}
+
 struct Entry {
     kv: RowKv,
     logits: Vec<f32>,
+    logprobs: Option<Vec<f32>>,
+    /// An unsteered row's residual entering each block `s - 1` for streams `s` in `1..=n_layer`
+    /// (`streams[s - 1]`, `[len, d]`): its trunk. Empty for steered rows.
+    streams: Vec<Vec<f32>>,
     bytes: usize,
     used: u64,
 }
@@ -82,15 +101,22 @@ impl PrefixCache {
         self.max_bytes > 0
     }
 
-    /// A copy of the state under `key`, counting a hit or a miss.
-    pub(crate) fn get(&mut self, key: &RowKey) -> Option<(RowKv, Vec<f32>)> {
+    /// Most bytes it holds.
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
+    /// A copy of the state under `key` (with `scored`, only one that was scored), counting a
+    /// hit or a miss.
+    pub(crate) fn lookup(&mut self, key: &RowKey, scored: bool) -> Option<Held> {
         self.clock += 1;
-        match self.entries.get_mut(key) {
+        match self.entries.get_mut(key).filter(|e| !scored || e.logprobs.is_some()) {
             Some(e) => {
                 e.used = self.clock;
                 self.stats.hits += 1;
                 self.stats.positions_reused += e.kv.len() as u64;
-                Some((e.kv.clone(), e.logits.clone()))
+                self.stats.block_positions_reused += (e.kv.len() * e.kv.n_layer()) as u64;
+                Some(Held { kv: e.kv.clone(), logits: e.logits.clone(), logprobs: e.logprobs.clone() })
             }
             None => {
                 self.stats.misses += 1;
@@ -99,16 +125,41 @@ impl PrefixCache {
         }
     }
 
-    /// Whether `key` is held (no counting).
-    pub(crate) fn contains(&self, key: &RowKey) -> bool {
-        self.entries.contains_key(key)
+    /// The trunk of the unsteered row under `key` at `stream` (in `1..=n_layer`): the keys and
+    /// values of the blocks below it and the residual entering block `stream` (`[len * d]`),
+    /// counted as a partial hit. `None` when the row or its trunk is not held.
+    pub(crate) fn trunk(&mut self, key: &RowKey, stream: usize) -> Option<(RowKv, Vec<f32>)> {
+        self.clock += 1;
+        let e = self.entries.get_mut(key)?;
+        let x = e.streams.get(stream.checked_sub(1)?)?.clone();
+        e.used = self.clock;
+        self.stats.partial_hits += 1;
+        self.stats.block_positions_reused += (e.kv.len() * stream) as u64;
+        Some((e.kv.layers_below(stream), x))
     }
 
-    /// Keeps a copy of a prefilled row, evicting the least recently used entries to make room;
-    /// a state larger than the whole cache is not kept.
-    pub(crate) fn insert(&mut self, key: RowKey, kv: &RowKv, logits: &[f32]) {
-        let bytes = kv.bytes() + logits.len() * 4;
-        if bytes > self.max_bytes || self.entries.contains_key(&key) {
+    /// Keeps a copy of a prefilled row (and an unsteered row's `streams`, see [`Entry`]),
+    /// evicting the least recently used entries to make room; a state larger than the whole
+    /// cache is not kept.
+    pub(crate) fn insert(&mut self, key: RowKey, kv: &RowKv, logits: &[f32], logprobs: Option<Vec<f32>>, streams: Vec<Vec<f32>>) {
+        if !self.enabled() {
+            return;
+        }
+        if let Some(e) = self.entries.get(&key) {
+            // Held already: keep it unless this one knows more (scores, a trunk).
+            let more = (e.logprobs.is_none() && logprobs.is_some()) || (e.streams.is_empty() && !streams.is_empty());
+            if !more {
+                return;
+            }
+            let old = self.entries.remove(&key).expect("present");
+            self.stats.bytes -= old.bytes;
+            let logprobs = logprobs.or(old.logprobs);
+            let streams = if streams.is_empty() { old.streams } else { streams };
+            return self.insert(key, &old.kv, &old.logits, logprobs, streams);
+        }
+        let kv = kv.compact();
+        let bytes = kv.bytes() + logits.len() * 4 + logprobs.as_ref().map_or(0, |l| l.len() * 4) + streams.iter().map(|s| s.len() * 4).sum::<usize>();
+        if bytes > self.max_bytes {
             return;
         }
         while self.stats.bytes + bytes > self.max_bytes {
@@ -118,10 +169,15 @@ impl PrefixCache {
             self.stats.evictions += 1;
         }
         self.clock += 1;
-        let kv = kv.compact();
-        self.entries.insert(key, Entry { kv, logits: logits.to_vec(), bytes, used: self.clock });
+        self.entries.insert(key, Entry { kv, logits: logits.to_vec(), logprobs, streams, bytes, used: self.clock });
         self.stats.bytes += bytes;
         self.stats.entries = self.entries.len();
+    }
+
+    /// Whether `key` is held (no counting).
+    #[cfg(test)]
+    pub(crate) fn contains(&self, key: &RowKey) -> bool {
+        self.entries.contains_key(key)
     }
 }
 
@@ -167,7 +223,7 @@ mod tests {
         let opts = GenerateOptions { max_new_tokens: 4, ..Default::default() };
         let mut cache = PrefixCache::new(64 << 20);
         let cold = e.begin_cached(&rows(&e, "I hate you because", 4.0, 1), &opts, &mut cache).unwrap();
-        let (cold, cold_seqs) = prefill(&e, cold);
+        let (mut cold, cold_seqs) = prefill(&e, cold);
         assert_eq!(cache.stats().misses, 2, "both distinct rows missed");
         cold.remember(&cold_seqs, &mut cache);
         assert_eq!(cache.stats().entries, 2);
@@ -189,6 +245,87 @@ mod tests {
         assert_ne!(row_key(&[1, 2], &[]), row_key(&[1, 2, 3], &[]));
     }
 
+    /// Decodes `seqs` greedily for `n` steps; every row's tokens.
+    fn decode(e: &Engine, mut seqs: Vec<Sequence>, n: usize) -> Vec<Vec<u32>> {
+        for _ in 0..n {
+            crate::engine::advance_all(&mut seqs, u32::MAX);
+            let mut live: Vec<&mut Sequence> = seqs.iter_mut().filter(|s| !s.is_finished()).collect();
+            if live.is_empty() {
+                break;
+            }
+            e.step(&mut live).unwrap();
+        }
+        seqs.iter().map(|s| s.tokens.clone()).collect()
+    }
+
+    #[test]
+    fn a_coefficient_change_starts_from_the_cached_trunk_with_the_numbers_of_a_cold_prefill() {
+        let e = engine();
+        let opts = GenerateOptions { max_new_tokens: 6, ..Default::default() };
+        let prompt = "I went up to my friend and said that";
+        for (hook, placement) in [(HookPoint::BlockOutput(2), Placement::Prefix), (HookPoint::ResidPre(1), Placement::AllPositions)] {
+            let steer = |coeff: f32| {
+                let mut rows = rows(&e, prompt, coeff, 3);
+                let a = &mut rows[1].additions[0];
+                a.hook = hook;
+                if placement == Placement::AllPositions {
+                    *a = Addition::all_positions(hook, a.values[..e.info().d_model].to_vec());
+                }
+                rows
+            };
+            let mut cache = PrefixCache::new(64 << 20);
+            let (mut first, seqs) = prefill(&e, e.begin_cached(&steer(4.0), &opts, &mut cache).unwrap());
+            first.remember(&seqs, &mut cache);
+            // Another coefficient: the unsteered row is held, the steered one starts at its stream.
+            let warm = e.begin_cached(&steer(-2.5), &opts, &mut cache).unwrap();
+            assert_eq!(warm.trunk.as_ref().map(|t| t.stream), Some(hook.stream()), "{hook}");
+            let s = cache.stats();
+            assert_eq!((s.hits, s.partial_hits), (1, 1), "{s:?}");
+            let (_, warm) = prefill(&e, warm);
+            let (_, cold) = prefill(&e, e.begin(&steer(-2.5), &opts).unwrap());
+            for (a, b) in warm.iter().zip(&cold) {
+                assert_eq!(a.logits, b.logits, "{hook}");
+                for l in 0..e.info().n_layer {
+                    assert_eq!(a.kv.layer(l), b.kv.layer(l), "{hook} layer {l}");
+                }
+            }
+            assert_eq!(decode(&e, warm, 6), decode(&e, cold, 6), "{hook}");
+        }
+    }
+
+    /// Runs a scoring prefill to its end; its scores.
+    fn scored(e: &Engine, mut p: Prefill, cache: Option<&mut PrefixCache>) -> Vec<crate::engine::Scored> {
+        let (mut p, seqs) = match p.take_scored() {
+            Some(s) => return s,
+            None => prefill(e, p),
+        };
+        if let Some(c) = cache {
+            p.remember(&seqs, c);
+        }
+        p.take_scored().expect("over")
+    }
+
+    #[test]
+    fn a_steered_score_starts_from_the_texts_trunk_and_a_scored_text_is_not_scored_again() {
+        let e = engine();
+        let ids = e.encode("The weather today is cold and grey, and it rained all afternoon long", true).unwrap();
+        let steer = rows(&e, "x", 2.0, 0)[1].additions.clone(); // at ResidPre(2), k = 2
+        let mut cache = PrefixCache::new(64 << 20);
+        let plain = scored(&e, e.begin_score(&ids, &[vec![]], Some(&mut cache)).unwrap(), Some(&mut cache));
+        let warm = e.begin_score(&ids, &[vec![], steer.clone()], Some(&mut cache)).unwrap();
+        assert_eq!(warm.trunk.as_ref().map(|t| t.stream), Some(2));
+        let warm = scored(&e, warm, Some(&mut cache));
+        let cold = scored(&e, e.begin_score(&ids, &[vec![], steer], None).unwrap(), None);
+        let s = cache.stats();
+        assert_eq!((s.hits, s.partial_hits, s.misses), (1, 1, 2), "{s:?}");
+        assert_eq!(warm[0].logprobs, plain[0].logprobs);
+        for (w, c) in warm.iter().zip(&cold) {
+            assert_eq!((&w.logprobs, &w.next), (&c.logprobs, &c.next));
+        }
+        assert_eq!(cold[0].logprobs.len(), ids.len() - 1);
+        assert_ne!(cold[0].logprobs, cold[1].logprobs, "the steering changed nothing");
+    }
+
     #[test]
     fn the_cache_stays_within_its_bytes_least_recently_used_out_first() {
         let e = engine();
@@ -199,16 +336,16 @@ mod tests {
         let mut cache = PrefixCache::new(2 * one + one / 2);
         let logits = seqs[0].logits.clone().unwrap();
         for key in 0..3u8 {
-            cache.insert([key; 32], &seqs[0].kv, &logits);
+            cache.insert([key; 32], &seqs[0].kv, &logits, None, vec![]);
             if key == 1 {
-                assert!(cache.get(&[0; 32]).is_some(), "entry 0 is now the most recently used");
+                assert!(cache.lookup(&[0; 32], false).is_some(), "entry 0 is now the most recently used");
             }
         }
         let s = cache.stats();
         assert!(s.bytes <= 2 * one + one / 2 && s.entries == 2 && s.evictions == 1, "{s:?}");
         assert!(cache.contains(&[0; 32]) && !cache.contains(&[1; 32]) && cache.contains(&[2; 32]));
         let mut off = PrefixCache::new(0);
-        off.insert([0; 32], &seqs[0].kv, &logits);
+        off.insert([0; 32], &seqs[0].kv, &logits, None, vec![]);
         assert!(!off.enabled() && off.stats().entries == 0);
     }
 }

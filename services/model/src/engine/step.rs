@@ -7,8 +7,8 @@ use super::prefill::Prefill;
 use super::sequence::Sequence;
 use super::Engine;
 use crate::error::Result;
-use crate::gpt2::{Input, Part, SharedPrefix};
-use crate::hooks::{Addition, Additions, Hooks};
+use crate::gpt2::{Input, Part, SharedPrefix, Start};
+use crate::hooks::{Addition, Additions, Captures, Hooks};
 
 impl Engine {
     /// One forward for the next chunk (at most `max_tokens` positions) of each prefill given and
@@ -22,12 +22,15 @@ impl Engine {
         let ids: Vec<u32> = seqs.iter().map(|s| s.last_token()).collect();
         let steady: Vec<&[Addition]> = seqs.iter().map(|s| s.steady.as_slice()).collect();
         let additions = Additions::decode(&steady, self.info.d_model, self.model.dtype(), self.model.device())?;
+        // An unsteered row that a prefix cache will keep records its trunk.
+        let mut captures: Vec<Option<Captures>> = prefills.iter().map(|p| p.keep.map(|_| Captures::streams(1..=self.info.n_layer))).collect();
         let mut parts = Vec::with_capacity(prefills.len() + 1);
-        for (p, c) in prefills.iter_mut().zip(&chunks) {
-            let Prefill { shared, cache, .. } = &mut **p;
+        for ((p, c), captures) in prefills.iter_mut().zip(&chunks).zip(captures.iter_mut()) {
+            let Prefill { shared, trunk, cache, .. } = &mut **p;
             let shared = shared.as_ref().zip(c.group_step.as_ref()).map(|(sh, step)| SharedPrefix { step, rows: &sh.rows, streams: sh.streams });
-            let hooks = Hooks { additions: c.window.as_ref(), ..Default::default() };
-            parts.push(Part::new(Input::Batch { step: &c.step, shared, cache }, hooks));
+            let start = trunk.as_ref().zip(c.start.as_ref()).map(|(t, x)| Start { stream: t.stream, x });
+            let hooks = Hooks { additions: c.window.as_ref(), captures: captures.as_mut(), ..Default::default() };
+            parts.push(Part::new(Input::Batch { step: &c.step, shared, start, cache }, hooks));
         }
         if !seqs.is_empty() {
             let kv = seqs.iter_mut().map(|s| &mut s.kv).collect();
@@ -37,12 +40,24 @@ impl Engine {
             return Ok(vec![]);
         }
         let hidden = self.model.forward_parts(parts)?;
-        // One lm_head pass: the last position of every prefill that is over, then the decode rows.
+        // One lm_head pass: the last position of every prefill that is over (every position of a
+        // scoring prefill's chunk), then the decode rows.
         let mut last = vec![];
-        for ((p, c), h) in prefills.iter_mut().zip(&chunks).zip(&hidden) {
+        let mut taken = Vec::with_capacity(prefills.len());
+        for (((p, c), h), captures) in prefills.iter_mut().zip(&chunks).zip(&hidden).zip(&captures) {
+            if let Some(captures) = captures {
+                self.keep_streams(p, captures)?;
+            }
             p.done = c.p1;
-            if c.p1 == p.layout.width {
-                last.push(h.i((.., c.p1 - c.p0 - 1, ..))?.contiguous()?);
+            let (b, t, d) = h.dims3()?;
+            if p.is_scoring() {
+                last.push(h.reshape((b * t, d))?);
+                taken.push(b * t);
+            } else if c.p1 == p.layout.width {
+                last.push(h.i((.., t - 1, ..))?.contiguous()?);
+                taken.push(b);
+            } else {
+                taken.push(0);
             }
         }
         if !seqs.is_empty() {
@@ -54,10 +69,27 @@ impl Engine {
         }
         .into_iter();
         let mut out = Vec::with_capacity(prefills.len());
-        for p in prefills.iter() {
-            out.push(match p.remaining() {
-                0 => Some(self.sequences(p, logits.by_ref().take(p.seqs.len()).collect())?),
-                _ => None,
+        for ((p, c), n) in prefills.iter_mut().zip(&chunks).zip(taken) {
+            let mine: Vec<Vec<f32>> = logits.by_ref().take(n).collect();
+            let ends = p.remaining() == 0;
+            let last_logits = match p.is_scoring() {
+                true => {
+                    self.score_chunk(p, c.p0, &mine);
+                    let t = c.p1 - c.p0;
+                    match ends {
+                        true => mine.chunks(t).map(|rows| rows[t - 1].clone()).collect(),
+                        false => vec![],
+                    }
+                }
+                false => mine,
+            };
+            out.push(match ends {
+                true => {
+                    let seqs = self.sequences(p, last_logits)?;
+                    p.finish_scores(&seqs);
+                    Some(seqs)
+                }
+                false => None,
             });
         }
         for (s, l) in seqs.iter_mut().zip(logits) {

@@ -1,0 +1,153 @@
+//! A Score call in the engine loop ([`Scoring`]): its texts start as scoring prefills
+//! (`Engine::begin_score`, one per text, its unsteered and steered rows together) while the
+//! budgets have room, their chunks join the loop's forwards beside generations, and each text's
+//! scores go out in text order as soon as the texts before it are done. A client that leaves,
+//! a deadline that passes or a reader that stalls ends the call; its prefills go with it.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use steer_common::ServiceError;
+use steer_model::{Engine, Prefill, PrefixCache};
+use steer_proto::v1::ScoreResponse;
+use tokio::sync::mpsc::{self, OwnedPermit};
+
+use super::running::{hand_over, Handed};
+use tonic::Status;
+
+use crate::score::{text_scores, ValidScore};
+
+type ScoreEvent = Result<ScoreResponse, Status>;
+
+/// A checked Score call and where its scores go.
+pub(crate) struct ScoreJob {
+    pub valid: ValidScore,
+    pub out: mpsc::Sender<ScoreEvent>,
+    /// Held until the call ends (its Score-call slot, its tensors' bytes).
+    pub _held: Box<dyn Send>,
+}
+
+/// A Score call being computed.
+pub(super) struct Scoring {
+    job: ScoreJob,
+    deadline: Option<Instant>,
+    /// The next text to start.
+    next: usize,
+    /// Texts being computed: (text, its prefill).
+    pub(super) active: Vec<(usize, Box<Prefill>)>,
+    /// Finished texts' scores waiting for the texts before them.
+    finished: BTreeMap<usize, Vec<ScoreEvent>>,
+    /// The next text whose scores go out.
+    emit_next: usize,
+    outbox: VecDeque<ScoreEvent>,
+    /// One channel slot held back for a final status (deadline, stall), whatever the backlog.
+    last_word: Option<OwnedPermit<ScoreEvent>>,
+    blocked_since: Option<Instant>,
+    pub(super) ended: bool,
+}
+
+impl Scoring {
+    /// `None` when the client already left.
+    pub(super) fn new(job: ScoreJob, deadline: Option<Instant>) -> Option<Self> {
+        let last_word = job.out.clone().try_reserve_owned().ok()?;
+        Some(Self {
+            last_word: Some(last_word),
+            job,
+            deadline,
+            next: 0,
+            active: vec![],
+            finished: BTreeMap::new(),
+            emit_next: 0,
+            outbox: VecDeque::new(),
+            blocked_since: None,
+            ended: false,
+        })
+    }
+
+    /// KV positions its running texts hold (every row of every text).
+    pub(super) fn reserved(&self) -> usize {
+        let rows = self.job.valid.sides().len();
+        self.active.iter().map(|(t, _)| self.job.valid.texts[*t].ids.len() * rows).sum()
+    }
+
+    /// Rows its running texts hold.
+    pub(super) fn rows(&self) -> usize {
+        self.active.len() * self.job.valid.sides().len()
+    }
+
+    /// Texts not started yet.
+    pub(super) fn pending(&self) -> bool {
+        !self.ended && self.next < self.job.valid.texts.len()
+    }
+
+    /// The rows and KV positions the next text would take.
+    pub(super) fn next_cost(&self) -> (usize, usize) {
+        let rows = self.job.valid.sides().len();
+        (rows, self.job.valid.texts.get(self.next).map_or(0, |t| t.ids.len() * rows))
+    }
+
+    /// Starts the next text: a scoring prefill, or its scores at once when the prefix cache
+    /// holds every row.
+    pub(super) fn start_next(&mut self, engine: &Engine, cache: &mut PrefixCache) {
+        let i = self.next;
+        self.next += 1;
+        let ids = &self.job.valid.texts[i].ids;
+        match engine.begin_score(ids, &self.job.valid.sides(), Some(cache)) {
+            Ok(mut p) => match p.take_scored() {
+                Some(scored) => self.text_done(engine, i, scored),
+                None => self.active.push((i, Box::new(p))),
+            },
+            Err(e) => self.end(Some(ServiceError::from(e))),
+        }
+    }
+
+    /// Text `i` is scored: queue its scores (and any finished texts after it) in order.
+    pub(super) fn text_done(&mut self, engine: &Engine, i: usize, scored: Vec<steer_model::Scored>) {
+        let valid = &self.job.valid;
+        let scores = text_scores(engine, valid, &valid.texts[i], &scored);
+        self.finished.insert(i, scores.into_iter().map(|s| Ok(ScoreResponse { score: Some(s) })).collect());
+        while let Some(events) = self.finished.remove(&self.emit_next) {
+            self.outbox.extend(events);
+            self.emit_next += 1;
+        }
+    }
+
+    /// Every text is scored and every score delivered.
+    fn complete(&self) -> bool {
+        self.emit_next == self.job.valid.texts.len() && self.outbox.is_empty()
+    }
+
+    /// Hands queued scores to the client without waiting; ends the call when it is complete,
+    /// when the client left, when its deadline passed or when the client read nothing for
+    /// `stall_timeout`.
+    pub(super) fn deliver(&mut self, now: Instant, stall_timeout: Duration) {
+        if self.ended {
+            return;
+        }
+        if self.job.out.is_closed() {
+            return self.end(None);
+        }
+        if self.deadline.is_some_and(|d| now >= d) {
+            let done = self.emit_next;
+            return self.end(Some(ServiceError::DeadlineExceeded(format!("deadline passed after {done} texts"))));
+        }
+        match hand_over(&mut self.outbox, &self.job.out, &mut self.blocked_since, now, stall_timeout) {
+            Handed::All => {}
+            Handed::Some => return,
+            Handed::Stop(why) => return self.end(why),
+        }
+        if self.complete() {
+            self.ended = true;
+        }
+    }
+
+    /// Ends the call (its prefills go with it), telling the client why when there is room.
+    pub(super) fn end(&mut self, status: Option<ServiceError>) {
+        self.ended = true;
+        self.active.clear();
+        self.outbox.clear();
+        if let (Some(permit), Some(e)) = (self.last_word.take(), status) {
+            permit.send(Err(e.into()));
+        }
+    }
+}
