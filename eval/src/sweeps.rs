@@ -13,6 +13,7 @@
 //! `progress(done, total, row)` sees each setting's row as it finishes, so a caller can keep the
 //! finished part of a sweep it cancels (dropping the future stops it between calls).
 
+use futures::StreamExt;
 use serde_json::{json, Value};
 use steer_proto::v1::{HookPoint, TextScore};
 
@@ -75,6 +76,18 @@ pub async fn perplexity_sweep(
     sweep: &Sweep,
     sets: &[TextSet],
     opts: &RunOptions,
+    progress: impl FnMut(usize, usize, &Value),
+) -> Result<Vec<Value>> {
+    perplexity_sweep_at(client, sweep, sets, opts, SETTINGS_AT_ONCE, progress).await
+}
+
+/// [`perplexity_sweep`] with `at_once` settings in flight (1: one after another).
+pub async fn perplexity_sweep_at(
+    client: &impl Backend,
+    sweep: &Sweep,
+    sets: &[TextSet],
+    opts: &RunOptions,
+    at_once: usize,
     mut progress: impl FnMut(usize, usize, &Value),
 ) -> Result<Vec<Value>> {
     let settings = sweep.settings();
@@ -90,16 +103,31 @@ pub async fn perplexity_sweep(
             .collect::<serde_json::Map<_, _>>()
             .into()
     };
+    // The unsteered pass above left each text's trunk in the generation worker's prefix cache:
+    // each setting's texts start at its steered stream, and settings in flight together share
+    // the worker's forwards.
+    let pending: Vec<Pending<'_, (u32, f64, Vec<f64>)>> = settings
+        .iter()
+        .copied()
+        .map(|(layer, coeff)| -> Pending<'_, (u32, f64, Vec<f64>)> {
+            Box::pin(async move {
+                let tensors = client.steering_tensors(&sweep.additions(layer, coeff), opts).await?;
+                let mut steered = vec![];
+                for set in sets {
+                    steered.push(set_perplexity(client, set, "", &tensors, opts).await?);
+                }
+                Ok((layer, coeff, steered))
+            })
+        })
+        .collect();
+    let mut per_setting = futures::stream::iter(pending).buffered(at_once.max(1));
     let mut rows = vec![];
-    for (i, &(layer, coeff)) in settings.iter().enumerate() {
-        let tensors = client.steering_tensors(&sweep.additions(layer, coeff), opts).await?;
-        let mut steered = vec![];
-        for set in sets {
-            steered.push(set_perplexity(client, set, "", &tensors, opts).await?);
-        }
+    while let Some(done) = per_setting.next().await {
+        let (layer, coeff, steered) = done?;
         rows.push(json!({"method": "actadd", "layer": layer, "coeff": coeff, "sets": measures(&steered)}));
-        progress(i + 1, settings.len() + 1, &rows[i]);
+        progress(rows.len(), settings.len() + 1, &rows[rows.len() - 1]);
     }
+    drop(per_setting);
     let mut prompted = vec![];
     for set in sets {
         prompted.push(set_perplexity(client, set, &sweep.plus, &[], opts).await?);
@@ -135,18 +163,27 @@ pub async fn kl_sweep(
     .await
 }
 
-/// Runs `row(i, layer, coeff)` for each of the sweep's settings in order, passing each row to
-/// `progress(done, total, row)` as it finishes.
+/// A setting's computation, boxed (a sweep's futures run inside spawned tasks).
+type Pending<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + Send + 'a>>;
+
+/// Settings a sweep has in flight at once: they batch in the generation worker's forwards (and
+/// fit its default `--max-score-calls`).
+pub const SETTINGS_AT_ONCE: usize = 4;
+
+/// Runs `row(i, layer, coeff)` for each of the sweep's settings, [`SETTINGS_AT_ONCE`] at a time,
+/// passing each row to `progress(done, total, row)` in order as it finishes.
 async fn each_setting<F, Fut>(sweep: &Sweep, mut progress: impl FnMut(usize, usize, &Value), mut row: F) -> Result<Vec<Value>>
 where
     F: FnMut(usize, u32, f64) -> Fut,
-    Fut: std::future::Future<Output = Result<Value>>,
+    Fut: std::future::Future<Output = Result<Value>> + Send,
 {
     let settings = sweep.settings();
+    let rows_of = settings.iter().enumerate().map(|(i, &(layer, coeff))| -> Pending<'_, Value> { Box::pin(row(i, layer, coeff)) });
+    let mut each = futures::stream::iter(rows_of.collect::<Vec<_>>()).buffered(SETTINGS_AT_ONCE);
     let mut rows = vec![];
-    for (i, &(layer, coeff)) in settings.iter().enumerate() {
-        rows.push(row(i, layer, coeff).await?);
-        progress(i + 1, settings.len(), &rows[i]);
+    while let Some(r) = each.next().await {
+        rows.push(r?);
+        progress(rows.len(), settings.len(), &rows[rows.len() - 1]);
     }
     Ok(rows)
 }

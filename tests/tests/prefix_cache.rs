@@ -87,9 +87,9 @@ async fn score_bits(client: &SteerClient, texts: &[(String, String)], tensors: &
 }
 
 /// Score runs in the engine loop through the same cache: a sweep's unsteered pass leaves each
-/// text's trunk, and every steered setting after it starts from its steered stream. The scores
-/// equal a server's without the cache bit for bit, and a text scores the same alone as among
-/// others (no padding: each text is its own row).
+/// text's trunk, and every steered setting after it starts from its steered stream; texts over
+/// one context start after it. The scores equal a server's without the cache bit for bit, and a
+/// text scores the same alone as among others (no padding: each text is its own row).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scores_through_the_cache_equal_a_server_without_it_and_never_depend_on_the_other_texts() {
     let e = engine();
@@ -99,6 +99,10 @@ async fn scores_through_the_cache_equal_a_server_without_it_and_never_depend_on_
         ("", "I went to a wedding and the bride was lovely"),
         ("", "The weather today is cold and grey, and it rained all afternoon long"),
         ("Love", " is all you need"),
+        // One context, three continuations: the context is computed once.
+        ("The weather today in the north", " is cold"),
+        ("The weather today in the north", " was lovely and warm all day"),
+        ("The weather today in the north", " will be"),
     ]
     .iter()
     .map(|(p, c)| (p.to_string(), c.to_string()))

@@ -189,6 +189,9 @@ pub struct ServiceArgs {
     /// Library directory of the embedded server [default: as `steer serve`].
     #[arg(long, env = "STEER_VECTOR_DIR")]
     vector_dir: Option<PathBuf>,
+    /// The embedded server's prefix cache, MiB (as `steer serve --prefix-cache-mib`; 0: off).
+    #[arg(long, default_value_t = 1024, env = "STEER_PREFIX_CACHE_MIB")]
+    prefix_cache_mib: usize,
     #[command(flatten)]
     pub conn: ConnectArgs,
     #[command(flatten)]
@@ -226,7 +229,9 @@ impl ServiceArgs {
         }
         let model = self.model.clone();
         let engine = Arc::new(tokio::task::spawn_blocking(move || model.load()).await??);
-        let local = LocalServer::start(engine, embedded_config(self.vector_dir.clone())).await?;
+        let mut cfg = embedded_config(self.vector_dir.clone());
+        cfg.generation.prefix_cache_bytes = self.prefix_cache_mib << 20;
+        let local = LocalServer::start(engine, cfg).await?;
         Ok((SteerClient::connect(&local.url(), &[local.url()]).await?, Some(local)))
     }
 }

@@ -79,10 +79,95 @@ impl Default for GenerationConfig {
             read_timeout: std::time::Duration::from_secs(30),
             max_score_texts: 1024,
             score_batch_tokens: 1024,
-            max_score_calls: 2,
+            max_score_calls: 8,
             vector_cache_bytes: 256 << 20,
             prefix_cache_bytes: 1 << 30,
             worker_id: String::new(),
         }
+    }
+}
+
+/// The most memory the generation worker's budgets allow it to hold, part by part
+/// ([`GenerationConfig::memory_plan`]): what a container's memory limit must cover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryPlan {
+    /// The loaded weights.
+    pub weights: u64,
+    /// KV of `max_batch_tokens` positions (f32 keys and values of every layer).
+    pub kv: u64,
+    /// `prefix_cache_bytes`.
+    pub prefix_cache: u64,
+    /// `max_inflight_bytes` of steering tensors.
+    pub inflight: u64,
+    /// `vector_cache_bytes` of library vectors.
+    pub vectors: u64,
+    /// One forward's logits at its largest (`score_batch_tokens` positions x the vocabulary).
+    pub logits: u64,
+}
+
+impl MemoryPlan {
+    pub fn total(&self) -> u64 {
+        self.weights + self.kv + self.prefix_cache + self.inflight + self.vectors + self.logits
+    }
+}
+
+impl std::fmt::Display for MemoryPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let gb = |b: u64| b as f64 / 1e9;
+        write!(
+            f,
+            "weights {:.2} GB + KV {:.2} GB (--max-batch-tokens) + prefix cache {:.2} GB (--prefix-cache-mib) + steering in flight \
+             {:.2} GB (--max-inflight-bytes) + library vectors {:.2} GB + logits {:.2} GB = {:.2} GB",
+            gb(self.weights),
+            gb(self.kv),
+            gb(self.prefix_cache),
+            gb(self.inflight),
+            gb(self.vectors),
+            gb(self.logits),
+            gb(self.total())
+        )
+    }
+}
+
+impl GenerationConfig {
+    /// The most memory these budgets let a worker hold on `info`'s model with `weight_bytes`
+    /// of weights.
+    pub fn memory_plan(&self, info: &steer_model::ModelInfo, weight_bytes: usize) -> MemoryPlan {
+        let kv_per_position = (info.n_layer * 2 * info.d_model * 4) as u64;
+        MemoryPlan {
+            weights: weight_bytes as u64,
+            kv: self.max_batch_tokens as u64 * kv_per_position,
+            prefix_cache: self.prefix_cache_bytes as u64,
+            inflight: self.max_inflight_bytes,
+            vectors: self.vector_cache_bytes,
+            logits: (self.score_batch_tokens.max(self.prefill_tokens_per_step + self.max_batch_rows) * info.vocab_size * 4) as u64,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_memory_plan_of_xl_f32_with_the_defaults_fits_a_24_gib_machine() {
+        let info = steer_model::ModelInfo {
+            name: "gpt2-xl".into(),
+            revision: String::new(),
+            n_layer: 48,
+            d_model: 1600,
+            n_head: 25,
+            n_positions: 1024,
+            vocab_size: 50257,
+            dtype: steer_model::WeightDtype::F32,
+            architecture: "gpt2".into(),
+            fingerprint: String::new(),
+        };
+        let plan = GenerationConfig::default().memory_plan(&info, 6_224_000_000);
+        // 48 layers x K and V x 1600 x 4 bytes = 614 KB per position.
+        assert_eq!(plan.kv, 8192 * 614_400);
+        assert_eq!(plan.prefix_cache, 1 << 30);
+        assert!(plan.total() < 24 << 30, "{plan}");
+        assert!(plan.to_string().contains("= 13."), "{plan}");
     }
 }

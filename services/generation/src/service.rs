@@ -38,8 +38,14 @@ pub struct GenerationWorker {
 
 impl GenerationWorker {
     pub fn new(engine: Arc<Engine>, config: GenerationConfig, metrics: Arc<steer_telemetry::Metrics>) -> Self {
-        let scheduler = Arc::new(Scheduler::new(engine.clone(), &config, metrics));
         let info = engine.info();
+        let plan = config.memory_plan(info, engine.weight_bytes());
+        metrics.memory_budget_bytes.set(plan.total() as i64);
+        tracing::info!(%plan, "generation worker memory budgets");
+        if let Some(total) = physical_memory().filter(|&m| plan.total() > m) {
+            tracing::warn!(%plan, machine_gb = total as f64 / 1e9, "the budgets allow more memory than this machine has");
+        }
+        let scheduler = Arc::new(Scheduler::new(engine.clone(), &config, metrics));
         let limits = ReadLimits {
             max_tensors: config.max_tensors,
             max_tensor_bytes: (info.n_positions * info.d_model * 4) as u64,
@@ -103,6 +109,13 @@ impl GenerationWorker {
         self.scheduler.submit(valid, tx, deadline)?;
         Ok(ReceiverStream::new(rx))
     }
+}
+
+/// Bytes of memory this machine has (`MemTotal`, Linux), if known.
+fn physical_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = info.lines().find_map(|l| l.strip_prefix("MemTotal:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// The client's deadline (`grpc-timeout`: at most 8 digits and a unit, H M S m u n, per the

@@ -2,6 +2,9 @@
 //! each with `load(params, prefix, cfg)` and `forward`. Hook points sit between blocks (see
 //! `hooks`). The large matrices are [`Matrix`]es in the loaded dtype; activations are f32.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Embedding, LayerNorm};
 use rayon::prelude::*;
@@ -296,6 +299,8 @@ pub struct Gpt2 {
     cfg: Config,
     device: Device,
     fingerprint: String,
+    /// Block-positions computed so far (rows x positions through each block), for benchmarks.
+    work: Arc<AtomicU64>,
 }
 
 /// See [`Gpt2::fingerprint`].
@@ -320,7 +325,8 @@ impl Gpt2 {
         let ln_f_b = p.tensor("ln_f.bias", &[cfg.n_embd])?;
         let fingerprint = weights_fingerprint(&[&wpe_w, &ln_f_w, &ln_f_b])?;
         let ln_f = LayerNorm::new(ln_f_w, ln_f_b, cfg.layer_norm_epsilon);
-        Ok(Self { wte, wpe: Embedding::new(wpe_w, cfg.n_embd), blocks, ln_f, cfg: cfg.clone(), device: device.clone(), fingerprint })
+        let wpe = Embedding::new(wpe_w, cfg.n_embd);
+        Ok(Self { wte, wpe, blocks, ln_f, cfg: cfg.clone(), device: device.clone(), fingerprint, work: Arc::default() })
     }
 
     /// 16 hex digits of SHA-256 over the position embeddings and the final layer norm as
@@ -332,6 +338,13 @@ impl Gpt2 {
 
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// Block-positions computed since loading: each block run adds the rows it ran on (one per
+    /// position of each row of a prefill, one per decoding row). What a prefix cache saves shows
+    /// here.
+    pub fn block_positions(&self) -> u64 {
+        self.work.load(Ordering::Relaxed)
     }
     /// The activations' dtype: f32, whatever the weights are held in.
     pub fn dtype(&self) -> DType {
@@ -415,6 +428,7 @@ impl Gpt2 {
                     })?;
                 }
                 if live.iter().any(|l| l.at(stream - 1)) {
+                    self.work.fetch_add(x.dim(0)? as u64, Ordering::Relaxed);
                     x = self.blocks[stream - 1].forward(&x, stream - 1, &mut parts, &live)?;
                 }
                 if live.iter().any(|l| !l.done && l.from == stream) {

@@ -50,6 +50,28 @@ impl KvCache {
         &mut self.layers[i]
     }
 
+    /// Fills an empty cache with `rows`' keys and values (one batch row each, every layer, the
+    /// same positions), as if a prefill had computed them.
+    pub fn preload(&mut self, rows: &[&RowKv], n_head: usize) -> Result<()> {
+        debug_assert!(self.is_empty(), "preloading a cache in use");
+        let Some(first) = rows.first() else { return Ok(()) };
+        let (s, d) = (first.len, first.d);
+        let dev = candle_core::Device::Cpu;
+        for (l, layer) in self.layers.iter_mut().enumerate() {
+            // [S, H * hd] per row -> [B, H, S, hd].
+            let stack = |pick: &dyn Fn(&RowKv) -> &Vec<f32>| -> Result<Tensor> {
+                let per_row = rows
+                    .iter()
+                    .map(|r| Ok(Tensor::from_slice(&pick(r)[..s * d], (s, n_head, d / n_head), &dev)?.transpose(0, 1)?))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Tensor::stack(&per_row, 0)?.contiguous()?)
+            };
+            let (k, v) = (stack(&|r: &RowKv| &r.k[l])?, stack(&|r: &RowKv| &r.v[l])?);
+            layer.append(&k, &v)?;
+        }
+        Ok(())
+    }
+
     /// Row `row`'s cache as a [`RowKv`], without its first `skip` (left-padding) positions. The
     /// first `shared_layers` layers hold one row per group of rows (see
     /// `gpt2::Input::Batch`): there the row's group, `group`, is read.
@@ -116,6 +138,12 @@ impl RowKv {
     pub(crate) fn layers_below(&self, n: usize) -> Self {
         let take = |ls: &[Vec<f32>]| ls.iter().enumerate().map(|(l, v)| if l < n { v.to_vec() } else { vec![] }).collect();
         Self { k: take(&self.k), v: take(&self.v), len: self.len, d: self.d }
+    }
+
+    /// A copy of the first `n` positions.
+    pub(crate) fn prefix(&self, n: usize) -> Self {
+        let take = |ls: &[Vec<f32>]| ls.iter().map(|v| v[..(n * self.d).min(v.len())].to_vec()).collect();
+        Self { k: take(&self.k), v: take(&self.v), len: n.min(self.len), d: self.d }
     }
 
     /// `above` with its first `n` layers taken from `below` (the same positions).

@@ -47,6 +47,7 @@ pub struct Metrics {
     pub prefix_cache_misses: IntGauge,
     pub prefix_cache_positions_reused: IntGauge,
     pub prefix_cache_partial_hits: IntGauge,
+    pub memory_budget_bytes: IntGauge,
     pub prefix_cache_block_positions_reused: IntGauge,
     pub prefix_cache_bytes: IntGauge,
     pub prefix_cache_entries: IntGauge,
@@ -89,6 +90,10 @@ impl Metrics {
             prefix_cache_hits: g("prefix_cache_hits", "prompt rows served from the prefix cache"),
             prefix_cache_misses: g("prefix_cache_misses", "prompt rows the prefix cache did not hold"),
             prefix_cache_positions_reused: g("prefix_cache_positions_reused", "prompt positions not prefilled thanks to the prefix cache"),
+            memory_budget_bytes: g(
+                "memory_budget_bytes",
+                "the most memory the generation worker's budgets allow: weights, KV, prefix cache, tensors in flight, vectors, logits",
+            ),
             prefix_cache_partial_hits: g(
                 "prefix_cache_partial_hits",
                 "steered rows prefilled from a cached unsteered trunk, from their first steered stream",
@@ -125,6 +130,7 @@ impl Metrics {
             &m.prefix_cache_misses,
             &m.prefix_cache_positions_reused,
             &m.prefix_cache_partial_hits,
+            &m.memory_budget_bytes,
             &m.prefix_cache_block_positions_reused,
             &m.prefix_cache_bytes,
             &m.prefix_cache_entries,

@@ -147,14 +147,14 @@ impl EngineLoop {
     /// at least when nothing else runs).
     fn start_texts(&mut self) {
         for i in 0..self.scoring.len() {
-            while self.scoring[i].pending() {
+            while let Some(t) = self.scoring[i].next_text() {
                 let (rows, reserved) = self.in_use();
-                let (r, k) = self.scoring[i].next_cost();
+                let (r, k) = self.scoring[i].cost(t);
                 let fits = rows + r <= self.cfg.max_batch_rows && reserved + k <= self.cfg.max_batch_tokens;
                 if !fits && rows > 0 {
-                    return;
+                    return self.prefix_metrics();
                 }
-                self.scoring[i].start_next(&self.engine, &mut self.prefix);
+                self.scoring[i].start(t, &self.engine, &mut self.prefix);
             }
         }
         self.prefix_metrics();

@@ -31,8 +31,8 @@ pub(crate) struct ScoreJob {
 pub(super) struct Scoring {
     job: ScoreJob,
     deadline: Option<Instant>,
-    /// The next text to start.
-    next: usize,
+    /// Texts started so far, by text.
+    started: Vec<bool>,
     /// Texts being computed: (text, its prefill).
     pub(super) active: Vec<(usize, Box<Prefill>)>,
     /// Finished texts' scores waiting for the texts before them.
@@ -50,11 +50,12 @@ impl Scoring {
     /// `None` when the client already left.
     pub(super) fn new(job: ScoreJob, deadline: Option<Instant>) -> Option<Self> {
         let last_word = job.out.clone().try_reserve_owned().ok()?;
+        let n = job.valid.texts.len();
         Some(Self {
             last_word: Some(last_word),
             job,
             deadline,
-            next: 0,
+            started: vec![false; n],
             active: vec![],
             finished: BTreeMap::new(),
             emit_next: 0,
@@ -75,24 +76,35 @@ impl Scoring {
         self.active.len() * self.job.valid.sides().len()
     }
 
+    /// The first text not started yet whose context (a prompt of 2+ tokens) no running text
+    /// shares: a text whose context is being computed waits for the prefix cache to hold it, so
+    /// a context is computed once.
+    pub(super) fn next_text(&self) -> Option<usize> {
+        if self.ended {
+            return None;
+        }
+        let texts = &self.job.valid.texts;
+        let context = |i: usize| &texts[i].ids[..texts[i].start];
+        (0..texts.len()).filter(|&i| !self.started[i]).find(|&i| context(i).len() < 2 || !self.active.iter().any(|&(a, _)| context(a) == context(i)))
+    }
+
     /// Texts not started yet.
     pub(super) fn pending(&self) -> bool {
-        !self.ended && self.next < self.job.valid.texts.len()
+        !self.ended && self.started.iter().any(|s| !s)
     }
 
-    /// The rows and KV positions the next text would take.
-    pub(super) fn next_cost(&self) -> (usize, usize) {
+    /// The rows and KV positions text `i` takes.
+    pub(super) fn cost(&self, i: usize) -> (usize, usize) {
         let rows = self.job.valid.sides().len();
-        (rows, self.job.valid.texts.get(self.next).map_or(0, |t| t.ids.len() * rows))
+        (rows, self.job.valid.texts[i].ids.len() * rows)
     }
 
-    /// Starts the next text: a scoring prefill, or its scores at once when the prefix cache
-    /// holds every row.
-    pub(super) fn start_next(&mut self, engine: &Engine, cache: &mut PrefixCache) {
-        let i = self.next;
-        self.next += 1;
-        let ids = &self.job.valid.texts[i].ids;
-        match engine.begin_score(ids, &self.job.valid.sides(), Some(cache)) {
+    /// Starts text `i`: a scoring prefill, or its scores at once when the prefix cache holds
+    /// every row.
+    pub(super) fn start(&mut self, i: usize, engine: &Engine, cache: &mut PrefixCache) {
+        self.started[i] = true;
+        let t = &self.job.valid.texts[i];
+        match engine.begin_score(&t.ids, t.start, &self.job.valid.sides(), Some(cache)) {
             Ok(mut p) => match p.take_scored() {
                 Some(scored) => self.text_done(engine, i, scored),
                 None => self.active.push((i, Box::new(p))),

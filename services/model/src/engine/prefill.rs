@@ -39,11 +39,38 @@ impl Engine {
     /// whatever else shares the forward), so its numbers depend on the text, its steering and
     /// the chunk size only; with `cache`, as [`Engine::begin_cached`] (a scored row it holds is
     /// not recomputed; a steered row starts from the text's cached trunk).
-    pub fn begin_score(&self, ids: &[u32], sides: &[Vec<Addition>], cache: Option<&mut PrefixCache>) -> Result<Prefill> {
+    ///
+    /// `context` (the text's prompt, `ids[..context]`) is a chunk boundary: the rows' states
+    /// there are kept too ([`Prefill::remember`]), so a later text with the same context (and
+    /// steering) starts after it, from its KV; the numbers are the same either way.
+    pub fn begin_score(&self, ids: &[u32], context: usize, sides: &[Vec<Addition>], cache: Option<&mut PrefixCache>) -> Result<Prefill> {
         let rows: Vec<RowRequest> =
             sides.iter().map(|a| RowRequest { prompt: ids.to_vec(), additions: a.clone(), sampling: SamplingParams::greedy(), seed: 0 }).collect();
         let opts = GenerateOptions { max_new_tokens: 0, stop_at_eos: false, ..Default::default() };
-        self.begin_with(&rows, &opts, cache.filter(|c| c.enabled()), true)
+        let mut cache = cache.filter(|c| c.enabled());
+        let boundary = (0 < context && context < ids.len()).then_some(context);
+        let mut p = self.begin_with(&rows, &opts, cache.as_deref_mut(), true)?;
+        p.boundary = boundary;
+        // The context's states, when the cache holds them for every row still to compute (and
+        // no trunk was found): start after it.
+        let (Some(b), Some(c), None) = (boundary, cache, &p.trunk) else { return Ok(p) };
+        let adds = |d: usize| &rows[p.fan_out.iter().position(|&g| g as usize == d).expect("a row")].additions;
+        let keys: Vec<RowKey> = p.todo.iter().map(|&d| row_key(&ids[..b], adds(d))).collect();
+        if keys.is_empty() || !keys.iter().all(|k| c.holds_scored(k)) {
+            return Ok(p);
+        }
+        let held: Vec<Held> = keys.iter().map(|k| c.context(k).expect("held")).collect();
+        p.cache.preload(&held.iter().map(|h| &h.kv).collect::<Vec<_>>(), self.info.n_head)?;
+        p.scoring =
+            Some(held.iter().map(|h| [h.logprobs.clone().unwrap_or_default(), vec![log_softmax_at(&h.logits, ids[b] as usize)]].concat()).collect());
+        if let Some(j) = p.keep {
+            p.kept = held[j].streams.clone();
+            if p.kept.is_empty() {
+                p.keep = None; // the context kept no trunk: neither does the text
+            }
+        }
+        (p.done, p.shared) = (b, None);
+        Ok(p)
     }
 
     fn begin_with(&self, rows: &[RowRequest], opts: &GenerateOptions, cache: Option<&mut PrefixCache>, scoring: bool) -> Result<Prefill> {
@@ -103,6 +130,8 @@ impl Engine {
             keys,
             keep,
             kept: vec![],
+            boundary: None,
+            context_states: vec![],
             scoring: scoring.then(Vec::new),
             scored: None,
             ready: None,
@@ -205,16 +234,44 @@ impl Engine {
     /// A scoring prefill's chunk is over: the log-probability of each token after one of the
     /// chunk's positions, from `logits` (`[rows * t, V]`, the prefilled rows' positions `p0..p1`).
     pub(super) fn score_chunk(&self, p: &mut Prefill, p0: usize, logits: &[Vec<f32>]) {
+        use rayon::prelude::*;
         let Some(acc) = &mut p.scoring else { return };
         let t = logits.len() / acc.len().max(1);
         for (j, acc) in acc.iter_mut().enumerate() {
             let ids = &p.seqs[j];
-            for (q, l) in (p0..p0 + t).zip(&logits[j * t..(j + 1) * t]) {
-                if let Some(&next) = ids.get(q + 1) {
-                    acc.push(log_softmax_at(l, next as usize));
-                }
-            }
+            // A log-softmax over the vocabulary per position: the positions side by side.
+            let next: Vec<(usize, u32)> = (p0..p0 + t).enumerate().filter_map(|(i, q)| ids.get(q + 1).map(|&n| (i, n))).collect();
+            acc.extend(next.par_iter().map(|&(i, n)| log_softmax_at(&logits[j * t + i], n as usize)).collect::<Vec<_>>());
         }
+    }
+
+    /// A scoring prefill reached its context (`logits`: the chunk's, `[rows * t, V]`): keeps
+    /// each prefilled row's state there for [`Prefill::remember`].
+    pub(super) fn keep_context(&self, p: &mut Prefill, logits: &[Vec<f32>]) -> Result<()> {
+        let (Some(b), Some(acc)) = (p.boundary, &p.scoring) else { return Ok(()) };
+        if p.done != b || p.todo.is_empty() {
+            return Ok(());
+        }
+        let (shared_layers, groups) = match &p.shared {
+            Some(sh) => (sh.streams - 1, sh.groups.clone()),
+            None => (0, (0..p.seqs.len()).collect()),
+        };
+        let t = logits.len() / p.todo.len();
+        let mut states = vec![];
+        for j in 0..p.todo.len() {
+            let kv = p.cache.row(j, shared_layers, groups[j], 0)?;
+            let kv = match &p.trunk {
+                Some(tr) => RowKv::splice(&tr.kv.prefix(b), tr.stream, kv),
+                None => kv,
+            };
+            let streams = if p.keep == Some(j) { p.kept.clone() } else { vec![] };
+            // The context's own tokens 1..b-1; token b is the continuation's (its log-probability
+            // comes from these last logits when a text starts here).
+            let logprobs = acc[j][..b - 1].to_vec();
+            states.push(Held { kv, logits: logits[(j + 1) * t - 1].clone(), logprobs: Some(logprobs), streams });
+        }
+        p.context_states = states;
+        Ok(())
     }
 
     /// The streams a prefill keeps as its unsteered row's trunk ([`Prefill::remember`]), from
@@ -262,6 +319,10 @@ pub struct Prefill {
     kept: Vec<Vec<f32>>,
     /// A scoring prefill ([`Engine::begin_score`]): each prefilled row's log-probabilities so far.
     pub(super) scoring: Option<Vec<Vec<f32>>>,
+    /// A scoring prefill's context length: a chunk ends there, and the rows' states there are
+    /// kept ([`Prefill::remember`]) as `context_states` (per prefilled row).
+    pub(super) boundary: Option<usize>,
+    pub(super) context_states: Vec<Held>,
     /// A scoring prefill's scores, per row, once it is over.
     scored: Option<Vec<Scored>>,
     /// The sequences, when the cache held every row (nothing to prefill).
@@ -317,7 +378,18 @@ impl Prefill {
             let (Some(key), Some(logits)) = (self.keys.get(d), seqs.get(r).and_then(|s| s.logits.as_deref())) else { continue };
             let streams = if self.keep == Some(j) { std::mem::take(&mut self.kept) } else { vec![] };
             let logprobs = self.scoring.as_ref().map(|acc| acc[j].clone());
-            cache.insert(*key, &seqs[r].kv, logits, logprobs, streams);
+            // A steered scored row keeps its scores, not its KV (see `prefix_cache`).
+            let kv = match (&logprobs, self.rows[r].additions.is_empty()) {
+                (Some(_), false) => &RowKv::default(),
+                _ => &seqs[r].kv,
+            };
+            cache.insert(*key, kv, logits, logprobs, streams);
+        }
+        if let Some(context) = self.context_ids().map(<[u32]>::to_vec) {
+            for (j, held) in std::mem::take(&mut self.context_states).into_iter().enumerate() {
+                let additions = &self.rows[self.fan_out.iter().position(|&g| g as usize == self.todo[j]).expect("a row")].additions;
+                cache.insert(row_key(&context, additions), &held.kv, &held.logits, held.logprobs, held.streams);
+            }
         }
     }
 
@@ -357,8 +429,18 @@ impl Prefill {
         self.layout.width - self.done
     }
 
-    /// Positions the next chunk of at most `max_tokens` covers ([`Engine::run`]).
+    /// Positions the next chunk of at most `max_tokens` covers ([`Engine::run`]); a scoring
+    /// prefill's chunk also ends at its context.
     pub fn next_chunk(&self, max_tokens: usize) -> usize {
-        self.remaining().min(max_tokens.max(1))
+        let n = self.remaining().min(max_tokens.max(1));
+        match self.boundary {
+            Some(b) if b > self.done => n.min(b - self.done),
+            _ => n,
+        }
+    }
+
+    /// The context of a scoring prefill (its tokens up to the boundary).
+    fn context_ids(&self) -> Option<&[u32]> {
+        self.boundary.map(|b| &self.seqs.first().map_or(&self.rows[0].prompt, |s| s)[..b])
     }
 }

@@ -10,7 +10,9 @@
 //! stream S with the trunk's residual and takes the trunk's keys and values below S (a
 //! partial hit: a coefficient change, another steering text at the layer, a sweep).
 //!
-//! Bounded in bytes, least recently used out first. A hit copies the state out, so nothing a
+//! Bounded in bytes, least recently used out first (trunks after every other entry). A steered
+//! row a Score computed is kept without its KV (its scores and last logits: what a Score asks
+//! again), so sweeps do not push the trunks out. A hit copies the state out, so nothing a
 //! running request reads is ever evicted, and a full cache still serves every request.
 
 use std::collections::HashMap;
@@ -66,6 +68,8 @@ pub(crate) struct Held {
     pub(crate) kv: RowKv,
     pub(crate) logits: Vec<f32>,
     pub(crate) logprobs: Option<Vec<f32>>,
+    /// An unsteered row's trunk ([`Entry::streams`]), where asked for.
+    pub(crate) streams: Vec<Vec<f32>>,
 }
 
 struct Entry {
@@ -110,19 +114,37 @@ impl PrefixCache {
     /// hit or a miss.
     pub(crate) fn lookup(&mut self, key: &RowKey, scored: bool) -> Option<Held> {
         self.clock += 1;
-        match self.entries.get_mut(key).filter(|e| !scored || e.logprobs.is_some()) {
+        // A steered row kept from a Score has no KV: it serves Score only.
+        match self.entries.get_mut(key).filter(|e| if scored { e.logprobs.is_some() } else { e.kv.n_layer() > 0 }) {
             Some(e) => {
                 e.used = self.clock;
                 self.stats.hits += 1;
                 self.stats.positions_reused += e.kv.len() as u64;
                 self.stats.block_positions_reused += (e.kv.len() * e.kv.n_layer()) as u64;
-                Some(Held { kv: e.kv.clone(), logits: e.logits.clone(), logprobs: e.logprobs.clone() })
+                Some(Held { kv: e.kv.clone(), logits: e.logits.clone(), logprobs: e.logprobs.clone(), streams: vec![] })
             }
             None => {
                 self.stats.misses += 1;
                 None
             }
         }
+    }
+
+    /// Whether a scored row is held under `key` (no counting).
+    pub(crate) fn holds_scored(&self, key: &RowKey) -> bool {
+        self.entries.get(key).is_some_and(|e| e.logprobs.is_some() && e.kv.n_layer() > 0)
+    }
+
+    /// A copy of the scored row under `key` with its trunk, as a text's context (counted as a
+    /// partial hit).
+    pub(crate) fn context(&mut self, key: &RowKey) -> Option<Held> {
+        self.clock += 1;
+        let e = self.entries.get_mut(key).filter(|e| e.logprobs.is_some() && e.kv.n_layer() > 0)?;
+        e.used = self.clock;
+        self.stats.partial_hits += 1;
+        self.stats.positions_reused += e.kv.len() as u64;
+        self.stats.block_positions_reused += (e.kv.len() * e.kv.n_layer()) as u64;
+        Some(Held { kv: e.kv.clone(), logits: e.logits.clone(), logprobs: e.logprobs.clone(), streams: e.streams.clone() })
     }
 
     /// The trunk of the unsteered row under `key` at `stream` (in `1..=n_layer`): the keys and
@@ -147,7 +169,9 @@ impl PrefixCache {
         }
         if let Some(e) = self.entries.get(&key) {
             // Held already: keep it unless this one knows more (scores, a trunk).
-            let more = (e.logprobs.is_none() && logprobs.is_some()) || (e.streams.is_empty() && !streams.is_empty());
+            let more = (e.logprobs.is_none() && logprobs.is_some())
+                || (e.streams.is_empty() && !streams.is_empty())
+                || (e.kv.n_layer() == 0 && kv.n_layer() > 0);
             if !more {
                 return;
             }
@@ -155,7 +179,8 @@ impl PrefixCache {
             self.stats.bytes -= old.bytes;
             let logprobs = logprobs.or(old.logprobs);
             let streams = if streams.is_empty() { old.streams } else { streams };
-            return self.insert(key, &old.kv, &old.logits, logprobs, streams);
+            let kv = if old.kv.n_layer() > 0 { &old.kv } else { kv };
+            return self.insert(key, kv, &old.logits, logprobs, streams);
         }
         let kv = kv.compact();
         let bytes = kv.bytes() + logits.len() * 4 + logprobs.as_ref().map_or(0, |l| l.len() * 4) + streams.iter().map(|s| s.len() * 4).sum::<usize>();
@@ -163,7 +188,8 @@ impl PrefixCache {
             return;
         }
         while self.stats.bytes + bytes > self.max_bytes {
-            let Some(oldest) = self.entries.iter().min_by_key(|(_, e)| e.used).map(|(k, _)| *k) else { break };
+            // Trunks last: every steered row of their prompt starts from one.
+            let Some(oldest) = self.entries.iter().min_by_key(|(_, e)| (!e.streams.is_empty(), e.used)).map(|(k, _)| *k) else { break };
             let e = self.entries.remove(&oldest).expect("present");
             self.stats.bytes -= e.bytes;
             self.stats.evictions += 1;
@@ -311,11 +337,11 @@ mod tests {
         let ids = e.encode("The weather today is cold and grey, and it rained all afternoon long", true).unwrap();
         let steer = rows(&e, "x", 2.0, 0)[1].additions.clone(); // at ResidPre(2), k = 2
         let mut cache = PrefixCache::new(64 << 20);
-        let plain = scored(&e, e.begin_score(&ids, &[vec![]], Some(&mut cache)).unwrap(), Some(&mut cache));
-        let warm = e.begin_score(&ids, &[vec![], steer.clone()], Some(&mut cache)).unwrap();
+        let plain = scored(&e, e.begin_score(&ids, 0, &[vec![]], Some(&mut cache)).unwrap(), Some(&mut cache));
+        let warm = e.begin_score(&ids, 0, &[vec![], steer.clone()], Some(&mut cache)).unwrap();
         assert_eq!(warm.trunk.as_ref().map(|t| t.stream), Some(2));
         let warm = scored(&e, warm, Some(&mut cache));
-        let cold = scored(&e, e.begin_score(&ids, &[vec![], steer], None).unwrap(), None);
+        let cold = scored(&e, e.begin_score(&ids, 0, &[vec![], steer], None).unwrap(), None);
         let s = cache.stats();
         assert_eq!((s.hits, s.partial_hits, s.misses), (1, 1, 2), "{s:?}");
         assert_eq!(warm[0].logprobs, plain[0].logprobs);
@@ -324,6 +350,33 @@ mod tests {
         }
         assert_eq!(cold[0].logprobs.len(), ids.len() - 1);
         assert_ne!(cold[0].logprobs, cold[1].logprobs, "the steering changed nothing");
+    }
+
+    #[test]
+    fn texts_over_one_context_compute_it_once_with_the_numbers_of_a_cold_scoring() {
+        let e = engine();
+        let ctx = e.encode("The weather today is", true).unwrap();
+        let texts: Vec<Vec<u32>> =
+            [" cold and grey", " warm", " a mystery to everyone"].iter().map(|c| [ctx.clone(), e.encode(c, false).unwrap()].concat()).collect();
+        let sides = [vec![], rows(&e, "x", 2.0, 0)[1].additions.clone()];
+        let mut cache = PrefixCache::new(64 << 20);
+        for (i, ids) in texts.iter().enumerate() {
+            let p = e.begin_score(ids, ctx.len(), &sides, Some(&mut cache)).unwrap();
+            assert_eq!(p.done, if i == 0 { 0 } else { ctx.len() }, "text {i} starts after the context");
+            let before = e.model().block_positions();
+            let warm = scored(&e, p, Some(&mut cache));
+            let warm_work = e.model().block_positions() - before;
+            let cold = scored(&e, e.begin_score(ids, ctx.len(), &sides, None).unwrap(), None);
+            for (w, c) in warm.iter().zip(&cold) {
+                assert_eq!((&w.logprobs, &w.next), (&c.logprobs, &c.next), "text {i}");
+            }
+            assert_eq!(cold[0].logprobs.len(), ids.len() - 1);
+            if i > 0 {
+                // Only the continuation's positions ran, for both rows, through every block.
+                assert_eq!(warm_work, (2 * (ids.len() - ctx.len()) * e.info().n_layer) as u64, "text {i}");
+            }
+        }
+        assert_eq!(cache.stats().partial_hits, 2 * 2, "{:?}", cache.stats());
     }
 
     #[test]

@@ -75,6 +75,7 @@ impl Engine {
             let last_logits = match p.is_scoring() {
                 true => {
                     self.score_chunk(p, c.p0, &mine);
+                    self.keep_context(p, &mine)?;
                     let t = c.p1 - c.p0;
                     match ends {
                         true => mine.chunks(t).map(|rows| rows[t - 1].clone()).collect(),
