@@ -140,18 +140,14 @@ impl RowKv {
         Self { k: take(&self.k), v: take(&self.v), len: self.len, d: self.d }
     }
 
-    /// A copy of the first `n` positions.
-    pub(crate) fn prefix(&self, n: usize) -> Self {
-        let take = |ls: &[Vec<f32>]| ls.iter().map(|v| v[..(n * self.d).min(v.len())].to_vec()).collect();
-        Self { k: take(&self.k), v: take(&self.v), len: n.min(self.len), d: self.d }
-    }
-
-    /// `above` with its first `n` layers taken from `below` (the same positions).
+    /// `above` with its first `n` layers taken from `below`, whose first `above.len()`
+    /// positions are the same positions.
     pub(crate) fn splice(below: &RowKv, n: usize, mut above: RowKv) -> Self {
-        debug_assert_eq!(below.len, above.len, "the same positions");
+        debug_assert!(below.len >= above.len, "below covers above's positions");
+        let at = above.len * above.d;
         for l in 0..n.min(above.k.len()) {
-            above.k[l] = below.k[l].clone();
-            above.v[l] = below.v[l].clone();
+            above.k[l] = below.k[l][..at].to_vec();
+            above.v[l] = below.v[l][..at].to_vec();
         }
         above
     }

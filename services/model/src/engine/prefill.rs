@@ -214,18 +214,9 @@ impl Engine {
     /// its distinct row, held by the prefix cache or prefilled here (`logits[j]` for the j-th
     /// row computed).
     pub(super) fn sequences(&self, p: &Prefill, logits: Vec<Vec<f32>>) -> Result<Vec<Sequence>> {
-        let (shared_layers, groups) = match &p.shared {
-            Some(sh) => (sh.streams - 1, sh.groups.clone()),
-            None => (0, (0..p.seqs.len()).collect()),
-        };
         let mut states: Vec<Option<(RowKv, Vec<f32>)>> = p.held.iter().map(|h| h.as_ref().map(|h| (h.kv.clone(), h.logits.clone()))).collect();
         for ((j, &d), logits) in p.todo.iter().enumerate().zip(logits) {
-            let kv = p.cache.row(j, shared_layers, groups[j], p.layout.offsets[j])?;
-            let kv = match &p.trunk {
-                Some(t) => RowKv::splice(&t.kv, t.stream, kv),
-                None => kv,
-            };
-            states[d] = Some((kv, logits));
+            states[d] = Some((p.row_kv(j)?, logits));
         }
         let state = |g: u32| states[g as usize].as_ref().expect("every distinct row held or prefilled");
         Ok(p.rows.iter().zip(&p.fan_out).map(|(r, &g)| Sequence::new(r, state(g).0.clone(), state(g).1.clone(), &p.opts)).collect())
@@ -252,18 +243,10 @@ impl Engine {
         if p.done != b || p.todo.is_empty() {
             return Ok(());
         }
-        let (shared_layers, groups) = match &p.shared {
-            Some(sh) => (sh.streams - 1, sh.groups.clone()),
-            None => (0, (0..p.seqs.len()).collect()),
-        };
         let t = logits.len() / p.todo.len();
         let mut states = vec![];
         for j in 0..p.todo.len() {
-            let kv = p.cache.row(j, shared_layers, groups[j], 0)?;
-            let kv = match &p.trunk {
-                Some(tr) => RowKv::splice(&tr.kv.prefix(b), tr.stream, kv),
-                None => kv,
-            };
+            let kv = p.row_kv(j)?;
             let streams = if p.keep == Some(j) { p.kept.clone() } else { vec![] };
             // The context's own tokens 1..b-1; token b is the continuation's (its log-probability
             // comes from these last logits when a text starts here).
@@ -363,6 +346,19 @@ pub(super) struct PromptGroups {
 }
 
 impl Prefill {
+    /// Prefilled row `j`'s keys and values so far (without its left padding; below a trunk's
+    /// stream, the trunk's).
+    fn row_kv(&self, j: usize) -> Result<RowKv> {
+        let kv = match &self.shared {
+            Some(sh) => self.cache.row(j, sh.streams - 1, sh.groups[j], self.layout.offsets[j])?,
+            None => self.cache.row(j, 0, j, self.layout.offsets[j])?,
+        };
+        Ok(match &self.trunk {
+            Some(t) => RowKv::splice(&t.kv, t.stream, kv),
+            None => kv,
+        })
+    }
+
     /// The sequences when the prefix cache held every row ([`Engine::begin_cached`]): the
     /// request decodes at once.
     pub fn take_ready(&mut self) -> Option<Vec<Sequence>> {
