@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
-# Validates deploy/ offline: Kubernetes manifests against the API schemas (kubernetes-validate),
-# compose.yaml with `docker compose config` where the compose plugin exists (else a YAML check).
+# Validates deploy/ offline: the Kubernetes manifests rendered and checked against the API
+# schemas (kubernetes-validate), against the workers' memory budgets and the rules in
+# scripts/check_deploy.py, and by checkov (a static analyser of Kubernetes manifests: every
+# check passes or is skipped in the manifest with its reason); nginx's configuration with
+# `nginx -t` (tests/tests/proxy.rs runs it); compose.yaml with `docker compose config` where the
+# compose plugin exists (else a YAML check).
+# Needs: target/debug/steer (built by the test run), python3 with pyyaml, kubernetes-validate, checkov.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-manifests=$(python3 -c "import yaml; print(' '.join('deploy/k8s/' + r for r in yaml.safe_load(open('deploy/k8s/kustomization.yaml'))['resources']))")
-kubernetes-validate -k 1.31.0 --strict $manifests
+rendered=target/deploy-rendered
+python3 scripts/check_deploy.py target/debug/steer "$rendered"
+kubernetes-validate -k 1.31.0 --strict "$rendered"/base.yaml "$rendered"/hpa.yaml
+checkov -d deploy/k8s --framework kubernetes --quiet --compact --skip-download
 if docker compose version >/dev/null 2>&1; then
   docker compose -f deploy/compose.yaml config -q
   mkdir -p deploy/secrets && touch deploy/secrets/{tls.crt,tls.key,tokens}

@@ -61,7 +61,7 @@ impl ModelArgs {
     /// The model to load. A relative directory that is not under the current directory but is
     /// in the source tree this binary was built from (`fixtures/tiny-gpt2`) is taken from there,
     /// so the README's commands work from any directory.
-    fn source(&self) -> ModelSource {
+    pub fn source(&self) -> ModelSource {
         let here = std::path::Path::new(&self.model);
         let tree = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(&self.model);
         if here.is_relative() && !here.exists() && (tree.join("config.json").is_file() || tree.is_file()) {

@@ -31,6 +31,10 @@ struct Cli {
     /// Log JSON lines (with the RPC span: service, method, request id) instead of text.
     #[arg(long, global = true, env = "STEER_LOG_JSON")]
     log_json: bool,
+    /// Compute threads of the model's kernels [default: the CPUs this process may use, a
+    /// container's CPU limit included]. The numbers are the same bits whatever the count.
+    #[arg(long, global = true, env = "STEER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: Option<u16>,
     #[command(subcommand)]
     command: Command,
 }
@@ -61,6 +65,10 @@ enum Command {
     },
     /// Write a GPT-2 checkpoint with random weights in the hub layout.
     RandomModel(RandomModelArgs),
+    /// Download the model's files into the hub cache (HF_HOME) without loading them, and print
+    /// where they are (the snapshot's directory names the commit): a prefetch Job or an init
+    /// container fills the cache once, the workers then run with HF_HUB_OFFLINE=1.
+    Fetch(args::ModelArgs),
     /// Ask a server's health (exit 0 when SERVING): a probe that also works over TLS.
     Health(commands::HealthArgs),
     /// Measure prefill and decode speed of the engine (prints numbers).
@@ -115,6 +123,12 @@ fn steer() -> Result<()> {
     let serving = matches!(cli.command, Command::Serve(_) | Command::ActivationWorker(_) | Command::GenerationWorker(_));
     let default_log = if serving { "info" } else { "warn" };
     steer_telemetry::init_logging(cli.log.as_deref().unwrap_or(default_log), cli.log_json);
+    if let Some(n) = cli.threads {
+        rayon::ThreadPoolBuilder::new().num_threads(n.into()).build_global().context("--threads: the compute pool was already started")?;
+    }
+    if serving {
+        tracing::info!(threads = rayon::current_num_threads(), "compute threads");
+    }
     match cli.command {
         Command::Run(a) => args::runtime()?.block_on(commands::run(a)),
         Command::Demo(a) => args::runtime()?.block_on(commands::demo(a)),
@@ -122,6 +136,13 @@ fn steer() -> Result<()> {
         Command::ActivationWorker(a) => args::runtime()?.block_on(serve::serve(a, Role::Activation)),
         Command::GenerationWorker(a) => args::runtime()?.block_on(serve::serve(a, Role::Generation)),
         Command::Generate(a) => args::runtime()?.block_on(commands::generate(a)),
+        Command::Fetch(m) => {
+            let mut hub = steer_model::source::HubOptions::from_env();
+            hub.progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let files = m.source().resolve(&hub).with_context(|| format!("fetching {}", m.model))?;
+            println!("{}", files.dir.display());
+            Ok(())
+        }
         Command::Vector { cmd } => args::runtime()?.block_on(vector::run(cmd)),
         Command::Eval { cmd } => args::runtime()?.block_on(eval::run(cmd)),
         Command::RandomModel(a) => random_model(a),

@@ -26,6 +26,11 @@ pub struct ServeArgs {
     /// Seconds open streams may run after SIGTERM/Ctrl-C.
     #[arg(long, default_value_t = 10, env = "STEER_GRACE_SECS")]
     grace_secs: u64,
+    /// Print the memory these flags budget for (JSON: weights from the model's shapes and
+    /// --dtype, KV, caches, tensors in flight) without loading anything, and exit. What a
+    /// container's memory limit is sized from (deploy/k8s/README.md).
+    #[arg(long)]
+    print_memory_plan: bool,
     #[command(flatten)]
     limits: LimitArgs,
     #[command(flatten)]
@@ -242,6 +247,10 @@ impl ServeArgs {
 /// cannot be loaded.
 pub async fn serve(a: ServeArgs, role: Role) -> Result<()> {
     let cfg = a.config(role).context("serve flags")?;
+    if a.print_memory_plan {
+        println!("{}", serde_json::to_string_pretty(&memory_plan(&a.model, &cfg, role)?)?);
+        return Ok(());
+    }
     let model = a.model.clone();
     let scheme = if cfg.security.tls.is_some() { "TLS" } else { "plaintext" };
     eprintln!("serving {role:?} on {} ({scheme}; loading the model)", a.addr);
@@ -251,6 +260,46 @@ pub async fn serve(a: ServeArgs, role: Role) -> Result<()> {
     let load = move || model.load().map_err(|e| steer_server::ServerError::Loader(format!("{e:#}")));
     steer_server::run(&a.addr, cfg, a.metrics_addr, load, steer_server::shutdown_signal()).await?;
     Ok(())
+}
+
+/// The bytes `cfg` budgets for in `role`, from the model's shapes (its config.json when
+/// `--model` is a directory, else the released GPT-2 shape its hub name gives) and `--dtype`.
+fn memory_plan(model: &ModelArgs, cfg: &ServeConfig, role: Role) -> Result<serde_json::Value> {
+    let dir = std::path::Path::new(&model.model);
+    let shapes = if dir.join("config.json").is_file() {
+        steer_model::Config::from_file(&dir.join("config.json"))?
+    } else {
+        let name = model.model.rsplit('/').next().unwrap_or_default();
+        let size = name.strip_prefix("gpt2-").unwrap_or(if name == "gpt2" { "small" } else { name });
+        steer_model::Config::by_name(size).with_context(|| format!("--model {}: no config.json there and not a released GPT-2 name", model.model))?
+    };
+    let dtype = steer_model::WeightDtype::from(model.dtype);
+    let weights = shapes.weight_bytes(dtype) as u64;
+    let mut parts = serde_json::Map::new();
+    parts.insert("weights".into(), weights.into());
+    if role.generation() {
+        let info = steer_model::ModelInfo {
+            name: model.model.clone(),
+            revision: model.revision.clone().unwrap_or_default(),
+            n_layer: shapes.n_layer,
+            d_model: shapes.n_embd,
+            n_head: shapes.n_head,
+            n_positions: shapes.n_positions,
+            vocab_size: shapes.vocab_size,
+            dtype,
+            architecture: "gpt2".into(),
+            fingerprint: String::new(),
+        };
+        let p = cfg.generation.memory_plan(&info, weights as usize);
+        for (k, v) in [("kv", p.kv), ("prefix_cache", p.prefix_cache), ("inflight", p.inflight), ("vectors", p.vectors), ("logits", p.logits)] {
+            parts.insert(k.into(), v.into());
+        }
+    }
+    if role.activation() {
+        parts.insert("activation_cache".into(), (cfg.activation.cache_bytes as u64).into());
+    }
+    let total: u64 = parts.values().filter_map(serde_json::Value::as_u64).sum();
+    Ok(serde_json::json!({ "role": format!("{role:?}"), "dtype": format!("{dtype:?}"), "bytes": parts, "total": total }))
 }
 
 fn is_loopback(addr: &str) -> bool {

@@ -70,3 +70,46 @@ fn errors_are_a_chain_of_causes_without_a_backtrace_even_when_rust_backtrace_is_
     assert!(error.contains("no-such-dir"), "{stderr}");
     assert!(!stderr.to_lowercase().contains("backtrace") && !stderr.contains("at /"), "a backtrace in user output: {stderr}");
 }
+
+/// The same request on 1 and 3 compute threads (`RAYON_NUM_THREADS`, and `--threads`) prints the
+/// same log-probabilities to the last digit, f32 and q8_0: every reduction is split by the
+/// shape alone, so a stream replayed on a pod with another CPU count gives the same bits.
+#[test]
+fn log_probabilities_are_the_same_bits_on_any_thread_count() {
+    let run = |threads: &[(&str, &str)], extra: &[&str]| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = vec![
+            "run",
+            "--model",
+            "fixtures/tiny-gpt2",
+            "--prompt",
+            "I went up to my friend and said",
+            "--add",
+            "2:4:Love",
+            "--add",
+            "2:-4:Hate",
+            "--tokens",
+            "6",
+            "--comparisons",
+            "1",
+            "--seed",
+            "7",
+            "--top-logprobs",
+            "2",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out =
+            Command::new(env!("CARGO_BIN_EXE_steer")).args(&args).envs(threads.iter().copied()).current_dir(dir.path()).output().expect("run steer");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    for dtype in [&["--dtype", "f32"][..], &["--dtype", "q8_0"]] {
+        let one = run(&[("RAYON_NUM_THREADS", "1")], dtype);
+        assert!(one.contains("\"logprob\""), "{one}");
+        assert_eq!(run(&[("RAYON_NUM_THREADS", "3")], dtype), one, "{dtype:?}");
+        let mut flag = vec!["--threads", "2"];
+        flag.extend_from_slice(dtype);
+        assert_eq!(run(&[], &flag), one, "{dtype:?} --threads 2");
+    }
+}

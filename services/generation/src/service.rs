@@ -41,6 +41,7 @@ impl GenerationWorker {
         let info = engine.info();
         let plan = config.memory_plan(info, engine.weight_bytes());
         metrics.memory_budget_bytes.set(plan.total() as i64);
+        metrics.kv_budget_bytes.set(plan.kv as i64);
         tracing::info!(%plan, "generation worker memory budgets");
         if let Some(total) = physical_memory().filter(|&m| plan.total() > m) {
             tracing::warn!(%plan, machine_gb = total as f64 / 1e9, "the budgets allow more memory than this machine has");

@@ -103,6 +103,27 @@ impl Config {
         })
     }
 
+    /// Bytes the loaded weights take in `dtype` (what [`crate::Gpt2::weight_bytes`] reports once
+    /// loaded), from the shapes alone: the embedding matrix and each block's four matrices in
+    /// `dtype`, their biases in f32 (layer norms and positions are noise). For sizing memory
+    /// before a model is downloaded (`steer generation-worker --print-memory-plan`).
+    pub fn weight_bytes(&self, dtype: crate::WeightDtype) -> usize {
+        let d = self.n_embd;
+        let inner = self.n_inner.unwrap_or(4 * d);
+        // Linears in panels of 32 columns (n_out padded), q8_0 in rows of 32-weight blocks.
+        let elems = |n_in: usize, n_out: usize, panels: bool| {
+            let cols = if panels { n_out.next_multiple_of(32) } else { n_out };
+            match dtype {
+                crate::WeightDtype::F32 => n_in * cols * 4,
+                crate::WeightDtype::F16 | crate::WeightDtype::Bf16 => n_in * cols * 2,
+                crate::WeightDtype::Q8_0 => n_in.div_ceil(32) * n_out * 34,
+            }
+        };
+        let linear = |n_in: usize, n_out: usize| elems(n_in, n_out, true) + n_out * 4;
+        let block = linear(d, 3 * d) + linear(d, d) + linear(d, inner) + linear(inner, d);
+        elems(d, self.vocab_size, false) + self.n_layer * block
+    }
+
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
         let cfg: Config = serde_json::from_str(&text).map_err(|e| ModelError::Config { path: path.into(), message: e.to_string() })?;

@@ -135,3 +135,15 @@ fn every_dtype_stays_within_its_formats_error_at_gpt2_smalls_width() {
     write_random_checkpoint(dir.path(), &cfg, &RandomInit { seed: 11, std: 0.02, prefixed: false }, &builtin_tokenizer().unwrap()).unwrap();
     check_all("small-width", &ModelSource::Dir(dir.path().into()));
 }
+
+/// `Config::weight_bytes` (what a pod's memory limit is sized from before any download) is what
+/// the loaded weights take, in every dtype.
+#[test]
+fn weight_bytes_from_the_shapes_match_the_loaded_weights() {
+    let source = ModelSource::Dir(tiny());
+    let cfg = Config::from_file(&tiny().join("config.json")).unwrap();
+    for dtype in WeightDtype::ALL {
+        let e = Engine::load(&source, &LoadOptions { dtype, ..Default::default() }).unwrap();
+        assert_eq!(cfg.weight_bytes(dtype), e.weight_bytes(), "{dtype:?}");
+    }
+}

@@ -14,6 +14,10 @@ use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
+use steer_proto::v1::activation_service_client::ActivationServiceClient;
+use steer_proto::v1::activation_service_server::ActivationService;
+use steer_proto::v1::{GetSteeringTensorsRequest, GetSteeringTensorsResponse, GetVectorRequest, GetVectorResponse};
+
 use crate::config::ServeConfig;
 use crate::error::ServerError;
 use crate::gate::Gate;
@@ -27,7 +31,12 @@ pub struct Services {
     pub(crate) activation: Gate<ActivationWorker>,
     pub(crate) generation: Gate<GenerationWorker>,
     reporter: HealthReporter,
+    /// What `/readyz` reports: loaded, draining, stuck (the watchdog).
+    loaded: Arc<AtomicBool>,
     draining: Arc<AtomicBool>,
+    stuck: Arc<AtomicBool>,
+    /// The split-mode activation client of the HTTP routes, dialled once ([`Self::activation_api`]).
+    remote_activation: std::sync::OnceLock<Option<(ActivationServiceClient<tonic::transport::Channel>, Option<String>)>>,
     library: Option<Arc<Library>>,
 }
 
@@ -54,7 +63,10 @@ impl Services {
             generation: Gate::new(metrics.clone(), GENERATION, expose),
             metrics,
             reporter,
+            loaded: Arc::new(AtomicBool::new(false)),
             draining: Arc::new(AtomicBool::new(false)),
+            stuck: Arc::new(AtomicBool::new(false)),
+            remote_activation: std::sync::OnceLock::new(),
             library,
         };
         Ok((s, health))
@@ -95,13 +107,16 @@ impl Services {
             self.watch_generation();
         }
         self.reporter.set_service_status("", ServingStatus::Serving).await;
+        self.loaded.store(true, Ordering::SeqCst);
     }
 
     /// The watchdog: while the generation engine loop is stuck (busy with no progress for
     /// `cfg.watchdog`, or ended), health reports the generation service and the server
     /// NOT_SERVING, so probes and load balancers notice; SERVING again once it moves.
     fn watch_generation(&self) {
-        let (Some(worker), reporter, draining) = (self.generation.worker.get().cloned(), self.reporter.clone(), self.draining.clone()) else {
+        let (Some(worker), reporter, draining, flag) =
+            (self.generation.worker.get().cloned(), self.reporter.clone(), self.draining.clone(), self.stuck.clone())
+        else {
             return;
         };
         let timeout = self.cfg.watchdog;
@@ -129,15 +144,18 @@ impl Services {
                         reporter.set_service_status(name, status).await;
                     }
                     was_stuck = stuck.is_some();
+                    flag.store(was_stuck, Ordering::SeqCst);
                 }
             }
         });
     }
 
-    /// Serves `/metrics` on `addr`; activation-cache gauges are refreshed at each scrape.
+    /// Serves `/metrics` (activation-cache gauges refreshed at each scrape), `/healthz` (the
+    /// process answers: liveness) and `/readyz` (loaded, not draining, engine not stuck:
+    /// readiness and startup) on `addr`.
     pub async fn serve_metrics(&self, addr: SocketAddr) -> std::io::Result<SocketAddr> {
         let (metrics, act, gen) = (self.metrics.clone(), self.activation.worker.clone(), self.generation.worker.clone());
-        steer_telemetry::serve_metrics(addr, self.metrics.clone(), move || {
+        let refresh = move || {
             if let Some(w) = gen.get() {
                 metrics.inflight_bytes.set(w.inflight_bytes() as i64);
             }
@@ -148,8 +166,34 @@ impl Services {
                 metrics.cache_bytes.set(s.bytes as i64);
                 metrics.cache_entries.set(s.entries as i64);
             }
-        })
-        .await
+        };
+        let (loaded, draining, stuck) = (self.loaded.clone(), self.draining.clone(), self.stuck.clone());
+        let ready = move || {
+            if draining.load(Ordering::SeqCst) {
+                Err("draining".to_string())
+            } else if !loaded.load(Ordering::SeqCst) {
+                Err("loading the model".to_string())
+            } else if stuck.load(Ordering::SeqCst) {
+                Err("the generation engine is stuck (watchdog)".to_string())
+            } else {
+                Ok(())
+            }
+        };
+        steer_telemetry::serve_metrics(addr, self.metrics.clone(), steer_telemetry::Probes::new(refresh, ready)).await
+    }
+
+    /// The activation service the HTTP routes steer with: this process's, or in split mode the
+    /// activation worker the generation worker was pointed at (`--vector-source`, its token
+    /// and CA). `None` when there is neither.
+    pub(crate) fn activation_api(&self) -> Option<ActivationApi<'_>> {
+        if self.cfg.role.activation() {
+            return Some(ActivationApi::Local(&self.activation));
+        }
+        let remote = self.remote_activation.get_or_init(|| match self.vector_source() {
+            VectorSource::Remote { client, token } => Some((client, token)),
+            _ => None,
+        });
+        remote.as_ref().map(|(client, token)| ActivationApi::Remote { client: client.clone(), token: token.clone() })
     }
 
     /// Reports NOT_SERVING (on shutdown, so load balancers stop sending).
@@ -158,5 +202,41 @@ impl Services {
         for name in ["", ACTIVATION, GENERATION] {
             self.reporter.set_service_status(name, ServingStatus::NotServing).await;
         }
+    }
+}
+
+/// Where the HTTP routes reach the ActivationService ([`Services::activation_api`]).
+pub(crate) enum ActivationApi<'a> {
+    Local(&'a Gate<ActivationWorker>),
+    Remote { client: ActivationServiceClient<tonic::transport::Channel>, token: Option<String> },
+}
+
+type Responses<T> = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, tonic::Status>> + Send>>;
+
+impl ActivationApi<'_> {
+    fn request<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        if let ActivationApi::Remote { token: Some(t), .. } = self {
+            if let Ok(v) = format!("Bearer {t}").parse() {
+                req.metadata_mut().insert("authorization", v);
+            }
+        }
+        req
+    }
+
+    pub(crate) async fn get_steering_tensors(&self, msg: GetSteeringTensorsRequest) -> Result<Responses<GetSteeringTensorsResponse>, tonic::Status> {
+        let req = self.request(msg);
+        Ok(match self {
+            ActivationApi::Local(gate) => Box::pin(gate.get_steering_tensors(req).await?.into_inner()),
+            ActivationApi::Remote { client, .. } => Box::pin(client.clone().get_steering_tensors(req).await?.into_inner()),
+        })
+    }
+
+    pub(crate) async fn get_vector(&self, msg: GetVectorRequest) -> Result<GetVectorResponse, tonic::Status> {
+        let req = self.request(msg);
+        Ok(match self {
+            ActivationApi::Local(gate) => gate.get_vector(req).await?.into_inner(),
+            ActivationApi::Remote { client, .. } => client.clone().get_vector(req).await?.into_inner(),
+        })
     }
 }

@@ -21,6 +21,9 @@ pub struct Metrics {
     pub time_to_first_token: prometheus::Histogram,
     /// Whole generations (prefill + decode), seconds.
     pub generation_seconds: prometheus::Histogram,
+    /// Seconds per output token after the first (a finished request's decode time over its
+    /// row's tokens after the first): vLLM's `time_per_output_token_seconds`.
+    pub time_per_output_token: prometheus::Histogram,
     /// Requests waiting to join the running batch.
     pub queue_depth: IntGauge,
     /// Seconds a request waited before its prefill.
@@ -35,6 +38,8 @@ pub struct Metrics {
     pub step_rows: prometheus::Histogram,
     /// Bytes of KV cache the running rows hold.
     pub kv_bytes: IntGauge,
+    /// The KV budget (`--max-batch-tokens` positions), bytes: `kv_bytes` against it is KV usage.
+    pub kv_budget_bytes: IntGauge,
     /// Bytes of steering tensors held by generation requests (read, queued or running).
     pub inflight_bytes: IntGauge,
     pub cache_hits: IntGauge,
@@ -72,6 +77,11 @@ impl Metrics {
             tokens_per_second: prometheus::Gauge::new("tokens_per_second", "tokens per second of the last finished request").unwrap(),
             time_to_first_token: h("time_to_first_token_seconds", "generation start to first token"),
             generation_seconds: h("generation_seconds", "whole generations, prefill and decode"),
+            time_per_output_token: prometheus::Histogram::with_opts(
+                HistogramOpts::new("time_per_output_token_seconds", "decode seconds per output token after the first, per finished request")
+                    .buckets(vec![0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0]),
+            )
+            .unwrap(),
             queue_depth: g("queue_depth", "requests waiting to join the running batch"),
             queue_wait: h("queue_wait_seconds", "time from arrival to prefill"),
             batch_rows: g("batch_rows", "rows in the running batch"),
@@ -82,6 +92,7 @@ impl Metrics {
             )
             .unwrap(),
             kv_bytes: g("kv_bytes", "bytes of KV cache held by running rows"),
+            kv_budget_bytes: g("kv_budget_bytes", "the KV budget: --max-batch-tokens positions of f32 keys and values"),
             inflight_bytes: g("inflight_tensor_bytes", "bytes of steering tensors held by generation requests"),
             cache_hits: g("activation_cache_hits", "activation cache hits"),
             cache_misses: g("activation_cache_misses", "activation cache misses (computations)"),
@@ -113,6 +124,10 @@ impl Metrics {
         r.register(Box::new(m.tokens_per_second.clone())).unwrap();
         r.register(Box::new(m.time_to_first_token.clone())).unwrap();
         r.register(Box::new(m.generation_seconds.clone())).unwrap();
+        r.register(Box::new(m.time_per_output_token.clone())).unwrap();
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self())).unwrap();
         r.register(Box::new(m.queue_wait.clone())).unwrap();
         r.register(Box::new(m.decode_steps.clone())).unwrap();
         r.register(Box::new(m.step_rows.clone())).unwrap();
@@ -121,6 +136,7 @@ impl Metrics {
             &m.batch_rows,
             &m.requests_running,
             &m.kv_bytes,
+            &m.kv_budget_bytes,
             &m.inflight_bytes,
             &m.cache_hits,
             &m.cache_misses,
@@ -148,7 +164,7 @@ impl Metrics {
     }
 }
 
-pub use http::serve_metrics;
+pub use http::{serve_metrics, Probes};
 
 /// Installs the tracing subscriber: `filter` in RUST_LOG syntax, JSON lines when `json`.
 pub fn init_logging(filter: &str, json: bool) {

@@ -13,6 +13,7 @@ clients/python/generate.py.
 """
 import itertools
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Iterable, List, Optional, Sequence, Tuple
@@ -51,9 +52,13 @@ def point_name(p) -> str:
 
 def address(addr: str):
     """(target, tls) of an address in the one form every front end takes: host:port,
-    http://host:port, https://host:port (TLS), or dns:host:port (every address of a name); a
-    missing port is 50051, the server's."""
+    http://host:port, https://host:port (TLS), or dns:host:port (every address of a name, also
+    dns://DNS-SERVER/host:port to ask a given DNS server); a missing port is 50051, the server's."""
     a = addr.strip()
+    # gRPC's own form with a DNS server to ask: dns://AUTHORITY/host:port, passed through.
+    m = re.fullmatch(r"dns://([^/]+)/([^/]+:\d+)", a)
+    if m:
+        return a, False
     tls = False
     for scheme in ("https://", "http://", "dns+https:", "dns:"):
         if a.startswith(scheme):
@@ -165,8 +170,17 @@ class SteeringTensor:
         return f"SteeringTensor({self.point}, shape {list(self.shape)}, position norms [{norms}{more}])"
 
 
+# Codes a generation ends with when its worker went away rather than refused it: replayed by run().
+_WORKER_LOST = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
+
+
 class SteerClient:
     """Connects to an activation endpoint and one or more generation endpoints (round-robin).
+
+    A generation address `dns:host:port` balances each call over every address the name
+    resolves to (gRPC's round_robin policy: a Kubernetes headless Service, say). `run` replays a
+    generation whose worker went away (UNAVAILABLE, a reset stream) on the next endpoint, up
+    to `retries` times: from the same seed, so the same tokens.
 
     TLS: pass `tls=True` (the system's roots) or `tls_ca` (a PEM file path or bytes) and
     optionally `tls_identity=(cert_pem, key_pem)` for mutual TLS. Tokens: `token`, or the
@@ -176,7 +190,8 @@ class SteerClient:
 
     def __init__(self, activation: str, generation: Optional[Sequence[str]] = None, *, tls: bool = False,
                  tls_ca=None, tls_identity=None, tls_domain: Optional[str] = None, token: Optional[str] = None,
-                 timeout: float = 600.0):
+                 timeout: float = 600.0, retries: int = 2):
+        self._retries = retries
         generation = list(generation or [activation])
         activation, act_tls = address(activation)
         targets = [address(g) for g in generation]
@@ -188,12 +203,17 @@ class SteerClient:
         if isinstance(tls_ca, str):
             with open(tls_ca, "rb") as f:
                 tls_ca = f.read()
+        def options(target):
+            # A dns: name: every address it resolves to, each call to the next (gRPC's
+            # round_robin), re-resolved as they change; otherwise the one address given.
+            return opts + [("grpc.lb_policy_name", "round_robin")] if target.startswith("dns:") else opts
+
         if tls or tls_ca or tls_identity:
             key, cert = (tls_identity[1], tls_identity[0]) if tls_identity else (None, None)
             creds = grpc.ssl_channel_credentials(root_certificates=tls_ca, private_key=key, certificate_chain=cert)
-            make = lambda target: grpc.secure_channel(target, creds, options=opts)  # noqa: E731
+            make = lambda target: grpc.secure_channel(target, creds, options=options(target))  # noqa: E731
         else:
-            make = lambda target: grpc.insecure_channel(target, options=opts)  # noqa: E731
+            make = lambda target: grpc.insecure_channel(target, options=options(target))  # noqa: E731
         token = token if token is not None else os.environ.get("STEER_TOKEN")
         self._metadata = [("authorization", f"Bearer {token}")] if token else []
         self._timeout = timeout
@@ -277,16 +297,23 @@ class SteerClient:
         if tensors:
             for w in no_op_warnings(tensors, self.model_info().n_layer):
                 warnings.warn(w, stacklevel=2)
-        unsteered: List[Completion] = []
-        steered: List[Completion] = []
-        for msg in self.generate_stream(prompt, tensors, n_tokens=n_tokens, n_comparisons=n_comparisons,
-                                        use_bos=use_bos, **sampling):
-            if msg.WhichOneof("event") == "finished":
-                f = msg.finished
-                c = Completion(f.row, f.steered, f.text, list(f.token_ids),
-                               FINISH_REASONS.get(f.reason, "length"), f.seed, f.worker)
-                (steered if f.steered else unsteered).append(c)
-        return unsteered, steered
+        for attempt in range(self._retries + 1):
+            unsteered: List[Completion] = []
+            steered: List[Completion] = []
+            try:
+                for msg in self.generate_stream(prompt, tensors, n_tokens=n_tokens, n_comparisons=n_comparisons,
+                                                use_bos=use_bos, **sampling):
+                    if msg.WhichOneof("event") == "finished":
+                        f = msg.finished
+                        c = Completion(f.row, f.steered, f.text, list(f.token_ids),
+                                       FINISH_REASONS.get(f.reason, "length"), f.seed, f.worker)
+                        (steered if f.steered else unsteered).append(c)
+                return unsteered, steered
+            except grpc.RpcError as e:
+                # The worker went away (killed, drained, a proxy's upstream reset): replay.
+                if attempt == self._retries or e.code() not in _WORKER_LOST:
+                    raise
+        raise AssertionError("unreachable")
 
     # Vectors as artifacts: files made by the activation service, and its library.
 

@@ -339,6 +339,11 @@ impl EngineLoop {
             if completed {
                 let secs = r.timing.started.elapsed().as_secs_f64();
                 metrics.generation_seconds.observe(secs);
+                let per_row = r.produced / (r.rows() as u64).max(1);
+                if per_row > 1 {
+                    let decode = (secs - r.timing.prefill_ms / 1e3).max(0.0);
+                    metrics.time_per_output_token.observe(decode / (per_row - 1) as f64);
+                }
                 if secs > 0.0 {
                     metrics.tokens_per_second.set(r.produced as f64 / secs);
                 }

@@ -3,9 +3,9 @@
 //! Decoding multiplies a handful of rows (batch x 1 token) by every weight matrix: the time goes
 //! to streaming the weights from memory, once per step. A general GEMM tiles for reuse and leaves
 //! bandwidth on the table at m <= 16; these kernels instead stream each weight row once and use
-//! it for all m input rows while it is in cache, one slab of weight rows per thread ([`slabs`]).
-//! Every path gives each row the same bits whatever m, so a row's numbers never depend on its
-//! batch.
+//! it for all m input rows while it is in cache, one contiguous range of outputs per thread
+//! ([`split`]). Every output element is one FMA chain over all of k in order, so a row's numbers
+//! depend neither on its batch nor on the thread count.
 //!
 //! | file | holds |
 //! |---|---|
@@ -28,7 +28,7 @@ pub mod isa;
 pub mod panels;
 pub mod probe;
 pub mod reference;
-mod slabs;
+mod split;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
@@ -40,7 +40,7 @@ pub use isa::{isa, Isa};
 pub use panels::{matmul_panels, pack_panels, unpack_panels, PANEL};
 pub use probe::stream_sum;
 pub use reference::matmul_reference;
-pub use slabs::add_bias;
+pub use split::add_bias;
 
 /// Deterministic values in [-1, 1) for the tests of the kernels and the formats built on them.
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! path gives each output element the same FMA chain in the same order.
 
 use super::isa::isa;
-use super::slabs::{add_bias, by_slabs, TILE};
+use super::split::{self, add_bias, Shared, TILE};
 #[cfg(target_arch = "x86_64")]
 use super::x86::{blocked, f16c};
 use super::Elem;
@@ -14,16 +14,22 @@ use super::Elem;
 /// `y[m, n] = x[m, k] . w[k, n] (+ bias[n])`, all row-major f32; `w` in GPT-2's Conv1D layout.
 /// The reference product ([`super::matmul_panels`] must give its bits).
 ///
-/// The weight rows are split into one contiguous slab per thread, so that each core streams its
-/// slab front to back (the access pattern hardware prefetchers serve best); each thread keeps a
-/// partial `[m, n]` sum in cache, and the partials are added at the end.
+/// Each thread takes a contiguous group of x's rows ([`split::by_outputs`]) and streams all the
+/// weight rows front to back for it: every output element is one FMA chain over all of k in
+/// order, whatever the thread count or the group's size.
 pub fn matmul_reference<E: Elem>(x: &[f32], w: &[E], bias: Option<&[f32]>, m: usize, k: usize, n: usize) -> Vec<f32> {
     assert_eq!(x.len(), m * k, "x shape");
     assert_eq!(w.len(), k * n, "w shape");
     if let Some(b) = bias {
         assert_eq!(b.len(), n, "bias shape");
     }
-    let mut y = by_slabs(k, m * n, |acc, i0, i1| row_slab(x, w, acc, m, k, n, i0, i1));
+    let mut y = vec![0f32; m * n];
+    let at = Shared(y.as_mut_ptr());
+    split::by_outputs(m, |rows| {
+        // SAFETY: y is [m, n]; each task writes only its own rows.
+        let acc = unsafe { std::slice::from_raw_parts_mut(at.get().add(rows.start * n), rows.len() * n) };
+        row_slab(&x[rows.start * k..rows.end * k], w, acc, rows.len(), k, n, 0, k);
+    });
     if let Some(b) = bias {
         add_bias(&mut y, b);
     }

@@ -1,4 +1,4 @@
-use super::panels::panels_slab_generic;
+use super::panels::panels_generic;
 #[cfg(target_arch = "x86_64")]
 use super::x86::blocked;
 use super::*;
@@ -42,7 +42,7 @@ fn a_rows_result_does_not_depend_on_its_neighbours() {
 /// that end in a partial panel; packing round-trips.
 #[test]
 fn panel_kernels_give_the_row_major_kernels_bits() {
-    // k = 72: a block of 64 weight rows and a part block; 200: blocks across two slabs.
+    // k = 72: a block of 64 weight rows and a part block; 200: several blocks.
     for (k, n) in [32usize, 40, 96, 100, 200].into_iter().map(|n| (72, n)).chain([(200, 224), (200, 72)]) {
         let w = test_data(k * n, 21);
         let wp = pack_panels(&w, k, n);
@@ -59,14 +59,24 @@ fn panel_kernels_give_the_row_major_kernels_bits() {
                 f(&mut acc);
                 acc
             };
-            let generic = slab(&|acc| panels_slab_generic(&x, &wp, acc, m, k, np, 0, k));
+            // SAFETY: acc is [m, np], written by this call alone.
+            let generic = slab(&|acc| unsafe { panels_generic(&x, &wp, acc.as_mut_ptr(), m, k, np, 0..np / PANEL) });
             #[cfg(target_arch = "x86_64")]
             if Isa::cpu().avx2 {
+                let xt = split::transpose(&x, m, k);
                 // SAFETY: the features were just detected on this CPU.
-                assert_eq!(slab(&|acc| unsafe { blocked::panels_256(&x, &wp, acc, m, k, np, 0, k) }), generic, "256-bit n={n} m={m}");
+                assert_eq!(
+                    slab(&|acc| unsafe { blocked::panels_256(&xt, &wp, acc.as_mut_ptr(), m, k, np, 0..np / PANEL) }),
+                    generic,
+                    "256-bit n={n} m={m}"
+                );
                 if Isa::cpu().avx512 {
                     // SAFETY: as above.
-                    assert_eq!(slab(&|acc| unsafe { blocked::panels_512(&x, &wp, acc, m, k, np, 0, k) }), generic, "512-bit n={n} m={m}");
+                    assert_eq!(
+                        slab(&|acc| unsafe { blocked::panels_512(&xt, &wp, acc.as_mut_ptr(), m, k, np, 0..np / PANEL) }),
+                        generic,
+                        "512-bit n={n} m={m}"
+                    );
                 }
             }
             let whole = slab(&|acc| blocked_free_reference(&x, &w, acc, m, k, n, np));
@@ -193,6 +203,40 @@ fn matches_naive_on_odd_shapes() {
             let want = naive(&x, &w, bias, m, k, n);
             for (g, e) in got.iter().zip(&want) {
                 assert!((g - e).abs() < 1e-4 * (1.0 + e.abs()), "m={m} k={k} n={n}: {g} vs {e}");
+            }
+        }
+    }
+}
+
+/// The same bits whatever the thread count: every product (panels in f32 and bf16, the
+/// row-major reference, q8_0, the tied lm_head) run in pools of 1, 2, 3 and 8 threads, for one
+/// row (decode) and many (prefill), on shapes whose outputs split unevenly over the threads.
+#[test]
+fn products_give_the_same_bits_on_any_thread_count() {
+    use crate::quant::{matmul_t, Q8Blocks, Q8Rows, QK8_0};
+    let pool = |t: usize| rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap();
+    for (k, n) in [(320usize, 1600usize), (640, 224), (96, 50)] {
+        let w = test_data(k * n, 31);
+        let wp = pack_panels(&w, k, n);
+        let bf: Vec<u16> = w.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect();
+        let bfp = pack_panels(&bf, k, n);
+        let q = Q8Rows::pack(Q8Blocks::quantize(&w), k / QK8_0); // w read as [n, k]
+        let bias = test_data(n, 32);
+        for m in [1usize, 6, 17, 70] {
+            let x = test_data(m * k, 33);
+            let run = || {
+                (
+                    matmul_panels(&x, &wp, Some(&bias), m, k, n),
+                    matmul_panels(&x, bf16_bits(&bfp), None, m, k, n),
+                    matmul_reference(&x, &w, None, m, k, n),
+                    matmul_t(&x, &q, Some(&bias), m, k, n),
+                    rows_dot(&x, &w, m, k, n), // w read as [n, k]
+                )
+            };
+            let one = pool(1).install(run);
+            assert_eq!(one.0, one.2.iter().zip(bias.iter().cycle()).map(|(y, b)| y + b).collect::<Vec<_>>(), "panels = reference k={k} n={n} m={m}");
+            for t in [2, 3, 8] {
+                assert!(pool(t).install(run) == one, "{t} threads k={k} n={n} m={m}");
             }
         }
     }

@@ -28,7 +28,6 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use steer_model::HookKind;
-use steer_proto::v1::activation_service_server::ActivationService;
 use steer_proto::v1::generation_service_server::GenerationService;
 use steer_proto::v1::{
     generate_from_tensors_response, get_steering_tensors_response, ActivationAddition, FinishReason, GenerateFromTensorsRequest, GenerateSetup,
@@ -119,19 +118,22 @@ pub struct SteeringVectorRef {
     pub force_model: bool,
 }
 
-/// The library vectors of `s` as references by digest (names resolved in this process's library).
+/// Why steering cannot be computed here.
+const NO_ACTIVATION: &str =
+    "steering needs an ActivationService: in this process (steer serve), or the activation worker a generation worker is given with --vector-source";
+
+/// The library vectors of `s` as references by digest (names resolved in the activation
+/// service's library).
 async fn vector_refs(services: &Services, s: &Steering) -> Result<Vec<VectorRef>, Status> {
     let mut out = vec![];
     for (i, v) in s.vectors.iter().enumerate() {
-        if !services.cfg.role.activation() {
-            return Err(Status::failed_precondition("library vectors need the ActivationService in this process (steer serve)"));
-        }
-        let got = services.activation.get_vector(tonic::Request::new(GetVectorRequest { r#ref: v.name.clone() })).await;
+        let api = services.activation_api().ok_or_else(|| Status::failed_precondition(NO_ACTIVATION))?;
+        let got = api.get_vector(GetVectorRequest { r#ref: v.name.clone() }).await;
         let file = got.map_err(|e| match e.code() {
             Code::NotFound => steer_proto::status::invalid_argument(&format!("steering.vectors[{i}].name"), e.message()),
             _ => e,
         })?;
-        let digest = file.into_inner().vector.and_then(|f| f.info).map(|i| i.digest).unwrap_or_default();
+        let digest = file.vector.and_then(|f| f.info).map(|i| i.digest).unwrap_or_default();
         out.push(VectorRef { digest, scale: v.scale, first_layer: v.first_layer, last_layer: v.last_layer, force_model: v.force_model });
     }
     Ok(out)
@@ -159,11 +161,10 @@ fn finish_reason(r: i32) -> &'static str {
     FinishReason::try_from(r).unwrap_or_default().name()
 }
 
-/// The steering tensors of `s`, inline, from the ActivationService in this process.
+/// The steering tensors of `s`, inline, from the ActivationService (this process's, or the one
+/// `--vector-source` names).
 async fn steering_tensors(services: &Services, s: &Steering, use_bos: bool) -> Result<Vec<InlineTensor>, Status> {
-    if !services.cfg.role.activation() {
-        return Err(Status::failed_precondition("steering needs the ActivationService in this process (steer serve)"));
-    }
+    let api = services.activation_api().ok_or_else(|| Status::failed_precondition(NO_ACTIVATION))?;
     let hook: HookKind = match s.hook.as_deref().unwrap_or("resid_pre").parse() {
         Ok(h) => h,
         Err(e) => return Err(steer_proto::status::invalid_argument("steering.hook", &e.to_string())),
@@ -174,7 +175,7 @@ async fn steering_tensors(services: &Services, s: &Steering, use_bos: bool) -> R
         use_bos,
         strict_lengths: false,
     };
-    let mut stream = services.activation.get_steering_tensors(tonic::Request::new(req)).await.map_err(rename)?.into_inner();
+    let mut stream = api.get_steering_tensors(req).await.map_err(rename)?;
     let mut out: Vec<InlineTensor> = vec![];
     while let Some(msg) = stream.next().await {
         match msg.map_err(rename)?.event {

@@ -9,6 +9,7 @@
 use super::{load16, load8};
 use crate::kernels::Elem;
 use std::arch::x86_64::*;
+use std::ops::Range;
 
 /// Weight rows per block: the sums are loaded and stored once per block (8 against 16 and
 /// 32: 151 against 114 and 95 GFLOP/s at 16 rows, the same at 9 and 32).
@@ -283,18 +284,19 @@ unsafe fn row_slab_packed<E: Elem, const Z: bool>(x: &[f32], w: &[E], acc: &mut 
 /// against 165-168, 1-9 rows the same (29-35 GB/s). `SHAPE=6400x1600`, `1600x4800` and
 /// `1600x1600` at 16 rows: 193/183/148-159 against 172-179/149-172/134-148. Two XL steps of
 /// 16 rows (`steer bench --batches 16`): 350-367 against 375-394 ms.
+///
+/// `xt` is x transposed over all of k (`[k, m]`, [`super::super::split::transpose`]); the sums of
+/// panels `range` go to `ap` (`[m, np]`), each one FMA chain over every weight row in order.
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn panels_512<E: Elem>(x: &[f32], wp: &[E], acc: &mut [f32], m: usize, k: usize, np: usize, i0: usize, i1: usize) {
-    let xt = transpose(x, m, k, i0, i1);
-    let (rows, panels) = (i1 - i0, np / (2 * NR));
-    let w_at = |p: usize, b: usize| wp.as_ptr().add((p * k + i0 + b) * 2 * NR);
-    let ap = acc.as_mut_ptr();
+pub unsafe fn panels_512<E: Elem>(xt: &[f32], wp: &[E], ap: *mut f32, m: usize, k: usize, np: usize, range: Range<usize>) {
+    let (rows, panels) = (k, range.end);
+    let w_at = |p: usize, b: usize| wp.as_ptr().add((p * k + b) * 2 * NR);
     let a_at = |p: usize| ap.add(p * 2 * NR);
-    let mut p0 = 0;
+    let mut p0 = range.start;
     if m == 1 {
         while p0 + ROW1_PANELS <= panels {
-            row1_panels::<E, ROW1_PANELS>(xt.as_ptr(), wp.as_ptr(), k, i0, rows, ap, p0);
+            row1_panels::<E, ROW1_PANELS>(xt.as_ptr(), wp.as_ptr(), k, 0, rows, ap, p0);
             p0 += ROW1_PANELS;
         }
     }
@@ -366,17 +368,16 @@ unsafe fn row1_panels<E: Elem, const P: usize>(xt: *const f32, wp: *const E, k: 
 /// 16 rows 144-155 against 103-116 GFLOP/s, 32 rows 148-158 against ~115, 6 rows 83-97
 /// against 73-78; 1 row 34-43 GB/s against 26-28, 2 rows 30-39 against 29-31.
 ///
-/// Every sum is still one FMA chain over the slab's weight rows in ascending order.
+/// Every sum is still one FMA chain over all the weight rows in ascending order; `xt`, `ap` and
+/// `range` as in [`panels_512`].
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn panels_256<E: Elem>(x: &[f32], wp: &[E], acc: &mut [f32], m: usize, k: usize, np: usize, i0: usize, i1: usize) {
-    let xt = transpose(x, m, k, i0, i1);
-    let (rows, panels) = (i1 - i0, np / (2 * NR));
-    // Panel p's weight row i0 + b, and its sums' first column.
-    let w_at = |p: usize, b: usize| wp.as_ptr().add((p * k + i0 + b) * 2 * NR);
-    let ap = acc.as_mut_ptr();
+pub unsafe fn panels_256<E: Elem>(xt: &[f32], wp: &[E], ap: *mut f32, m: usize, k: usize, np: usize, range: Range<usize>) {
+    let (rows, panels) = (k, range.end);
+    // Panel p's weight row b, and its sums' first column.
+    let w_at = |p: usize, b: usize| wp.as_ptr().add((p * k + b) * 2 * NR);
     let a_at = |p: usize| ap.add(p * 2 * NR);
-    let mut p0 = 0;
+    let mut p0 = range.start;
     if m <= 2 {
         while p0 + STREAMS <= panels {
             if m == 1 {

@@ -2,7 +2,7 @@
 //! 6 vector ops per 16 for the portable conversion; 1.2x the rate on XL's MLP shapes). The same
 //! sums in the same order as [`row_slab_generic`], so the results are the same bit for bit.
 
-use crate::kernels::slabs::TILE;
+use crate::kernels::split::TILE;
 use std::arch::x86_64::*;
 
 #[inline(always)]
