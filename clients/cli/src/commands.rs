@@ -221,7 +221,9 @@ enum Progress {
 /// services the flags name or an embedded server.
 async fn execute(prompt: &str, additions: &[AdditionSpec], opts: &RunOptions, flags: &RunFlags, progress: Progress) -> Result<Outcome> {
     let (client, local) = flags.connect().await?;
-    let cmp = execute_with(&client, prompt, additions, opts, flags, progress).await;
+    // The client's span: with --otlp-endpoint, the parent of both services' spans of the run.
+    let span = tracing::info_span!("steer.run", prompt_chars = prompt.chars().count(), additions = additions.len());
+    let cmp = tracing::Instrument::instrument(execute_with(&client, prompt, additions, opts, flags, progress), span).await;
     if let Some(l) = local {
         l.shutdown().await;
     }

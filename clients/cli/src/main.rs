@@ -35,6 +35,10 @@ struct Cli {
     /// container's CPU limit included]. The numbers are the same bits whatever the count.
     #[arg(long, global = true, env = "STEER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     threads: Option<u16>,
+    /// Export trace spans to this OTLP/gRPC collector (http://host:4317): every RPC of the
+    /// services, and a client's calls as their parent (W3C trace context in the metadata).
+    #[arg(long, global = true, env = "STEER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -122,7 +126,14 @@ fn steer() -> Result<()> {
     let cli = Cli::parse();
     let serving = matches!(cli.command, Command::Serve(_) | Command::ActivationWorker(_) | Command::GenerationWorker(_));
     let default_log = if serving { "info" } else { "warn" };
-    steer_telemetry::init_logging(cli.log.as_deref().unwrap_or(default_log), cli.log_json);
+    let service = match &cli.command {
+        Command::ActivationWorker(_) => "steer-activation",
+        Command::GenerationWorker(_) => "steer-generation",
+        Command::Serve(_) => "steer",
+        _ => "steer-client",
+    };
+    let _traces = steer_telemetry::init_logging(cli.log.as_deref().unwrap_or(default_log), cli.log_json, cli.otlp_endpoint.as_deref(), service)
+        .map_err(anyhow::Error::msg)?;
     if let Some(n) = cli.threads {
         rayon::ThreadPoolBuilder::new().num_threads(n.into()).build_global().context("--threads: the compute pool was already started")?;
     }

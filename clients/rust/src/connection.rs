@@ -176,7 +176,9 @@ impl ConnectOptions {
     }
 }
 
-/// Adds the bearer token to every call.
+/// Adds the bearer token to every call, and the caller's trace context (W3C `traceparent`,
+/// when a tracer is installed: `steer --otlp-endpoint`), so that the services' spans of the call
+/// join the caller's trace.
 #[derive(Clone)]
 pub struct Token(Option<MetadataValue<Ascii>>);
 
@@ -185,8 +187,23 @@ impl Interceptor for Token {
         if let Some(t) = &self.0 {
             req.metadata_mut().insert("authorization", t.clone());
         }
+        inject_trace_context(req.metadata_mut());
         Ok(req)
     }
+}
+
+fn inject_trace_context(metadata: &mut tonic::metadata::MetadataMap) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    struct Carrier<'a>(&'a mut tonic::metadata::MetadataMap);
+    impl opentelemetry::propagation::Injector for Carrier<'_> {
+        fn set(&mut self, key: &str, value: String) {
+            if let (Ok(k), Ok(v)) = (tonic::metadata::MetadataKey::from_bytes(key.as_bytes()), value.parse()) {
+                self.0.insert(k, v);
+            }
+        }
+    }
+    let cx = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut Carrier(metadata)));
 }
 
 /// How long a worker that failed is passed over (unless every worker failed).

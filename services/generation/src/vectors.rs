@@ -85,6 +85,7 @@ impl VectorCache {
             VectorSource::Local(lib) => lib.get(digest).map_err(|e| not_found(e, field))?.0,
             VectorSource::Remote { client, token } => {
                 let mut req = tonic::Request::new(GetVectorRequest { r#ref: digest.to_string() });
+                steer_telemetry::inject_current(req.metadata_mut());
                 if let Some(t) = token {
                     if let Ok(v) = format!("Bearer {t}").parse() {
                         req.metadata_mut().insert("authorization", v);

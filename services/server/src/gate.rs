@@ -76,6 +76,7 @@ impl<W> Gate<W> {
             .map(str::to_string)
             .unwrap_or_else(|| format!("{:x}", REQUEST_IDS.fetch_add(1, Ordering::Relaxed)));
         let span = tracing::info_span!("rpc", service = self.service, method, request_id = %id);
+        steer_telemetry::adopt_remote_parent(&span, req.metadata());
         let started = std::time::Instant::now();
         let result = async {
             let worker = self.get()?.clone();

@@ -216,6 +216,7 @@ type Responses<T> = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, 
 impl ActivationApi<'_> {
     fn request<T>(&self, msg: T) -> tonic::Request<T> {
         let mut req = tonic::Request::new(msg);
+        steer_telemetry::inject_current(req.metadata_mut());
         if let ActivationApi::Remote { token: Some(t), .. } = self {
             if let Ok(v) = format!("Bearer {t}").parse() {
                 req.metadata_mut().insert("authorization", v);

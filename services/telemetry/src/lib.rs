@@ -2,6 +2,9 @@
 //! their HTTP endpoint at `/metrics` ([`http`]), and the tracing subscriber (text or JSON).
 
 mod http;
+mod traces;
+
+pub use traces::{adopt_remote_parent, inject_current, TraceGuard};
 
 use std::sync::Arc;
 
@@ -166,17 +169,29 @@ impl Metrics {
 
 pub use http::{serve_metrics, Probes};
 
-/// Installs the tracing subscriber: `filter` in RUST_LOG syntax, JSON lines when `json`.
-pub fn init_logging(filter: &str, json: bool) {
+/// Installs the tracing subscriber: `filter` in RUST_LOG syntax, JSON lines when `json`, and
+/// with `otlp` (an OTLP/gRPC collector, `http://host:4317`) spans exported as `service`.
+/// Keep the guard until the process ends: dropping it flushes the spans.
+pub fn init_logging(filter: &str, json: bool, otlp: Option<&str>, service: &str) -> Result<TraceGuard, String> {
     use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     // Colour only for a terminal: redirected logs stay plain text.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().with_current_span(true).init();
-    } else {
-        builder.init();
+    let fmt = tracing_subscriber::fmt::layer().with_ansi(std::io::stderr().is_terminal()).with_writer(std::io::stderr);
+    let fmt = if json { fmt.json().with_current_span(true).boxed() } else { fmt.boxed() };
+    // Each layer filters on its own: spans go to the collector at info (every RPC) even where
+    // the logs are kept at warn.
+    let registry = tracing_subscriber::registry().with(fmt.with_filter(tracing_subscriber::EnvFilter::new(filter)));
+    match otlp {
+        Some(endpoint) => {
+            let (layer, guard) = traces::otlp_layer(endpoint, service)?;
+            registry.with(layer.with_filter(tracing_subscriber::filter::LevelFilter::INFO)).init();
+            Ok(guard)
+        }
+        None => {
+            registry.init();
+            Ok(TraceGuard::none())
+        }
     }
 }
