@@ -151,6 +151,13 @@ def test_the_proxy_balances_per_call_and_a_killed_worker_loses_no_request(stack)
     assert all(n >= 2 for n in counts), f"not spread over all three workers: {counts}"
     assert {c.worker for c in py} == {"gen-0", "gen-1", "gen-2"}, [c.worker for c in py]
 
+    # gRPC-Web (the dashboard's protocol) through the HTTP port: a unary call and its trailers.
+    req = urllib.request.Request(f"{stack['http']}/steer.v1.GenerationService/GetModelInfo", data=b"\x00\x00\x00\x00\x00",
+                                 headers={"content-type": "application/grpc-web+proto", "x-grpc-web": "1"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        body = r.read()
+    assert r.status == 200 and body[0] == 0 and b"grpc-status:0" in body.replace(b" ", b""), body
+
     # Longer generations; gen-0 is killed as soon as it streams one of them.
     long_seeds = list(range(200, 212))
     want_py, want_oa = _burst(stack, 200, long_seeds)

@@ -222,7 +222,8 @@ fn products_give_the_same_bits_on_any_thread_count() {
         let bfp = pack_panels(&bf, k, n);
         let q = Q8Rows::pack(Q8Blocks::quantize(&w), k / QK8_0); // w read as [n, k]
         let bias = test_data(n, 32);
-        for m in [1usize, 6, 17, 70] {
+        // 256 rows: x^T in several chunks of weight rows (`blocked::block_order`).
+        for m in [1usize, 6, 17, 70, 256] {
             let x = test_data(m * k, 33);
             let run = || {
                 (

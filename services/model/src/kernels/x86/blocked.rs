@@ -304,12 +304,9 @@ pub unsafe fn panels_512<E: Elem>(xt: &[f32], wp: &[E], ap: *mut f32, m: usize, 
     // One group of rows (memory-bound) takes each panel whole, the hardware prefetcher on
     // one long stream: in blocks, prefetched, 6 rows measured 5% slower per XL step.
     let kb = if groups == 1 { rows.max(1) } else { KB };
-    let blocks = rows.div_ceil(kb);
-    let count = (panels - p0) * blocks;
-    let block = |s: usize| {
-        let b = s % blocks * kb;
-        (p0 + s / blocks, b, kb.min(rows - b))
-    };
+    let order = block_order(p0..panels, rows, kb, if groups == 1 { rows } else { chunk_rows(m, kb) });
+    let count = order.len();
+    let block = |s: usize| order[s];
     for s in 0..count {
         let (p, b, len) = block(s);
         let (xr, ar) = (xt.as_ptr().add(b * m), a_at(p));
@@ -320,6 +317,30 @@ pub unsafe fn panels_512<E: Elem>(xt: &[f32], wp: &[E], ap: *mut f32, m: usize, 
         }
         panel_512(xr, w_at(p, b), 2 * NR, len, ar, m, np, pf);
     }
+}
+
+/// The blocks of `panels` (each `kb` weight rows, of `rows`) in the order the panel kernels take
+/// them: weight rows in chunks of `chunk` (a multiple of `kb`), and within a chunk panel by panel,
+/// each panel's blocks in ascending order. Every sum still sees its weight rows in ascending
+/// order (chunk by chunk), so the bits are those of any other chunking; the chunk keeps the part
+/// of x^T it reads in L2 while the chunk's panels go by (a task's panels over all of k reread
+/// k x m floats per panel: at m = 256 and k = 1600, 1.6 MB per panel, from L3).
+fn block_order(panels: Range<usize>, rows: usize, kb: usize, chunk: usize) -> Vec<(usize, usize, usize)> {
+    let chunk = chunk.max(kb);
+    let mut order = Vec::with_capacity(panels.len() * rows.div_ceil(kb));
+    for c0 in (0..rows.max(1)).step_by(chunk) {
+        for p in panels.clone() {
+            for b in (c0..(c0 + chunk).min(rows)).step_by(kb) {
+                order.push((p, b, kb.min(rows - b)));
+            }
+        }
+    }
+    order
+}
+
+/// Weight rows per chunk of [`block_order`]: x^T's part for them within 256 KiB.
+fn chunk_rows(m: usize, kb: usize) -> usize {
+    ((256 << 10) / (4 * m.max(1))).max(kb) / kb * kb
 }
 
 /// Panels one row of x takes at a time in [`panels_512`]. One stream per core left 16-bit
@@ -394,13 +415,10 @@ pub unsafe fn panels_256<E: Elem>(xt: &[f32], wp: &[E], ap: *mut f32, m: usize, 
             p0 += STREAMS;
         }
     }
-    let blocks = rows.div_ceil(KB);
-    let count = (panels - p0) * blocks;
-    // Block s of the rest: its panel, its first row and its rows.
-    let block = |s: usize| {
-        let b = s % blocks * KB;
-        (p0 + s / blocks, b, KB.min(rows - b))
-    };
+    // The rest in blocks: (panel, first row, rows), in `block_order`.
+    let order = block_order(p0..panels, rows, KB, if m <= FULL_MAX_ROWS { rows } else { chunk_rows(m, KB) });
+    let count = order.len();
+    let block = |s: usize| order[s];
     let groups = m.div_ceil(MR);
     for s in 0..count {
         let (p, b, len) = block(s);
