@@ -125,7 +125,9 @@ def _python_run(addr, seed, n_tokens):
 
 
 def _openai_run(base, seed, n_tokens):
-    oai = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=120)
+    # The SDK's default retries: a completion whose worker dies after its response started
+    # (headers already relayed, so nginx cannot send it elsewhere) is asked again, from its seed.
+    oai = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=2, timeout=120)
     r = oai.completions.create(model="steer", prompt="I hate you because", max_tokens=n_tokens, seed=seed,
                                temperature=1.0, top_p=0.3, frequency_penalty=1.0, extra_body={"steering": STEERING})
     return r.choices[0]
