@@ -134,6 +134,13 @@ impl RowKv {
         Self { k: self.k.iter().map(|l| l.to_vec()).collect(), v: self.v.iter().map(|l| l.to_vec()).collect(), len: self.len, d: self.d }
     }
 
+    /// The first `n` positions.
+    pub(crate) fn first(&self, n: usize) -> Self {
+        let n = n.min(self.len);
+        let take = |ls: &[Vec<f32>]| ls.iter().map(|v| v[..n * self.d].to_vec()).collect();
+        Self { k: take(&self.k), v: take(&self.v), len: n, d: self.d }
+    }
+
     /// A copy of the first `n` layers (exactly their positions); the layers above are empty.
     pub(crate) fn layers_below(&self, n: usize) -> Self {
         let take = |ls: &[Vec<f32>]| ls.iter().enumerate().map(|(l, v)| if l < n { v.to_vec() } else { vec![] }).collect();

@@ -31,7 +31,7 @@ pub mod weights;
 pub use config::Config;
 pub use dtype::WeightDtype;
 pub use engine::{
-    advance_all, Engine, FinishReason, GenerateOptions, LoadOptions, ModelInfo, Prefill, PrefixCache, PrefixStats, RowOutput, RowRequest, Scored,
+    advance_all, Engine, FinishReason, GenerateOptions, LoadOptions, ModelInfo, Prefill, PrefixCache, PrefixStats, RowOutput, RowRequest, Scored, SCORE_TOP,
     Sequence, TokenEvent,
 };
 pub use error::{ModelError, Result};

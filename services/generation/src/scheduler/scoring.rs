@@ -104,7 +104,7 @@ impl Scoring {
     pub(super) fn start(&mut self, i: usize, engine: &Engine, cache: &mut PrefixCache) {
         self.started[i] = true;
         let t = &self.job.valid.texts[i];
-        match engine.begin_score(&t.ids, t.start, &self.job.valid.sides(), Some(cache)) {
+        match engine.begin_score(&t.ids, t.start, &self.job.valid.sides(), Some(cache), self.job.valid.keep_kv) {
             Ok(mut p) => match p.take_scored() {
                 Some(scored) => self.text_done(engine, i, scored),
                 None => self.active.push((i, Box::new(p))),

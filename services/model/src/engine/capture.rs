@@ -4,7 +4,7 @@
 use candle_core::{DType, IndexOp, Tensor};
 
 use super::layout::BatchLayout;
-use super::logprobs::{log_softmax_at, log_sum_exp};
+use super::logprobs::{log_sum_exp, score_at};
 use super::Engine;
 use crate::error::Result;
 use crate::hooks::{Addition, Captures, HookPoint, Hooks};
@@ -62,13 +62,13 @@ impl Engine {
             .zip(starts)
             .map(|((ids, l), &start)| {
                 let l = l.to_vec2::<f32>()?;
-                let logprobs = (start.max(1)..ids.len()).map(|t| log_softmax_at(&l[t - 1], ids[t] as usize)).collect();
+                let (logprobs, top) = (start.max(1)..ids.len()).map(|t| score_at(&l[t - 1], ids[t] as usize)).unzip();
                 let next = next.then(|| {
                     let last = &l[ids.len() - 1];
                     let lse = log_sum_exp(last);
                     last.iter().map(|&x| x - lse).collect()
                 });
-                Ok(Scored { logprobs, next })
+                Ok(Scored { logprobs, top, next })
             })
             .collect()
     }
@@ -79,6 +79,9 @@ impl Engine {
 pub struct Scored {
     /// log P(token t | tokens before it), for the scored tokens in order.
     pub logprobs: Vec<f32>,
+    /// The [`SCORE_TOP`](super::SCORE_TOP) most likely tokens at each scored position, as
+    /// (token, log-probability), most likely first.
+    pub top: Vec<Vec<(u32, f32)>>,
     /// log-softmax over the vocabulary of the token after the row, when asked.
     pub next: Option<Vec<f32>>,
 }

@@ -42,6 +42,7 @@ use crate::weights;
 use layout::BatchLayout;
 
 pub use capture::Scored;
+pub use logprobs::SCORE_TOP;
 pub use prefill::Prefill;
 pub use prefix_cache::{row_key, PrefixCache, PrefixStats, RowKey};
 pub use request::{FinishReason, GenerateOptions, RowOutput, RowRequest, TokenEvent};

@@ -6,8 +6,8 @@ use candle_core::Tensor;
 
 use super::capture::Scored;
 use super::layout::{distinct_rows, BatchLayout};
-use super::logprobs::{log_softmax_at, log_sum_exp};
-use super::prefix_cache::{row_key, Held, PrefixCache, RowKey};
+use super::logprobs::{log_sum_exp, score_at};
+use super::prefix_cache::{additions_key, row_key, Held, PrefixCache, RowKey, Scores};
 use super::request::{GenerateOptions, RowRequest};
 use super::sequence::Sequence;
 use super::Engine;
@@ -43,7 +43,21 @@ impl Engine {
     /// `context` (the text's prompt, `ids[..context]`) is a chunk boundary: the rows' states
     /// there are kept too ([`Prefill::remember`]), so a later text with the same context (and
     /// steering) starts after it, from its KV; the numbers are the same either way.
-    pub fn begin_score(&self, ids: &[u32], context: usize, sides: &[Vec<Addition>], cache: Option<&mut PrefixCache>) -> Result<Prefill> {
+    ///
+    /// Without a held context, a text that begins like a scored row the cache holds with its
+    /// KV (the same steering) starts after the longest shared beginning
+    /// ([`PrefixCache::longest_shared`]): texts that share a context nobody declared (token-id
+    /// prompts, as lm-evaluation-harness sends) compute it once. `keep_kv` keeps the KV of
+    /// steered rows too when they are remembered (else only their scores: see
+    /// `prefix_cache`), so that steered texts share their beginnings as well.
+    pub fn begin_score(
+        &self,
+        ids: &[u32],
+        context: usize,
+        sides: &[Vec<Addition>],
+        cache: Option<&mut PrefixCache>,
+        keep_kv: bool,
+    ) -> Result<Prefill> {
         let rows: Vec<RowRequest> =
             sides.iter().map(|a| RowRequest { prompt: ids.to_vec(), additions: a.clone(), sampling: SamplingParams::greedy(), seed: 0 }).collect();
         let opts = GenerateOptions { max_new_tokens: 0, stop_at_eos: false, ..Default::default() };
@@ -51,26 +65,64 @@ impl Engine {
         let boundary = (0 < context && context < ids.len()).then_some(context);
         let mut p = self.begin_with(&rows, &opts, cache.as_deref_mut(), true)?;
         p.boundary = boundary;
-        // The context's states, when the cache holds them for every row still to compute (and
-        // no trunk was found): start after it.
-        let (Some(b), Some(c), None) = (boundary, cache, &p.trunk) else { return Ok(p) };
-        let adds = |d: usize| &rows[p.fan_out.iter().position(|&g| g as usize == d).expect("a row")].additions;
-        let keys: Vec<RowKey> = p.todo.iter().map(|&d| row_key(&ids[..b], adds(d))).collect();
-        if keys.is_empty() || !keys.iter().all(|k| c.holds_scored(k)) {
+        p.keep_kv = keep_kv;
+        // Every row still to compute starts from the cache when it can (no trunk was found).
+        let (Some(c), None) = (cache, &p.trunk) else { return Ok(p) };
+        if p.todo.is_empty() {
             return Ok(p);
         }
-        let held: Vec<Held> = keys.iter().map(|k| c.context(k).expect("held")).collect();
+        let adds: Vec<&[Addition]> =
+            p.todo.iter().map(|&d| &rows[p.fan_out.iter().position(|&g| g as usize == d).expect("a row")].additions[..]).collect();
+        // The declared context's states, when held for every row: start after it.
+        if let Some(b) = boundary {
+            let keys: Vec<RowKey> = adds.iter().map(|a| row_key(&ids[..b], a)).collect();
+            if keys.iter().all(|k| c.holds_scored(k)) {
+                let held: Vec<Held> = keys.iter().map(|k| c.context(k).expect("held")).collect();
+                self.resume(&mut p, ids, b, held)?;
+                return Ok(p);
+            }
+        }
+        // Else the longest beginning a held scored row shares, common to every row.
+        let found: Vec<Option<(usize, Held)>> = adds.iter().map(|a| c.longest_shared(ids, &additions_key(a), 2)).collect();
+        let Some(n) = found.iter().map(|f| f.as_ref().map(|(n, _)| *n)).min().flatten() else { return Ok(p) };
+        let held = found
+            .into_iter()
+            .map(|f| {
+                let (m, h) = f.expect("every row found one");
+                match m == n {
+                    true => h,
+                    false => Held { kv: h.kv.first(n), logits: vec![], scores: h.scores.map(|s| s.first(n)), streams: vec![] },
+                }
+            })
+            .collect();
+        self.resume(&mut p, ids, n, held)?;
+        Ok(p)
+    }
+
+    /// A scoring prefill of `ids` starts after its first `n` positions, from `held` (per row
+    /// computed: the KV of those positions, their scores, and the last logits when they
+    /// score token `n`).
+    fn resume(&self, p: &mut Prefill, ids: &[u32], n: usize, held: Vec<Held>) -> Result<()> {
         p.cache.preload(&held.iter().map(|h| &h.kv).collect::<Vec<_>>(), self.info.n_head)?;
-        p.scoring =
-            Some(held.iter().map(|h| [h.logprobs.clone().unwrap_or_default(), vec![log_softmax_at(&h.logits, ids[b] as usize)]].concat()).collect());
+        let scores = held
+            .iter()
+            .map(|h| {
+                let mut s = h.scores.clone().unwrap_or_default();
+                if s.logprobs.len() < n {
+                    s.push(score_at(&h.logits, ids[n] as usize));
+                }
+                s
+            })
+            .collect();
+        p.scoring = Some(scores);
         if let Some(j) = p.keep {
             p.kept = held[j].streams.clone();
             if p.kept.is_empty() {
                 p.keep = None; // the context kept no trunk: neither does the text
             }
         }
-        (p.done, p.shared) = (b, None);
-        Ok(p)
+        (p.done, p.shared) = (n, None);
+        Ok(())
     }
 
     fn begin_with(&self, rows: &[RowRequest], opts: &GenerateOptions, cache: Option<&mut PrefixCache>, scoring: bool) -> Result<Prefill> {
@@ -130,6 +182,7 @@ impl Engine {
             keys,
             keep,
             kept: vec![],
+            keep_kv: false,
             boundary: None,
             context_states: vec![],
             scoring: scoring.then(Vec::new),
@@ -137,7 +190,7 @@ impl Engine {
             ready: None,
         };
         if let Some(acc) = &mut p.scoring {
-            acc.resize(p.todo.len(), vec![]);
+            acc.resize(p.todo.len(), Scores::default());
         }
         if p.todo.is_empty() {
             let seqs = self.sequences(&p, vec![])?;
@@ -232,7 +285,9 @@ impl Engine {
             let ids = &p.seqs[j];
             // A log-softmax over the vocabulary per position: the positions side by side.
             let next: Vec<(usize, u32)> = (p0..p0 + t).enumerate().filter_map(|(i, q)| ids.get(q + 1).map(|&n| (i, n))).collect();
-            acc.extend(next.par_iter().map(|&(i, n)| log_softmax_at(&logits[j * t + i], n as usize)).collect::<Vec<_>>());
+            for s in next.par_iter().map(|&(i, n)| score_at(&logits[j * t + i], n as usize)).collect::<Vec<_>>() {
+                acc.push(s);
+            }
         }
     }
 
@@ -250,8 +305,7 @@ impl Engine {
             let streams = if p.keep == Some(j) { p.kept.clone() } else { vec![] };
             // The context's own tokens 1..b-1; token b is the continuation's (its log-probability
             // comes from these last logits when a text starts here).
-            let logprobs = acc[j][..b - 1].to_vec();
-            states.push(Held { kv, logits: logits[(j + 1) * t - 1].clone(), logprobs: Some(logprobs), streams });
+            states.push(Held { kv, logits: logits[(j + 1) * t - 1].clone(), scores: Some(acc[j].first(b - 1)), streams });
         }
         p.context_states = states;
         Ok(())
@@ -300,8 +354,10 @@ pub struct Prefill {
     /// (`kept[s - 1]`: stream s, `[done, d]`).
     pub(super) keep: Option<usize>,
     kept: Vec<Vec<f32>>,
-    /// A scoring prefill ([`Engine::begin_score`]): each prefilled row's log-probabilities so far.
-    pub(super) scoring: Option<Vec<Vec<f32>>>,
+    /// A scoring prefill keeps its steered rows' KV in the cache too ([`Engine::begin_score`]).
+    keep_kv: bool,
+    /// A scoring prefill ([`Engine::begin_score`]): each prefilled row's scores so far.
+    pub(super) scoring: Option<Vec<Scores>>,
     /// A scoring prefill's context length: a chunk ends there, and the rows' states there are
     /// kept ([`Prefill::remember`]) as `context_states` (per prefilled row).
     pub(super) boundary: Option<usize>,
@@ -373,18 +429,19 @@ impl Prefill {
             let Some(r) = self.fan_out.iter().position(|&g| g as usize == d) else { continue };
             let (Some(key), Some(logits)) = (self.keys.get(d), seqs.get(r).and_then(|s| s.logits.as_deref())) else { continue };
             let streams = if self.keep == Some(j) { std::mem::take(&mut self.kept) } else { vec![] };
-            let logprobs = self.scoring.as_ref().map(|acc| acc[j].clone());
-            // A steered scored row keeps its scores, not its KV (see `prefix_cache`).
-            let kv = match (&logprobs, self.rows[r].additions.is_empty()) {
+            let scores = self.scoring.as_ref().map(|acc| acc[j].clone());
+            let additions = &self.rows[r].additions;
+            // A steered scored row keeps its scores, not its KV (see `prefix_cache`), unless asked.
+            let kv = match (&scores, additions.is_empty() || self.keep_kv) {
                 (Some(_), false) => &RowKv::default(),
                 _ => &seqs[r].kv,
             };
-            cache.insert(*key, kv, logits, logprobs, streams);
+            cache.insert(*key, &self.rows[r].prompt, additions_key(additions), kv, logits, scores, streams);
         }
         if let Some(context) = self.context_ids().map(<[u32]>::to_vec) {
             for (j, held) in std::mem::take(&mut self.context_states).into_iter().enumerate() {
                 let additions = &self.rows[self.fan_out.iter().position(|&g| g as usize == self.todo[j]).expect("a row")].additions;
-                cache.insert(row_key(&context, additions), &held.kv, &held.logits, held.logprobs, held.streams);
+                cache.insert(row_key(&context, additions), &context, additions_key(additions), &held.kv, &held.logits, held.scores, held.streams);
             }
         }
     }
@@ -408,13 +465,13 @@ impl Prefill {
             .zip(seqs)
             .map(|(&g, s)| {
                 let g = g as usize;
-                let logprobs = match self.todo.iter().position(|&d| d == g) {
+                let scores = match self.todo.iter().position(|&d| d == g) {
                     Some(j) => acc[j].clone(),
-                    None => self.held[g].as_ref().and_then(|h| h.logprobs.clone()).expect("a held scored row has its scores"),
+                    None => self.held[g].as_ref().and_then(|h| h.scores.clone()).expect("a held scored row has its scores"),
                 };
                 let last = s.logits.as_deref().expect("a prefilled row has its last logits");
                 let lse = log_sum_exp(last);
-                Scored { logprobs, next: Some(last.iter().map(|&x| x - lse).collect()) }
+                Scored { logprobs: scores.logprobs, top: scores.top, next: Some(last.iter().map(|&x| x - lse).collect()) }
             })
             .collect();
         self.scored = Some(scored);

@@ -61,13 +61,43 @@ pub struct PrefixStats {
     pub entries: usize,
 }
 
+/// The key of a row's additions alone: rows whose keys agree here and whose prompts begin
+/// alike have the same states over the shared beginning ([`PrefixCache::longest_shared`]).
+pub fn additions_key(additions: &[Addition]) -> RowKey {
+    row_key(&[], additions)
+}
+
+/// A scored row's scores: the log-probability of each token after the first, and the
+/// [`SCORE_TOP`](super::SCORE_TOP) most likely tokens at each of those positions.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Scores {
+    pub(crate) logprobs: Vec<f32>,
+    pub(crate) top: Vec<Vec<(u32, f32)>>,
+}
+
+impl Scores {
+    fn bytes(&self) -> usize {
+        self.logprobs.len() * 4 + self.top.iter().map(|t| 16 + t.len() * 8).sum::<usize>()
+    }
+
+    /// The first `n` positions' scores.
+    pub(crate) fn first(&self, n: usize) -> Scores {
+        Scores { logprobs: self.logprobs[..n].to_vec(), top: self.top[..n].to_vec() }
+    }
+
+    pub(crate) fn push(&mut self, (logprob, top): (f32, Vec<(u32, f32)>)) {
+        self.logprobs.push(logprob);
+        self.top.push(top);
+    }
+}
+
 /// A prefilled row as the cache hands it out: its KV cache, the logits after its last
-/// position and, when it was scored, the log-probability of each of its tokens after the first.
+/// position and, when it was scored, its [`Scores`].
 #[derive(Debug, Clone)]
 pub(crate) struct Held {
     pub(crate) kv: RowKv,
     pub(crate) logits: Vec<f32>,
-    pub(crate) logprobs: Option<Vec<f32>>,
+    pub(crate) scores: Option<Scores>,
     /// An unsteered row's trunk ([`Entry::streams`]), where asked for.
     pub(crate) streams: Vec<Vec<f32>>,
 }
@@ -75,7 +105,10 @@ pub(crate) struct Held {
 struct Entry {
     kv: RowKv,
     logits: Vec<f32>,
-    logprobs: Option<Vec<f32>>,
+    scores: Option<Scores>,
+    /// The row's tokens and [`additions_key`], for [`PrefixCache::longest_shared`].
+    tokens: Vec<u32>,
+    adds: RowKey,
     /// An unsteered row's residual entering each block `s - 1` for streams `s` in `1..=n_layer`
     /// (`streams[s - 1]`, `[len, d]`): its trunk. Empty for steered rows.
     streams: Vec<Vec<f32>>,
@@ -115,13 +148,13 @@ impl PrefixCache {
     pub(crate) fn lookup(&mut self, key: &RowKey, scored: bool) -> Option<Held> {
         self.clock += 1;
         // A steered row kept from a Score has no KV: it serves Score only.
-        match self.entries.get_mut(key).filter(|e| if scored { e.logprobs.is_some() } else { e.kv.n_layer() > 0 }) {
+        match self.entries.get_mut(key).filter(|e| if scored { e.scores.is_some() } else { e.kv.n_layer() > 0 }) {
             Some(e) => {
                 e.used = self.clock;
                 self.stats.hits += 1;
                 self.stats.positions_reused += e.kv.len() as u64;
                 self.stats.block_positions_reused += (e.kv.len() * e.kv.n_layer()) as u64;
-                Some(Held { kv: e.kv.clone(), logits: e.logits.clone(), logprobs: e.logprobs.clone(), streams: vec![] })
+                Some(Held { kv: e.kv.clone(), logits: e.logits.clone(), scores: e.scores.clone(), streams: vec![] })
             }
             None => {
                 self.stats.misses += 1;
@@ -132,19 +165,57 @@ impl PrefixCache {
 
     /// Whether a scored row is held under `key` (no counting).
     pub(crate) fn holds_scored(&self, key: &RowKey) -> bool {
-        self.entries.get(key).is_some_and(|e| e.logprobs.is_some() && e.kv.n_layer() > 0)
+        self.entries.get(key).is_some_and(|e| e.scores.is_some() && e.kv.n_layer() > 0)
     }
 
     /// A copy of the scored row under `key` with its trunk, as a text's context (counted as a
     /// partial hit).
     pub(crate) fn context(&mut self, key: &RowKey) -> Option<Held> {
         self.clock += 1;
-        let e = self.entries.get_mut(key).filter(|e| e.logprobs.is_some() && e.kv.n_layer() > 0)?;
+        let e = self.entries.get_mut(key).filter(|e| e.scores.is_some() && e.kv.n_layer() > 0)?;
         e.used = self.clock;
         self.stats.partial_hits += 1;
         self.stats.positions_reused += e.kv.len() as u64;
         self.stats.block_positions_reused += (e.kv.len() * e.kv.n_layer()) as u64;
-        Some(Held { kv: e.kv.clone(), logits: e.logits.clone(), logprobs: e.logprobs.clone(), streams: e.streams.clone() })
+        Some(Held { kv: e.kv.clone(), logits: e.logits.clone(), scores: e.scores.clone(), streams: e.streams.clone() })
+    }
+
+    /// For a text `ids` scored with the additions keyed `adds`: the scored row (with its KV)
+    /// whose tokens begin like `ids` for longest, as the state after its first `n` positions,
+    /// `n >= min` (counted as a partial hit). `n` is the shared length when that row ends
+    /// there (its last logits score the next token), else one less (the position before the
+    /// first differing token is computed again, for its distribution). An exact match is
+    /// [`Self::lookup`]'s, not this.
+    pub(crate) fn longest_shared(&mut self, ids: &[u32], adds: &RowKey, min: usize) -> Option<(usize, Held)> {
+        let usable = |e: &Entry| {
+            let shared = e.tokens.iter().zip(ids).take_while(|(a, b)| a == b).count();
+            match shared == e.tokens.len() {
+                true if shared < ids.len() => shared,
+                _ => shared.saturating_sub(1).min(ids.len().saturating_sub(1)),
+            }
+        };
+        let (key, n) = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.adds == *adds && e.scores.is_some() && e.kv.n_layer() > 0)
+            .map(|(k, e)| (*k, usable(e)))
+            .max_by_key(|&(_, n)| n)
+            .filter(|&(_, n)| n >= min.max(1))?;
+        self.clock += 1;
+        let e = self.entries.get_mut(&key).expect("present");
+        e.used = self.clock;
+        self.stats.partial_hits += 1;
+        self.stats.positions_reused += n as u64;
+        self.stats.block_positions_reused += (n * e.kv.n_layer()) as u64;
+        let d = e.streams.first().map_or(0, |s| s.len() / e.tokens.len().max(1));
+        let whole = n == e.tokens.len();
+        let held = Held {
+            kv: e.kv.first(n),
+            logits: if whole { e.logits.clone() } else { vec![] },
+            scores: e.scores.as_ref().map(|s| s.first(n.min(e.tokens.len() - 1))),
+            streams: e.streams.iter().map(|s| s[..n * d].to_vec()).collect(),
+        };
+        Some((n, held))
     }
 
     /// The trunk of the unsteered row under `key` at `stream` (in `1..=n_layer`): the keys and
@@ -163,13 +234,24 @@ impl PrefixCache {
     /// Keeps a copy of a prefilled row (and an unsteered row's `streams`, see [`Entry`]),
     /// evicting the least recently used entries to make room; a state larger than the whole
     /// cache is not kept.
-    pub(crate) fn insert(&mut self, key: RowKey, kv: &RowKv, logits: &[f32], logprobs: Option<Vec<f32>>, streams: Vec<Vec<f32>>) {
+    /// `tokens` and `adds` ([`additions_key`]) are the row's, for [`Self::longest_shared`].
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn insert(
+        &mut self,
+        key: RowKey,
+        tokens: &[u32],
+        adds: RowKey,
+        kv: &RowKv,
+        logits: &[f32],
+        scores: Option<Scores>,
+        streams: Vec<Vec<f32>>,
+    ) {
         if !self.enabled() {
             return;
         }
         if let Some(e) = self.entries.get(&key) {
             // Held already: keep it unless this one knows more (scores, a trunk).
-            let more = (e.logprobs.is_none() && logprobs.is_some())
+            let more = (e.scores.is_none() && scores.is_some())
                 || (e.streams.is_empty() && !streams.is_empty())
                 || (e.kv.n_layer() == 0 && kv.n_layer() > 0);
             if !more {
@@ -177,13 +259,17 @@ impl PrefixCache {
             }
             let old = self.entries.remove(&key).expect("present");
             self.stats.bytes -= old.bytes;
-            let logprobs = logprobs.or(old.logprobs);
+            let scores = scores.or(old.scores);
             let streams = if streams.is_empty() { old.streams } else { streams };
             let kv = if old.kv.n_layer() > 0 { &old.kv } else { kv };
-            return self.insert(key, kv, &old.logits, logprobs, streams);
+            return self.insert(key, tokens, adds, kv, &old.logits, scores, streams);
         }
         let kv = kv.compact();
-        let bytes = kv.bytes() + logits.len() * 4 + logprobs.as_ref().map_or(0, |l| l.len() * 4) + streams.iter().map(|s| s.len() * 4).sum::<usize>();
+        let bytes = kv.bytes()
+            + logits.len() * 4
+            + tokens.len() * 4
+            + scores.as_ref().map_or(0, Scores::bytes)
+            + streams.iter().map(|s| s.len() * 4).sum::<usize>();
         if bytes > self.max_bytes {
             return;
         }
@@ -195,7 +281,7 @@ impl PrefixCache {
             self.stats.evictions += 1;
         }
         self.clock += 1;
-        self.entries.insert(key, Entry { kv, logits: logits.to_vec(), logprobs, streams, bytes, used: self.clock });
+        self.entries.insert(key, Entry { kv, logits: logits.to_vec(), scores, tokens: tokens.to_vec(), adds, streams, bytes, used: self.clock });
         self.stats.bytes += bytes;
         self.stats.entries = self.entries.len();
     }
@@ -337,11 +423,11 @@ mod tests {
         let ids = e.encode("The weather today is cold and grey, and it rained all afternoon long", true).unwrap();
         let steer = rows(&e, "x", 2.0, 0)[1].additions.clone(); // at ResidPre(2), k = 2
         let mut cache = PrefixCache::new(64 << 20);
-        let plain = scored(&e, e.begin_score(&ids, 0, &[vec![]], Some(&mut cache)).unwrap(), Some(&mut cache));
-        let warm = e.begin_score(&ids, 0, &[vec![], steer.clone()], Some(&mut cache)).unwrap();
+        let plain = scored(&e, e.begin_score(&ids, 0, &[vec![]], Some(&mut cache), false).unwrap(), Some(&mut cache));
+        let warm = e.begin_score(&ids, 0, &[vec![], steer.clone()], Some(&mut cache), false).unwrap();
         assert_eq!(warm.trunk.as_ref().map(|t| t.stream), Some(2));
         let warm = scored(&e, warm, Some(&mut cache));
-        let cold = scored(&e, e.begin_score(&ids, 0, &[vec![], steer], None).unwrap(), None);
+        let cold = scored(&e, e.begin_score(&ids, 0, &[vec![], steer], None, false).unwrap(), None);
         let s = cache.stats();
         assert_eq!((s.hits, s.partial_hits, s.misses), (1, 1, 2), "{s:?}");
         assert_eq!(warm[0].logprobs, plain[0].logprobs);
@@ -361,12 +447,12 @@ mod tests {
         let sides = [vec![], rows(&e, "x", 2.0, 0)[1].additions.clone()];
         let mut cache = PrefixCache::new(64 << 20);
         for (i, ids) in texts.iter().enumerate() {
-            let p = e.begin_score(ids, ctx.len(), &sides, Some(&mut cache)).unwrap();
+            let p = e.begin_score(ids, ctx.len(), &sides, Some(&mut cache), false).unwrap();
             assert_eq!(p.done, if i == 0 { 0 } else { ctx.len() }, "text {i} starts after the context");
             let before = e.model().block_positions();
             let warm = scored(&e, p, Some(&mut cache));
             let warm_work = e.model().block_positions() - before;
-            let cold = scored(&e, e.begin_score(ids, ctx.len(), &sides, None).unwrap(), None);
+            let cold = scored(&e, e.begin_score(ids, ctx.len(), &sides, None, false).unwrap(), None);
             for (w, c) in warm.iter().zip(&cold) {
                 assert_eq!((&w.logprobs, &w.next), (&c.logprobs, &c.next), "text {i}");
             }
@@ -380,6 +466,35 @@ mod tests {
     }
 
     #[test]
+    fn texts_sharing_an_undeclared_beginning_start_after_it_with_the_numbers_of_a_scoring_cut_there() {
+        let e = engine();
+        let enc = |t: &str| e.encode(t, false).unwrap();
+        let ctx = enc("Question: what is the weather like today in the north of the country? Answer:");
+        let first = [ctx.clone(), enc(" cold and grey")].concat();
+        // Another continuation: shares the context; a prefix of the first text: shares all of it.
+        let other = [ctx.clone(), enc(" warm")].concat();
+        let longer = [first.clone(), enc(" all week")].concat();
+        let steer = rows(&e, "x", 2.0, 0)[1].additions.clone();
+        for sides in [vec![vec![]], vec![steer.clone()]] {
+            let mut cache = PrefixCache::new(64 << 20);
+            let cold_first = scored(&e, e.begin_score(&first, 0, &sides, Some(&mut cache), true).unwrap(), Some(&mut cache));
+            assert_eq!(cold_first[0].top.len(), first.len() - 1);
+            assert!(cold_first[0].top.iter().all(|t| t.len() == crate::engine::SCORE_TOP));
+            for (ids, starts_at) in [(&other, ctx.len() - 1), (&longer, first.len())] {
+                let p = e.begin_score(ids, 0, &sides, Some(&mut cache), true).unwrap();
+                assert_eq!(p.done, starts_at, "{} steered rows", sides[0].len());
+                let warm = scored(&e, p, Some(&mut cache));
+                let cold = scored(&e, e.begin_score(ids, starts_at, &sides, None, true).unwrap(), None);
+                assert_eq!((&warm[0].logprobs, &warm[0].top, &warm[0].next), (&cold[0].logprobs, &cold[0].top, &cold[0].next));
+                assert_eq!(warm[0].logprobs.len(), ids.len() - 1);
+            }
+            // Other steering shares nothing with these rows.
+            let other_steering = if sides[0].is_empty() { steer.clone() } else { vec![] };
+            assert_eq!(e.begin_score(&other, 0, &[other_steering], Some(&mut cache), true).unwrap().done, 0);
+        }
+    }
+
+    #[test]
     fn the_cache_stays_within_its_bytes_least_recently_used_out_first() {
         let e = engine();
         let opts = GenerateOptions::default();
@@ -389,7 +504,7 @@ mod tests {
         let mut cache = PrefixCache::new(2 * one + one / 2);
         let logits = seqs[0].logits.clone().unwrap();
         for key in 0..3u8 {
-            cache.insert([key; 32], &seqs[0].kv, &logits, None, vec![]);
+            cache.insert([key; 32], &[], [0; 32], &seqs[0].kv, &logits, None, vec![]);
             if key == 1 {
                 assert!(cache.lookup(&[0; 32], false).is_some(), "entry 0 is now the most recently used");
             }
@@ -398,7 +513,7 @@ mod tests {
         assert!(s.bytes <= 2 * one + one / 2 && s.entries == 2 && s.evictions == 1, "{s:?}");
         assert!(cache.contains(&[0; 32]) && !cache.contains(&[1; 32]) && cache.contains(&[2; 32]));
         let mut off = PrefixCache::new(0);
-        off.insert([0; 32], &seqs[0].kv, &logits, None, vec![]);
+        off.insert([0; 32], &[], [0; 32], &seqs[0].kv, &logits, None, vec![]);
         assert!(!off.enabled() && off.stats().entries == 0);
     }
 }
