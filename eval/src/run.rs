@@ -105,6 +105,7 @@ impl RunOptions {
             ignore_eos: self.ignore_eos,
             vectors: self.vectors.clone(),
             short_prompt: short_prompt(self.pad_short_prompt) as i32,
+            ..Default::default()
         }
     }
 
@@ -242,13 +243,14 @@ pub fn score_request(
     kl_top: u32,
 ) -> v1::ScoreRequest {
     v1::ScoreRequest {
-        texts: texts.iter().map(|(p, c)| v1::ScoreText { prompt: p.clone(), continuation: c.clone() }).collect(),
+        texts: texts.iter().map(|(p, c)| v1::ScoreText { prompt: p.clone(), continuation: c.clone(), ..Default::default() }).collect(),
         use_bos: opts.use_bos,
         tensors: tensors.iter().map(SteeringTensor::inline).collect(),
         vectors: opts.vectors.clone(),
         include_unsteered,
         short_prompt: short_prompt(opts.pad_short_prompt) as i32,
         kl_top,
+        ..Default::default()
     }
 }
 

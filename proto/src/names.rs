@@ -5,10 +5,11 @@
 use crate::v1::FinishReason;
 
 impl FinishReason {
-    /// `length` (the token budget), `stop` (the model wrote <|endoftext|>), `cancelled`.
+    /// `length` (the token budget), `stop` (the model wrote <|endoftext|>, or a stop string
+    /// appeared), `cancelled`.
     pub fn name(self) -> &'static str {
         match self {
-            FinishReason::Eos => "stop",
+            FinishReason::Eos | FinishReason::Stop => "stop",
             FinishReason::Cancelled => "cancelled",
             FinishReason::Length | FinishReason::Unspecified => "length",
         }
@@ -21,6 +22,7 @@ mod tests {
 
     #[test]
     fn finish_reasons_read_as_openai_writes_them() {
-        assert_eq!([FinishReason::Length, FinishReason::Eos, FinishReason::Cancelled].map(FinishReason::name), ["length", "stop", "cancelled"]);
+        let all = [FinishReason::Length, FinishReason::Eos, FinishReason::Cancelled, FinishReason::Stop];
+        assert_eq!(all.map(FinishReason::name), ["length", "stop", "cancelled", "stop"]);
     }
 }

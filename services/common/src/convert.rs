@@ -44,6 +44,7 @@ pub fn proto_finish(reason: FinishReason) -> v1::FinishReason {
         FinishReason::Length => v1::FinishReason::Length,
         FinishReason::Eos => v1::FinishReason::Eos,
         FinishReason::Cancelled => v1::FinishReason::Cancelled,
+        FinishReason::Stop => v1::FinishReason::Stop,
     }
 }
 

@@ -15,6 +15,7 @@ pub mod read;
 mod scheduler;
 mod score;
 pub mod service;
+mod stop;
 pub mod validation;
 pub mod vectors;
 

@@ -7,7 +7,7 @@
 
 use steer_common::ServiceError;
 use steer_model::{Addition, Engine, Scored};
-use steer_proto::v1::{KlContribution, ScoreRequest, TextScore};
+use steer_proto::v1::{KlContribution, ScoreRequest, TextScore, TopLogprob, TopLogprobs};
 
 use crate::config::GenerationConfig;
 use crate::validation;
@@ -29,6 +29,10 @@ pub struct ValidScore {
     pub additions: Vec<Addition>,
     pub include_unsteered: bool,
     pub kl_top: usize,
+    /// Alternatives reported at each scored token.
+    pub top_logprobs: usize,
+    /// Steered rows keep their KV in the prefix cache too (`share_prefixes`).
+    pub keep_kv: bool,
 }
 
 /// Checks the texts (errors name `texts[i].prompt` / `.continuation`) against the model and
@@ -44,10 +48,21 @@ pub fn validate(req: &ScoreRequest, additions: Vec<Addition>, engine: &Engine, c
     if req.kl_top > 0 && !req.include_unsteered {
         return Err(ServiceError::invalid("kl_top", "the KL needs the unsteered scores too: set include_unsteered"));
     }
+    let most = cfg.max_top_logprobs.min(steer_model::SCORE_TOP);
+    if req.top_logprobs as usize > most {
+        return Err(ServiceError::invalid("top_logprobs", format!("{}: at most {most}", req.top_logprobs)));
+    }
     let n_positions = engine.info().n_positions;
     let mut texts = vec![];
     for (i, t) in req.texts.iter().enumerate() {
         let field = format!("texts[{i}]");
+        if !t.token_ids.is_empty() {
+            texts.push(token_text(t, i, &additions, req, engine)?);
+            continue;
+        }
+        if t.score_from != 0 {
+            return Err(ServiceError::invalid(format!("{field}.score_from"), "applies to token_ids only"));
+        }
         let prompt = engine.encode(&t.prompt, req.use_bos)?;
         let continuation = engine.encode(&t.continuation, false)?;
         if continuation.is_empty() && req.kl_top == 0 {
@@ -69,7 +84,44 @@ pub fn validate(req: &ScoreRequest, additions: Vec<Addition>, engine: &Engine, c
         }
         texts.push(ScoreText { index: i, ids, start });
     }
-    Ok(ValidScore { texts, additions, include_unsteered: req.include_unsteered, kl_top: req.kl_top as usize })
+    Ok(ValidScore {
+        texts,
+        additions,
+        include_unsteered: req.include_unsteered,
+        kl_top: req.kl_top as usize,
+        top_logprobs: req.top_logprobs as usize,
+        keep_kv: req.share_prefixes,
+    })
+}
+
+/// A text given as token ids: taken as they are (no BOS), scored from `score_from` (at least 1).
+fn token_text(
+    t: &steer_proto::v1::ScoreText,
+    i: usize,
+    additions: &[Addition],
+    req: &ScoreRequest,
+    engine: &Engine,
+) -> Result<ScoreText, ServiceError> {
+    let field = format!("texts[{i}]");
+    if !t.prompt.is_empty() || !t.continuation.is_empty() {
+        return Err(ServiceError::invalid(format!("{field}.token_ids"), "give token_ids, or prompt and continuation, not both"));
+    }
+    let vocab = engine.info().vocab_size;
+    if let Some((j, id)) = t.token_ids.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
+        return Err(ServiceError::invalid(format!("{field}.token_ids[{j}]"), format!("{id} is not a token id (vocabulary of {vocab})")));
+    }
+    let from = (t.score_from as usize).max(1);
+    let n = t.token_ids.len();
+    if from > n || (from == n && req.kl_top == 0) {
+        return Err(ServiceError::invalid(format!("{field}.score_from"), format!("{from}: nothing to score in {n} tokens")));
+    }
+    let ids = validation::fit(t.token_ids.clone(), additions, false, req.short_prompt, &format!("{field}.token_ids"))?;
+    let start = from + (ids.len() - n);
+    let n_positions = engine.info().n_positions;
+    if ids.len() > n_positions {
+        return Err(ServiceError::invalid(format!("{field}.token_ids"), format!("{} tokens exceed the model's {n_positions} positions", ids.len())));
+    }
+    Ok(ScoreText { index: i, ids, start })
 }
 
 impl ValidScore {
@@ -94,6 +146,23 @@ pub fn text_scores(engine: &Engine, valid: &ValidScore, t: &ScoreText, scored: &
         let steered = steered_side(i);
         // Scored holds tokens 1..len; the continuation starts at `t.start` (and never at 0).
         let logprobs = s.logprobs[t.start.max(1) - 1..].to_vec();
+        let top_logprobs = match valid.top_logprobs {
+            0 => vec![],
+            k => s.top[t.start.max(1) - 1..]
+                .iter()
+                .map(|top| TopLogprobs {
+                    top: top
+                        .iter()
+                        .take(k)
+                        .map(|&(token_id, logprob)| TopLogprob {
+                            token_id,
+                            logprob,
+                            text: engine.tokenizer().decode(&[token_id]).unwrap_or_default(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        };
         let sum: f64 = logprobs.iter().map(|&x| x as f64).sum();
         let mut score = TextScore {
             index: t.index as u32,
@@ -103,6 +172,7 @@ pub fn text_scores(engine: &Engine, valid: &ValidScore, t: &ScoreText, scored: &
             logprobs,
             sum,
             prompt_tokens: t.start as u32,
+            top_logprobs,
             ..Default::default()
         };
         if let (true, true, Some(p), Some(q)) = (steered, valid.kl_top > 0, &s.next, unsteered_next) {

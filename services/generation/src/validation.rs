@@ -23,6 +23,8 @@ pub struct ValidRequest {
     pub stop_at_eos: bool,
     pub top_logprobs: usize,
     pub prompt_tokens: usize,
+    /// Stop strings: a row ends once its text contains one (`stop::StopText`).
+    pub stop: Vec<String>,
     /// The steering tensors' share of the worker's in-flight byte budget, given back when the
     /// request (every clone) leaves the worker.
     pub memory: Arc<steer_common::Reservation>,
@@ -42,9 +44,8 @@ impl ValidRequest {
 pub fn validate(raw: RawRequest, vectors: Vec<RefTensor>, engine: &Engine, cfg: &GenerationConfig) -> Result<ValidRequest, ServiceError> {
     let RawRequest { setup, tensors, memory } = raw;
     let info = engine.info();
-    if setup.prompt.is_empty() {
-        return Err(ServiceError::invalid("setup.prompt", "empty prompt"));
-    }
+    let ids = prompt_ids(&setup, engine)?;
+    let stop = stop_strings(&setup.stop)?;
     let n = setup.n_comparisons as usize;
     if n == 0 || n > cfg.max_comparisons {
         return Err(ServiceError::invalid("setup.n_comparisons", format!("{n}: must be in 1..={}", cfg.max_comparisons)));
@@ -62,7 +63,8 @@ pub fn validate(raw: RawRequest, vectors: Vec<RefTensor>, engine: &Engine, cfg: 
     }
     let sampling = convert::sampling(&setup.sampling.unwrap_or_default()).map_err(|e| prefixed("setup.", e))?;
     let additions = additions(tensors, vectors, engine, cfg)?;
-    let prompt = fit(engine.encode(&setup.prompt, setup.use_bos)?, &additions, setup.use_bos, setup.short_prompt, "setup.prompt")?;
+    let field = if setup.prompt_token_ids.is_empty() { "setup.prompt" } else { "setup.prompt_token_ids" };
+    let prompt = fit(ids, &additions, setup.use_bos, setup.short_prompt, field)?;
     if prompt.len() + max_new > info.n_positions {
         return Err(ServiceError::invalid(
             "setup.max_new_tokens",
@@ -84,6 +86,7 @@ pub fn validate(raw: RawRequest, vectors: Vec<RefTensor>, engine: &Engine, cfg: 
         stop_at_eos: !setup.ignore_eos,
         top_logprobs,
         prompt_tokens: prompt.len(),
+        stop,
         memory: Arc::new(memory),
     };
     let positions = valid.kv_positions();
@@ -99,6 +102,44 @@ pub fn validate(raw: RawRequest, vectors: Vec<RefTensor>, engine: &Engine, cfg: 
         ));
     }
     Ok(valid)
+}
+
+/// The prompt's token ids: `prompt` tokenised (BOS first with `use_bos`), or
+/// `prompt_token_ids` as they are.
+fn prompt_ids(setup: &steer_proto::v1::GenerateSetup, engine: &Engine) -> Result<Vec<u32>, ServiceError> {
+    if setup.prompt_token_ids.is_empty() {
+        if setup.prompt.is_empty() {
+            return Err(ServiceError::invalid("setup.prompt", "empty prompt"));
+        }
+        return Ok(engine.encode(&setup.prompt, setup.use_bos)?);
+    }
+    if !setup.prompt.is_empty() {
+        return Err(ServiceError::invalid("setup.prompt_token_ids", "give prompt or prompt_token_ids, not both"));
+    }
+    if setup.use_bos {
+        return Err(ServiceError::invalid("setup.use_bos", "token ids are taken as they are: put <|endoftext|> (50256) first yourself"));
+    }
+    let vocab = engine.info().vocab_size;
+    if let Some((j, id)) = setup.prompt_token_ids.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
+        return Err(ServiceError::invalid(format!("setup.prompt_token_ids[{j}]"), format!("{id} is not a token id (vocabulary of {vocab})")));
+    }
+    Ok(setup.prompt_token_ids.clone())
+}
+
+/// Most stop strings a request may give, and the longest.
+pub const MAX_STOP: usize = 4;
+pub const MAX_STOP_BYTES: usize = 256;
+
+fn stop_strings(stop: &[String]) -> Result<Vec<String>, ServiceError> {
+    if stop.len() > MAX_STOP {
+        return Err(ServiceError::invalid("setup.stop", format!("{} stop strings: at most {MAX_STOP}", stop.len())));
+    }
+    for (i, s) in stop.iter().enumerate() {
+        if s.is_empty() || s.len() > MAX_STOP_BYTES {
+            return Err(ServiceError::invalid(format!("setup.stop[{i}]"), format!("{} bytes: must be 1..={MAX_STOP_BYTES}", s.len())));
+        }
+    }
+    Ok(stop.to_vec())
 }
 
 /// The steering of a request: its streamed or inline tensors (`tensors[i]`) and the tensors of

@@ -400,6 +400,7 @@ mod tests {
             stop_at_eos: false,
             top_logprobs: 0,
             prompt_tokens: ids.len(),
+            stop: vec![],
             memory: Arc::new(Default::default()),
         };
         let (tx, rx) = mpsc::channel(64);

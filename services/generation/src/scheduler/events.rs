@@ -9,11 +9,15 @@ use steer_model::tokenizer::StreamDecoder;
 use steer_model::{FinishReason, Gpt2Tokenizer, Sequence};
 use steer_proto::v1::{generate_response, GenerateResponse, RowFinished, TokenEvent, TopLogprob};
 
+use crate::stop::StopText;
 use crate::validation::ValidRequest;
 
-/// One request's stream writer: each row's detokenizer, and how long the request queued.
+/// One request's stream writer: each row's detokenizer and stop strings, and how long the
+/// request queued.
 pub(super) struct EventWriter {
     decoders: Vec<StreamDecoder>,
+    /// Per row, with stop strings only.
+    stops: Vec<StopText>,
     queue_ms: f64,
 }
 
@@ -25,17 +29,37 @@ pub(super) struct Timing {
 
 impl EventWriter {
     pub(super) fn new(request: &ValidRequest, queue_ms: f64) -> Self {
-        Self { decoders: vec![StreamDecoder::default(); request.rows.len()], queue_ms }
+        let stops = match request.stop.is_empty() {
+            true => vec![],
+            false => vec![StopText::new(&request.stop); request.rows.len()],
+        };
+        Self { decoders: vec![StreamDecoder::default(); request.rows.len()], stops, queue_ms }
     }
 
-    /// Row `ev.row`'s token, its text the newly complete part of the row's UTF-8.
-    pub(super) fn token(&mut self, request: &ValidRequest, tok: &Gpt2Tokenizer, ev: &steer_model::TokenEvent) -> GenerateResponse {
+    /// Row `ev.row`'s token, its text the newly complete part of the row's UTF-8 (with stop
+    /// strings: what of it can be released; everything left when `last`), and whether a stop
+    /// string appeared.
+    pub(super) fn token(
+        &mut self,
+        request: &ValidRequest,
+        tok: &Gpt2Tokenizer,
+        ev: &steer_model::TokenEvent,
+        last: bool,
+    ) -> (GenerateResponse, bool) {
+        let mut text_delta = self.decoders[ev.row].push(tok, ev.token);
+        let mut stopped = false;
+        if let Some(stop) = self.stops.get_mut(ev.row) {
+            (text_delta, stopped) = stop.push(&text_delta);
+            if last && !stopped {
+                text_delta.push_str(&stop.finish());
+            }
+        }
         let token = TokenEvent {
             row: ev.row as u32,
             steered: ev.row >= request.n_unsteered,
             index: ev.index as u32,
             token_id: ev.token,
-            text_delta: self.decoders[ev.row].push(tok, ev.token),
+            text_delta,
             logprob: ev.logprob,
             top_logprobs: ev
                 .top_logprobs
@@ -43,7 +67,7 @@ impl EventWriter {
                 .map(|&(token_id, logprob)| TopLogprob { token_id, logprob, text: tok.decode(&[token_id]).unwrap_or_default() })
                 .collect(),
         };
-        GenerateResponse { event: Some(generate_response::Event::Token(token)) }
+        (GenerateResponse { event: Some(generate_response::Event::Token(token)) }, stopped)
     }
 
     /// Row `row`'s end: its whole text, tokens, reason and timings.
@@ -61,7 +85,10 @@ impl EventWriter {
         let finished = RowFinished {
             row: row as u32,
             steered: row >= request.n_unsteered,
-            text: tok.decode(&seq.tokens).unwrap_or_default(),
+            text: match self.stops.get(row) {
+                Some(stop) => stop.text().to_string(),
+                None => tok.decode(&seq.tokens).unwrap_or_default(),
+            },
             token_ids: seq.tokens.clone(),
             reason: convert::proto_finish(reason) as i32,
             prompt_tokens: request.prompt_tokens as u32,

@@ -110,7 +110,11 @@ impl Running {
         let tok = engine.tokenizer();
         for ev in steer_model::advance_all(seqs, tok.bos_id()).into_iter().flatten() {
             self.produced += 1;
-            self.outbox.push_back(Ok(self.writer.token(&self.request, tok, &ev)));
+            let (msg, stopped) = self.writer.token(&self.request, tok, &ev, seqs[ev.row].is_finished());
+            self.outbox.push_back(Ok(msg));
+            if stopped {
+                seqs[ev.row].stop();
+            }
             if let Some(reason) = seqs[ev.row].finish {
                 self.outbox.push_back(Ok(self.writer.finished(&self.request, tok, ev.row, &seqs[ev.row], reason, &self.timing, worker)));
             }

@@ -56,6 +56,8 @@ pub enum FinishReason {
     Eos,
     /// The caller stopped the generation.
     Cancelled,
+    /// A stop string appeared in the row's text (the caller's check: [`Sequence::stop`]).
+    Stop,
 }
 
 /// The result of one row.

@@ -95,6 +95,13 @@ impl Sequence {
         }
     }
 
+    /// Ends the sequence at its last token because a stop string appeared in its text.
+    pub fn stop(&mut self) {
+        if !self.is_finished() {
+            self.finish(FinishReason::Stop);
+        }
+    }
+
     fn finish(&mut self, reason: FinishReason) {
         self.finish = Some(reason);
         self.kv = RowKv::default();
