@@ -37,6 +37,22 @@ pub struct ServeArgs {
     security: SecurityArgs,
     #[command(flatten)]
     pub vectors: VectorArgs,
+    #[command(flatten)]
+    openai: OpenAiArgs,
+}
+
+/// What OpenAI clients (and lm-evaluation-harness) select with `model`.
+#[derive(Args, Clone)]
+#[command(next_help_heading = "OpenAI API")]
+pub struct OpenAiArgs {
+    /// The `model` name of the unsteered model [default: the loaded model's name].
+    #[arg(long, env = "STEER_SERVED_MODEL_NAME")]
+    served_model_name: Option<String>,
+    /// A steering profile a client selects with `"model": NAME` (repeatable): NAME={steering
+    /// object as in a completion request}, NAME=vector:REF[:SCALE] (a library vector) or
+    /// NAME=file:PATH[:SCALE] (a vector file). Library vectors are models by name too.
+    #[arg(long = "profile", value_name = "NAME=SPEC")]
+    profiles: Vec<String>,
 }
 
 /// The vector library.
@@ -238,6 +254,9 @@ impl ServeArgs {
         c.security.no_reflection = s.no_reflection;
         c.security.expose_model_path = s.expose_model_path;
         c.vectors = self.vectors.config(&c.security.tokens)?;
+        c.served_model_name = self.openai.served_model_name.clone();
+        c.profiles = self.openai.profiles.iter().map(|p| steer_server::profiles::Profile::parse(p)).collect::<Result<_, _>>()?;
+        steer_server::profiles::check_unique(&c.profiles)?;
         Ok(c)
     }
 }

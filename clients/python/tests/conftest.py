@@ -9,6 +9,10 @@ import grpc
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
+# Every server the tests start serves the unsteered model as "steer" (OpenAI's `model`).
+os.environ.setdefault("STEER_SERVED_MODEL_NAME", "steer")
+# A steering profile of the session's server, selected with `model`.
+LOVE_PROFILE = '{"additions": [{"layer": 1, "coeff": 4.0, "text": "Love "}, {"layer": 1, "coeff": -4.0, "text": "Hate"}]}'
 
 
 def _free_port():
@@ -46,7 +50,7 @@ def server(vector_dir):
     port = _free_port()
     proc = subprocess.Popen(
         [binary, "serve", "--model", str(ROOT / "fixtures" / "tiny-gpt2"), "--addr", f"127.0.0.1:{port}",
-         "--worker-id", "py-test", "--vector-dir", str(vector_dir)],
+         "--worker-id", "py-test", "--vector-dir", str(vector_dir), "--profile", f"love={LOVE_PROFILE}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "STEER_LOG": "warn"})
     addr = f"127.0.0.1:{port}"
     from steer_client import SteerClient

@@ -115,7 +115,9 @@ fn token_text(
     if from > n || (from == n && req.kl_top == 0) {
         return Err(ServiceError::invalid(format!("{field}.score_from"), format!("{from}: nothing to score in {n} tokens")));
     }
-    let ids = validation::fit(t.token_ids.clone(), additions, false, req.short_prompt, &format!("{field}.token_ids"))?;
+    // Padding (PAD) goes after a leading <|endoftext|> when use_bos says the text has one.
+    let bos = req.use_bos && t.token_ids.first() == Some(&engine.tokenizer().bos_id());
+    let ids = validation::fit(t.token_ids.clone(), additions, bos, req.short_prompt, &format!("{field}.token_ids"))?;
     let start = from + (ids.len() - n);
     let n_positions = engine.info().n_positions;
     if ids.len() > n_positions {

@@ -41,6 +41,11 @@ pub struct ServeConfig {
     /// finished an iteration for this long.
     pub watchdog: Duration,
     pub vectors: VectorsConfig,
+    /// The name OpenAI clients give as `model` for the unsteered model (default: the loaded
+    /// model's name).
+    pub served_model_name: Option<String>,
+    /// Named steering an OpenAI client selects with `model` ([`crate::profiles`]).
+    pub profiles: Vec<crate::profiles::Profile>,
 }
 
 /// The vector library (kept by the activation service) and where a generation-only worker
@@ -70,6 +75,8 @@ impl Default for ServeConfig {
             max_message_bytes: 8 << 20,
             watchdog: Duration::from_secs(60),
             vectors: VectorsConfig::default(),
+            served_model_name: None,
+            profiles: vec![],
         }
     }
 }

@@ -16,8 +16,10 @@ pub mod error;
 pub mod gate;
 pub mod http;
 pub mod local;
+pub mod profiles;
 pub mod serve;
 pub mod services;
+pub mod steering;
 pub mod sweeps;
 pub mod tls;
 

@@ -16,7 +16,9 @@ use tonic_health::ServingStatus;
 
 use steer_proto::v1::activation_service_client::ActivationServiceClient;
 use steer_proto::v1::activation_service_server::ActivationService;
-use steer_proto::v1::{GetSteeringTensorsRequest, GetSteeringTensorsResponse, GetVectorRequest, GetVectorResponse};
+use steer_proto::v1::{
+    GetSteeringTensorsRequest, GetSteeringTensorsResponse, GetVectorRequest, GetVectorResponse, ListVectorsRequest, ListVectorsResponse,
+};
 
 use crate::config::ServeConfig;
 use crate::error::ServerError;
@@ -38,6 +40,8 @@ pub struct Services {
     /// The split-mode activation client of the HTTP routes, dialled once ([`Self::activation_api`]).
     remote_activation: std::sync::OnceLock<Option<(ActivationServiceClient<tonic::transport::Channel>, Option<String>)>>,
     library: Option<Arc<Library>>,
+    /// The loaded model (tokenizer and names for the HTTP routes).
+    engine: std::sync::OnceLock<Arc<Engine>>,
 }
 
 impl Services {
@@ -68,6 +72,7 @@ impl Services {
             stuck: Arc::new(AtomicBool::new(false)),
             remote_activation: std::sync::OnceLock::new(),
             library,
+            engine: std::sync::OnceLock::new(),
         };
         Ok((s, health))
     }
@@ -91,6 +96,7 @@ impl Services {
 
     /// Installs the workers on the loaded engine and reports SERVING.
     pub async fn ready(&self, engine: Arc<Engine>) {
+        let _ = self.engine.set(engine.clone());
         let role = self.cfg.role;
         if role.activation() {
             let mut worker = ActivationWorker::new(engine.clone(), self.cfg.activation.clone());
@@ -196,6 +202,17 @@ impl Services {
         remote.as_ref().map(|(client, token)| ActivationApi::Remote { client: client.clone(), token: token.clone() })
     }
 
+    /// The loaded model, or UNAVAILABLE while it loads.
+    pub(crate) fn engine(&self) -> Result<&Arc<Engine>, tonic::Status> {
+        self.engine.get().ok_or_else(|| tonic::Status::unavailable("the model is still loading"))
+    }
+
+    /// The name OpenAI clients give for the unsteered model: `--served-model-name`, else the
+    /// loaded model's.
+    pub(crate) fn served_model_name(&self) -> Option<String> {
+        self.cfg.served_model_name.clone().or_else(|| self.engine.get().map(|e| e.info().name.clone()))
+    }
+
     /// Reports NOT_SERVING (on shutdown, so load balancers stop sending).
     pub async fn draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
@@ -230,6 +247,14 @@ impl ActivationApi<'_> {
         Ok(match self {
             ActivationApi::Local(gate) => Box::pin(gate.get_steering_tensors(req).await?.into_inner()),
             ActivationApi::Remote { client, .. } => Box::pin(client.clone().get_steering_tensors(req).await?.into_inner()),
+        })
+    }
+
+    pub(crate) async fn list_vectors(&self) -> Result<ListVectorsResponse, tonic::Status> {
+        let req = self.request(ListVectorsRequest {});
+        Ok(match self {
+            ActivationApi::Local(gate) => gate.list_vectors(req).await?.into_inner(),
+            ActivationApi::Remote { client, .. } => client.clone().list_vectors(req).await?.into_inner(),
         })
     }
 

@@ -3,8 +3,10 @@
 //! that sends `/v1/...` here before gRPC-Web sees it, behind the same bearer tokens as gRPC.
 
 mod errors;
+mod models;
 pub mod openai;
 pub mod rpc;
+mod tokenizer;
 
 use std::sync::Arc;
 
@@ -15,18 +17,24 @@ use crate::auth::Tokens;
 use crate::services::Services;
 use crate::sweeps::SweepService;
 
-/// The HTTP/JSON routes: completions ([`openai`]) and the RPC mirrors ([`rpc`]).
+/// The HTTP/JSON routes: completions ([`openai`]), models ([`models`]), the tokenizer
+/// ([`tokenizer`]) and the RPC mirrors ([`rpc`]).
 fn router(services: Arc<Services>, sweeps: Option<SweepService>) -> axum::Router {
+    use axum::routing::{get, post};
     let mirrors = rpc::router(&services, sweeps);
+    let (s1, s2, s3, s4, s5) = (services.clone(), services.clone(), services.clone(), services.clone(), services);
     axum::Router::new()
-        .route(
-            "/v1/completions",
-            axum::routing::post(move |body: Result<Json<openai::CompletionRequest>, JsonRejection>| {
-                let services = services.clone();
-                async move { openai::completions(services, body).await }
-            }),
-        )
+        .route("/v1/completions", post(move |body: Result<Json<serde_json::Value>, JsonRejection>| openai::completions(s1.clone(), body)))
+        .route("/v1/models", get(move || models::list(s2.clone())))
+        .route("/tokenizer_info", get(move || tokenizer::info(s3.clone())))
+        .route("/tokenize", post(move |body| tokenizer::tokenize(s4.clone(), body)))
+        .route("/detokenize", post(move |body| tokenizer::detokenize(s5.clone(), body)))
         .merge(mirrors)
+}
+
+/// Paths the HTTP/JSON routes answer (the rest is gRPC, gRPC-Web and the dashboard).
+fn is_http_json(path: &str) -> bool {
+    path.starts_with("/v1/") || matches!(path, "/tokenize" | "/detokenize" | "/tokenizer_info")
 }
 
 /// Sends `/v1/...` (completions and the RPC mirrors) to the HTTP/JSON routes before the gRPC-Web translation (which refuses plain
@@ -73,7 +81,7 @@ where
     }
 
     fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
-        if req.uri().path().starts_with("/v1/") {
+        if is_http_json(req.uri().path()) {
             let (parts, body) = req.into_parts();
             if let Err(status) = self.tokens.check(&parts) {
                 let resp = openai::error(&status).map(tonic::body::Body::new);
