@@ -3,7 +3,8 @@
 # deployment manifests, the dashboard in a real browser, the Python client, and the fuzz targets.
 # Needs: cargo; npm (buf and playwright-core come from the npm registry); Debian's chromium;
 # python3 with grpcio, grpcio-tools 1.85.1, protobuf, pytest, kubernetes-validate, pyyaml, setuptools, wheel, openai,
-# numpy and gguf (llama.cpp's GGUF reader/writer, for the control-vector round trips); checkov; Debian's nginx
+# numpy and gguf (llama.cpp's GGUF reader/writer, for the control-vector round trips); checkov; lm_eval (lm-evaluation-harness,
+# its own venv, on PATH); Debian's nginx
 # (.ci/run installs them, the Python ones into a venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -5,6 +5,7 @@
 mod concurrency;
 mod dtypes;
 mod grpc;
+mod loglikelihood;
 mod prefix;
 
 use std::time::Instant;
@@ -34,6 +35,10 @@ pub struct BenchArgs {
     /// a re-run with a new seed (time to first token) and 8 clients re-running 2 long prompts.
     #[arg(long)]
     prefix_cache: bool,
+    /// Also measure lm-evaluation-harness's loglikelihood requests over shared contexts
+    /// (/v1/completions with echo and logprobs) against independent scorings of the same texts.
+    #[arg(long)]
+    loglikelihood: bool,
     /// Also serve N clients at once for each N given (e.g. 1,4,8,16), against the same requests
     /// one at a time, and the stall a long prefill causes to running streams.
     #[arg(long, value_delimiter = ',')]
@@ -120,6 +125,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     if a.prefix_cache {
         crate::args::runtime()?.block_on(prefix::run(engine.clone()))?;
+    }
+    if a.loglikelihood {
+        crate::args::runtime()?.block_on(loglikelihood::run(engine.clone()))?;
     }
     if !a.concurrency.is_empty() {
         crate::args::runtime()?.block_on(concurrency::run(engine, &a.concurrency, &a.prefill_tokens_per_step))?;

@@ -73,8 +73,12 @@ impl Engine {
         }
         let adds: Vec<&[Addition]> =
             p.todo.iter().map(|&d| &rows[p.fan_out.iter().position(|&g| g as usize == d).expect("a row")].additions[..]).collect();
-        // The declared context's states, when held for every row: start after it.
-        if let Some(b) = boundary {
+        // The longest beginning a held scored row shares, common to every row, when it goes
+        // further than the declared context; else the declared context's states, when held
+        // for every row.
+        let found: Vec<Option<(usize, RowKey)>> = adds.iter().map(|a| c.longest_shared(ids, &additions_key(a), 2)).collect();
+        let shared = found.iter().map(|f| f.map(|(n, _)| n)).min().flatten();
+        if let Some(b) = boundary.filter(|&b| shared.is_none_or(|n| n < b)) {
             let keys: Vec<RowKey> = adds.iter().map(|a| row_key(&ids[..b], a)).collect();
             if keys.iter().all(|k| c.holds_scored(k)) {
                 let held: Vec<Held> = keys.iter().map(|k| c.context(k).expect("held")).collect();
@@ -82,19 +86,8 @@ impl Engine {
                 return Ok(p);
             }
         }
-        // Else the longest beginning a held scored row shares, common to every row.
-        let found: Vec<Option<(usize, Held)>> = adds.iter().map(|a| c.longest_shared(ids, &additions_key(a), 2)).collect();
-        let Some(n) = found.iter().map(|f| f.as_ref().map(|(n, _)| *n)).min().flatten() else { return Ok(p) };
-        let held = found
-            .into_iter()
-            .map(|f| {
-                let (m, h) = f.expect("every row found one");
-                match m == n {
-                    true => h,
-                    false => Held { kv: h.kv.first(n), logits: vec![], scores: h.scores.map(|s| s.first(n)), streams: vec![] },
-                }
-            })
-            .collect();
+        let Some(n) = shared else { return Ok(p) };
+        let held = found.into_iter().map(|f| c.shared(&f.expect("every row found one").1, n).expect("held")).collect();
         self.resume(&mut p, ids, n, held)?;
         Ok(p)
     }

@@ -181,12 +181,12 @@ impl PrefixCache {
     }
 
     /// For a text `ids` scored with the additions keyed `adds`: the scored row (with its KV)
-    /// whose tokens begin like `ids` for longest, as the state after its first `n` positions,
-    /// `n >= min` (counted as a partial hit). `n` is the shared length when that row ends
-    /// there (its last logits score the next token), else one less (the position before the
-    /// first differing token is computed again, for its distribution). An exact match is
-    /// [`Self::lookup`]'s, not this.
-    pub(crate) fn longest_shared(&mut self, ids: &[u32], adds: &RowKey, min: usize) -> Option<(usize, Held)> {
+    /// whose tokens begin like `ids` for longest, and how many of its first positions serve,
+    /// `n >= min` (no counting; [`Self::shared`] takes them). `n` is the shared length when
+    /// that row ends there (its last logits score the next token), else one less (the position
+    /// before the first differing token is computed again, for its distribution). An exact
+    /// match is [`Self::lookup`]'s, not this.
+    pub(crate) fn longest_shared(&self, ids: &[u32], adds: &RowKey, min: usize) -> Option<(usize, RowKey)> {
         let usable = |e: &Entry| {
             let shared = e.tokens.iter().zip(ids).take_while(|(a, b)| a == b).count();
             match shared == e.tokens.len() {
@@ -194,28 +194,32 @@ impl PrefixCache {
                 _ => shared.saturating_sub(1).min(ids.len().saturating_sub(1)),
             }
         };
-        let (key, n) = self
-            .entries
+        self.entries
             .iter()
             .filter(|(_, e)| e.adds == *adds && e.scores.is_some() && e.kv.n_layer() > 0)
-            .map(|(k, e)| (*k, usable(e)))
-            .max_by_key(|&(_, n)| n)
-            .filter(|&(_, n)| n >= min.max(1))?;
+            .map(|(k, e)| (usable(e), *k))
+            .max_by_key(|&(n, _)| n)
+            .filter(|&(n, _)| n >= min.max(1))
+    }
+
+    /// The state after the first `n` positions of the row under `key` ([`Self::longest_shared`]),
+    /// counted as a partial hit: its KV there, its scores of those positions, its last logits
+    /// when `n` is its length (empty otherwise) and its trunk there.
+    pub(crate) fn shared(&mut self, key: &RowKey, n: usize) -> Option<Held> {
         self.clock += 1;
-        let e = self.entries.get_mut(&key).expect("present");
+        let e = self.entries.get_mut(key)?;
         e.used = self.clock;
         self.stats.partial_hits += 1;
         self.stats.positions_reused += n as u64;
         self.stats.block_positions_reused += (n * e.kv.n_layer()) as u64;
         let d = e.streams.first().map_or(0, |s| s.len() / e.tokens.len().max(1));
         let whole = n == e.tokens.len();
-        let held = Held {
+        Some(Held {
             kv: e.kv.first(n),
             logits: if whole { e.logits.clone() } else { vec![] },
             scores: e.scores.as_ref().map(|s| s.first(n.min(e.tokens.len() - 1))),
             streams: e.streams.iter().map(|s| s[..n * d].to_vec()).collect(),
-        };
-        Some((n, held))
+        })
     }
 
     /// The trunk of the unsteered row under `key` at `stream` (in `1..=n_layer`): the keys and
