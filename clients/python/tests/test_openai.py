@@ -250,3 +250,23 @@ def test_streaming_with_echo_logprobs_and_usage(oai):
     tokens = [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.tokens]
     assert tokens == whole.logprobs.tokens
     assert chunks[-1].usage.completion_tokens == 4 and not chunks[-1].choices
+
+
+def test_token_id_prompts_and_stop_strings_over_the_rpcs_name_bad_fields(server):
+    score = "/v1/rpc/steer.v1.GenerationService/Score"
+    for text, field in [({"tokenIds": [464, 99999]}, "texts[0].token_ids[1]"),
+                        ({"tokenIds": [464, 3290], "scoreFrom": 3}, "texts[0].score_from"),
+                        ({"tokenIds": [464, 3290], "prompt": "x"}, "texts[0].token_ids"),
+                        ({"prompt": "x", "continuation": " y", "scoreFrom": 1}, "texts[0].score_from")]:
+        bad = json.loads(_post(server, score, {"texts": [text]}))
+        assert bad["error"]["param"] == field, (text, bad)
+    top = json.loads(_post(server, score, {"texts": [{"tokenIds": [464, 3290, 318]}], "topLogprobs": 3}).splitlines()[0])
+    assert [len(t["top"]) for t in top["score"]["topLogprobs"]] == [3, 3]
+    gen = "/v1/rpc/steer.v1.GenerationService/GenerateFromTensors"
+    for setup, field in [({"promptTokenIds": [464, 3290], "useBos": True}, "setup.use_bos"),
+                         ({"promptTokenIds": [464], "prompt": "x"}, "setup.prompt_token_ids"),
+                         ({"promptTokenIds": [70000]}, "setup.prompt_token_ids[0]"),
+                         ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "setup.stop"),
+                         ({"prompt": "x", "stop": [""]}, "setup.stop[0]")]:
+        bad = json.loads(_post(server, gen, {"setup": {"nComparisons": 1, "maxNewTokens": 2, **setup}}))
+        assert bad["error"]["param"] == field, (setup, bad)
