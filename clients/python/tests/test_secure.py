@@ -81,3 +81,27 @@ def test_the_openai_endpoint_takes_the_token_as_its_api_key(secure_server):
     bad = openai.OpenAI(base_url=f"https://{addr}/v1", api_key="not-the-token-000000", http_client=http, max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         bad.completions.create(model="steer", prompt="I hate you because", max_tokens=3)
+
+
+def test_models_and_tokenizer_routes_need_the_token_too(secure_server):
+    import json
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    addr, ca = secure_server
+    ctx = ssl.create_default_context(cafile=str(ca))
+
+    def status(method, path, body, token=None):
+        headers = {"content-type": "application/json", **({"authorization": f"Bearer {token}"} if token else {})}
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(f"https://{addr}{path}", data=data, headers=headers, method=method)
+        try:
+            return urllib.request.urlopen(req, context=ctx, timeout=60).status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    for method, path, body in [("GET", "/v1/models", None), ("GET", "/tokenizer_info", None),
+                               ("POST", "/tokenize", {"prompt": "Hi"}), ("POST", "/detokenize", {"tokens": [17250]})]:
+        assert status(method, path, body) == 401, path
+        assert status(method, path, body, TOKEN) == 200, path

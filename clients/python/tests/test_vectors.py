@@ -1,6 +1,7 @@
 """Vectors as artifacts from Python: files, the library, dataset vectors (checked with numpy)
 and llama.cpp control-vector GGUF round trips through the `gguf` package (llama.cpp's own
 Python reader and writer)."""
+import os
 import subprocess
 
 import gguf
@@ -145,3 +146,45 @@ def test_library_vectors_over_http_json_and_the_openai_endpoint(server, client):
     assert r["choices"][0]["text"] == want[0]
     bad = json.loads(_post(server, "/v1/completions", {**body, "steering": {"vectors": [{"name": "nope"}]}}))
     assert bad["error"]["param"] == "steering.vectors[0].name"
+    # The library vector is a model by name: the same completion without a steering field.
+    models = json.loads(subprocess.run(["curl", "-sS", f"http://{server}/v1/models"], check=True, capture_output=True,
+                                       text=True, timeout=60).stdout)
+    assert "love-json" in [m["id"] for m in models["data"]]
+    by_model = json.loads(_post(server, "/v1/completions", {**{k: v for k, v in body.items() if k != "steering"}, "model": "love-json"}))
+    assert by_model["choices"][0]["text"] == want[0] and by_model["model"] == "love-json"
+
+
+def test_a_vector_file_profile_steers_as_its_additions(client, tmp_path):
+    import json
+    import socket
+
+    from conftest import wait_until_serving
+    from steer_client import SteerClient
+    from test_openai import _post
+
+    path = tmp_path / "love.safetensors"
+    path.write_bytes(client.save_vector("love-file", LOVE_HATE).data)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([BINARY, "serve", "--model", str(ROOT / "fixtures" / "tiny-gpt2"), "--addr", f"127.0.0.1:{port}",
+                             "--no-vector-library", "--profile", f"half=file:{path}:0.5", "--profile", f"whole=file:{path}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "STEER_LOG": "warn"})
+    try:
+        c = SteerClient(f"127.0.0.1:{port}")
+        wait_until_serving(c, proc)
+        c.close()
+        addr = f"127.0.0.1:{port}"
+        body = {"prompt": "I hate you because", "max_tokens": 0, "echo": True, "logprobs": 0}
+        adds = [{"layer": l, "coeff": c, "text": t} for l, c, t in LOVE_HATE]
+        inline = json.loads(_post(addr, "/v1/completions", {**body, "model": "steer", "steering": {"additions": adds}}))
+        whole = json.loads(_post(addr, "/v1/completions", {**body, "model": "whole"}))
+        half = json.loads(_post(addr, "/v1/completions", {**body, "model": "half"}))
+        lp = lambda r: r["choices"][0]["logprobs"]["token_logprobs"]  # noqa: E731
+        assert lp(whole) == lp(inline) and lp(half) != lp(whole)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    bad = subprocess.run([BINARY, "serve", "--model", str(ROOT / "fixtures" / "tiny-gpt2"), "--profile", "x=file:/nonexistent.safetensors"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "--profile x=file:/nonexistent.safetensors" in bad.stderr
