@@ -93,7 +93,9 @@ export const F = {
     "skip_unsteered": 9,
     "short_prompt": 10,
     "ignore_eos": 11,
-    "vectors": 12
+    "vectors": 12,
+    "prompt_token_ids": 13,
+    "stop": 14
   },
   "GenerationServiceGetModelInfoRequest": {},
   "GenerationServiceGetModelInfoResponse": {
@@ -209,14 +211,18 @@ export const F = {
     "vectors": 4,
     "include_unsteered": 5,
     "short_prompt": 6,
-    "kl_top": 7
+    "kl_top": 7,
+    "top_logprobs": 8,
+    "share_prefixes": 9
   },
   "ScoreResponse": {
     "score": 1
   },
   "ScoreText": {
     "prompt": 1,
-    "continuation": 2
+    "continuation": 2,
+    "token_ids": 3,
+    "score_from": 4
   },
   "StartSweepRequest": {
     "kind": 1,
@@ -268,7 +274,8 @@ export const F = {
     "mean": 6,
     "prompt_tokens": 7,
     "next_token_kl": 8,
-    "kl_top": 9
+    "kl_top": 9,
+    "top_logprobs": 10
   },
   "TokenEvent": {
     "row": 1,
@@ -287,6 +294,9 @@ export const F = {
     "token_id": 1,
     "logprob": 2,
     "text": 3
+  },
+  "TopLogprobs": {
+    "top": 1
   },
   "VectorFile": {
     "info": 1,
@@ -332,7 +342,8 @@ export const E = {
     "0": "FINISH_REASON_UNSPECIFIED",
     "1": "FINISH_REASON_LENGTH",
     "2": "FINISH_REASON_EOS",
-    "3": "FINISH_REASON_CANCELLED"
+    "3": "FINISH_REASON_CANCELLED",
+    "4": "FINISH_REASON_STOP"
   },
   "Hook": {
     "0": "HOOK_UNSPECIFIED",

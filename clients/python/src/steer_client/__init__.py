@@ -31,7 +31,7 @@ HOOKS = {"resid_pre": tensor_pb2.HOOK_RESID_PRE, "block_output": tensor_pb2.HOOK
 _HOOK_NAMES = {v: k for k, v in HOOKS.items()}
 #: Finish reasons as every front end prints them (OpenAI's words).
 FINISH_REASONS = {generation_pb2.FINISH_REASON_LENGTH: "length", generation_pb2.FINISH_REASON_EOS: "stop",
-                  generation_pb2.FINISH_REASON_CANCELLED: "cancelled"}
+                  generation_pb2.FINISH_REASON_CANCELLED: "cancelled", generation_pb2.FINISH_REASON_STOP: "stop"}
 
 
 def _hook(name) -> int:
