@@ -62,6 +62,8 @@ pub struct RunOptions {
     pub pad_short_prompt: bool,
     /// Library vectors (by digest) the generation worker adds along with the tensors sent.
     pub vectors: Vec<VectorRef>,
+    /// Stop strings: a row ends once its text contains one (left out of the text).
+    pub stop: Vec<String>,
 }
 
 impl Default for RunOptions {
@@ -79,6 +81,7 @@ impl Default for RunOptions {
             ignore_eos: false,
             pad_short_prompt: false,
             vectors: vec![],
+            stop: vec![],
         }
     }
 }
@@ -105,6 +108,7 @@ impl RunOptions {
             ignore_eos: self.ignore_eos,
             vectors: self.vectors.clone(),
             short_prompt: short_prompt(self.pad_short_prompt) as i32,
+            stop: self.stop.clone(),
             ..Default::default()
         }
     }

@@ -60,6 +60,9 @@ pub struct RunFlags {
     /// Keep generating past <|endoftext|>.
     #[arg(long)]
     ignore_eos: bool,
+    /// Stop a row once its text contains this (repeatable, at most 4); the text ends before it.
+    #[arg(long = "stop", value_name = "TEXT")]
+    stop: Vec<String>,
     /// Contrast prompts at one layer must have equal token lengths (else they are space-padded).
     #[arg(long)]
     strict_lengths: bool,
@@ -109,6 +112,9 @@ impl RunFlags {
         o.top_logprobs = self.top_logprobs.unwrap_or(o.top_logprobs);
         o.skip_unsteered |= self.skip_unsteered;
         o.ignore_eos |= self.ignore_eos;
+        if !self.stop.is_empty() {
+            o.stop = self.stop.clone();
+        }
         o.n_tokens = self.tokens.unwrap_or(o.n_tokens);
         o.n_comparisons = self.comparisons.unwrap_or(o.n_comparisons);
         o.seed = self.seed.unwrap_or(o.seed);

@@ -113,3 +113,61 @@ fn log_probabilities_are_the_same_bits_on_any_thread_count() {
         assert_eq!(run(&[], &flag), one, "{dtype:?} --threads 2");
     }
 }
+
+#[test]
+fn a_stop_string_ends_the_row_and_is_left_out_of_its_text() {
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec![
+            "run",
+            "--model",
+            "fixtures/tiny-gpt2",
+            "--prompt",
+            "I hate you because",
+            "--add",
+            "1:4:Love",
+            "--tokens",
+            "8",
+            "--comparisons",
+            "1",
+            "--temperature",
+            "0",
+            "--skip-unsteered",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = steer(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        serde_json::from_str(stdout.lines().last().expect("a row")).unwrap()
+    };
+    let full = run(&[]);
+    let text = full["text"].as_str().unwrap().to_string();
+    // A stop string from the middle of the text: the row ends before it.
+    let words: Vec<&str> = text.split(' ').collect();
+    let stop = format!(" {}", words[2]);
+    let cut = &text[..text.find(&stop).unwrap()];
+    let stopped = run(&["--stop", &stop, "--stop", "never written"]);
+    assert_eq!(stopped["text"].as_str().unwrap(), cut, "{full} / {stopped}");
+    assert_eq!(stopped["finish_reason"], "stop");
+    assert!(stopped["token_ids"].as_array().unwrap().len() < 8);
+    let five = steer(&[
+        "run",
+        "--model",
+        "fixtures/tiny-gpt2",
+        "--prompt",
+        "Hi there",
+        "--add",
+        "1:4:Love",
+        "--stop",
+        "a",
+        "--stop",
+        "b",
+        "--stop",
+        "c",
+        "--stop",
+        "d",
+        "--stop",
+        "e",
+    ]);
+    assert!(!five.status.success() && String::from_utf8_lossy(&five.stderr).contains("setup.stop"), "{}", String::from_utf8_lossy(&five.stderr));
+}

@@ -270,3 +270,17 @@ def test_token_id_prompts_and_stop_strings_over_the_rpcs_name_bad_fields(server)
                          ({"prompt": "x", "stop": [""]}, "setup.stop[0]")]:
         bad = json.loads(_post(server, gen, {"setup": {"nComparisons": 1, "maxNewTokens": 2, **setup}}))
         assert bad["error"]["param"] == field, (setup, bad)
+
+
+def test_the_python_client_stops_at_a_stop_string(server):
+    client = SteerClient(server)
+    kw = dict(n_tokens=8, n_comparisons=1, seed=0, temperature=0.0)
+    _, full = client.run("I hate you because", LOVE_HATE_ADDS, **kw)
+    text = full[0].text
+    stop = " " + text.split(" ")[2]
+    _, cut = client.run("I hate you because", LOVE_HATE_ADDS, stop=[stop], **kw)
+    client.close()
+    assert cut[0].text == text[:text.index(stop)] and cut[0].finish_reason == "stop"
+
+
+LOVE_HATE_ADDS = [(a["layer"], a["coeff"], a["text"]) for a in LOVE_HATE["additions"]]

@@ -249,20 +249,22 @@ class SteerClient:
 
     def generate_stream(self, prompt: str, tensors: Sequence[SteeringTensor], n_tokens=50, n_comparisons=3,
                         use_bos=True, seed=0, preset=POST, timeout=None, vectors=(), pad_short_prompt=False,
-                        **sampling):
+                        stop=(), **sampling):
         """Yields GenerateResponse events (TokenEvent or RowFinished) as the server streams them.
 
         Sampling starts from `preset` (POST or SEED); keywords temperature, top_p, top_k,
         repetition_penalty, frequency_penalty, presence_penalty override it. `vectors`: library
         vectors by digest (VectorRef messages, see vector_ref), added along with `tensors`.
         `pad_short_prompt`: a prompt shorter than the steering is padded with spaces after BOS
-        (else the server refuses it).
+        (else the server refuses it). `stop`: up to 4 strings; a row ends once its text contains
+        one, which is left out of its text (finish reason "stop").
         """
         sampling = _sampling(preset, sampling)
         short = generation_pb2.SHORT_PROMPT_PAD if pad_short_prompt else generation_pb2.SHORT_PROMPT_ERROR
         setup = generation_pb2.GenerateSetup(
             prompt=prompt, use_bos=use_bos, sampling=sampling, n_comparisons=n_comparisons,
-            max_new_tokens=n_tokens, seed=seed, n_tensors=len(tensors), vectors=list(vectors), short_prompt=short)
+            max_new_tokens=n_tokens, seed=seed, n_tensors=len(tensors), vectors=list(vectors), short_prompt=short,
+            stop=list(stop))
 
         def requests():
             yield generation_pb2.GenerateRequest(setup=setup)

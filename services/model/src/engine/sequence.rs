@@ -95,9 +95,10 @@ impl Sequence {
         }
     }
 
-    /// Ends the sequence at its last token because a stop string appeared in its text.
+    /// Ends the sequence at its last token because a stop string appeared in its text (also
+    /// when that token reached the length or was EOS: the stop string is why its text ends).
     pub fn stop(&mut self) {
-        if !self.is_finished() {
+        if self.finish != Some(FinishReason::Cancelled) {
             self.finish(FinishReason::Stop);
         }
     }
