@@ -32,6 +32,7 @@
 
 mod logprobs;
 pub mod request;
+mod tensors;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,11 +56,10 @@ use tonic::Status;
 
 use self::logprobs::Logprobs;
 use self::request::{Completion, Prompt};
+use self::tensors::{addition_tensors, file_tensors, no_op_warnings, vector_refs};
 use super::errors::{body_error, error_naming, stream_error};
 use super::models;
-use crate::profiles::ProfileFile;
 use crate::services::Services;
-use crate::steering::{addition_tensors, no_op_warnings, vector_refs};
 
 /// An OpenAI error object with the HTTP status of the gRPC code; `param` names the field.
 pub(in crate::http) fn error(status: &Status) -> Response {
@@ -248,14 +248,6 @@ struct Prompted {
 }
 
 type Events = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<steer_proto::v1::GenerateFromTensorsResponse, Status>> + Send>>;
-
-/// A profile's vector file as inline tensors, checked against the served model.
-async fn file_tensors(services: &Services, f: &ProfileFile) -> Result<Vec<InlineTensor>, Status> {
-    let info = services.generation.get_model_info(tonic::Request::new(Default::default())).await?.into_inner().info.unwrap_or_default();
-    let tensors = steer_eval::SteeringTensor::from_file(&f.vector, &info, f.scale, None)
-        .map_err(|err| Status::failed_precondition(format!("profile vector file {}: {err}", f.path.display())))?;
-    Ok(tensors.iter().map(steer_eval::SteeringTensor::inline).collect())
-}
 
 /// The echoed prompts' log-probabilities, per prompt and Score side (unsteered first with
 /// compare), through `Score` with the prefix cache shared across requests.
