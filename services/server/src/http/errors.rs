@@ -1,5 +1,5 @@
-//! The HTTP/JSON errors: OpenAI error objects with the HTTP status of the gRPC code, for both
-//! the completions route and the RPC mirrors (each names the offending field its own way).
+//! The HTTP/JSON errors: OpenAI error objects with the HTTP status of the gRPC code, for the
+//! OpenAI routes (fields by their OpenAI names) and the RPC mirrors (by the proto's).
 
 use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
@@ -23,6 +23,28 @@ pub(super) fn error_naming(status: &Status, name: fn(&str) -> String) -> Respons
     let param = (status.code() == Code::InvalidArgument).then(|| name(status.message().split(':').next().unwrap_or_default()));
     let body = json!({"error": {"message": status.message(), "type": kind, "param": param, "code": format!("{:?}", status.code())}});
     (http, Json(body)).into_response()
+}
+
+/// An OpenAI error object with the HTTP status of the gRPC code; `param` names the field.
+pub(super) fn openai_error(status: &Status) -> Response {
+    error_naming(status, openai_param)
+}
+
+/// A field of the requests a completion became (GenerateSetup, ScoreRequest), by its name in the
+/// OpenAI request.
+fn openai_param(field: &str) -> String {
+    let f = field.strip_prefix("setup.").unwrap_or(field);
+    let f = f.strip_prefix("sampling.").unwrap_or(f);
+    match f {
+        "max_new_tokens" => "max_tokens".into(),
+        "n_comparisons" => "n".into(),
+        "top_logprobs" => "logprobs".into(),
+        _ if f.starts_with("prompt") || f.starts_with("texts") => "prompt".into(),
+        _ if f.starts_with("stop") => "stop".into(),
+        _ if f.starts_with("tensors") => "steering".into(),
+        _ if f.starts_with("vectors") => format!("steering.{f}"),
+        _ => f.into(),
+    }
 }
 
 /// A JSON body that does not parse: INVALID_ARGUMENT naming `body`.

@@ -84,7 +84,7 @@ where
         if is_http_json(req.uri().path()) {
             let (parts, body) = req.into_parts();
             if let Err(status) = self.tokens.check(&parts) {
-                let resp = openai::error(&status).map(tonic::body::Body::new);
+                let resp = errors::openai_error(&status).map(tonic::body::Body::new);
                 return Box::pin(async move { Ok(resp) });
             }
             let req = axum::http::Request::from_parts(parts, body);

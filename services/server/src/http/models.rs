@@ -45,7 +45,7 @@ pub(super) async fn select(services: &Services, model: Option<&str>) -> Result<O
             }
             // Not a vector, or no library to look in.
             Err(s) if matches!(s.code(), Code::NotFound | Code::InvalidArgument | Code::FailedPrecondition) => {}
-            Err(s) => return Err(super::openai::error(&s)),
+            Err(s) => return Err(super::errors::openai_error(&s)),
         }
     }
     Err(model_not_found(name))
@@ -54,7 +54,7 @@ pub(super) async fn select(services: &Services, model: Option<&str>) -> Result<O
 /// `GET /v1/models`.
 pub(super) async fn list(services: Arc<Services>) -> Response {
     let Some(base) = services.served_model_name() else {
-        return super::openai::error(&Status::unavailable("the model is still loading"));
+        return super::errors::openai_error(&Status::unavailable("the model is still loading"));
     };
     let now = created();
     let entry = |id: &str, parent: Option<&str>, steering: Value| json!({"id": id, "object": "model", "created": now, "owned_by": "steer", "root": base, "parent": parent, "steering": steering});

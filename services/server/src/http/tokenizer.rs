@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::errors::body_error;
-use super::openai::error;
+use super::errors::openai_error as error;
 use crate::services::Services;
 
 const EOS: &str = "<|endoftext|>";

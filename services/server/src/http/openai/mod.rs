@@ -57,31 +57,9 @@ use tonic::Status;
 use self::logprobs::Logprobs;
 use self::request::{Completion, Prompt};
 use self::tensors::{addition_tensors, file_tensors, no_op_warnings, vector_refs};
-use super::errors::{body_error, error_naming, stream_error};
+use super::errors::{body_error, openai_error as error, stream_error};
 use super::models;
 use crate::services::Services;
-
-/// An OpenAI error object with the HTTP status of the gRPC code; `param` names the field.
-pub(in crate::http) fn error(status: &Status) -> Response {
-    error_naming(status, openai_param)
-}
-
-/// A field of the requests this one became (GenerateSetup, ScoreRequest), by its name in the
-/// OpenAI request.
-fn openai_param(field: &str) -> String {
-    let f = field.strip_prefix("setup.").unwrap_or(field);
-    let f = f.strip_prefix("sampling.").unwrap_or(f);
-    match f {
-        "max_new_tokens" => "max_tokens".into(),
-        "n_comparisons" => "n".into(),
-        "top_logprobs" => "logprobs".into(),
-        _ if f.starts_with("prompt") || f.starts_with("texts") => "prompt".into(),
-        _ if f.starts_with("stop") => "stop".into(),
-        _ if f.starts_with("tensors") => "steering".into(),
-        _ if f.starts_with("vectors") => format!("steering.{f}"),
-        _ => f.into(),
-    }
-}
 
 fn finish_reason(r: i32) -> &'static str {
     FinishReason::try_from(r).unwrap_or_default().name()
