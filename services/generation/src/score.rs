@@ -106,10 +106,7 @@ fn token_text(
     if !t.prompt.is_empty() || !t.continuation.is_empty() {
         return Err(ServiceError::invalid(format!("{field}.token_ids"), "give token_ids, or prompt and continuation, not both"));
     }
-    let vocab = engine.info().vocab_size;
-    if let Some((j, id)) = t.token_ids.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
-        return Err(ServiceError::invalid(format!("{field}.token_ids[{j}]"), format!("{id} is not a token id (vocabulary of {vocab})")));
-    }
+    validation::token_ids(&t.token_ids, engine.info().vocab_size, &format!("{field}.token_ids"))?;
     let from = (t.score_from as usize).max(1);
     let n = t.token_ids.len();
     if from > n || (from == n && req.kl_top == 0) {

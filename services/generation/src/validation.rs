@@ -119,11 +119,16 @@ fn prompt_ids(setup: &steer_proto::v1::GenerateSetup, engine: &Engine) -> Result
     if setup.use_bos {
         return Err(ServiceError::invalid("setup.use_bos", "token ids are taken as they are: put <|endoftext|> (50256) first yourself"));
     }
-    let vocab = engine.info().vocab_size;
-    if let Some((j, id)) = setup.prompt_token_ids.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
-        return Err(ServiceError::invalid(format!("setup.prompt_token_ids[{j}]"), format!("{id} is not a token id (vocabulary of {vocab})")));
-    }
+    token_ids(&setup.prompt_token_ids, engine.info().vocab_size, "setup.prompt_token_ids")?;
     Ok(setup.prompt_token_ids.clone())
+}
+
+/// Every id of `ids` is in the vocabulary; else INVALID_ARGUMENT naming `{field}[j]`.
+pub fn token_ids(ids: &[u32], vocab: usize, field: &str) -> Result<(), ServiceError> {
+    match ids.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
+        Some((j, id)) => Err(ServiceError::invalid(format!("{field}[{j}]"), format!("{id} is not a token id (vocabulary of {vocab})"))),
+        None => Ok(()),
+    }
 }
 
 /// Most stop strings a request may give, and the longest.

@@ -77,9 +77,8 @@ pub(super) async fn detokenize(services: Arc<Services>, body: Result<Json<Detoke
         (_, Err(e)) => return error(&body_error(e)),
         (Ok(e), Ok(b)) => (e, b),
     };
-    let vocab = engine.info().vocab_size;
-    if let Some((i, t)) = req.tokens.iter().enumerate().find(|(_, &t)| t as usize >= vocab) {
-        return error(&steer_proto::status::invalid_argument(&format!("tokens[{i}]"), &format!("{t} is not a token id (vocabulary of {vocab})")));
+    if let Err(e) = steer_generation::validation::token_ids(&req.tokens, engine.info().vocab_size, "tokens") {
+        return error(&e.into());
     }
     Json(json!({"prompt": engine.tokenizer().decode(&req.tokens).unwrap_or_default()})).into_response()
 }
