@@ -5,7 +5,7 @@
 use steer_proto::v1::{
     self, ActivationAddition, GenerateSetup, GetSteeringTensorsRequest, Hook, ModelInfo, SamplingParameters, TensorChunk, TensorHeader, VectorRef,
 };
-use steer_vector::{ModelRef, Placement, SteeringVector, VectorTensor};
+use steer_vector::{ModelRef, Op, SteeringVector, VectorTensor, Window};
 
 use crate::error::{Error, Result};
 
@@ -129,11 +129,22 @@ pub struct SteeringTensor {
 }
 
 impl SteeringTensor {
-    /// A tensor of a vector file, to add as its mode says.
-    pub fn from_vector(t: &VectorTensor, mode: Placement) -> Self {
-        let (mut header, chunks) = steer_proto::wire::encode_f32(&t.values, &[t.k, t.d()], Some(t.point.into()), 0);
-        header.mode = v1::SteeringMode::from(mode) as i32;
-        Self { header, values: t.values.clone(), chunks }
+    /// A tensor of a vector file, to add over `mode`'s positions.
+    pub fn from_vector(t: &VectorTensor, mode: Window) -> Self {
+        let (header, chunks) = steer_proto::wire::encode_f32(&t.values, &[t.k, t.d()], Some(t.point.into()), 0);
+        Self { header, values: t.values.clone(), chunks }.in_window(mode)
+    }
+
+    /// The same tensor over `window`'s positions.
+    pub fn in_window(mut self, window: Window) -> Self {
+        (self.header.mode, self.header.window_start, self.header.window_end) = steer_proto::hooks::wire_window(window);
+        self
+    }
+
+    /// The same tensor applied as `op` (ADD, ABLATE, CLAMP).
+    pub fn with_op(mut self, op: Op) -> Self {
+        (self.header.op, self.header.clamp_value) = steer_proto::hooks::wire_op(op);
+        self
     }
 
     /// A prefix (ActAdd) tensor of `values.len() / d` positions at `point`.
@@ -163,7 +174,7 @@ impl SteeringTensor {
             let (a, b) = layers.unwrap_or((0, u32::MAX));
             return Err(Error::Parse(format!("vector {}: no tensor in layers {a}-{b} (it has {})", v.meta.name, have.join(", "))));
         }
-        Ok(tensors.iter().map(|t| Self::from_vector(t, v.mode())).collect())
+        Ok(tensors.iter().map(|t| Self::from_vector(t, v.mode()).with_op(v.op())).collect())
     }
 
     /// The tensor as the chunks a streamed request sends after its header.

@@ -1,7 +1,8 @@
 //! `steer-hooks`: the one vocabulary for where steering happens, used by the model
 //! (`steer-model`), the vector files (`steer-vector`), the contract's conversions (`steer-proto`)
-//! and every front end. Each name has one spelling (`resid_pre`, `block_output`, `prefix`,
-//! `all_positions`; parsers also take `-` for `_` and any case) and one `Display`/`FromStr`.
+//! and every front end. Each name has one spelling (`resid_pre`, `block_output`; windows
+//! `prefix`, `all_positions`, `generated`, `A-B`; ops `add`, `ablate`, `clamp=C`; parsers also
+//! take `-` for `_` and any case) and one `Display`/`FromStr`.
 //!
 //! GPT-2 with `n_layer` blocks has `n_layer + 1` residual streams: stream 0 is the embeddings
 //! (what block 0 reads), stream `s` is the output of block `s - 1`. Every hook point names one of
@@ -69,7 +70,6 @@ macro_rules! named {
 }
 
 named!(HookKind, "resid_pre or block_output", { ResidPre => "resid_pre", BlockOutput => "block_output" });
-named!(Placement, "prefix or all_positions", { Prefix => "prefix", AllPositions => "all_positions" });
 
 /// The two conventions for "layer L", named explicitly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
@@ -151,17 +151,190 @@ impl FromStr for HookPoint {
     }
 }
 
-/// Where an addition lands (proto `SteeringMode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Placement {
+/// Which positions of a row a steering tensor acts on (proto `SteeringMode` and the range
+/// fields). Positions are absolute: 0 is the row's first token (BOS when it has one), the
+/// prompt is `0..prompt_len`, generated token i sits at `prompt_len + i`.
+///
+/// Spelled `prefix`, `all_positions`, `generated`, `A-B` (positions A..B, B excluded) and `A-`
+/// (A on); files and JSON carry the same strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Window {
     /// ActAdd: a `[k, d_model]` tensor at positions 0..k-1 of the prompt (BOS included when
-    /// present), in the prefill pass only.
+    /// present), row i at position i, in the prefill pass only.
     #[default]
     Prefix,
     /// Control vectors, CAA: a `[1, d_model]` direction at every position of the prompt and
     /// at every generated token (in each decode step).
     AllPositions,
+    /// Only the generated tokens (the decode steps): the prompt is left as it is. The first
+    /// generated token comes from the prompt's last position, so it is unsteered; the steering
+    /// acts from the second on.
+    Generated,
+    /// Positions `start..end` (`end` open: from `start` on), prompt and generated alike.
+    Range { start: usize, end: Option<usize> },
+}
+
+impl Window {
+    /// The four kinds, with `Range` from 0 on (for listing and tests).
+    pub const KINDS: [Window; 4] = [Window::Prefix, Window::AllPositions, Window::Generated, Window::Range { start: 0, end: None }];
+
+    /// The positions covered, `start..end` (`None`: no end), for a tensor of `k` rows on a row
+    /// whose prompt has `prompt_len` tokens.
+    pub fn span(self, k: usize, prompt_len: usize) -> (usize, Option<usize>) {
+        match self {
+            Window::Prefix => (0, Some(k)),
+            Window::AllPositions => (0, None),
+            Window::Generated => (prompt_len, None),
+            Window::Range { start, end } => (start, end),
+        }
+    }
+
+    /// Only ActAdd's prefix takes a `[k, d]` tensor (row i at position i); every other window
+    /// applies one `[1, d]` direction at each of its positions.
+    pub fn positional(self) -> bool {
+        self == Window::Prefix
+    }
+
+    /// The kind's name: `prefix`, `all_positions`, `generated` or `range`.
+    pub fn kind_name(self) -> &'static str {
+        match self {
+            Window::Prefix => "prefix",
+            Window::AllPositions => "all_positions",
+            Window::Generated => "generated",
+            Window::Range { .. } => "range",
+        }
+    }
+}
+
+impl fmt::Display for Window {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Window::Range { start, end: Some(end) } => write!(f, "{start}-{end}"),
+            Window::Range { start, end: None } => write!(f, "{start}-"),
+            w => f.write_str(w.kind_name()),
+        }
+    }
+}
+
+impl FromStr for Window {
+    type Err = ParseError;
+    /// `prefix`, `all_positions` (`all`), `generated` (`generated_only`), `A-B`, `A-` (also
+    /// `A..B`, `A..`); a range must not be empty.
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        let bad = || ParseError { input: s.to_string(), expected: "prefix, all_positions, generated, A-B or A- (positions A..B, B excluded)" };
+        let n = normalised(s);
+        match n.as_str() {
+            "prefix" => return Ok(Window::Prefix),
+            "all_positions" | "all" => return Ok(Window::AllPositions),
+            "generated" | "generated_only" => return Ok(Window::Generated),
+            _ => {}
+        }
+        let t = s.trim();
+        let (a, b) = t.split_once("..").or_else(|| t.split_once('-')).ok_or_else(bad)?;
+        let start: usize = a.trim().parse().map_err(|_| bad())?;
+        let end = match b.trim() {
+            "" => None,
+            b => Some(b.parse::<usize>().map_err(|_| bad())?),
+        };
+        if end.is_some_and(|e| e <= start) {
+            return Err(bad());
+        }
+        Ok(Window::Range { start, end })
+    }
+}
+
+impl Serialize for Op {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Op {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for Window {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Window {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// What a steering tensor does to the residual stream at the positions of its window.
+///
+/// At one hook point the operations run in a fixed order, whatever order they were given in:
+/// every ADD first (they commute), then the ABLATEs, then the CLAMPs, each kind in the order
+/// given. So an ablated direction stays ablated whatever was added, and a clamped component
+/// holds its value exactly. `resid_pre.L+1` and `block_output.L` are one stream and one point.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum Op {
+    /// x <- x + v (v: the tensor's row for the position).
+    #[default]
+    Add,
+    /// x <- x - (x . u) u, u the tensor's row normalised (directional ablation).
+    Ablate,
+    /// x <- x - (x . u) u + value u: the component along u set to `value` (SAE feature clamping).
+    Clamp { value: f32 },
+}
+
+impl Op {
+    /// The kind's name: `add`, `ablate` or `clamp`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Add => "add",
+            Op::Ablate => "ablate",
+            Op::Clamp { .. } => "clamp",
+        }
+    }
+
+    /// Where the op runs among a point's ops: ADD, then ABLATE, then CLAMP.
+    pub fn rank(self) -> u8 {
+        match self {
+            Op::Add => 0,
+            Op::Ablate => 1,
+            Op::Clamp { .. } => 2,
+        }
+    }
+
+    /// A projection (ABLATE, CLAMP) acts on the unit direction of its tensor's rows.
+    pub fn projects(self) -> bool {
+        self != Op::Add
+    }
+}
+
+impl fmt::Display for Op {
+    /// `add`, `ablate`, `clamp=VALUE`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Op::Clamp { value } => write!(f, "clamp={value}"),
+            o => f.write_str(o.name()),
+        }
+    }
+}
+
+impl FromStr for Op {
+    type Err = ParseError;
+    /// `add`, `ablate`, `clamp=VALUE` (also `clamp:VALUE`).
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        let bad = || ParseError { input: s.to_string(), expected: "add, ablate or clamp=VALUE" };
+        match s.split_once(['=', ':']) {
+            None if normalised(s) == "add" => Ok(Op::Add),
+            None if normalised(s) == "ablate" => Ok(Op::Ablate),
+            Some((k, v)) if normalised(k) == "clamp" => {
+                v.trim().parse::<f32>().ok().filter(|v| v.is_finite()).map(|value| Op::Clamp { value }).ok_or_else(bad)
+            }
+            _ => Err(bad()),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -178,8 +351,11 @@ mod tests {
             }
             assert_eq!(kind.to_string().parse::<HookKind>().unwrap(), kind);
         }
-        for p in Placement::ALL {
-            assert_eq!(p.to_string().parse::<Placement>().unwrap(), p);
+        for w in Window::KINDS.into_iter().chain([Window::Range { start: 3, end: Some(9) }]) {
+            assert_eq!(w.to_string().parse::<Window>().unwrap(), w);
+        }
+        for o in [Op::Add, Op::Ablate, Op::Clamp { value: -2.5 }] {
+            assert_eq!(o.to_string().parse::<Op>().unwrap(), o);
         }
     }
 
@@ -187,12 +363,17 @@ mod tests {
     fn parsers_take_dashes_and_any_case_and_name_what_they_expect() {
         assert_eq!("Resid-Pre:6".parse::<HookPoint>().unwrap(), HookPoint::ResidPre(6));
         assert_eq!("block-output".parse::<HookKind>().unwrap(), HookKind::BlockOutput);
-        assert_eq!("ALL-POSITIONS".parse::<Placement>().unwrap(), Placement::AllPositions);
+        assert_eq!("ALL-POSITIONS".parse::<Window>().unwrap(), Window::AllPositions);
+        assert_eq!("generated_only".parse::<Window>().unwrap(), Window::Generated);
+        assert_eq!("4..".parse::<Window>().unwrap(), Window::Range { start: 4, end: None });
+        assert_eq!("Clamp:3".parse::<Op>().unwrap(), Op::Clamp { value: 3.0 });
+        assert!("5-5".parse::<Window>().is_err(), "an empty range");
+        assert!("clamp=nan".parse::<Op>().is_err());
         let e = "resid_post".parse::<HookKind>().unwrap_err();
         assert_eq!(e.to_string(), "`resid_post`: expected resid_pre or block_output");
         assert!("resid_pre".parse::<HookPoint>().is_err());
         assert!("resid_pre.x".parse::<HookPoint>().is_err());
-        assert!("middle".parse::<Placement>().unwrap_err().to_string().contains("prefix or all_positions"));
+        assert!("middle".parse::<Window>().unwrap_err().to_string().contains("prefix, all_positions, generated"));
     }
 
     #[test]
@@ -216,7 +397,10 @@ mod tests {
     #[test]
     fn serde_spells_kinds_and_placements_as_files_do() {
         assert_eq!(serde_json::to_string(&HookKind::BlockOutput).unwrap(), "\"block_output\"");
-        assert_eq!(serde_json::to_string(&Placement::AllPositions).unwrap(), "\"all_positions\"");
-        assert_eq!(serde_json::from_str::<Placement>("\"prefix\"").unwrap(), Placement::Prefix);
+        assert_eq!(serde_json::to_string(&Window::AllPositions).unwrap(), "\"all_positions\"");
+        assert_eq!(serde_json::from_str::<Window>("\"prefix\"").unwrap(), Window::Prefix);
+        assert_eq!(serde_json::to_string(&Window::Range { start: 2, end: None }).unwrap(), "\"2-\"");
+        assert_eq!(serde_json::to_string(&Op::Clamp { value: 1.5 }).unwrap(), "\"clamp=1.5\"");
+        assert_eq!(serde_json::from_str::<Op>("\"ablate\"").unwrap(), Op::Ablate);
     }
 }

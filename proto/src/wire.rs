@@ -57,7 +57,7 @@ pub fn encode_bytes(dtype: Dtype, bytes: Vec<u8>, shape: &[usize], point: Option
         point,
         total_bytes: bytes.len() as u64,
         prompt_index,
-        mode: 0,
+        ..Default::default()
     };
     let chunks =
         bytes.chunks(MAX_CHUNK_BYTES).enumerate().map(|(i, c)| TensorChunk { offset: (i * MAX_CHUNK_BYTES) as u64, data: c.to_vec() }).collect();

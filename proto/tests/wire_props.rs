@@ -48,7 +48,7 @@ proptest! {
         chunks in prop::collection::vec((any::<u64>(), 0usize..2048), 0..6),
         cap in 0u64..(1 << 20),
     ) {
-        let header = TensorHeader { dtype, shape, total_bytes: total, point: None, prompt_index: 0, mode: 0 };
+        let header = TensorHeader { dtype, shape, total_bytes: total, ..Default::default() };
         match TensorAssembler::new(header, cap) {
             Err(_) => {}
             Ok(mut a) => {

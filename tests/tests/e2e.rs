@@ -121,6 +121,7 @@ async fn the_cache_serves_repeated_prompts_without_recomputing() {
         prompts: vec!["A brand new prompt".into()],
         use_bos: true,
         points: vec![PHook { hook: Hook::BlockOutput as i32, layer: 2 }],
+        ..Default::default()
     };
     let calls = (0..4).map(|_| {
         let mut c = act.clone();

@@ -118,7 +118,7 @@ async fn activation_calls_past_the_limit_get_resource_exhausted_and_the_slot_com
     let prompts: Vec<String> = (0..64).map(|i| format!("{i} {}", "word ".repeat(150))).collect();
     let points: Vec<HookPoint> =
         (0..8).map(|i| HookPoint { hook: if i % 2 == 0 { Hook::ResidPre } else { Hook::BlockOutput } as i32, layer: i / 2 }).collect();
-    let big = GetActivationsRequest { prompts, points, use_bos: true };
+    let big = GetActivationsRequest { prompts, points, use_bos: true, ..Default::default() };
     let held = raw.get_activations(big.clone()).await.unwrap();
     let err = client.steering_tensors(&adds(), &RunOptions::default()).await;
     // (The client retries RESOURCE_EXHAUSTED for `retry_for`, then reports it.)

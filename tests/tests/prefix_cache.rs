@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use steer_client::steer_vector::{HookPoint, Placement, VectorTensor};
+use steer_client::steer_vector::{HookPoint, VectorTensor, Window};
 use steer_client::v1::TokenEvent;
 use steer_client::{AdditionSpec, RunOptions, SteerClient, SteeringTensor};
 use steer_e2e::{engine, start_with};
@@ -50,7 +50,7 @@ async fn hits_misses_and_partial_hits_give_the_numbers_of_a_server_without_the_c
     let other = off.steering_tensors(&adds(2.0), &opts(0)).await.unwrap();
     let d = e.info().d_model;
     let direction: Vec<f32> = (0..d).map(|i| ((i % 5) as f32 - 2.0) * 0.5).collect();
-    let steady = vec![SteeringTensor::from_vector(&VectorTensor { point: HookPoint::ResidPre(2), k: 1, values: direction }, Placement::AllPositions)];
+    let steady = vec![SteeringTensor::from_vector(&VectorTensor { point: HookPoint::ResidPre(2), k: 1, values: direction }, Window::AllPositions)];
     for (name, tensors) in [("prefix", &prefix), ("all positions", &steady), ("plain", &vec![])] {
         let want = events(&off, tensors, &opts(5)).await;
         assert_eq!(events(&on, tensors, &opts(5)).await, want, "{name}: a miss");

@@ -2,7 +2,7 @@
 //! perplexities and next-token KL against an independent computation from the engine's logits
 //! in this test, with and without steering; bad input named.
 
-use steer_client::steer_vector::{HookPoint, Placement, VectorTensor};
+use steer_client::steer_vector::{HookPoint, VectorTensor, Window};
 use steer_client::{AdditionSpec, RunOptions, SteeringTensor};
 use steer_e2e::{engine, start};
 use steer_model::Addition;
@@ -76,7 +76,7 @@ async fn all_positions_and_library_steering_score_like_inline_tensors_and_bad_in
     let (server, client) = start(engine()).await;
     let opts = RunOptions::default();
     let dir = VectorTensor { point: HookPoint::BlockOutput(1), k: 1, values: (0..64).map(|i| (i as f32 * 0.37).sin()).collect() };
-    let t = SteeringTensor::from_vector(&dir, Placement::AllPositions);
+    let t = SteeringTensor::from_vector(&dir, Window::AllPositions);
     let a = client.score(&texts(), std::slice::from_ref(&t), &opts, false, 0).await.unwrap();
     let b = client.score(&texts(), &[t], &opts, true, 0).await.unwrap();
     let steered: Vec<_> = b.iter().filter(|s| s.steered).cloned().collect();

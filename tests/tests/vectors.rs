@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use steer_client::steer_vector::{self, ModelRef, Origin, Placement, SteeringVector, VectorTensor};
+use steer_client::steer_vector::{self, ModelRef, Origin, SteeringVector, VectorTensor, Window};
 use steer_client::v1::activation_service_client::ActivationServiceClient;
 use steer_client::v1::{get_activations_response, ContrastPair, ContrastPairs, GetActivationsRequest, Hook, HookPoint, Reduction, VectorRef};
 use steer_client::{AdditionSpec, RunOptions, SteerClient, SteeringTensor};
@@ -113,7 +113,7 @@ async fn a_vector_for_another_model_is_refused_naming_the_field() {
         let fingerprint = "00000000000000ff".into();
         let model = ModelRef { name: name.into(), revision: "main".into(), d_model: d, n_layer: 4, fingerprint, ..ModelRef::default() };
         let t = vec![VectorTensor { point: steer_vector::HookPoint::ResidPre(1), k: 1, values: vec![0.5; d as usize] }];
-        SteeringVector::new("other", model, Placement::AllPositions, Origin::Gguf { model_hint: "gpt2".into(), layer_count: 1 }, t).unwrap()
+        SteeringVector::new("other", model, Window::AllPositions, Origin::Gguf { model_hint: "gpt2".into(), layer_count: 1 }, t).unwrap()
     };
     // Put: FAILED_PRECONDITION naming the field.
     let err = client.put_vector(other(1600, "gpt2-xl").to_bytes(), "", true).await.unwrap_err();
@@ -163,11 +163,11 @@ async fn mean_difference_vectors_equal_an_independent_computation_on_captured_ac
         let file = client.train_vector("kind", req, false, |done, total| progress.push((done, total))).await.unwrap();
         assert_eq!(progress, vec![(2, 3), (3, 3)], "one progress event per batch");
         let v = SteeringVector::from_bytes(&file.data).unwrap();
-        assert_eq!(v.mode(), Placement::AllPositions);
+        assert_eq!(v.mode(), Window::AllPositions);
         // Independently: every prompt's activations over GetActivations, reduced and averaged here.
         let mut raw = ActivationServiceClient::connect(server.url()).await.unwrap();
         let prompts: Vec<String> = pairs().iter().flat_map(|p| [p.positive.clone(), p.negative.clone()]).collect();
-        let req = GetActivationsRequest { prompts: prompts.clone(), use_bos: true, points: points.clone() };
+        let req = GetActivationsRequest { prompts: prompts.clone(), use_bos: true, points: points.clone(), ..Default::default() };
         let mut stream = raw.get_activations(req).await.unwrap().into_inner();
         let (mut acts, mut cur, mut shape): (Vec<Vec<f32>>, Vec<u8>, Vec<u64>) = (vec![], vec![], vec![]);
         while let Some(m) = stream.message().await.unwrap() {
@@ -227,12 +227,12 @@ async fn all_positions_tensors_steer_every_token_and_are_one_direction() {
     let cmp = client.generate("Hi", &t, &o, |_| {}).await.unwrap();
     assert!(cmp.unsteered.iter().zip(&cmp.steered).any(|(u, s)| u.token_ids != s.token_ids), "the direction changed nothing");
     // The same values as a prefix addition at position 0 only: another result.
-    let prefix = SteeringTensor::from_vector(&v.applied(8.0, None)[0], Placement::Prefix);
+    let prefix = SteeringTensor::from_vector(&v.applied(8.0, None)[0], Window::Prefix);
     let cmp_prefix = client.generate("Hi", &[prefix], &o, |_| {}).await.unwrap();
     assert_ne!(cmp_prefix.steered, cmp.steered);
     // An all_positions tensor must be [1, d_model].
     let two = VectorTensor { point: steer_vector::HookPoint::ResidPre(2), k: 2, values: vec![0.1; 128] };
-    let err = client.generate("Hi there you", &[SteeringTensor::from_vector(&two, Placement::AllPositions)], &o, |_| {}).await.unwrap_err();
+    let err = client.generate("Hi there you", &[SteeringTensor::from_vector(&two, Window::AllPositions)], &o, |_| {}).await.unwrap_err();
     assert!(err.code() == Code::InvalidArgument && err.to_string().contains("tensors[0].shape"), "{err}");
     server.shutdown().await;
 }

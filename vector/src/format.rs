@@ -1,7 +1,8 @@
 //! The vector file: safetensors with one `[k, d_model]` f32 tensor per hook point and JSON
 //! metadata under the `steer` key (its `format` field names the format).
 //!
-//! The digest is SHA-256 over what steers: the format name, the mode, and each tensor's name,
+//! The digest is SHA-256 over what steers: the format name, the mode, the op (when not ADD), and
+//! each tensor's name,
 //! shape and little-endian f32 bytes in point order. Names, prompts and other metadata do not
 //! change it, so two files that steer the same way have the same digest, and a file whose bytes
 //! were damaged fails to load.
@@ -10,7 +11,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use steer_hooks::{HookKind, HookPoint, Placement};
+use steer_hooks::{HookKind, HookPoint, Op, Window};
 use steer_proto::v1;
 
 use crate::error::{Result, VectorError};
@@ -83,6 +84,20 @@ pub enum Origin {
     MeanDifference { pairs: usize, reduction: String, use_bos: bool },
     /// Read from a llama.cpp control-vector GGUF.
     Gguf { model_hint: String, layer_count: u32 },
+    /// Decoder rows of a sparse autoencoder (SAELens layout): the sum of `scale` x
+    /// `W_dec[f]` over `features` (or their unit direction, clamped).
+    Sae {
+        /// cfg.json's `model_name`, `hook_name`, `d_sae` (and where it was read from).
+        model_name: String,
+        hook_name: String,
+        d_sae: u32,
+        source: String,
+        features: Vec<u32>,
+        scale: f64,
+        /// SHA-256 (64 hex digits) of the used rows of W_dec as f32 little-endian, in
+        /// `features` order: which decoder these features came from.
+        w_dec_digest: String,
+    },
 }
 
 /// Per-tensor metadata (derived from the tensors; written for readers of the JSON alone).
@@ -100,7 +115,11 @@ pub struct Metadata {
     pub format: String,
     pub name: String,
     pub model: ModelRef,
-    pub mode: Placement,
+    /// The window (`prefix`, `all_positions`, `generated`, `A-B`, `A-`).
+    pub mode: Window,
+    /// What the tensors do (`add`, `ablate`, `clamp=C`); files without it are ADD.
+    #[serde(default, skip_serializing_if = "is_add")]
+    pub op: Op,
     pub origin: Origin,
     pub tensors: Vec<TensorMeta>,
     /// 64 hex digits (see the module doc).
@@ -118,7 +137,7 @@ pub struct SteeringVector {
 impl SteeringVector {
     /// Checks the tensors (`d_model` values per position, `k = 1` for all_positions, one per
     /// point, finite) and computes the derived metadata and digest.
-    pub fn new(name: impl Into<String>, model: ModelRef, mode: Placement, origin: Origin, mut tensors: Vec<VectorTensor>) -> Result<Self> {
+    pub fn new(name: impl Into<String>, model: ModelRef, mode: Window, origin: Origin, mut tensors: Vec<VectorTensor>) -> Result<Self> {
         if tensors.is_empty() {
             return Err(VectorError::invalid("tensors", "a vector needs at least one tensor"));
         }
@@ -129,8 +148,8 @@ impl SteeringVector {
             if t.k == 0 || d == 0 || t.values.len() != t.k * d {
                 return Err(VectorError::invalid(field, format!("{}: {} values for k = {} and d_model = {d}", t.point, t.values.len(), t.k)));
             }
-            if mode == Placement::AllPositions && t.k != 1 {
-                return Err(VectorError::invalid(field, format!("{}: an all_positions vector is [1, d_model], not [{}, {d}]", t.point, t.k)));
+            if !mode.positional() && t.k != 1 {
+                return Err(VectorError::invalid(field, format!("{}: a {mode} vector is [1, d_model], not [{}, {d}]", t.point, t.k)));
             }
             if model.n_layer > 0 {
                 t.point.check(model.n_layer as usize).map_err(|e| VectorError::invalid(&field, e.to_string()))?;
@@ -147,12 +166,13 @@ impl SteeringVector {
             name: name.into(),
             model,
             mode,
+            op: Op::Add,
             origin,
             tensors: tensors
                 .iter()
                 .map(|t| TensorMeta { name: t.point.to_string(), hook: t.point.kind(), layer: t.point.layer() as u32, k: t.k, norm: t.norm() })
                 .collect(),
-            digest: digest(mode, &tensors),
+            digest: digest(mode, Op::Add, &tensors),
             created_by: format!("steer {}", env!("CARGO_PKG_VERSION")),
         };
         Ok(Self { meta, tensors })
@@ -162,8 +182,38 @@ impl SteeringVector {
         &self.meta.digest
     }
 
-    pub fn mode(&self) -> Placement {
+    pub fn mode(&self) -> Window {
         self.meta.mode
+    }
+
+    pub fn op(&self) -> Op {
+        self.meta.op
+    }
+
+    /// The same tensors as `op` (ABLATE and CLAMP take each row's direction: a zero row is
+    /// refused, naming its tensor).
+    pub fn with_op(mut self, op: Op) -> Result<Self> {
+        if op.projects() {
+            for (i, t) in self.tensors.iter().enumerate() {
+                if let Some(p) = t.position_norms().iter().position(|&n| n == 0.0) {
+                    return Err(VectorError::invalid(
+                        format!("tensors[{i}]"),
+                        format!("{}: row {p} is zero, it has no direction to {}", t.point, op.name()),
+                    ));
+                }
+            }
+        }
+        self.meta.op = op;
+        self.meta.digest = digest(self.meta.mode, op, &self.tensors);
+        Ok(self)
+    }
+
+    /// The same tensors over another window (every window but a prefix takes `[1, d_model]`
+    /// tensors).
+    pub fn in_window(self, mode: Window) -> Result<Self> {
+        let op = self.meta.op;
+        let m = self.meta;
+        Self::new(m.name, m.model, mode, m.origin, self.tensors)?.with_op(op)
     }
 
     /// The same tensors under another name.
@@ -220,7 +270,7 @@ impl SteeringVector {
             let point = m.name.parse::<HookPoint>().map_err(|e| VectorError::invalid(&field, e.to_string()))?;
             tensors.push(VectorTensor { point, k: m.k, values });
         }
-        let checked = Self::new(meta.name.clone(), meta.model.clone(), meta.mode, meta.origin.clone(), tensors)?;
+        let checked = Self::new(meta.name.clone(), meta.model.clone(), meta.mode, meta.origin.clone(), tensors)?.with_op(meta.op)?;
         if checked.meta.digest != meta.digest {
             return Err(VectorError::invalid(
                 "digest",
@@ -314,7 +364,7 @@ impl SteeringVector {
         v1::VectorInfo {
             name: self.meta.name.clone(),
             digest: self.meta.digest.clone(),
-            mode: v1::SteeringMode::from(self.meta.mode) as i32,
+            mode: steer_proto::hooks::wire_window(self.meta.mode).0,
             points: self.tensors.iter().map(|t| v1::HookPoint::from(t.point)).collect(),
             positions: self.positions() as u32,
             bytes,
@@ -323,6 +373,10 @@ impl SteeringVector {
             n_layer: self.meta.model.n_layer,
             metadata_json: serde_json::to_string(&self.meta).expect("metadata serialises"),
             norms: self.tensors.iter().map(VectorTensor::norm).collect(),
+            op: steer_proto::hooks::wire_op(self.meta.op).0,
+            clamp_value: steer_proto::hooks::wire_op(self.meta.op).1,
+            window_start: steer_proto::hooks::wire_window(self.meta.mode).1,
+            window_end: steer_proto::hooks::wire_window(self.meta.mode).2,
         }
     }
 
@@ -347,7 +401,8 @@ impl SteeringVector {
         }
         let name = if m.model.name.is_empty() { "not recorded" } else { &m.model.name };
         let _ = writeln!(s, "model     {name} ({})", model.join(", "));
-        let _ = writeln!(s, "mode      {}", m.mode.name());
+        let _ = writeln!(s, "mode      {}", m.mode);
+        let _ = writeln!(s, "op        {}", m.op);
         match &m.origin {
             Origin::ActAdd { additions, use_bos, strict_lengths, pad_token } => {
                 let _ = writeln!(
@@ -368,6 +423,10 @@ impl SteeringVector {
             }
             Origin::Gguf { model_hint, layer_count } => {
                 let _ = writeln!(s, "origin    llama.cpp control vector (model_hint {model_hint:?}, layer_count {layer_count})");
+            }
+            Origin::Sae { model_name, hook_name, d_sae, source, features, scale, w_dec_digest } => {
+                let _ = writeln!(s, "origin    SAE {source} ({model_name}, {hook_name}, d_sae {d_sae}): features {features:?}, scale {scale}");
+                let _ = writeln!(s, "          W_dec rows digest {w_dec_digest}");
             }
         }
         let _ = writeln!(s, "{:<18} {:>4} {:>12}  position norms", "tensor", "k", "norm");
@@ -392,13 +451,21 @@ fn le_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-/// SHA-256 over the format, the mode and each tensor's name, shape and bytes, in point order.
-fn digest(mode: Placement, tensors: &[VectorTensor]) -> String {
+fn is_add(op: &Op) -> bool {
+    *op == Op::Add
+}
+
+/// SHA-256 over the format, the mode, the op (when not ADD: files from before ops keep their
+/// digests) and each tensor's name, shape and bytes, in point order.
+fn digest(mode: Window, op: Op, tensors: &[VectorTensor]) -> String {
     let mut h = Sha256::new();
     h.update(FORMAT.as_bytes());
     h.update(b"\n");
-    h.update(mode.name().as_bytes());
+    h.update(mode.to_string().as_bytes());
     h.update(b"\n");
+    if op != Op::Add {
+        h.update(format!("op {op}\n").as_bytes());
+    }
     for t in tensors {
         h.update(format!("{} {} {}\n", t.point, t.k, t.d()).as_bytes());
         h.update(le_bytes(&t.values));
@@ -432,7 +499,7 @@ pub(crate) mod tests {
             VectorTensor { point: HookPoint::ResidPre(2), k: 1, values: vec![0.5, -1.0, 2.0, 0.0] },
             VectorTensor { point: HookPoint::ResidPre(1), k: 2, values: (0..8).map(|i| i as f32 * 0.25).collect() },
         ];
-        SteeringVector::new("love", model(), Placement::Prefix, origin, tensors).unwrap()
+        SteeringVector::new("love", model(), Window::Prefix, origin, tensors).unwrap()
     }
 
     #[test]
@@ -447,7 +514,7 @@ pub(crate) mod tests {
         assert_eq!(v.clone().renamed("other").digest(), v.digest());
         let mut t = v.tensors.clone();
         t[1].values[0] += 1.0;
-        let w = SteeringVector::new("love", model(), Placement::Prefix, v.meta.origin.clone(), t).unwrap();
+        let w = SteeringVector::new("love", model(), Window::Prefix, v.meta.origin.clone(), t).unwrap();
         assert_ne!(w.digest(), v.digest());
     }
 
@@ -466,12 +533,12 @@ pub(crate) mod tests {
     fn shapes_and_modes_are_checked() {
         let o = actadd().meta.origin;
         let bad = vec![VectorTensor { point: HookPoint::ResidPre(0), k: 2, values: vec![0.0; 8] }];
-        let err = SteeringVector::new("x", model(), Placement::AllPositions, o.clone(), bad).unwrap_err();
+        let err = SteeringVector::new("x", model(), Window::AllPositions, o.clone(), bad).unwrap_err();
         assert!(err.to_string().contains("[1, d_model]"), "{err}");
         let bad = vec![VectorTensor { point: HookPoint::ResidPre(0), k: 1, values: vec![0.0; 5] }];
-        assert!(SteeringVector::new("x", model(), Placement::Prefix, o.clone(), bad).unwrap_err().to_string().starts_with("tensors[0]"));
+        assert!(SteeringVector::new("x", model(), Window::Prefix, o.clone(), bad).unwrap_err().to_string().starts_with("tensors[0]"));
         let bad = vec![VectorTensor { point: HookPoint::ResidPre(3), k: 1, values: vec![0.0; 4] }];
-        assert!(SteeringVector::new("x", model(), Placement::Prefix, o, bad).is_err());
+        assert!(SteeringVector::new("x", model(), Window::Prefix, o, bad).is_err());
     }
 
     #[test]

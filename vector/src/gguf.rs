@@ -19,7 +19,7 @@ use candle_core::{Device, Tensor};
 
 use crate::error::{Result, VectorError};
 use crate::format::{ModelRef, Origin, SteeringVector, VectorTensor};
-use steer_hooks::{HookPoint, Placement};
+use steer_hooks::{HookPoint, Window};
 
 /// The architecture GPT-2 GGUF files declare; written as the model hint.
 pub const MODEL_HINT: &str = "gpt2";
@@ -32,11 +32,14 @@ pub fn llama_layer(p: HookPoint) -> Option<u32> {
 
 /// The control-vector GGUF of an all_positions vector.
 pub fn export(v: &SteeringVector) -> Result<Vec<u8>> {
-    if v.mode() != Placement::AllPositions {
+    if v.mode() != Window::AllPositions {
         return Err(VectorError::invalid(
             "mode",
             "llama.cpp control vectors are added at every position: only an all_positions vector ([1, d_model] per layer) exports",
         ));
+    }
+    if v.op() != steer_hooks::Op::Add {
+        return Err(VectorError::invalid("op", format!("llama.cpp control vectors only add: an {} vector does not export", v.op().name())));
     }
     let mut tensors: Vec<(String, QTensor)> = vec![];
     let mut seen = std::collections::BTreeMap::new();
@@ -120,7 +123,7 @@ pub fn import(bytes: &[u8], name: &str) -> Result<SteeringVector> {
     }
     let model = ModelRef { d_model: d as u32, ..ModelRef::default() };
     let origin = Origin::Gguf { model_hint, layer_count: layer_count.max(0) as u32 };
-    SteeringVector::new(name, model, Placement::AllPositions, origin, tensors)
+    SteeringVector::new(name, model, Window::AllPositions, origin, tensors)
 }
 
 /// An integer of any GGUF width (llama.cpp writes i32, Python writers often u32).
@@ -153,7 +156,7 @@ mod tests {
             VectorTensor { point: HookPoint::ResidPre(2), k: 1, values: vec![-1.0, 0.5, 0.0, 8.0] },
         ];
         let origin = Origin::MeanDifference { pairs: 3, reduction: "last_token".into(), use_bos: true };
-        SteeringVector::new("honest", model(), Placement::AllPositions, origin, tensors).unwrap()
+        SteeringVector::new("honest", model(), Window::AllPositions, origin, tensors).unwrap()
     }
 
     #[test]
@@ -161,7 +164,7 @@ mod tests {
         let v = directions();
         let bytes = export(&v).unwrap();
         let back = import(&bytes, "honest").unwrap();
-        assert_eq!(back.mode(), Placement::AllPositions);
+        assert_eq!(back.mode(), Window::AllPositions);
         let points: Vec<String> = back.tensors.iter().map(|t| t.point.to_string()).collect();
         // resid_pre.2 is the output of block 1: direction.1.
         assert_eq!(points, ["block_output.1", "block_output.2"]);
@@ -174,10 +177,12 @@ mod tests {
     #[test]
     fn what_llama_cannot_hold_is_refused() {
         let mut v = directions();
-        v.meta.mode = Placement::Prefix;
+        let ablate = directions().with_op(steer_hooks::Op::Ablate).unwrap();
+        assert!(export(&ablate).unwrap_err().to_string().starts_with("op: llama.cpp control vectors only add: an ablate"));
+        v.meta.mode = Window::Prefix;
         assert!(export(&v).unwrap_err().to_string().starts_with("mode"));
         let t = vec![VectorTensor { point: HookPoint::ResidPre(1), k: 1, values: vec![0.0; 4] }];
-        let v = SteeringVector::new("x", model(), Placement::AllPositions, directions().meta.origin, t).unwrap();
+        let v = SteeringVector::new("x", model(), Window::AllPositions, directions().meta.origin, t).unwrap();
         assert!(export(&v).unwrap_err().to_string().contains("direction.0"));
         assert!(import(b"GGUF", "x").is_err());
         // A direction that runs past the end of the file is named, not allocated.

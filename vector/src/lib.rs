@@ -6,7 +6,8 @@
 //!   pairs), and a content digest over what steers (mode, points, values), checked on load.
 //! - [`gguf`]: llama.cpp control vectors (`direction.N`, `controlvector.*`), both ways;
 //!   [`file`]: reading and writing either kind by path.
-//! - Hook points and placements are `steer-hooks`' types, re-exported here.
+//! - Hook points, windows and ops are `steer-hooks`' types, re-exported here.
+//! - [`sae`]: vectors from a sparse autoencoder's decoder rows (SAELens's on-disk layout).
 //! - [`library`]: a bounded on-disk store of vector files by name and digest.
 
 pub mod error;
@@ -14,8 +15,10 @@ pub mod file;
 pub mod format;
 pub mod gguf;
 pub mod library;
+pub mod sae;
 
 pub use error::{Result, VectorError};
 pub use format::{AdditionMeta, Metadata, ModelRef, Origin, SteeringVector, VectorTensor, FORMAT};
 pub use library::{Library, LibraryConfig};
-pub use steer_hooks::{HookKind, HookPoint, Placement};
+pub use sae::{Sae, SaeConfig};
+pub use steer_hooks::{HookKind, HookPoint, Op, Window};

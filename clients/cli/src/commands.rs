@@ -1,10 +1,10 @@
 //! `steer run`, `demo`, `generate` (through `steer-client`, against running services or an
 //! embedded server on loopback).
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use steer_client::presets;
-use steer_client::steer_vector::SteeringVector;
+use steer_client::steer_vector::{Op, SteeringVector, Window};
 use steer_client::v1::TokenEvent;
 use steer_client::{AdditionSpec, Comparison, RunOptions, SteerClient, SteeringTensor};
 use steer_server::LocalServer;
@@ -90,6 +90,20 @@ pub struct RunFlags {
     /// (d_model and layers must still match).
     #[arg(long)]
     force_model: bool,
+    /// Ablate the direction of each tensor of a vector file (x <- x - (x.u)u, u its unit
+    /// direction) over --window [default: all positions]; repeatable.
+    #[arg(long = "ablate", value_name = "FILE")]
+    ablate: Vec<String>,
+    /// Clamp the component along each tensor's direction of a vector file to VALUE
+    /// (x <- x - (x.u)u + VALUE u) over --window [default: all positions]; repeatable.
+    #[arg(long = "clamp", value_name = "FILE:VALUE")]
+    clamp: Vec<String>,
+    /// Positions --vector, --library-vector, --ablate and --clamp act on: `generated` (only
+    /// the generated tokens), `A-B` (positions A..B, B excluded; 0 is BOS), `A-` (A on),
+    /// `all_positions` or `prefix` [default: each file's own; all positions for --ablate and
+    /// --clamp]. --add's ActAdd tensors stay at the prompt's first positions.
+    #[arg(long, value_name = "WINDOW")]
+    window: Option<String>,
     #[command(flatten)]
     service: ServiceArgs,
 }
@@ -257,20 +271,48 @@ async fn execute_with(
         client.steering_tensors(additions, opts).await?
     };
     let layers = flags.vector_layers.as_deref().map(parse_range).transpose()?;
+    let window = flags.window.as_deref().map(str::parse::<Window>).transpose().context("--window")?;
+    let n_act = tensors.len();
     if !flags.vectors.is_empty() {
         let info = client.generation_info().await?;
         for spec in &flags.vectors {
             let (file, scale) = parse_scaled(spec);
             let v = SteeringVector::load(&file).with_context(|| format!("--vector {file}"))?;
-            eprintln!("vector {} ({}, {}, {} tensors) x {scale}", v.meta.name, &v.digest()[..12], v.mode().name(), v.tensors.len());
+            eprintln!("vector {} ({}, {}, {}, {} tensors) x {scale}", v.meta.name, &v.digest()[..12], v.mode(), v.op(), v.tensors.len());
             tensors.extend(SteeringTensor::from_file_with(&v, &info, scale, layers, flags.force_model).with_context(|| format!("--vector {file}"))?);
         }
+    }
+    if let Some(w) = window {
+        // The vector files' tensors (after --add's) take the window.
+        for t in tensors.iter_mut().skip(n_act) {
+            *t = t.clone().in_window(w);
+        }
+    }
+    let projections = flags.ablate.iter().map(|f| (f.as_str(), "--ablate", Op::Ablate)).chain(flags.clamp.iter().map(|spec| -> (&str, &str, Op) {
+        match spec.rsplit_once(':').and_then(|(f, v)| Some((f, v.parse::<f32>().ok()?))) {
+            Some((f, value)) => (f, "--clamp", Op::Clamp { value }),
+            None => (spec.as_str(), "--clamp", Op::Clamp { value: f32::NAN }),
+        }
+    }));
+    for (file, flag, op) in projections {
+        if matches!(op, Op::Clamp { value } if value.is_nan()) {
+            bail!("{flag} {file}: expected FILE:VALUE with a finite VALUE");
+        }
+        let info = client.generation_info().await?;
+        let v = SteeringVector::load(file).with_context(|| format!("{flag} {file}"))?;
+        let w = window.unwrap_or(Window::AllPositions);
+        eprintln!("{} {} ({}, {w}, {} tensors)", op, v.meta.name, &v.digest()[..12], v.tensors.len());
+        let ts = SteeringTensor::from_file_with(&v, &info, 1.0, layers, flags.force_model).with_context(|| format!("{flag} {file}"))?;
+        tensors.extend(ts.into_iter().map(|t| t.in_window(w).with_op(op)));
     }
     let mut opts = opts.clone();
     for spec in &flags.library_vectors {
         let (r, scale) = parse_scaled(spec);
         let mut v = client.vector_ref(&r, scale as f64, layers).await.with_context(|| format!("--library-vector {r}"))?;
         v.force_model = flags.force_model;
+        if let Some(w) = window {
+            (v.mode, v.window_start, v.window_end) = steer_client::hooks::wire_window(w);
+        }
         eprintln!("library vector {r} ({}) x {scale}", &v.digest[..12]);
         opts.vectors.push(v);
     }

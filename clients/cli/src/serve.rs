@@ -81,6 +81,10 @@ pub struct VectorArgs {
     /// Trust this CA (PEM) for an https:// --vector-source (default: the system's roots).
     #[arg(long, env = "STEER_VECTOR_SOURCE_CA")]
     pub vector_source_ca: Option<PathBuf>,
+    /// Serve the sparse autoencoders under this directory (one per subdirectory, SAELens's
+    /// layout: cfg.json, sae_weights.safetensors) to browse and steer with.
+    #[arg(long, env = "STEER_SAE_DIR")]
+    pub sae_dir: Option<PathBuf>,
 }
 
 impl VectorArgs {
@@ -107,6 +111,7 @@ impl VectorArgs {
             source_url: self.vector_source.clone(),
             source_token: self.vector_source_token.clone().or_else(|| own_tokens.first().cloned()),
             source_ca,
+            sae_dir: self.sae_dir.clone(),
         })
     }
 }

@@ -32,6 +32,37 @@ pub enum VectorCommand {
     List(ServiceArgs),
     /// Delete a library vector.
     Delete(DeleteArgs),
+    /// A vector from features of a sparse autoencoder (SAELens's layout: cfg.json,
+    /// sae_weights.safetensors): ADD scale x W_dec[f] at every position, or with --clamp, CLAMP
+    /// the features' direction to a value.
+    FromSae(FromSaeArgs),
+}
+
+#[derive(Args)]
+pub struct FromSaeArgs {
+    /// The SAE's directory.
+    #[arg(long)]
+    sae: PathBuf,
+    /// Feature indices: N or N,M,... (their decoder rows are summed).
+    #[arg(long = "feature", value_delimiter = ',', required = true)]
+    features: Vec<u32>,
+    /// Multiplies the decoder rows [default: 1].
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// Clamp the component along the features' direction to this value instead of adding.
+    #[arg(long)]
+    clamp: Option<f32>,
+    /// The file to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// Name in the metadata [default: the file's stem].
+    #[arg(long)]
+    name: Option<String>,
+    /// Also put it in the library.
+    #[arg(long)]
+    store: bool,
+    #[command(flatten)]
+    service: ServiceArgs,
 }
 
 #[derive(Args)]
@@ -167,6 +198,7 @@ pub async fn run(cmd: VectorCommand) -> Result<()> {
     match cmd {
         VectorCommand::Save(a) => save(a).await,
         VectorCommand::Show(a) => show(&a),
+        VectorCommand::FromSae(a) => from_sae(a).await,
         VectorCommand::Train(a) => train(a).await,
         VectorCommand::Export(a) => {
             let mut v = SteeringVector::load(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
@@ -321,6 +353,26 @@ async fn save(a: SaveArgs) -> Result<()> {
     .await
 }
 
+/// Reads the SAE here, checks it against the served model, writes the vector file.
+async fn from_sae(a: FromSaeArgs) -> Result<()> {
+    let sae = steer_vector::Sae::open(&a.sae).with_context(|| format!("--sae {}", a.sae.display()))?;
+    let name = a.name.clone().unwrap_or_else(|| stem(&a.out));
+    with_service(&a.service, |c| async move {
+        let info = c.generation_info().await?;
+        let model = steer_client::model_ref(&info);
+        let v = sae.vector(&name, &a.features, a.scale, a.clamp, model).with_context(|| format!("--sae {}", a.sae.display()))?;
+        v.save(&a.out)?;
+        eprint!("{}", v.describe());
+        eprintln!("wrote {}", a.out.display());
+        if a.store {
+            let r = c.put_vector(v.to_bytes(), "", false).await?;
+            print_infos(&[r.info.unwrap_or_default()]);
+        }
+        Ok(())
+    })
+    .await
+}
+
 fn show(a: &ShowArgs) -> Result<()> {
     let v = SteeringVector::load(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
     if a.json {
@@ -381,11 +433,13 @@ pub fn parse_pairs(text: &str) -> Result<Vec<ContrastPair>> {
 }
 
 fn print_infos(infos: &[VectorInfo]) {
-    outln!("{:<24} {:<16} {:<14} {:>4} {:>10}  points", "name", "digest", "mode", "k", "bytes");
+    outln!("{:<24} {:<16} {:<14} {:<10} {:>4} {:>10}  points", "name", "digest", "mode", "op", "k", "bytes");
     for i in infos {
-        let mode = steer_client::hooks::placement(i.mode).map_or("?", |m| m.name());
+        let mode = steer_client::hooks::window(i.mode, i.window_start, i.window_end).map_or_else(|_| "?".to_string(), |m| m.to_string());
+        let op = steer_client::hooks::op(i.op, i.clamp_value).map_or_else(|_| "?".to_string(), |o| o.to_string());
         let points: Vec<String> = i.points.iter().filter_map(|p| p.point()).map(|p| p.to_string()).collect();
-        outln!("{:<24} {:<16} {:<14} {:>4} {:>10}  {}", i.name, &i.digest[..i.digest.len().min(16)], mode, i.positions, i.bytes, points.join(" "));
+        let digest = &i.digest[..i.digest.len().min(16)];
+        outln!("{:<24} {digest:<16} {mode:<14} {op:<10} {:>4} {:>10}  {}", i.name, i.positions, i.bytes, points.join(" "));
     }
 }
 

@@ -204,9 +204,7 @@ async fn hostile(kind: usize, url: &str) -> &'static str {
                     dtype: steer_client::v1::Dtype::F32 as i32,
                     shape: vec![67_108_864, 64],
                     total_bytes: 67_108_864 * 64 * 4,
-                    mode: 0,
-                    point: None,
-                    prompt_index: 0,
+                    ..Default::default()
                 };
                 let mut first = setup("I hate you because", 4);
                 if let Some(generate_request::Msg::Setup(s)) = &mut first.msg {

@@ -28,7 +28,20 @@ impl Backend for SteerClient {
 impl SteerClient {
     /// The activations of each prompt at each point: `out[prompt][point] = (len, d, values)`.
     pub async fn activations(&self, prompts: &[String], points: &[HookPoint], use_bos: bool) -> Result<Activations> {
-        let req = GetActivationsRequest { prompts: prompts.to_vec(), use_bos, points: points.to_vec() };
+        self.activations_steered(prompts, points, use_bos, &[]).await
+    }
+
+    /// [`SteerClient::activations`] under `steering` (each point read after its own steering
+    /// ran: after an ABLATE, its direction is gone there). Not cached by the worker.
+    pub async fn activations_steered(
+        &self,
+        prompts: &[String],
+        points: &[HookPoint],
+        use_bos: bool,
+        steering: &[SteeringTensor],
+    ) -> Result<Activations> {
+        let steering = steering.iter().map(SteeringTensor::inline).collect();
+        let req = GetActivationsRequest { prompts: prompts.to_vec(), use_bos, points: points.to_vec(), steering };
         let stream = self.activation.clone().get_activations(self.request(req)).await?.into_inner();
         collect_activations(self.within(stream), prompts.len()).await
     }

@@ -193,8 +193,27 @@ impl SteerClient {
             scale: Some(scale),
             first_layer: layers.map(|l| l.0),
             last_layer: layers.map(|l| l.1),
-            force_model: false,
+            ..Default::default()
         })
+    }
+
+    /// Sparse autoencoders the activation worker serves (its --sae-dir).
+    pub async fn list_saes(&self) -> Result<Vec<v1::SaeInfo>> {
+        Ok(self.activation.clone().list_saes(self.request(v1::ListSaesRequest {})).await.map_err(|e| self.act_err(e))?.into_inner().saes)
+    }
+
+    /// Features `first..first + count` of a served SAE: decoder norms and the `top` tokens each
+    /// promotes.
+    pub async fn sae_features(&self, sae: &str, first: u32, count: u32, top: u32) -> Result<v1::GetSaeFeaturesResponse> {
+        let req = v1::GetSaeFeaturesRequest { sae: sae.into(), first, count, top_tokens: top };
+        Ok(self.activation.clone().get_sae_features(self.request(req)).await.map_err(|e| self.act_err(e))?.into_inner())
+    }
+
+    /// A vector file from features of a served SAE (ADD `scale x W_dec[f]` at every position, or
+    /// CLAMP to `clamp`); `store` also puts it in the library.
+    pub async fn sae_vector(&self, req: v1::SaeVectorRequest) -> Result<VectorFile> {
+        let resp = self.activation.clone().sae_vector(self.request(req)).await.map_err(|e| self.act_err(e))?.into_inner();
+        resp.vector.ok_or_else(|| ClientError::Protocol("SaeVector without a vector".into()))
     }
 
     /// The steering tensor of each layer for `additions`. A call that fails because the

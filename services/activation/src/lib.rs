@@ -6,10 +6,12 @@
 //! [`validation`] (requests into typed values) -> [`service`] (handlers) -> [`cache`] (single
 //! flight, batched) and [`steering`] (padding and the ActAdd sum); [`vectors`] makes vector
 //! files (ActAdd's, and dataset mean differences) and the library RPCs serve a
-//! `steer_vector::Library`.
+//! `steer_vector::Library`; [`saes`] serves sparse autoencoders (SAELens layout) as features to
+//! browse and vectors to steer with.
 
 pub mod cache;
 pub mod config;
+pub mod saes;
 pub mod service;
 pub mod steering;
 pub mod validation;

@@ -6,14 +6,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use steer_common::{convert, Budget, ServiceError};
-use steer_model::{Engine, HookPoint};
+use steer_model::{Addition, Engine, HookPoint};
 use steer_proto::v1::activation_service_server::{ActivationService, ActivationServiceServer};
 use steer_proto::v1::{
     compute_vector_request, compute_vector_response, get_activations_response, get_steering_tensors_response, ActivationServiceGetModelInfoRequest,
     ActivationServiceGetModelInfoResponse, AdditionTokens, ComputeProgress, ComputeVectorRequest, ComputeVectorResponse, DeleteVectorRequest,
-    DeleteVectorResponse, GetActivationsRequest, GetActivationsResponse, GetSteeringTensorsRequest, GetSteeringTensorsResponse, GetVectorRequest,
-    GetVectorResponse, ListVectorsRequest, ListVectorsResponse, PromptTokens, PutVectorRequest, PutVectorResponse, TensorChunk, TensorHeader, Tokens,
-    VectorFile,
+    DeleteVectorResponse, GetActivationsRequest, GetActivationsResponse, GetSaeFeaturesRequest, GetSaeFeaturesResponse, GetSteeringTensorsRequest,
+    GetSteeringTensorsResponse, GetVectorRequest, GetVectorResponse, ListSaesRequest, ListSaesResponse, ListVectorsRequest, ListVectorsResponse,
+    PromptTokens, PutVectorRequest, PutVectorResponse, SaeVectorRequest, SaeVectorResponse, TensorChunk, TensorHeader, Tokens, VectorFile,
 };
 use steer_proto::wire;
 use steer_vector::{Library, SteeringVector};
@@ -23,6 +23,7 @@ use tonic::{Request, Response, Status};
 
 use crate::cache::{Activation, ActivationCache, CacheKey};
 use crate::config::ActivationConfig;
+use crate::saes::{self, SaeStore};
 use crate::{steering, validation, vectors};
 
 /// `field: ...` as `{prefix}field: ...` (an embedded request's fields named from the outer one).
@@ -44,6 +45,8 @@ pub struct ActivationWorker {
     calls: Budget,
     /// The vector library, when this worker keeps one.
     library: Option<Arc<Library>>,
+    /// Sparse autoencoders it serves (--sae-dir), when it has any.
+    saes: Option<Arc<SaeStore>>,
 }
 
 type Stream<T> = ReceiverStream<Result<T, Status>>;
@@ -82,13 +85,24 @@ impl ActivationWorker {
         let info = engine.info();
         let model_key = format!("{}@{}:{}", info.name, info.revision, info.dtype);
         let calls = Budget::new("--max-activation-calls", "activation calls in progress", config.max_concurrent as u64, 1);
-        Self { cache: ActivationCache::new(config.cache_bytes), engine, config, model_key, calls, library: None }
+        Self { cache: ActivationCache::new(config.cache_bytes), engine, config, model_key, calls, library: None, saes: None }
     }
 
     /// Serves the vector library RPCs from `library` (without one they answer FAILED_PRECONDITION).
     pub fn with_library(mut self, library: Arc<Library>) -> Self {
         self.library = Some(library);
         self
+    }
+
+    /// Serves the SAEs under `dir` (each subdirectory in SAELens's layout) through ListSaes,
+    /// GetSaeFeatures and SaeVector (without it they answer FAILED_PRECONDITION).
+    pub fn with_saes(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.saes = Some(Arc::new(SaeStore::new(dir)));
+        self
+    }
+
+    fn saes(&self) -> Result<&Arc<SaeStore>, Status> {
+        self.saes.as_ref().ok_or_else(|| Status::failed_precondition("this activation worker serves no SAEs (start it with --sae-dir)"))
     }
 
     fn library(&self) -> Result<&Arc<Library>, Status> {
@@ -175,6 +189,25 @@ impl ActivationWorker {
                 computed.map_err(|e| Status::internal(format!("capture task: {e}")))?.map_err(Status::from)
             })
             .await
+    }
+
+    /// The activations of every prompt at every point (prompt-major) under `steering`: one
+    /// capture forward, not cached (the cache keys activations by tokens and point alone).
+    async fn steered_activations(&self, prompts: &[Vec<u32>], points: &[HookPoint], steering: &[Addition]) -> Result<Vec<Arc<Activation>>, Status> {
+        let (engine, prompts, points) = (self.engine.clone(), prompts.to_vec(), points.to_vec());
+        let per_row = vec![steering.to_vec(); prompts.len()];
+        let out = tokio::task::spawn_blocking(move || engine.capture_steered(&prompts, &points, &per_row))
+            .await
+            .map_err(|e| Status::internal(format!("capture task: {e}")))?
+            .map_err(ServiceError::from)?;
+        out.into_iter()
+            .flatten()
+            .map(|t| {
+                let (len, d) = t.dims2().map_err(steer_model::ModelError::from).map_err(ServiceError::from)?;
+                let values = t.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(steer_model::ModelError::from).map_err(ServiceError::from)?;
+                Ok(Arc::new(Activation { values, len, d }))
+            })
+            .collect()
     }
 
     /// Header and chunks of a `[len, d]` tensor, in f32 (the residual stream's dtype whatever the
@@ -312,8 +345,14 @@ impl ActivationService for ActivationWorker {
         let req = request.into_inner();
         tracing::Span::current().record("prompts", req.prompts.len()).record("points", req.points.len());
         let valid = validation::activations(&req, &self.engine, &self.config)?;
-        let pairs: Vec<(&[u32], HookPoint)> = valid.prompts.iter().flat_map(|ids| valid.points.iter().map(move |&p| (ids.as_slice(), p))).collect();
-        let acts = self.activations(&pairs).await?;
+        let acts = match valid.steering.is_empty() {
+            true => {
+                let pairs: Vec<(&[u32], HookPoint)> =
+                    valid.prompts.iter().flat_map(|ids| valid.points.iter().map(move |&p| (ids.as_slice(), p))).collect();
+                self.activations(&pairs).await?
+            }
+            false => self.steered_activations(&valid.prompts, &valid.points, &valid.steering).await?,
+        };
         let (tx, rx) = mpsc::channel(16);
         let this = self.clone();
         tokio::spawn(async move {
@@ -366,6 +405,48 @@ impl ActivationService for ActivationWorker {
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    #[tracing::instrument(skip(self, _request), fields(model = %self.model_key))]
+    async fn list_saes(&self, _request: Request<ListSaesRequest>) -> Result<Response<ListSaesResponse>, Status> {
+        let saes = self.saes()?.list(&convert::model_ref(&self.engine))?;
+        Ok(Response::new(ListSaesResponse { saes }))
+    }
+
+    #[tracing::instrument(skip(self, request), fields(model = %self.model_key, sae))]
+    async fn get_sae_features(&self, request: Request<GetSaeFeaturesRequest>) -> Result<Response<GetSaeFeaturesResponse>, Status> {
+        let call = self.calls.try_take(1)?;
+        let req = request.into_inner();
+        tracing::Span::current().record("sae", req.sae.as_str());
+        let (store, engine) = (self.saes()?.clone(), self.engine.clone());
+        let resp = tokio::task::spawn_blocking(move || -> Result<GetSaeFeaturesResponse, ServiceError> {
+            let _call = call;
+            let sae = store.open(&req.sae, "sae")?;
+            let features = saes::features(&sae, &engine, req.first, req.count, req.top_tokens)?;
+            Ok(GetSaeFeaturesResponse { sae: Some(saes::info(&req.sae, &sae.cfg, &convert::model_ref(&engine))), features })
+        })
+        .await
+        .map_err(|e| Status::internal(format!("SAE task: {e}")))??;
+        Ok(Response::new(resp))
+    }
+
+    #[tracing::instrument(skip(self, request), fields(model = %self.model_key, sae))]
+    async fn sae_vector(&self, request: Request<SaeVectorRequest>) -> Result<Response<SaeVectorResponse>, Status> {
+        let call = self.calls.try_take(1)?;
+        let req = request.into_inner();
+        tracing::Span::current().record("sae", req.sae.as_str());
+        if req.store {
+            self.library()?;
+        }
+        let (store, engine) = (self.saes()?.clone(), self.engine.clone());
+        let v = tokio::task::spawn_blocking(move || -> Result<SteeringVector, ServiceError> {
+            let _call = call;
+            let sae = store.open(&req.sae, "sae")?;
+            saes::vector(&sae, &req.name, &req.features, req.scale, req.clamp_value, &engine)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("SAE task: {e}")))??;
+        Ok(Response::new(SaeVectorResponse { vector: Some(self.vector_file(v, req.store)?) }))
     }
 
     #[tracing::instrument(skip(self, _request))]

@@ -2,8 +2,9 @@
 //! points, the padded steering plan. The handlers and the engine trust what comes out.
 
 use steer_common::{convert, ServiceError};
-use steer_model::{Engine, HookPoint};
+use steer_model::{Addition, Engine, HookPoint};
 use steer_proto::v1::{ContrastPairs, GetActivationsRequest, GetSteeringTensorsRequest, Reduction};
+use steer_proto::wire::TensorAssembler;
 
 use crate::config::ActivationConfig;
 use crate::steering::{self, Plan};
@@ -14,6 +15,8 @@ pub struct ValidActivations {
     pub prompts: Vec<Vec<u32>>,
     /// Distinct, in request order.
     pub points: Vec<HookPoint>,
+    /// Applied to every prompt while capturing (none: plain, cached activations).
+    pub steering: Vec<Addition>,
 }
 
 pub fn activations(req: &GetActivationsRequest, engine: &Engine, cfg: &ActivationConfig) -> Result<ValidActivations, ServiceError> {
@@ -36,7 +39,30 @@ pub fn activations(req: &GetActivationsRequest, engine: &Engine, cfg: &Activatio
         }
         prompts.push(ids);
     }
-    Ok(ValidActivations { prompts, points })
+    count_max("steering", req.steering.len(), cfg.max_points, "steering tensors")?;
+    let mut steering = vec![];
+    for (i, t) in req.steering.iter().enumerate() {
+        let field = format!("steering[{i}]");
+        let header = t.header.clone().ok_or_else(|| ServiceError::invalid(format!("{field}.header"), "missing"))?;
+        let (header, _, values) =
+            TensorAssembler::whole(header, &t.data, MAX_STEERING_BYTES).map_err(|e| ServiceError::invalid(&field, e.to_string()))?;
+        let add = steer_common::steering::tensor(&header, values, engine, &field)?;
+        if let Some((j, p)) = prompts.iter().enumerate().find(|(_, p)| add.window.positional() && add.k > p.len()) {
+            return Err(ServiceError::invalid(format!("prompts[{j}]"), format!("{} tokens are fewer than {field}'s {} positions", p.len(), add.k)));
+        }
+        steering.push(add);
+    }
+    Ok(ValidActivations { prompts, points, steering })
+}
+
+/// Most bytes of one steering tensor in a GetActivations request.
+const MAX_STEERING_BYTES: u64 = 16 << 20;
+
+fn count_max(field: &str, n: usize, max: usize, what: &str) -> Result<(), ServiceError> {
+    match n > max {
+        true => Err(ServiceError::invalid(field, format!("{n} {what}; at most {max}"))),
+        false => Ok(()),
+    }
 }
 
 /// A valid GetSteeringTensors: the additions tokenised, grouped by hook point and padded.

@@ -4,7 +4,7 @@
 
 use steer_model::HookPoint;
 use steer_proto::v1::GetSteeringTensorsRequest;
-use steer_vector::{AdditionMeta, ModelRef, Origin, Placement, SteeringVector, VectorTensor};
+use steer_vector::{AdditionMeta, ModelRef, Origin, SteeringVector, VectorTensor, Window};
 
 use steer_common::ServiceError;
 
@@ -46,7 +46,7 @@ pub fn actadd(
         pad_token: steer_model::tokenizer::SPACE,
     };
     let tensors = tensors.into_iter().map(|(p, [k, _], values)| VectorTensor { point: p, k, values }).collect();
-    Ok(SteeringVector::new(name, model, Placement::Prefix, origin, tensors)?)
+    Ok(SteeringVector::new(name, model, Window::Prefix, origin, tensors)?)
 }
 
 /// The running sums of a dataset vector: per point, sum over pairs of
@@ -84,7 +84,7 @@ impl MeanDifference {
             .map(|(&p, s)| VectorTensor { point: p, k: 1, values: s.iter().map(|v| (v / n) as f32).collect() })
             .collect();
         let origin = Origin::MeanDifference { pairs: self.pairs, reduction: valid.reduce.name().into(), use_bos: valid.use_bos };
-        Ok(SteeringVector::new(name, model, Placement::AllPositions, origin, tensors)?)
+        Ok(SteeringVector::new(name, model, Window::AllPositions, origin, tensors)?)
     }
 }
 

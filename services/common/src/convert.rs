@@ -2,7 +2,7 @@
 //! weights' dtype, sampling settings and model info, each converted here and nowhere else.
 //! Conversions from the wire check what they convert and name the request field that is wrong.
 
-use steer_model::{Engine, FinishReason, HookKind, HookPoint, Placement, SamplingParams, WeightDtype};
+use steer_model::{Engine, FinishReason, HookKind, HookPoint, Op, SamplingParams, WeightDtype, Window};
 use steer_proto::hooks;
 use steer_proto::v1::{self, Dtype};
 
@@ -33,9 +33,21 @@ pub fn checked_point(p: HookPoint, n_layer: usize, field: &str) -> Result<HookPo
     Ok(p)
 }
 
-/// A proto steering mode as a placement, or an error naming `field`.
-pub fn placement(mode: i32, field: &str) -> Result<Placement, ServiceError> {
-    hooks::placement(mode).ok_or_else(|| ServiceError::invalid(field, format!("unknown steering mode {mode}")))
+/// A proto window (mode, window_start, window_end), or an error naming `{field}.mode` (an
+/// unknown mode) or `{field}.window_end` (an empty range).
+pub fn window(mode: i32, start: u32, end: Option<u32>, field: &str) -> Result<Window, ServiceError> {
+    hooks::window(mode, start, end).map_err(|why| {
+        let at = if why.starts_with("window_end") { "window_end" } else { "mode" };
+        ServiceError::invalid(format!("{field}.{at}"), why)
+    })
+}
+
+/// A proto op (op, clamp_value), or an error naming `{field}.op` or `{field}.clamp_value`.
+pub fn op(op: i32, clamp_value: f32, field: &str) -> Result<Op, ServiceError> {
+    hooks::op(op, clamp_value).map_err(|why| {
+        let at = if why.starts_with("clamp_value") { "clamp_value" } else { "op" };
+        ServiceError::invalid(format!("{field}.{at}"), why)
+    })
 }
 
 /// Why a row ended, as the contract says it.

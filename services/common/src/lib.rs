@@ -6,6 +6,7 @@
 pub mod budget;
 pub mod convert;
 pub mod error;
+pub mod steering;
 
 pub use budget::{Budget, Reservation};
 pub use error::ServiceError;

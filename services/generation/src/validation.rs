@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
-use steer_common::{convert, ServiceError};
+use steer_common::{convert, steering, ServiceError};
 use steer_model::tokenizer::SPACE;
-use steer_model::{Addition, Engine, HookPoint, Placement, RowRequest, SamplingParams, MAX_STEERING_ABS};
-use steer_proto::v1::{Dtype, ShortPrompt};
+use steer_model::{Addition, Engine, RowRequest, SamplingParams};
+use steer_proto::v1::ShortPrompt;
 
 use crate::config::GenerationConfig;
 use crate::read::{RawRequest, WireTensor};
@@ -155,11 +155,15 @@ pub fn additions(tensors: Vec<WireTensor>, vectors: Vec<RefTensor>, engine: &Eng
         let n = tensors.len() + vectors.len();
         return Err(ServiceError::invalid("setup.vectors", format!("{n} steering tensors with the library vectors'; at most {}", cfg.max_tensors)));
     }
-    let mut additions = tensors.into_iter().enumerate().map(|(i, t)| addition(t, engine, &format!("tensors[{i}]"))).collect::<Result<Vec<_>, _>>()?;
+    let mut additions = tensors
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| steering::tensor(&t.header, t.values, engine, &format!("tensors[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
     for r in vectors {
         let field = format!("{}.tensors.{}", r.field, r.tensor.point);
         let hook = convert::checked_point(r.tensor.point, info.n_layer, &format!("{field}.layer"))?;
-        additions.push(checked(hook, r.tensor.k, r.tensor.values, r.mode, &field)?);
+        additions.push(steering::checked(hook, r.tensor.k, r.tensor.values, r.mode, r.op, &field)?);
     }
     Ok(additions)
 }
@@ -173,47 +177,11 @@ fn prefixed(prefix: &str, e: ServiceError) -> ServiceError {
     }
 }
 
-/// A steering tensor: f32, f16 or bf16 on the wire (added in f32, whatever the weights are
-/// held in), `[k, d_model]` with k >= 1, a real hook point, finite values.
-fn addition(t: WireTensor, engine: &Engine, field: &str) -> Result<Addition, ServiceError> {
-    let info = engine.info();
-    let h = &t.header;
-    if Dtype::try_from(h.dtype).ok().and_then(steer_proto::wire::dtype_size).is_none() {
-        let got = Dtype::try_from(h.dtype).map_or_else(|_| h.dtype.to_string(), |d| d.as_str_name().to_string());
-        return Err(ServiceError::invalid(format!("{field}.dtype"), format!("{got}: steering tensors are DTYPE_F32, DTYPE_F16 or DTYPE_BF16")));
-    }
-    if h.shape.len() != 2 || h.shape[0] == 0 || h.shape[1] != info.d_model as u64 {
-        return Err(ServiceError::invalid(format!("{field}.shape"), format!("{:?}: expected [k, {}] (d_model) with k >= 1", h.shape, info.d_model)));
-    }
-    let point = h.point.unwrap_or_default();
-    let hook = convert::hook_point(point.hook, point.layer, info.n_layer, &format!("{field}.point"))?;
-    let mode = convert::placement(h.mode, &format!("{field}.mode"))?;
-    checked(hook, h.shape[0] as usize, t.values, mode, field)
-}
-
-/// An addition from checked values: finite, within [`MAX_STEERING_ABS`], `[1, d]` when added
-/// at all positions.
-fn checked(hook: HookPoint, k: usize, values: Vec<f32>, mode: Placement, field: &str) -> Result<Addition, ServiceError> {
-    if values.iter().any(|v| !v.is_finite()) {
-        return Err(ServiceError::invalid(format!("{field}.data"), "NaN or Inf in the steering tensor"));
-    }
-    if let Some(v) = values.iter().find(|v| v.abs() > MAX_STEERING_ABS) {
-        return Err(ServiceError::invalid(format!("{field}.data"), format!("{v:e}: steering values must be within ±{MAX_STEERING_ABS:e}")));
-    }
-    match mode {
-        Placement::Prefix => Ok(Addition::new(hook, k, Arc::<[f32]>::from(values))),
-        Placement::AllPositions if k == 1 => Ok(Addition::all_positions(hook, Arc::<[f32]>::from(values))),
-        Placement::AllPositions => {
-            Err(ServiceError::invalid(format!("{field}.shape"), format!("[{k}, d_model]: an ALL_POSITIONS tensor is one direction, [1, d_model]")))
-        }
-    }
-}
-
 /// A prompt's ids against the prefix steering: one shorter than a prefix tensor is an error
 /// naming `field`, or padded with spaces after BOS (`short_prompt = PAD`).
 pub fn fit(mut prompt: Vec<u32>, additions: &[Addition], use_bos: bool, short_prompt: i32, field: &str) -> Result<Vec<u32>, ServiceError> {
     // Only prefix additions need prompt positions; a direction at all positions fits any prompt.
-    let k_max = additions.iter().filter(|a| a.placement == Placement::Prefix).map(|a| a.k).max().unwrap_or(0);
+    let k_max = additions.iter().filter(|a| a.window.positional()).map(|a| a.k).max().unwrap_or(0);
     if k_max > prompt.len() {
         if short_prompt != ShortPrompt::Pad as i32 {
             return Err(ServiceError::invalid(

@@ -8,10 +8,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
+use steer_common::convert;
 use steer_common::ServiceError;
 use steer_proto::v1::activation_service_client::ActivationServiceClient;
 use steer_proto::v1::{GetVectorRequest, VectorRef};
-use steer_vector::{Library, ModelRef, Placement, SteeringVector, VectorError, VectorTensor};
+use steer_vector::{Library, ModelRef, Op, SteeringVector, VectorError, VectorTensor, Window};
 use tonic::transport::Channel;
 
 /// Where a worker finds library vectors.
@@ -48,7 +49,8 @@ impl VectorSource {
 pub struct RefTensor {
     /// `setup.vectors[i]`.
     pub field: String,
-    pub mode: Placement,
+    pub mode: Window,
+    pub op: Op,
     pub tensor: VectorTensor,
 }
 
@@ -138,10 +140,39 @@ impl VectorCache {
             if tensors.is_empty() {
                 return Err(ServiceError::invalid(format!("{field}.first_layer"), "no tensor of the vector is in the layer range"));
             }
-            out.extend(tensors.into_iter().map(|tensor| RefTensor { field: field.clone(), mode: v.mode(), tensor }));
+            let (mode, op) = steering(r, &v, &field)?;
+            out.extend(tensors.into_iter().map(|tensor| RefTensor { field: field.clone(), mode, op, tensor }));
         }
         Ok(out)
     }
+}
+
+/// The window and op a reference applies its vector with: the file's, unless it says others.
+fn steering(r: &VectorRef, v: &SteeringVector, field: &str) -> Result<(Window, Op), ServiceError> {
+    let mode = match r.mode {
+        0 => v.mode(),
+        m => convert::window(m, r.window_start, r.window_end, field)?,
+    };
+    let filed = match v.op() {
+        Op::Clamp { value } => Some(value),
+        _ => None,
+    };
+    let op = match (r.op, r.clamp_value) {
+        (0, None) => v.op(),
+        (0, Some(c)) if filed.is_some() => convert::op(steer_proto::v1::SteeringOp::Clamp as i32, c, field)?,
+        (0, Some(_)) => {
+            return Err(ServiceError::invalid(
+                format!("{field}.clamp_value"),
+                format!("the vector is {}, not clamp; set op CLAMP too", v.op().name()),
+            ))
+        }
+        (o, c) if o == steer_proto::v1::SteeringOp::Clamp as i32 => match c.or(filed) {
+            Some(c) => convert::op(o, c, field)?,
+            None => return Err(ServiceError::invalid(format!("{field}.clamp_value"), "CLAMP needs a value (the vector records none)")),
+        },
+        (o, _) => convert::op(o, 0.0, field)?,
+    };
+    Ok((mode, op))
 }
 
 fn not_found(e: VectorError, field: &str) -> ServiceError {

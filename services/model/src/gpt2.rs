@@ -367,8 +367,8 @@ impl Gpt2 {
 
     /// One decode step of m rows, each with its own cache and position: `ids[r]` is row r's
     /// newest token, at position `kv[r].len()`. Returns the hidden states after `ln_f`, [m, d].
-    /// `additions` ([m, d] per stream) are the rows' all-positions directions; ActAdd's prefix
-    /// additions act in the prefill only.
+    /// `additions` ([`Additions::decode`]) are the rows' steering at their positions; ActAdd's
+    /// prefix additions act in the prefill only.
     pub fn decode(&self, ids: &[u32], kv: &mut [&mut RowKv], additions: Option<&Additions>) -> Result<Tensor> {
         let kv = kv.iter_mut().map(|r| &mut **r).collect();
         let hooks = Hooks { additions, ..Default::default() };
@@ -436,14 +436,14 @@ impl Gpt2 {
                 }
             }
             let acts = |h: &Hooks<'_>| {
-                h.additions.is_some_and(|a| a.at_stream(stream).is_some())
+                h.additions.is_some_and(|a| a.acts_at(stream))
                     || h.captures.as_ref().is_some_and(|c| c.wants(stream))
                     || h.stop_after_stream == Some(stream)
             };
             if parts.iter().zip(&live).any(|(p, l)| l.at(stream) && acts(&p.hooks)) {
                 x = self.each_part(x, stream, &mut parts, &mut live, |i, part, l, mut piece| {
-                    if let Some(delta) = part.hooks.additions.and_then(|a| a.at_stream(stream)) {
-                        piece = (piece + delta.reshape((l.rows(), d))?)?;
+                    if let Some(a) = part.hooks.additions.filter(|a| a.acts_at(stream)) {
+                        piece = a.apply(stream, piece)?;
                     }
                     let shaped = |t: &Tensor| -> Result<Tensor> {
                         Ok(match part.input {

@@ -35,7 +35,7 @@ pub use engine::{
     Sequence, TokenEvent, SCORE_TOP,
 };
 pub use error::{ModelError, Result};
-pub use hooks::{Addition, HookKind, HookPoint, Placement, MAX_STEERING_ABS};
+pub use hooks::{Addition, HookKind, HookPoint, Op, Window, MAX_STEERING_ABS};
 pub use sampler::SamplingParams;
 pub use source::{HubOptions, ModelSource};
 pub use tokenizer::Gpt2Tokenizer;

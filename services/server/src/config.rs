@@ -61,6 +61,9 @@ pub struct VectorsConfig {
     pub source_token: Option<String>,
     /// CA (PEM) to trust for an `https://` `source_url` (else the system's roots).
     pub source_ca: Option<Vec<u8>>,
+    /// The activation service serves the sparse autoencoders under this directory (one per
+    /// subdirectory, SAELens's layout): ListSaes, GetSaeFeatures, SaeVector.
+    pub sae_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for ServeConfig {

@@ -14,8 +14,8 @@ use steer_proto::v1::generation_service_server::GenerationService;
 use steer_proto::v1::{
     ActivationServiceGetModelInfoRequest, ActivationServiceGetModelInfoResponse, ComputeVectorRequest, DeleteVectorRequest, DeleteVectorResponse,
     GenerateFromTensorsRequest, GenerateRequest, GenerationServiceGetModelInfoRequest, GenerationServiceGetModelInfoResponse, GetActivationsRequest,
-    GetSteeringTensorsRequest, GetVectorRequest, GetVectorResponse, ListVectorsRequest, ListVectorsResponse, PutVectorRequest, PutVectorResponse,
-    ScoreRequest,
+    GetSaeFeaturesRequest, GetSaeFeaturesResponse, GetSteeringTensorsRequest, GetVectorRequest, GetVectorResponse, ListSaesRequest, ListSaesResponse,
+    ListVectorsRequest, ListVectorsResponse, PutVectorRequest, PutVectorResponse, SaeVectorRequest, SaeVectorResponse, ScoreRequest,
 };
 use steer_telemetry::Metrics;
 use tonic::{Request, Response, Status, Streaming};
@@ -125,6 +125,15 @@ impl ActivationService for Gate<ActivationWorker> {
     }
     async fn get_steering_tensors(&self, r: Request<GetSteeringTensorsRequest>) -> Result<Response<Self::GetSteeringTensorsStream>, Status> {
         self.observe("GetSteeringTensors", r, |w, r| async move { w.get_steering_tensors(r).await }).await
+    }
+    async fn list_saes(&self, r: Request<ListSaesRequest>) -> Result<Response<ListSaesResponse>, Status> {
+        self.observe("ListSaes", r, |w, r| async move { w.list_saes(r).await }).await
+    }
+    async fn get_sae_features(&self, r: Request<GetSaeFeaturesRequest>) -> Result<Response<GetSaeFeaturesResponse>, Status> {
+        self.observe("GetSaeFeatures", r, |w, r| async move { w.get_sae_features(r).await }).await
+    }
+    async fn sae_vector(&self, r: Request<SaeVectorRequest>) -> Result<Response<SaeVectorResponse>, Status> {
+        self.observe("SaeVector", r, |w, r| async move { w.sae_vector(r).await }).await
     }
     async fn get_model_info(
         &self,

@@ -47,7 +47,15 @@ impl Profile {
             (s, None)
         } else if let Some(r) = what.strip_prefix("vector:") {
             let (r, scale) = scaled(r).map_err(bad)?;
-            let v = SteeringVectorRef { name: r, scale: Some(scale as f64), first_layer: None, last_layer: None, force_model: false };
+            let v = SteeringVectorRef {
+                name: r,
+                scale: Some(scale as f64),
+                first_layer: None,
+                last_layer: None,
+                force_model: false,
+                op: None,
+                window: None,
+            };
             (Steering { vectors: vec![v], ..Default::default() }, None)
         } else if let Some(p) = what.strip_prefix("file:") {
             let (p, scale) = scaled(p).map_err(bad)?;

@@ -103,6 +103,9 @@ impl Services {
             if let Some(lib) = &self.library {
                 worker = worker.with_library(lib.clone());
             }
+            if let Some(dir) = &self.cfg.vectors.sae_dir {
+                worker = worker.with_saes(dir.clone());
+            }
             let _ = self.activation.worker.set(worker);
             self.reporter.set_service_status(ACTIVATION, ServingStatus::Serving).await;
         }

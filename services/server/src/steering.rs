@@ -5,7 +5,10 @@
 //! ```json
 //! {"hook": "resid_pre", "additions": [{"layer": 6, "coeff": 5, "text": "Love"},
 //!                                     {"layer": 6, "coeff": -5, "text": "Hate"}],
-//!  "vectors": [{"name": "love-hate", "scale": 2}], "compare": true}
+//!  "vectors": [{"name": "love-hate", "scale": 2},
+//!              {"name": "refusal", "op": "ablate", "window": "all_positions"},
+//!              {"name": "golden-gate", "op": "clamp=8", "window": "generated"}],
+//!  "compare": true}
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -56,6 +59,13 @@ pub struct SteeringVectorRef {
     /// Apply it though it was made on other weights of the same shape.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub force_model: bool,
+    /// Apply it as `add`, `ablate` or `clamp=VALUE` instead of as its file says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub op: Option<String>,
+    /// Apply it over `prefix`, `all_positions`, `generated`, `A-B` or `A-` (positions A..B, B
+    /// excluded; A on) instead of its file's window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
 }
 
 impl Steering {

@@ -83,7 +83,7 @@ impl Backend for Local {
     }
 
     fn activations(&self, prompts: &[String], points: &[HookPoint], use_bos: bool) -> impl Future<Output = eval::Result<eval::Activations>> + Send {
-        let req = GetActivationsRequest { prompts: prompts.to_vec(), use_bos, points: points.to_vec() };
+        let req = GetActivationsRequest { prompts: prompts.to_vec(), use_bos, points: points.to_vec(), ..Default::default() };
         let (services, n) = (self.0.clone(), prompts.len());
         async move {
             let stream = services.activation.get_activations(Request::new(req)).await?.into_inner();

@@ -6,6 +6,7 @@ mod concurrency;
 mod dtypes;
 mod grpc;
 mod loglikelihood;
+mod ops;
 mod prefix;
 
 use std::time::Instant;
@@ -39,6 +40,10 @@ pub struct BenchArgs {
     /// (/v1/completions with echo and logprobs) against independent scorings of the same texts.
     #[arg(long)]
     loglikelihood: bool,
+    /// Also measure what ADD, ABLATE and CLAMP on every row cost a decode step (at the last of
+    /// --batches), against plain steps, alternated.
+    #[arg(long)]
+    ops: bool,
     /// Also serve N clients at once for each N given (e.g. 1,4,8,16), against the same requests
     /// one at a time, and the stall a long prefill causes to running streams.
     #[arg(long, value_delimiter = ',')]
@@ -118,6 +123,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if a.child {
         let m = dtypes::Measured { dtype: engine.info().dtype.to_string(), weight_bytes, prefill_secs: best, decode, peak_rss_gb: peak_rss_gb() };
         outln!("{}{}", dtypes::LINE, serde_json::to_string(&m)?);
+    }
+    if a.ops {
+        ops::run(&engine, a.batches.last().copied().unwrap_or(6), a.tokens)?;
     }
     let engine = std::sync::Arc::new(engine);
     if a.grpc {

@@ -14,6 +14,13 @@ impl Engine {
     /// Activations of each prompt at each point: `out[row][point]` is `[len_row, d]` (f32).
     /// The forward stops after the deepest point asked for.
     pub fn capture(&self, prompts: &[Vec<u32>], points: &[HookPoint]) -> Result<Vec<Vec<Tensor>>> {
+        self.capture_steered(prompts, points, &[])
+    }
+
+    /// [`Engine::capture`] under steering: `additions[row]` act on row `row` (none when
+    /// `additions` is empty), and a point's activations are taken after its own steering ran
+    /// (so after an ABLATE at a point, its direction is gone from that point's capture).
+    pub fn capture_steered(&self, prompts: &[Vec<u32>], points: &[HookPoint], additions: &[Vec<Addition>]) -> Result<Vec<Vec<Tensor>>> {
         if points.is_empty() || prompts.is_empty() {
             return Ok(vec![vec![]; prompts.len()]);
         }
@@ -24,7 +31,11 @@ impl Engine {
         let mut captures = Captures::new(points.iter().copied());
         let step = layout.prefill_step(prompts, &self.model)?;
         let mut cache = KvCache::new(self.info.n_layer, layout.width);
-        let hooks = Hooks { additions: None, stop_after_stream: captures.last_stream(), captures: Some(&mut captures) };
+        let adds = match additions.is_empty() {
+            true => None,
+            false => self.additions(&layout, additions, None)?,
+        };
+        let hooks = Hooks { additions: adds.as_ref(), stop_after_stream: captures.last_stream(), captures: Some(&mut captures) };
         self.model.forward(&step, &mut cache, hooks)?;
         prompts
             .iter()
@@ -44,7 +55,7 @@ impl Engine {
     /// Logits (f32, `[len_row, V]`) of every position of every row, with optional steering.
     pub fn logits(&self, prompts: &[Vec<u32>], additions: &[Vec<Addition>]) -> Result<Vec<Tensor>> {
         let layout = BatchLayout::new(prompts, self.info.n_positions)?;
-        let adds = self.additions(&layout, additions)?;
+        let adds = self.additions(&layout, additions, None)?;
         let step = layout.prefill_step(prompts, &self.model)?;
         let mut cache = KvCache::new(self.info.n_layer, layout.width);
         let hooks = Hooks { additions: adds.as_ref(), ..Default::default() };

@@ -153,12 +153,18 @@ impl Engine {
     }
 
     /// The steering of a batch laid out as `layout`, per row (`None` when no row steers).
-    fn additions(&self, layout: &BatchLayout, per_row: &[Vec<Addition>]) -> Result<Option<Additions>> {
+    /// `prompt_lens` are the rows' prompt lengths when the rows hold generated tokens too (the
+    /// reference loop's recomputation); by default each row is all prompt.
+    fn additions(&self, layout: &BatchLayout, per_row: &[Vec<Addition>], prompt_lens: Option<&[usize]>) -> Result<Option<Additions>> {
         if per_row.iter().all(|a| a.is_empty()) {
             return Ok(None);
         }
         debug_assert_eq!(per_row.len(), layout.offsets.len(), "one list of additions per row");
         let rows: Vec<&[Addition]> = per_row.iter().map(|a| a.as_slice()).collect();
-        Additions::build(&rows, &layout.offsets, layout.width, self.info.d_model, self.model.dtype(), self.model.device())
+        let lens: Vec<usize> = match prompt_lens {
+            Some(l) => l.to_vec(),
+            None => layout.offsets.iter().map(|o| layout.width - o).collect(),
+        };
+        Additions::build(&rows, &layout.offsets, &lens, layout.width, self.info.d_model, self.model.dtype(), self.model.device())
     }
 }

@@ -153,7 +153,7 @@ impl Engine {
         };
         let layout = BatchLayout::new(&seqs, self.info.n_positions)?;
         let keep = keep.filter(|&j| layout.offsets[j] == 0);
-        let additions = self.additions(&layout, &adds)?;
+        let additions = self.additions(&layout, &adds, None)?;
         let shared = match trunk {
             Some(_) => None,
             None => self.shared_prefix(&seqs, &adds)?,

@@ -1,7 +1,7 @@
 //! Prompts computed once ([`PrefixCache`]): a row's prefilled state, its KV cache and the logits
 //! of its first token, kept after its request ends and handed to a later row whose key is the
 //! same instead of a prefill. The key covers exactly what that state depends on: the prompt's
-//! tokens and every addition of the row (hook point, placement, positions and the values'
+//! tokens and every addition of the row (hook point, window, op, positions and the values'
 //! bits), so a hit gives the numbers a prefill would, bit for bit.
 //!
 //! An unsteered row also keeps its residual stream entering every block (its *trunk*). Steering
@@ -19,7 +19,7 @@ use std::collections::HashMap;
 
 use sha2::{Digest, Sha256};
 
-use crate::hooks::{Addition, Placement};
+use crate::hooks::Addition;
 use crate::kv_cache::RowKv;
 
 /// What a row's prefilled state depends on, hashed: its prompt and its additions.
@@ -33,11 +33,7 @@ pub fn row_key(prompt: &[u32], additions: &[Addition]) -> RowKey {
         h.update(t.to_le_bytes());
     }
     for a in additions {
-        let placement: u8 = match a.placement {
-            Placement::Prefix => 0,
-            Placement::AllPositions => 1,
-        };
-        h.update(format!("{} {placement} {} {}\n", a.hook, a.k, a.values.len()).as_bytes());
+        h.update(format!("{} {} {} {} {}\n", a.hook, a.window, a.op, a.k, a.values.len()).as_bytes());
         for v in a.values.iter() {
             h.update(v.to_bits().to_le_bytes());
         }
@@ -307,7 +303,7 @@ impl std::fmt::Debug for PrefixCache {
 mod tests {
     use super::*;
     use crate::engine::{Engine, GenerateOptions, LoadOptions, Prefill, RowRequest, Sequence};
-    use crate::hooks::HookPoint;
+    use crate::hooks::{HookPoint, Window};
     use crate::{ModelSource, SamplingParams};
 
     fn engine() -> Engine {
@@ -379,12 +375,12 @@ mod tests {
         let e = engine();
         let opts = GenerateOptions { max_new_tokens: 6, ..Default::default() };
         let prompt = "I went up to my friend and said that";
-        for (hook, placement) in [(HookPoint::BlockOutput(2), Placement::Prefix), (HookPoint::ResidPre(1), Placement::AllPositions)] {
+        for (hook, window) in [(HookPoint::BlockOutput(2), Window::Prefix), (HookPoint::ResidPre(1), Window::AllPositions)] {
             let steer = |coeff: f32| {
                 let mut rows = rows(&e, prompt, coeff, 3);
                 let a = &mut rows[1].additions[0];
                 a.hook = hook;
-                if placement == Placement::AllPositions {
+                if window == Window::AllPositions {
                     *a = Addition::all_positions(hook, a.values[..e.info().d_model].to_vec());
                 }
                 rows

@@ -66,7 +66,8 @@ impl Engine {
                 let full: Vec<Vec<u32>> = rows.iter().zip(&seqs).map(|(r, s)| [r.prompt.as_slice(), &s.tokens].concat()).collect();
                 let layout = BatchLayout::new(&full, self.info.n_positions)?;
                 let mut cache = KvCache::new(self.info.n_layer, layout.width);
-                let hidden = self.prefill(&full, &per_row, &mut cache)?;
+                let prompt_lens: Vec<usize> = rows.iter().map(|r| r.prompt.len()).collect();
+                let hidden = self.prefill(&full, &per_row, &prompt_lens, &mut cache)?;
                 for (s, l) in seqs.iter_mut().zip(self.model.logits(&hidden)?.to_vec2::<f32>()?) {
                     if !s.is_finished() {
                         s.logits = Some(l);
@@ -97,12 +98,13 @@ impl Engine {
             .collect())
     }
 
-    /// A forward of whole (left-padded) sequences with their additions, filling `cache`;
-    /// returns the last position's hidden state of each row, `[B, d]`.
-    fn prefill(&self, seqs: &[Vec<u32>], per_row: &[Vec<Addition>], cache: &mut KvCache) -> Result<Tensor> {
+    /// A forward of whole (left-padded) sequences (prompts of `prompt_lens` tokens, then what
+    /// was generated) with their steering, filling `cache`; returns the last position's hidden
+    /// state of each row, `[B, d]`.
+    fn prefill(&self, seqs: &[Vec<u32>], per_row: &[Vec<Addition>], prompt_lens: &[usize], cache: &mut KvCache) -> Result<Tensor> {
         debug_assert_eq!(seqs.len(), per_row.len());
         let layout = BatchLayout::new(seqs, self.info.n_positions)?;
-        let additions = self.additions(&layout, per_row)?;
+        let additions = self.additions(&layout, per_row, Some(prompt_lens))?;
         let step = layout.prefill_step(seqs, &self.model)?;
         let hooks = Hooks { additions: additions.as_ref(), ..Default::default() };
         let hidden = self.model.forward(&step, cache, hooks)?;

@@ -5,7 +5,7 @@ use rayon::prelude::*;
 
 use super::logprobs::log_probs;
 use super::request::{FinishReason, GenerateOptions, RowRequest, TokenEvent};
-use crate::hooks::{Addition, Placement};
+use crate::hooks::Addition;
 use crate::kv_cache::RowKv;
 use crate::sampler::Sampler;
 
@@ -23,8 +23,11 @@ pub fn advance_all(seqs: &mut [Sequence], eos: u32) -> Vec<Option<TokenEvent>> {
 #[derive(Debug)]
 pub struct Sequence {
     pub(super) kv: RowKv,
-    /// The row's all-positions additions, applied at every decode step.
+    /// The row's steering whose window reaches past the prompt (all positions, generated
+    /// tokens, open or late ranges), applied at the decode steps its window covers.
     pub(super) steady: Vec<Addition>,
+    /// Tokens of the prompt: where the generated positions begin.
+    pub(super) prompt_len: usize,
     sampler: Sampler,
     pub(super) logits: Option<Vec<f32>>,
     pub tokens: Vec<u32>,
@@ -38,7 +41,8 @@ impl Sequence {
     pub(super) fn new(row: &RowRequest, kv: RowKv, logits: Vec<f32>, opts: &GenerateOptions) -> Self {
         Self {
             kv,
-            steady: row.additions.iter().filter(|a| a.placement == Placement::AllPositions).cloned().collect(),
+            steady: row.additions.iter().filter(|a| a.reaches_decode(row.prompt.len())).cloned().collect(),
+            prompt_len: row.prompt.len(),
             sampler: Sampler::new(row.sampling.clone(), row.seed, &row.prompt),
             logits: Some(logits),
             tokens: vec![],

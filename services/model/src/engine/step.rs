@@ -21,7 +21,9 @@ impl Engine {
         let chunks = prefills.iter().map(|p| self.chunk(p, max_tokens)).collect::<Result<Vec<_>>>()?;
         let ids: Vec<u32> = seqs.iter().map(|s| s.last_token()).collect();
         let steady: Vec<&[Addition]> = seqs.iter().map(|s| s.steady.as_slice()).collect();
-        let additions = Additions::decode(&steady, self.info.d_model, self.model.dtype(), self.model.device())?;
+        let positions: Vec<usize> = seqs.iter().map(|s| s.kv.len()).collect();
+        let prompt_lens: Vec<usize> = seqs.iter().map(|s| s.prompt_len).collect();
+        let additions = Additions::decode(&steady, &positions, &prompt_lens, self.info.d_model, self.model.dtype(), self.model.device())?;
         // An unsteered row that a prefix cache will keep records its trunk.
         let mut captures: Vec<Option<Captures>> = prefills.iter().map(|p| p.keep.map(|_| Captures::streams(1..=self.info.n_layer))).collect();
         let mut parts = Vec::with_capacity(prefills.len() + 1);

@@ -40,7 +40,15 @@ pub(super) async fn select(services: &Services, model: Option<&str>) -> Result<O
     if let Some(api) = services.activation_api() {
         match api.get_vector(GetVectorRequest { r#ref: name.to_string() }).await {
             Ok(_) => {
-                let v = SteeringVectorRef { name: name.to_string(), scale: None, first_layer: None, last_layer: None, force_model: false };
+                let v = SteeringVectorRef {
+                    name: name.to_string(),
+                    scale: None,
+                    first_layer: None,
+                    last_layer: None,
+                    force_model: false,
+                    op: None,
+                    window: None,
+                };
                 return Ok(Some(Profile { name: name.to_string(), steering: Steering { vectors: vec![v], ..Default::default() }, file: None }));
             }
             // Not a vector, or no library to look in.

@@ -2,7 +2,7 @@
 //! or the activation worker `--vector-source` names), library vectors by digest, and a
 //! profile's vector file checked against the served model.
 
-use steer_model::HookKind;
+use steer_model::{HookKind, Op, Window};
 use steer_proto::v1::generation_service_server::GenerationService;
 use steer_proto::v1::{
     get_steering_tensors_response, ActivationAddition, GetSteeringTensorsRequest, GetVectorRequest, Hook, InlineTensor, VectorRef,
@@ -30,7 +30,26 @@ pub(super) async fn vector_refs(services: &Services, s: &Steering, field: &str) 
             _ => e,
         })?;
         let digest = file.vector.and_then(|f| f.info).map(|i| i.digest).unwrap_or_default();
-        out.push(VectorRef { digest, scale: v.scale, first_layer: v.first_layer, last_layer: v.last_layer, force_model: v.force_model });
+        let named = |what: &str, e: steer_model::hooks::ParseError| {
+            steer_proto::status::invalid_argument(&format!("{field}.vectors[{i}].{what}"), &e.to_string())
+        };
+        let mut r = VectorRef {
+            digest,
+            scale: v.scale,
+            first_layer: v.first_layer,
+            last_layer: v.last_layer,
+            force_model: v.force_model,
+            ..Default::default()
+        };
+        if let Some(op) = &v.op {
+            let op: Op = op.parse().map_err(|e| named("op", e))?;
+            (r.op, r.clamp_value) = (steer_proto::hooks::wire_op(op).0, matches!(op, Op::Clamp { .. }).then_some(steer_proto::hooks::wire_op(op).1));
+        }
+        if let Some(w) = &v.window {
+            let w: Window = w.parse().map_err(|e| named("window", e))?;
+            (r.mode, r.window_start, r.window_end) = steer_proto::hooks::wire_window(w);
+        }
+        out.push(r);
     }
     Ok(out)
 }
