@@ -212,13 +212,16 @@ async function unary(path, body) {
 
 function vectorInfo(u8) {
   const V = F.VectorInfo;
-  const info = decode(u8, spec("VectorInfo", "name", "digest", "mode", "positions", "bytes"));
+  const info = decode(u8, spec("VectorInfo", "name", "digest", "mode", "positions", "bytes", "op", "window_start", "window_end"));
   const points = repeated(u8, V.points).map((p) => {
     const hp = decode(p, spec("HookPoint", "hook", "layer"));
     return `${Number(hp.hook || 0n) === 2 ? "block_output" : "resid_pre"}.${Number(hp.layer || 0n)}`;
   });
-  const mode = (E.SteeringMode[String(Number(info.mode || 0n))] || "").replace("STEERING_MODE_", "").toLowerCase();
-  return { name: text(info.name), digest: text(info.digest), mode, points, positions: Number(info.positions || 0n), bytes: Number(info.bytes || 0n) };
+  let mode = (E.SteeringMode[String(Number(info.mode || 0n))] || "").replace("STEERING_MODE_", "").toLowerCase();
+  if (mode === "range") mode = `${Number(info.window_start || 0n)}-${info.window_end === undefined ? "" : Number(info.window_end)}`;
+  const op = (E.SteeringOp[String(Number(info.op || 0n))] || "STEERING_OP_ADD").replace("STEERING_OP_", "").toLowerCase();
+  return { name: text(info.name), digest: text(info.digest), mode: op === "add" || op === "unspecified" ? mode : `${mode}, ${op}`, points,
+    positions: Number(info.positions || 0n), bytes: Number(info.bytes || 0n) };
 }
 
 async function listLibrary() {
@@ -248,11 +251,29 @@ function applyVector(v) {
   const span = document.createElement("span");
   span.className = "applied";
   span.dataset.digest = v.digest;
-  span.innerHTML = `<b></b> x <input type="number" step="any" value="1" class="scale"> <button type="button">remove</button>`;
+  span.innerHTML = `<b></b> x <input type="number" step="any" value="1" class="scale"> `
+    + `<select class="op" title="what it does (default: as its file says)"><option value="0">as filed</option><option value="1">add</option>`
+    + `<option value="2">ablate</option><option value="3">clamp</option></select> `
+    + `<input type="number" step="any" value="0" class="clamp" title="clamp value"> `
+    + `<input type="text" class="window" placeholder="window" title="as filed when empty; all_positions, generated, A-B (positions A..B, B excluded; 0 is BOS) or A-"> `
+    + `<button type="button">remove</button>`;
   span.querySelector("b").textContent = v.name;
   span.querySelector("button").onclick = () => { applied.delete(v.digest); span.remove(); };
   $("applied").appendChild(span);
-  applied.set(v.digest, { name: v.name, scale: span.querySelector(".scale") });
+  applied.set(v.digest, { name: v.name, scale: span.querySelector(".scale"), op: span.querySelector(".op"), clamp: span.querySelector(".clamp"),
+    window: span.querySelector(".window") });
+}
+
+// A window as the wire's VectorRef/TensorHeader fields: [mode, start, end or null]; null when
+// empty (as filed). Throws on a window it cannot read.
+function parseWindow(text) {
+  const w = text.trim().toLowerCase().replace(/-/g, "_");
+  if (!w) return null;
+  const named = { prefix: 1, all_positions: 2, all: 2, generated: 3, generated_only: 3 };
+  if (w in named) return [named[w], 0, null];
+  const m = /^(\d+)_(\d*)$/.exec(w);
+  if (!m || (m[2] && Number(m[2]) <= Number(m[1]))) throw new Error(`window ${text}: expected all_positions, generated, A-B or A-`);
+  return [4, Number(m[1]), m[2] ? Number(m[2]) : null];
 }
 
 async function downloadVector(v) {
@@ -341,6 +362,10 @@ async function run(ev) {
     for (const [digest, a] of applied) {
       const R = F.VectorRef;
       const r = new Writer(); r.string(R.digest, digest); r.double(R.scale, Number(a.scale.value));
+      const op = Number(a.op.value);
+      if (op) { r.uint(R.op, op); if (op === 3) r.float(R.clamp_value, Number(a.clamp.value)); }
+      const win = parseWindow(a.window.value);
+      if (win) { r.uint(R.mode, win[0]); r.uint(R.window_start, win[1]); if (win[2] !== null) r.uint(R.window_end, win[2]); }
       setup.message(G.vectors, r);
     }
     const req = new Writer();

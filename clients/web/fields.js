@@ -104,12 +104,23 @@ export const F = {
   "GetActivationsRequest": {
     "prompts": 1,
     "use_bos": 2,
-    "points": 3
+    "points": 3,
+    "steering": 4
   },
   "GetActivationsResponse": {
     "tokens": 1,
     "header": 2,
     "chunk": 3
+  },
+  "GetSaeFeaturesRequest": {
+    "sae": 1,
+    "first": 2,
+    "count": 3,
+    "top_tokens": 4
+  },
+  "GetSaeFeaturesResponse": {
+    "sae": 1,
+    "features": 2
   },
   "GetSteeringTensorsRequest": {
     "additions": 1,
@@ -142,6 +153,10 @@ export const F = {
     "p_steered": 3,
     "p_unsteered": 4,
     "contribution": 5
+  },
+  "ListSaesRequest": {},
+  "ListSaesResponse": {
+    "saes": 1
   },
   "ListSweepsRequest": {},
   "ListSweepsResponse": {
@@ -195,6 +210,31 @@ export const F = {
     "seed": 10,
     "queue_ms": 11,
     "worker": 12
+  },
+  "SaeFeature": {
+    "index": 1,
+    "norm": 2,
+    "top_tokens": 3
+  },
+  "SaeInfo": {
+    "name": 1,
+    "d_in": 2,
+    "d_sae": 3,
+    "hook_name": 4,
+    "point": 5,
+    "model_name": 6,
+    "unusable": 7
+  },
+  "SaeVectorRequest": {
+    "sae": 1,
+    "features": 2,
+    "scale": 3,
+    "clamp_value": 4,
+    "name": 5,
+    "store": 6
+  },
+  "SaeVectorResponse": {
+    "vector": 1
   },
   "SamplingParameters": {
     "temperature": 1,
@@ -263,7 +303,11 @@ export const F = {
     "point": 3,
     "total_bytes": 4,
     "prompt_index": 5,
-    "mode": 6
+    "mode": 6,
+    "op": 7,
+    "clamp_value": 8,
+    "window_start": 9,
+    "window_end": 10
   },
   "TextScore": {
     "index": 1,
@@ -285,6 +329,11 @@ export const F = {
     "text_delta": 5,
     "logprob": 6,
     "top_logprobs": 7
+  },
+  "TokenWeight": {
+    "token_id": 1,
+    "text": 2,
+    "value": 3
   },
   "Tokens": {
     "ids": 1,
@@ -313,14 +362,23 @@ export const F = {
     "d_model": 8,
     "n_layer": 9,
     "metadata_json": 10,
-    "norms": 11
+    "norms": 11,
+    "op": 12,
+    "clamp_value": 13,
+    "window_start": 14,
+    "window_end": 15
   },
   "VectorRef": {
     "digest": 1,
     "scale": 2,
     "first_layer": 3,
     "last_layer": 4,
-    "force_model": 5
+    "force_model": 5,
+    "op": 6,
+    "clamp_value": 7,
+    "mode": 8,
+    "window_start": 9,
+    "window_end": 10
   },
   "WatchSweepRequest": {
     "id": 1
@@ -363,7 +421,15 @@ export const E = {
   "SteeringMode": {
     "0": "STEERING_MODE_UNSPECIFIED",
     "1": "STEERING_MODE_PREFIX",
-    "2": "STEERING_MODE_ALL_POSITIONS"
+    "2": "STEERING_MODE_ALL_POSITIONS",
+    "3": "STEERING_MODE_GENERATED_ONLY",
+    "4": "STEERING_MODE_RANGE"
+  },
+  "SteeringOp": {
+    "0": "STEERING_OP_UNSPECIFIED",
+    "1": "STEERING_OP_ADD",
+    "2": "STEERING_OP_ABLATE",
+    "3": "STEERING_OP_CLAMP"
   },
   "SweepKind": {
     "0": "SWEEP_KIND_UNSPECIFIED",

@@ -164,6 +164,23 @@ class SteeringTensor:
     def position_norms(self) -> List[float]:
         return [sum(v * v for v in row) ** 0.5 for row in self.values()]
 
+    def with_op(self, op: str) -> "SteeringTensor":
+        """The same tensor applied as `op`: `add`, `ablate` or `clamp=VALUE`."""
+        header = tensor_pb2.TensorHeader()
+        header.CopyFrom(self.header)
+        header.op, header.clamp_value = parse_op(op)
+        return SteeringTensor(header=header, chunks=self.chunks)
+
+    def in_window(self, window: str) -> "SteeringTensor":
+        """The same tensor over `window`: `prefix`, `all_positions`, `generated`, `A-B`, `A-`."""
+        header = tensor_pb2.TensorHeader()
+        header.CopyFrom(self.header)
+        header.mode, header.window_start, end = parse_window(window)
+        header.ClearField("window_end")
+        if end is not None:
+            header.window_end = end
+        return SteeringTensor(header=header, chunks=self.chunks)
+
     def __repr__(self):
         norms = ", ".join(f"{n:.1f}" for n in self.position_norms()[:8])
         more = ", ..." if len(self.position_norms()) > 8 else ""
@@ -367,18 +384,53 @@ class SteerClient:
     def delete_vector(self, ref: str, timeout=None):
         return self.activation.DeleteVector(activation_pb2.DeleteVectorRequest(ref=ref), **self._call(timeout)).deleted
 
-    def vector_ref(self, ref: str, scale: float = 1.0, layers: Optional[Tuple[int, int]] = None, force_model=False):
+    def vector_ref(self, ref: str, scale: float = 1.0, layers: Optional[Tuple[int, int]] = None, force_model=False,
+                   op: Optional[str] = None, window: Optional[str] = None):
         """A VectorRef for generate_stream/run(vectors=...): the library vector's full digest;
-        `force_model` applies one made on other weights of the same shape."""
+        `force_model` applies one made on other weights of the same shape; `op` (`add`,
+        `ablate`, `clamp=VALUE`) and `window` (`prefix`, `all_positions`, `generated`, `A-B`,
+        `A-`) apply it otherwise than its file says."""
         r = generation_pb2.VectorRef(digest=self.get_vector(ref).info.digest, scale=scale, force_model=force_model)
         if layers is not None:
             r.first_layer, r.last_layer = layers
+        if op is not None:
+            r.op, value = parse_op(op)
+            if r.op == tensor_pb2.STEERING_OP_CLAMP:
+                r.clamp_value = value
+        if window is not None:
+            r.mode, r.window_start, end = parse_window(window)
+            if end is not None:
+                r.window_end = end
         return r
 
-    def activations(self, prompts, layers, hook="resid_pre", use_bos=True, timeout=None):
-        """Residual-stream activations: out[prompt][layer_index] = (shape, flat f32 values)."""
+    def list_saes(self, timeout=None):
+        """The sparse autoencoders the activation worker serves (its --sae-dir): SaeInfo each."""
+        return list(self.activation.ListSaes(activation_pb2.ListSaesRequest(), **self._call(timeout)).saes)
+
+    def sae_features(self, sae: str, first: int = 0, count: int = 32, top_tokens: int = 5, timeout=None):
+        """Features first..first+count-1 of a served SAE: each one's decoder norm and the tokens
+        its decoder row promotes most (GetSaeFeaturesResponse)."""
+        req = activation_pb2.GetSaeFeaturesRequest(sae=sae, first=first, count=count, top_tokens=top_tokens)
+        return self.activation.GetSaeFeatures(req, **self._call(timeout))
+
+    def sae_vector(self, sae: str, features, scale: Optional[float] = None, clamp: Optional[float] = None, name: str = "",
+                   store: bool = False, timeout=None):
+        """A vector file (VectorFile) from features of a served SAE: ADD scale x W_dec[f] at every
+        position, or CLAMP their direction to `clamp`; `store` also puts it in the library."""
+        req = activation_pb2.SaeVectorRequest(sae=sae, features=list(features), name=name, store=store)
+        if scale is not None:
+            req.scale = scale
+        if clamp is not None:
+            req.clamp_value = clamp
+        return self.activation.SaeVector(req, **self._call(timeout)).vector
+
+    def activations(self, prompts, layers, hook="resid_pre", use_bos=True, steering: Sequence[SteeringTensor] = (), timeout=None):
+        """Residual-stream activations: out[prompt][layer_index] = (shape, flat f32 values).
+        With `steering`, read under it (each point after its own steering: after an ablation
+        there, the direction is gone)."""
         req = activation_pb2.GetActivationsRequest(
-            prompts=list(prompts), use_bos=use_bos, points=[tensor_pb2.HookPoint(hook=_hook(hook), layer=l) for l in layers])
+            prompts=list(prompts), use_bos=use_bos, points=[tensor_pb2.HookPoint(hook=_hook(hook), layer=l) for l in layers],
+            steering=[tensor_pb2.InlineTensor(header=t.header, data=b"".join(c.data for c in t.chunks)) for t in steering])
         out = [[] for _ in prompts]
         current = None
         for msg in self.activation.GetActivations(req, **self._call(timeout)):
@@ -391,5 +443,5 @@ class SteerClient:
         return [[(tuple(t.header.shape), t._flat()) for t in row] for row in out]
 
 
-from .vectors import Vector, load_vector, parse_vector  # noqa: E402
+from .vectors import Vector, load_vector, parse_op, parse_vector, parse_window, vector_from_sae  # noqa: E402
 from . import evals  # noqa: E402

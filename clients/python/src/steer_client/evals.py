@@ -14,7 +14,7 @@ import pathlib
 import re
 from typing import Dict, Iterable, List, Optional, Sequence
 
-from ._proto.steer.v1 import generation_pb2
+from ._proto.steer.v1 import generation_pb2, tensor_pb2
 
 WEDDING_WORDS = ["wedding", "weddings", "wed", "marry", "married", "marriage", "bride", "groom", "honeymoon"]
 
@@ -24,7 +24,7 @@ def score(client, texts, tensors=(), use_bos=True, include_unsteered=False, kl_t
     (index, steered)."""
     req = generation_pb2.ScoreRequest(
         texts=[generation_pb2.ScoreText(prompt=p, continuation=c) for p, c in texts], use_bos=use_bos,
-        tensors=[generation_pb2.InlineTensor(header=t.header, data=b"".join(c.data for c in t.chunks)) for t in tensors],
+        tensors=[tensor_pb2.InlineTensor(header=t.header, data=b"".join(c.data for c in t.chunks)) for t in tensors],
         vectors=list(vectors), include_unsteered=include_unsteered, kl_top=kl_top)
     stub = client._generation[next(client._next)]
     out = [m.score for m in stub.Score(req, **client._call(timeout))]
