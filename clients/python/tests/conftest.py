@@ -50,7 +50,8 @@ def server(vector_dir):
     port = _free_port()
     proc = subprocess.Popen(
         [binary, "serve", "--model", str(ROOT / "fixtures" / "tiny-gpt2"), "--addr", f"127.0.0.1:{port}",
-         "--worker-id", "py-test", "--vector-dir", str(vector_dir), "--profile", f"love={LOVE_PROFILE}"],
+         "--worker-id", "py-test", "--vector-dir", str(vector_dir), "--profile", f"love={LOVE_PROFILE}",
+         "--sae-dir", str(ROOT / "fixtures")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "STEER_LOG": "warn"})
     addr = f"127.0.0.1:{port}"
     from steer_client import SteerClient
