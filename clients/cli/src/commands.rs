@@ -149,7 +149,7 @@ pub struct RunArgs {
     #[arg(long)]
     prompt: String,
     /// LAYER:COEFF:TEXT, repeatable (e.g. --add "20:4:I talk about weddings constantly").
-    #[arg(long = "add", required_unless_present_any = ["vectors", "library_vectors"])]
+    #[arg(long = "add", required_unless_present_any = ["vectors", "library_vectors", "ablate", "clamp"])]
     add: Vec<AdditionSpec>,
     #[command(flatten)]
     opts: RunFlags,

@@ -171,3 +171,56 @@ fn a_stop_string_ends_the_row_and_is_left_out_of_its_text() {
     ]);
     assert!(!five.status.success() && String::from_utf8_lossy(&five.stderr).contains("setup.stop"), "{}", String::from_utf8_lossy(&five.stderr));
 }
+
+fn fixture(p: &str) -> String {
+    format!("{}/../../fixtures/{p}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `steer run ... --json` with greedy settings: the steered row's token ids.
+fn greedy_ids(extra: &[&str]) -> Result<Vec<u64>, String> {
+    let mut args = vec!["run", "--model", "fixtures/tiny-gpt2", "--prompt", "I hate you because", "--tokens", "20", "--comparisons", "1"];
+    args.extend_from_slice(&["--temperature", "0", "--frequency-penalty", "0", "--skip-unsteered", "--ignore-eos", "--json"]);
+    args.extend_from_slice(extra);
+    let out = steer(&args);
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let row: serde_json::Value = serde_json::from_str(stdout.lines().last().expect("a row")).unwrap();
+    Ok(row["token_ids"].as_array().expect("token ids").iter().map(|t| t.as_u64().unwrap()).collect())
+}
+
+#[test]
+fn sae_features_ablation_clamping_and_windows_from_the_command_line() {
+    let g: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("goldens/tiny-gpt2-ops.json")).unwrap()).unwrap();
+    let want = |v: &serde_json::Value| -> Vec<u64> { v.as_array().unwrap().iter().map(|t| t.as_u64().unwrap()).collect() };
+    let dir = tempfile::tempdir().unwrap();
+    let f5 = dir.path().join("f5.safetensors").display().to_string();
+    let sae = fixture("tiny-sae");
+    let out = steer(&["vector", "from-sae", "--model", "fixtures/tiny-gpt2", "--sae", &sae, "--feature", "5", "--scale", "6", "--out", &f5]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let show = steer(&["vector", "show", &f5]);
+    let shown = String::from_utf8_lossy(&show.stdout);
+    assert!(shown.contains("origin    SAE") && shown.contains("features [5], scale 6") && shown.contains("op        add"), "{shown}");
+    // Feature 5 at scale 6: the Hugging Face hook's tokens.
+    assert_eq!(greedy_ids(&["--vector", &f5]).unwrap(), want(&g["sae"]["greedy"]));
+    // Its direction ablated, or clamped, over windows: each steers, and differently.
+    let plain = want(&g["unsteered_greedy"]);
+    let ablated = greedy_ids(&["--ablate", &f5]).unwrap();
+    let late = greedy_ids(&["--ablate", &f5, "--window", "generated"]).unwrap();
+    let clamped = greedy_ids(&["--clamp", &format!("{f5}:8"), "--window", "3-"]).unwrap();
+    assert!(ablated != plain || late != plain, "ablating feature 5's direction changes something");
+    assert_ne!(clamped, plain);
+    assert_ne!(clamped, ablated);
+    // What it cannot read, it says.
+    let e = greedy_ids(&["--clamp", &f5]).unwrap_err();
+    assert!(e.contains("--clamp") && e.contains("FILE:VALUE"), "{e}");
+    let e = greedy_ids(&["--ablate", &f5, "--window", "7-3"]).unwrap_err();
+    assert!(e.contains("--window"), "{e}");
+    // A clamp vector does not export to llama.cpp (which only adds).
+    let c = dir.path().join("c.safetensors").display().to_string();
+    let out = steer(&["vector", "from-sae", "--model", "fixtures/tiny-gpt2", "--sae", &sae, "--feature", "1,2", "--clamp", "3", "--out", &c]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = steer(&["vector", "export", &c, "--gguf", &dir.path().join("c.gguf").display().to_string()]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("only add"), "{}", String::from_utf8_lossy(&out.stderr));
+}
