@@ -312,6 +312,68 @@ async function saveVector() {
   } catch (err) { $("library_status").textContent = String(err.message || err); }
 }
 
+// ---- SAE features (ActivationService ListSaes, GetSaeFeatures, SaeVector) ----
+const SAE_PAGE = 16;
+
+async function listSaes() {
+  try {
+    const resp = await unary("/steer.v1.ActivationService/ListSaes", new Uint8Array(0));
+    const saes = repeated(resp, F.ListSaesResponse.saes).map((u8) => {
+      const s = decode(u8, spec("SaeInfo", "name", "d_sae", "hook_name", "unusable"));
+      return { name: text(s.name), d_sae: Number(s.d_sae || 0n), hook: text(s.hook_name), unusable: text(s.unusable) };
+    });
+    $("sae_name").innerHTML = "";
+    for (const s of saes) {
+      const o = document.createElement("option");
+      o.value = s.name; o.disabled = !!s.unusable;
+      o.textContent = `${s.name} (${s.hook}, ${s.d_sae} features${s.unusable ? "; " + s.unusable : ""})`;
+      $("sae_name").appendChild(o);
+    }
+    $("sae_status").textContent = `${saes.length} SAEs`;
+  } catch (err) { $("sae_status").textContent = String(err.message || err); }
+}
+
+// One page of features from `first`: decoder norm, the tokens each promotes, and a button that
+// stores scale x W_dec[f] as a library vector and applies it.
+async function browseSae() {
+  const G = F.GetSaeFeaturesRequest;
+  const sae = $("sae_name").value;
+  if (!sae) return;
+  try {
+    const w = new Writer();
+    w.string(G.sae, sae); w.uint(G.first, Number($("sae_first").value)); w.uint(G.count, SAE_PAGE); w.uint(G.top_tokens, 5);
+    const resp = await unary("/steer.v1.ActivationService/GetSaeFeatures", w.finish());
+    const body = $("sae_features");
+    body.innerHTML = "";
+    for (const u8 of repeated(resp, F.GetSaeFeaturesResponse.features)) {
+      const f = decode(u8, spec("SaeFeature", "index", "norm"));
+      const index = Number(f.index || 0n);
+      const tops = repeated(u8, F.SaeFeature.top_tokens).map((t) => JSON.stringify(text(decode(t, spec("TokenWeight", "text")).text)));
+      const tr = document.createElement("tr");
+      tr.dataset.feature = index;
+      tr.innerHTML = `<td>${index}</td><td>${(f.norm || 0).toFixed(3)}</td><td class="tops"></td><td><button type="button">steer with it</button></td>`;
+      tr.querySelector(".tops").textContent = tops.join(" ");
+      tr.querySelector("button").onclick = () => steerWithFeature(sae, index);
+      body.appendChild(tr);
+    }
+    $("sae_status").textContent = `${sae}: features ${$("sae_first").value}+`;
+  } catch (err) { $("sae_status").textContent = String(err.message || err); }
+}
+
+async function steerWithFeature(sae, index) {
+  const S = F.SaeVectorRequest;
+  try {
+    const w = new Writer();
+    w.string(S.sae, sae); w.uint(S.features, index); w.double(S.scale, Number($("sae_scale").value)); w.bool(S.store, true);
+    const resp = await unary("/steer.v1.ActivationService/SaeVector", w.finish());
+    const file = decode(decode(resp, spec("SaeVectorResponse", "vector")).vector, spec("VectorFile", "info"));
+    const v = vectorInfo(file.info);
+    applyVector(v);
+    $("sae_status").textContent = `applied ${v.name}`;
+    await listLibrary();
+  } catch (err) { $("sae_status").textContent = String(err.message || err); }
+}
+
 function exportJson() {
   if (!lastRun) return;
   const blob = new Blob([JSON.stringify(lastRun, null, 2)], { type: "application/json" });
@@ -526,6 +588,10 @@ $("eval_cancel").addEventListener("click", async () => {
 });
 $("eval_history").addEventListener("change", async () => { if ($("eval_history").value) await watchSweep($("eval_history").value); });
 $("lib_refresh").addEventListener("click", listLibrary);
+$("sae_browse").addEventListener("click", browseSae);
+$("sae_prev").addEventListener("click", () => { $("sae_first").value = Math.max(0, Number($("sae_first").value) - SAE_PAGE); browseSae(); });
+$("sae_next").addEventListener("click", () => { $("sae_first").value = Number($("sae_first").value) + SAE_PAGE; browseSae(); });
+$("sae_panel").addEventListener("toggle", () => { if ($("sae_panel").open && !$("sae_name").options.length) listSaes(); });
 $("save_vector").addEventListener("click", saveVector);
 loadModelInfo();
 $("token").value = sessionStorage.getItem("steer-token") || "";

@@ -91,7 +91,8 @@ async fn after_an_ablation_get_activations_has_no_component_along_the_direction_
     let tmp = tempfile::tempdir().unwrap();
     let (server, client) = start_with(engine(), config(tmp.path())).await;
     let g = goldens();
-    let c = g["cases"].as_array().unwrap().iter().find(|c| c["op"] == "ablate" && c["window"] == "all_positions" && c["hook"] == "block_output").unwrap();
+    let c =
+        g["cases"].as_array().unwrap().iter().find(|c| c["op"] == "ablate" && c["window"] == "all_positions" && c["hook"] == "block_output").unwrap();
     let rows = floats(&c["rows"]);
     let norm = rows.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
     let u: Vec<f64> = rows.iter().map(|v| f64::from(*v) / norm).collect();
@@ -212,7 +213,10 @@ async fn bad_ops_and_windows_are_refused_naming_the_field() {
         async move { field(client.generate("I hate you because", &[t], &greedy(), |_| {}).await.unwrap_err()) }
     };
     assert_eq!(run(SteeringTensor::prefix(point, vec![0.0; 64], 64).with_op(Op::Ablate)).await, "tensors[0].data");
-    assert_eq!(run(SteeringTensor::prefix(point, [dir.clone(), vec![0.0; 64]].concat(), 64).with_op(Op::Clamp { value: 1.0 })).await, "tensors[0].data");
+    assert_eq!(
+        run(SteeringTensor::prefix(point, [dir.clone(), vec![0.0; 64]].concat(), 64).with_op(Op::Clamp { value: 1.0 })).await,
+        "tensors[0].data"
+    );
     assert_eq!(run(SteeringTensor::prefix(point, [dir.clone(), dir.clone()].concat(), 64).in_window(Window::Generated)).await, "tensors[0].shape");
     let mut t = one.clone();
     let h: &mut TensorHeader = &mut t.header;

@@ -503,6 +503,33 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn files_from_before_ops_read_as_add_with_their_digests_and_ops_change_the_digest() {
+        let v = actadd();
+        // The digest of a file written before ops existed: format, mode, tensors.
+        let mut h = Sha256::new();
+        h.update(format!("{FORMAT}\nprefix\n").as_bytes());
+        for t in &v.tensors {
+            h.update(format!("{} {} {}\n", t.point, t.k, t.d()).as_bytes());
+            h.update(le_bytes(&t.values));
+        }
+        let old: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(v.digest(), old);
+        // Its metadata has no `op` (an ADD file is written as before), and reads back as ADD.
+        let json = serde_json::to_value(&v.meta).unwrap();
+        assert!(json.get("op").is_none(), "{json}");
+        let back = SteeringVector::from_bytes(&v.to_bytes()).unwrap();
+        assert_eq!((back.op(), back.digest()), (Op::Add, old.as_str()));
+        // An ABLATE of the same tensors is another vector; a zero row has no direction.
+        let ablate = v.clone().with_op(Op::Ablate).unwrap();
+        assert_ne!(ablate.digest(), v.digest());
+        assert_eq!(SteeringVector::from_bytes(&ablate.to_bytes()).unwrap().op(), Op::Ablate);
+        let zero = vec![VectorTensor { point: HookPoint::ResidPre(0), k: 1, values: vec![0.0; 4] }];
+        let z = SteeringVector::new("z", model(), Window::AllPositions, v.meta.origin.clone(), zero).unwrap();
+        let e = z.with_op(Op::Clamp { value: 1.0 }).unwrap_err().to_string();
+        assert!(e.starts_with("tensors[0]: resid_pre.0: row 0 is zero"), "{e}");
+    }
+
+    #[test]
     fn round_trips_bytes_and_keeps_the_digest() {
         let v = actadd();
         assert_eq!(v.tensors[0].point, HookPoint::ResidPre(1), "tensors in point order");

@@ -38,7 +38,7 @@ test("weddings example streams into both columns, which differ", { timeout: 240_
   fs.writeFileSync(tokens, token + "\n");
   const vectors = fs.mkdtempSync(path.join(os.tmpdir(), "steer-vectors-"));
   const server = spawn(bin, ["serve", "--model", path.join(root, "fixtures/tiny-gpt2"), "--dtype", "bf16", "--addr", `127.0.0.1:${port}`,
-    "--auth-tokens", tokens, "--vector-dir", vectors],
+    "--auth-tokens", tokens, "--vector-dir", vectors, "--sae-dir", path.join(root, "fixtures")],
     { stdio: "ignore", env: { ...process.env, STEER_LOG: "warn" } });
   const browser = await chromium.launch({
     executablePath: chromiumPath,
@@ -106,6 +106,33 @@ test("weddings example streams into both columns, which differ", { timeout: 240_
     fs.mkdirSync(path.join(root, "artifacts"), { recursive: true });
     await page.screenshot({ path: path.join(root, "artifacts/dashboard.png"), fullPage: true });
     await page.click(".applied button"); // remove it again
+    // SAE features: browse the fixture SAE by index, steer with feature 5 (stored and applied),
+    // then with its direction ablated over the generated tokens only.
+    await page.click("#sae_panel summary");
+    await page.waitForSelector('#sae_name option[value="tiny-sae"]', { state: "attached" });
+    await page.selectOption("#sae_name", "tiny-sae");
+    await page.click("#sae_browse");
+    await page.waitForSelector('#sae_features tr[data-feature="15"]');
+    assert.equal((await page.$$("#sae_features tr")).length, 16);
+    assert.ok((await page.textContent('#sae_features tr[data-feature="5"] .tops')).length > 0, "promoted tokens shown");
+    await page.fill("#sae_scale", "6");
+    await page.click('#sae_features tr[data-feature="5"] button');
+    await page.waitForSelector(".applied");
+    assert.equal(await page.textContent(".applied b"), "tiny-sae-f5");
+    await page.fill("#additions", "");
+    const runAgain = async () => {
+      await page.click("#run");
+      await page.waitForSelector('#results[data-done="true"], #results[data-done="error"]', { timeout: 180_000 });
+      assert.equal(await page.getAttribute("#results", "data-done"), "true", await page.textContent("#status"));
+      return page.$$eval("#steered .completion .text", (els) => els.map((e) => e.textContent));
+    };
+    const withFeature = await runAgain();
+    assert.notDeepEqual(withFeature, unsteered, "the SAE feature steers");
+    await page.selectOption(".applied .op", "2");
+    await page.fill(".applied .window", "generated");
+    const ablated = await runAgain();
+    assert.notDeepEqual(ablated, withFeature, "ablating its direction is another steering");
+    await page.click(".applied button");
     // Evaluate: the perplexity ratio at every layer of the model, plotted with named axes.
     await page.click("#evaluate summary");
     await page.fill("#eval_layers", "0-3");
