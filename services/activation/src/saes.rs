@@ -14,7 +14,7 @@ use steer_vector::sae::{SaeConfig, CFG};
 use steer_vector::{ModelRef, Sae, SteeringVector};
 
 /// Most features one GetSaeFeatures call browses.
-pub const MAX_FEATURES: u32 = 1024;
+pub const MAX_FEATURES: u32 = 256;
 /// Most tokens per feature.
 pub const MAX_TOP_TOKENS: u32 = 20;
 
