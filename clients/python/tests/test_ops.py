@@ -131,3 +131,58 @@ def test_library_vectors_take_an_op_and_window_over_http(server, client):
     bad = json.loads(subprocess.run(["curl", "-sS", f"http://{server}/v1/completions", "-H", "content-type: application/json",
                                      "-d", json.dumps(body)], check=True, capture_output=True, text=True).stdout)
     assert bad["error"]["param"] == "steering.vectors[0].op", bad
+
+
+def test_profiles_carry_ops_and_windows_from_files_and_json(client, tmp_path):
+    """A file profile of a clamp vector (its op in the file) and a JSON profile ablating a
+    library vector over the generated tokens each steer as the same steering sent inline."""
+    import os
+    import socket
+
+    from conftest import wait_until_serving
+    from steer_client import SteerClient
+
+    info = client.model_info()
+    clamp = vector_from_sae(SAE, [2, 9], clamp=2.5, d_model=info.d_model, n_layer=info.n_layer)
+    path = tmp_path / "clamp.safetensors"
+    clamp.save(path)
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    m = GOLDENS["mixed"]
+    d = direction("resid_pre.2", m["direction"])
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ablate_profile = json.dumps({"vectors": [{"name": "mixed-dir", "op": "ablate", "window": "generated"}]})
+    proc = subprocess.Popen([BINARY, "serve", "--model", str(ROOT / "fixtures" / "tiny-gpt2"), "--addr", f"127.0.0.1:{port}",
+                             "--vector-dir", str(lib), "--profile", f"clamped=file:{path}", "--profile", f"ablated={ablate_profile}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "STEER_LOG": "warn"})
+    try:
+        c = SteerClient(f"127.0.0.1:{port}")
+        wait_until_serving(c, proc)
+        # The library vector the JSON profile names (resolved per request).
+        v = vector_from_sae(SAE, [0], d_model=info.d_model, n_layer=info.n_layer)
+        v.tensors[0] = VectorTensor("resid_pre.2", 1, 64, m["direction"])
+        v.meta["tensors"][0].update(name="resid_pre.2", hook="resid_pre", layer=2)
+        from steer_client.vectors import _digest
+        v.meta["digest"] = _digest("all_positions", "add", v.tensors)
+        c.put_vector(v.to_bytes(), "mixed-dir")
+        addr = f"127.0.0.1:{port}"
+
+        def complete(model):
+            body = {"model": model, "prompt": PROMPT, "max_tokens": 20, "temperature": 0, "frequency_penalty": 0}
+            out = subprocess.run(["curl", "-sS", f"http://{addr}/v1/completions", "-H", "content-type: application/json",
+                                  "-d", json.dumps(body)], check=True, capture_output=True, text=True).stdout
+            return json.loads(out)["choices"][0]["text"]
+
+        _, want_clamped = c.run(PROMPT, n_tokens=20, n_comparisons=1, tensors=clamp.steering_tensors(), **GREEDY)
+        _, want_ablated = c.run(PROMPT, n_tokens=20, n_comparisons=1, tensors=d.steering_tensors(op="ablate", window="generated"),
+                                **GREEDY)
+        assert want_ablated[0].token_ids == m["rows"][2]["greedy"]
+        assert complete("clamped") == want_clamped[0].text
+        assert complete("ablated") == want_ablated[0].text
+        assert complete("clamped") != complete("steer")
+        c.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
