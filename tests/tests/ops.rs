@@ -83,6 +83,17 @@ async fn ablate_and_clamp_tensors_in_every_window_give_the_hugging_face_tokens_o
         let got = steered(&client, "I hate you because", &[t], &greedy()).await;
         assert_eq!(got, ids(&c["greedy_kv"]), "{} {}.{} {}", c["op"], c["hook"], c["layer"], c["window"]);
     }
+    // All at once: the worker batches them continuously (prefills beside decode steps, rows
+    // joining and leaving), and each row still gets its own tokens.
+    let cases = g["cases"].as_array().unwrap();
+    let all = futures::future::join_all(cases.iter().map(|c| {
+        let (client, t) = (&client, case_tensor(c));
+        async move { steered(client, "I hate you because", &[t], &greedy()).await }
+    }))
+    .await;
+    for (c, got) in cases.iter().zip(all) {
+        assert_eq!(got, ids(&c["greedy_kv"]), "concurrent: {} {}.{} {}", c["op"], c["hook"], c["layer"], c["window"]);
+    }
     server.shutdown().await;
 }
 
