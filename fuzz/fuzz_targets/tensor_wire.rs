@@ -16,7 +16,7 @@ struct Input {
 
 fuzz_target!(|input: Input| {
     let cap = 1 << 20;
-    let header = TensorHeader { dtype: input.dtype, shape: input.shape, total_bytes: input.total_bytes, point: None, prompt_index: 0, mode: 0 };
+    let header = TensorHeader { dtype: input.dtype, shape: input.shape, total_bytes: input.total_bytes, ..Default::default() };
     if let Ok(mut a) = TensorAssembler::new(header, cap) {
         assert!(a.header.total_bytes <= cap);
         for (offset, data) in input.chunks {

@@ -74,4 +74,17 @@ proptest! {
         let first_is_offset = matches!(errs.first(), Some(WireError::Offset { .. }));
         prop_assert!(first_is_offset, "{:?}", errs);
     }
+
+    #[test]
+    fn any_steering_fields_read_as_a_window_and_op_or_a_reason_and_valid_ones_round_trip(
+        mode in -2i32..8, start in any::<u32>(), end in proptest::option::of(any::<u32>()), op in -2i32..6, value in any::<f32>()
+    ) {
+        let h = TensorHeader { mode, window_start: start, window_end: end, op, clamp_value: value, ..Default::default() };
+        if let (Ok(w), Ok(o)) = (h.steering_window(), h.steering_op()) {
+            let back = TensorHeader::default().with_steering(w, o);
+            prop_assert_eq!(back.steering_window(), Ok(w));
+            prop_assert_eq!(back.steering_op(), Ok(o));
+            prop_assert_eq!(w.to_string().parse::<steer_proto::hooks::Window>(), Ok(w));
+        }
+    }
 }
