@@ -67,7 +67,7 @@ async fn greedy_steered_output_equals_the_in_process_engine() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_weight_dtype_steers_over_grpc_as_in_process() {
     for dtype in [WeightDtype::Bf16, WeightDtype::F16, WeightDtype::Q8_0] {
-        let e = Engine::load(&ModelSource::Dir(steer_e2e::tiny_dir()), &LoadOptions { dtype, ..Default::default() }).unwrap();
+        let e = Engine::load(&ModelSource::Dir(steer_e2e::tiny_dir()), &LoadOptions { dtype: Some(dtype), ..Default::default() }).unwrap();
         greedy_steered_over_grpc_equals_in_process(Arc::new(e)).await;
     }
 }

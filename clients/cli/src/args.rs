@@ -27,9 +27,11 @@ pub struct ModelArgs {
     /// Hub revision (branch, tag or commit) [default: main].
     #[arg(long, env = "STEER_REVISION")]
     pub revision: Option<String>,
-    /// Weights' precision (activations, steering and sampling stay f32).
-    #[arg(long, env = "STEER_DTYPE", value_enum, default_value_t = DtypeArg::F32)]
-    pub dtype: DtypeArg,
+    /// Convert the weights to this precision at load [default: the type the checkpoint stores
+    /// them in: f32 for GPT-2-XL from the hub, q8_0 for a q8_0 GGUF]. Activations, steering and
+    /// sampling stay f32.
+    #[arg(long, env = "STEER_DTYPE", value_enum)]
+    pub dtype: Option<DtypeArg>,
 }
 
 /// Weights' precision (activations, steering and sampling stay f32).
@@ -41,7 +43,7 @@ pub enum DtypeArg {
     F16,
     /// bfloat16 (as the seed loads GPT-2-XL): 2 bytes per weight.
     Bf16,
-    /// llama.cpp's 8-bit blocks, quantized at load: 1.06 bytes per weight.
+    /// llama.cpp's 8-bit blocks (quantized at load unless the GGUF stores them): 1.06 bytes per weight.
     #[value(name = "q8_0", alias = "q8")]
     Q8_0,
 }
@@ -73,7 +75,7 @@ impl ModelArgs {
 
     pub fn load(&self) -> Result<Engine> {
         let source = self.source();
-        let mut opts = LoadOptions { dtype: self.dtype.into(), ..Default::default() };
+        let mut opts = LoadOptions { dtype: self.dtype.map(Into::into), ..Default::default() };
         // hf-hub's download bars on a terminal only; off one, the spinner's line says it.
         opts.hub.progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
         let what = match source {
@@ -89,14 +91,15 @@ impl ModelArgs {
         let engine = engine?;
         let i = engine.info();
         eprintln!(
-            "loaded {} in {:.1}s: {} layers, d_model {}, {} heads, {} positions, {}",
+            "loaded {} in {:.1}s: {} layers, d_model {}, {} heads, {} positions, weights {}{}",
             i.name,
             t.elapsed().as_secs_f64(),
             i.n_layer,
             i.d_model,
             i.n_head,
             i.n_positions,
-            i.dtype
+            i.precision(),
+            if i.dtype == i.stored_dtype { "" } else { " by --dtype" }
         );
         Ok(engine)
     }

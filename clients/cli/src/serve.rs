@@ -287,7 +287,8 @@ pub async fn serve(a: ServeArgs, role: Role) -> Result<()> {
 }
 
 /// The bytes `cfg` budgets for in `role`, from the model's shapes (its config.json when
-/// `--model` is a directory, else the released GPT-2 shape its hub name gives) and `--dtype`.
+/// `--model` is a directory, else the released GPT-2 shape its hub name gives) and `--dtype`
+/// (else the type a local checkpoint stores; the released GPT-2s on the hub store f32).
 fn memory_plan(model: &ModelArgs, cfg: &ServeConfig, role: Role) -> Result<serde_json::Value> {
     let dir = std::path::Path::new(&model.model);
     let shapes = if dir.join("config.json").is_file() {
@@ -297,7 +298,13 @@ fn memory_plan(model: &ModelArgs, cfg: &ServeConfig, role: Role) -> Result<serde
         let size = name.strip_prefix("gpt2-").unwrap_or(if name == "gpt2" { "small" } else { name });
         steer_model::Config::by_name(size).with_context(|| format!("--model {}: no config.json there and not a released GPT-2 name", model.model))?
     };
-    let dtype = steer_model::WeightDtype::from(model.dtype);
+    let dtype = match model.dtype {
+        Some(d) => d.into(),
+        None => match steer_model::ModelSource::Dir(dir.into()).resolve(&steer_model::HubOptions::from_env()) {
+            Ok(files) => steer_model::stored_dtype(&files)?,
+            Err(_) => steer_model::WeightDtype::F32,
+        },
+    };
     let weights = shapes.weight_bytes(dtype) as u64;
     let mut parts = serde_json::Map::new();
     parts.insert("weights".into(), weights.into());
@@ -311,6 +318,7 @@ fn memory_plan(model: &ModelArgs, cfg: &ServeConfig, role: Role) -> Result<serde
             n_positions: shapes.n_positions,
             vocab_size: shapes.vocab_size,
             dtype,
+            stored_dtype: dtype,
             architecture: "gpt2".into(),
             fingerprint: String::new(),
         };

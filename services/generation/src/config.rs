@@ -160,6 +160,7 @@ mod tests {
             n_positions: 1024,
             vocab_size: 50257,
             dtype: steer_model::WeightDtype::F32,
+            stored_dtype: steer_model::WeightDtype::F32,
             architecture: "gpt2".into(),
             fingerprint: String::new(),
         };

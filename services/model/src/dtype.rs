@@ -19,6 +19,8 @@ pub enum HalfKind {
 }
 
 /// Precision of the loaded weights. The residual stream, steering and sampling stay in f32.
+/// By default the weights keep the type the checkpoint stores them in (a q8_0 GGUF serves as
+/// q8_0, an f16 safetensors file as f16); `--dtype` converts them at load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WeightDtype {
@@ -49,6 +51,16 @@ impl WeightDtype {
             WeightDtype::F32 => 4.0,
             WeightDtype::F16 | WeightDtype::Bf16 => 2.0,
             WeightDtype::Q8_0 => 34.0 / 32.0,
+        }
+    }
+
+    /// The dtype a safetensors header names (`F32`, `F16`, `BF16`), if it is one of these.
+    pub fn from_safetensors(name: &str) -> Option<Self> {
+        match name {
+            "F32" => Some(WeightDtype::F32),
+            "F16" => Some(WeightDtype::F16),
+            "BF16" => Some(WeightDtype::Bf16),
+            _ => None,
         }
     }
 

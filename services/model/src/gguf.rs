@@ -28,6 +28,8 @@ pub struct GgufModel {
     /// From `tokenizer.ggml.*`, when the file carries one.
     pub tokenizer: Option<Gpt2Tokenizer>,
     pub params: Params,
+    /// The type the file stores its large matrices in ([`stored_dtype`]).
+    pub stored: WeightDtype,
 }
 
 /// The Hugging Face name of a llama.cpp GPT-2 tensor (None: not a parameter we load).
@@ -55,7 +57,43 @@ pub fn hf_name(gguf: &str) -> Option<String> {
     Some(format!("{hf}.{kind}"))
 }
 
-pub fn load(path: &Path, dtype: WeightDtype, device: &Device) -> Result<GgufModel> {
+/// The type a GGUF file stores its large matrices in: the one that holds most of their bytes
+/// (llama.cpp keeps norms, biases and `position_embd` in F32 whatever the file's type). A type
+/// this loader does not read is an error naming it.
+fn stored_dtype(content: &Content) -> std::result::Result<WeightDtype, String> {
+    let mut bytes: Vec<(GgmlDType, usize)> = vec![];
+    for (name, info) in &content.tensor_infos {
+        if info.shape.rank() != 2 || name == "position_embd.weight" || name == "output.weight" {
+            continue;
+        }
+        let size = info.shape.elem_count() / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
+        match bytes.iter_mut().find(|(d, _)| *d == info.ggml_dtype) {
+            Some((_, b)) => *b += size,
+            None => bytes.push((info.ggml_dtype, size)),
+        }
+    }
+    let Some(&(most, _)) = bytes.iter().max_by_key(|(d, b)| (*b, *d == GgmlDType::F32)) else {
+        return Ok(WeightDtype::F32);
+    };
+    match most {
+        GgmlDType::F32 => Ok(WeightDtype::F32),
+        GgmlDType::F16 => Ok(WeightDtype::F16),
+        GgmlDType::BF16 => Ok(WeightDtype::Bf16),
+        GgmlDType::Q8_0 => Ok(WeightDtype::Q8_0),
+        other => Err(format!("the matrices are {other:?}; this loader reads F32, F16, BF16 and Q8_0")),
+    }
+}
+
+/// [`stored_dtype`] of the file at `path` (its header only).
+pub fn stored(path: &Path) -> Result<WeightDtype> {
+    let bad = |message: String| ModelError::Weights { path: path.into(), message };
+    let mut file = File::open(path).map_err(|e| ModelError::io(path, e))?;
+    let content = Content::read(&mut file).map_err(|e| bad(format!("not a GGUF file: {e}")))?;
+    stored_dtype(&content).map_err(bad)
+}
+
+/// Reads a GPT-2 GGUF: the large matrices as `dtype`, or as the file stores them when `None`.
+pub fn load(path: &Path, dtype: Option<WeightDtype>, device: &Device) -> Result<GgufModel> {
     let bad = |message: String| ModelError::Weights { path: path.into(), message };
     let mut file = File::open(path).map_err(|e| ModelError::io(path, e))?;
     let file_len = file.metadata().map_err(|e| ModelError::io(path, e))?.len();
@@ -79,6 +117,8 @@ pub fn load(path: &Path, dtype: WeightDtype, device: &Device) -> Result<GgufMode
     }
     config.validate().map_err(|m| bad(format!("hyper-parameters: {m}")))?;
     let tokenizer = tokenizer(&content).map_err(|e| bad(format!("tokenizer.ggml.*: {e}")))?;
+    let stored = stored_dtype(&content).map_err(bad)?;
+    let dtype = dtype.unwrap_or(stored);
 
     let mut params = Params::new(path.into());
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
@@ -114,7 +154,7 @@ pub fn load(path: &Path, dtype: WeightDtype, device: &Device) -> Result<GgufMode
         // GGUF keeps every matrix [out, in] (rows of blocks along `in`).
         weights::insert(&mut params, hf, src, &shape, Layout::OutIn, dtype, device).map_err(|e| bad(format!("{name}: {e}")))?;
     }
-    Ok(GgufModel { config, tokenizer, params })
+    Ok(GgufModel { config, tokenizer, params, stored })
 }
 
 fn read_at(file: &mut File, at: u64, len: usize) -> std::io::Result<Vec<u8>> {

@@ -31,8 +31,8 @@ pub mod weights;
 pub use config::Config;
 pub use dtype::WeightDtype;
 pub use engine::{
-    advance_all, Engine, FinishReason, GenerateOptions, LoadOptions, ModelInfo, Prefill, PrefixCache, PrefixStats, RowOutput, RowRequest, Scored,
-    Sequence, TokenEvent, SCORE_TOP,
+    advance_all, stored_dtype, Engine, FinishReason, GenerateOptions, LoadOptions, ModelInfo, Prefill, PrefixCache, PrefixStats, RowOutput,
+    RowRequest, Scored, Sequence, TokenEvent, SCORE_TOP,
 };
 pub use error::{ModelError, Result};
 pub use hooks::{Addition, HookKind, HookPoint, Op, Window, MAX_STEERING_ABS};

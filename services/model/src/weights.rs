@@ -114,16 +114,24 @@ pub fn shards_of(index: &Path) -> Result<Vec<PathBuf>> {
     Ok(files.into_iter().map(|f| dir.join(f)).collect())
 }
 
-/// Loads every parameter of `files`: the large matrices as `dtype`, the rest as f32.
-pub fn load(files: &[PathBuf], dtype: WeightDtype, device: &Device) -> Result<Params> {
-    let mut out = Params::new(files.first().cloned().unwrap_or_default());
+/// The type the checkpoint stores its large matrices in (the one that holds most of their
+/// bytes, from the files' headers only): what the weights are held in unless `--dtype` says
+/// otherwise.
+pub fn stored_dtype(files: &[PathBuf]) -> Result<WeightDtype> {
+    let mut bytes: HashMap<WeightDtype, u64> = HashMap::new();
     for path in files {
-        load_file(path, dtype, device, &mut out)?;
+        for (name, e) in header(path)? {
+            let Some(dtype) = WeightDtype::from_safetensors(&e.dtype) else { continue };
+            if matrix_role(canonical(&name)).is_some() {
+                *bytes.entry(dtype).or_default() += e.data_offsets.1.saturating_sub(e.data_offsets.0);
+            }
+        }
     }
-    Ok(out)
+    Ok(bytes.into_iter().max_by_key(|&(d, b)| (b, d == WeightDtype::F32)).map_or(WeightDtype::F32, |(d, _)| d))
 }
 
-fn load_file(path: &Path, dtype: WeightDtype, device: &Device, out: &mut Params) -> Result<()> {
+/// A safetensors file's tensor entries (the header only).
+fn header(path: &Path) -> Result<Vec<(String, Entry)>> {
     let bad = |message: String| ModelError::Weights { path: path.into(), message };
     let mut file = File::open(path).map_err(|e| ModelError::io(path, e))?;
     let file_len = file.metadata().map_err(|e| ModelError::io(path, e))?.len();
@@ -136,15 +144,33 @@ fn load_file(path: &Path, dtype: WeightDtype, device: &Device, out: &mut Params)
     let mut header = vec![0u8; header_len as usize];
     file.read_exact(&mut header).map_err(|e| ModelError::io(path, e))?;
     let entries: HashMap<String, serde_json::Value> = serde_json::from_slice(&header).map_err(|e| bad(format!("header: {e}")))?;
-    let data_start = 8 + header_len;
-    let mut named: Vec<(String, Entry)> = entries
+    entries
         .into_iter()
         .filter(|(name, _)| name != "__metadata__" && !ignored(canonical(name)))
         .map(|(name, v)| {
             let e: Entry = serde_json::from_value(v).map_err(|e| bad(format!("{name}: {e}")))?;
             Ok((name, e))
         })
-        .collect::<Result<_>>()?;
+        .collect()
+}
+
+/// Loads every parameter of `files`: the large matrices as `dtype`, the rest as f32.
+pub fn load(files: &[PathBuf], dtype: WeightDtype, device: &Device) -> Result<Params> {
+    let mut out = Params::new(files.first().cloned().unwrap_or_default());
+    for path in files {
+        load_file(path, dtype, device, &mut out)?;
+    }
+    Ok(out)
+}
+
+fn load_file(path: &Path, dtype: WeightDtype, device: &Device, out: &mut Params) -> Result<()> {
+    let bad = |message: String| ModelError::Weights { path: path.into(), message };
+    let mut named = header(path)?;
+    let mut file = File::open(path).map_err(|e| ModelError::io(path, e))?;
+    let file_len = file.metadata().map_err(|e| ModelError::io(path, e))?.len();
+    let mut len8 = [0u8; 8];
+    file.read_exact(&mut len8).map_err(|e| ModelError::io(path, e))?;
+    let data_start = 8 + u64::from_le_bytes(len8);
     named.sort_by_key(|(_, e)| e.data_offsets.0);
     for (name, e) in named {
         let (s, t) = e.data_offsets;

@@ -82,7 +82,7 @@ fn steering(e: &Engine, a: &serde_json::Value, n_layer: usize) -> Vec<f32> {
 }
 
 fn measure(source: &ModelSource, dtype: WeightDtype, base: &Engine) -> Accuracy {
-    let e = Engine::load(source, &LoadOptions { dtype, ..Default::default() }).unwrap();
+    let e = Engine::load(source, &LoadOptions { dtype: Some(dtype), ..Default::default() }).unwrap();
     assert_eq!(e.info().dtype, dtype);
     let g = goldens();
     let mut acc = Accuracy { min_cosine: 1.0, ..Default::default() };
@@ -143,7 +143,7 @@ fn weight_bytes_from_the_shapes_match_the_loaded_weights() {
     let source = ModelSource::Dir(tiny());
     let cfg = Config::from_file(&tiny().join("config.json")).unwrap();
     for dtype in WeightDtype::ALL {
-        let e = Engine::load(&source, &LoadOptions { dtype, ..Default::default() }).unwrap();
+        let e = Engine::load(&source, &LoadOptions { dtype: Some(dtype), ..Default::default() }).unwrap();
         assert_eq!(cfg.weight_bytes(dtype), e.weight_bytes(), "{dtype:?}");
     }
 }

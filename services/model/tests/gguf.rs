@@ -16,7 +16,7 @@ fn gguf(kind: &str) -> PathBuf {
 }
 
 fn load(source: &ModelSource, dtype: WeightDtype) -> Engine {
-    Engine::load(source, &LoadOptions { dtype, ..Default::default() }).unwrap()
+    Engine::load(source, &LoadOptions { dtype: Some(dtype), ..Default::default() }).unwrap()
 }
 
 fn logits(e: &Engine) -> Vec<Vec<f32>> {
@@ -74,12 +74,12 @@ fn a_gguf_in_the_hub_cache_loads_offline() {
     std::fs::copy(gguf("q8_0"), repo_dir.join("snapshots").join(commit).join("tiny-gpt2-q8_0.gguf")).unwrap();
     let hub = steer_model::HubOptions { offline: true, cache_dir: Some(cache.path().into()), ..steer_model::HubOptions::from_env() };
     let source = ModelSource::parse("ggml-org/tiny-gpt2-GGUF/tiny-gpt2-q8_0.gguf", None);
-    let e = Engine::load(&source, &LoadOptions { dtype: WeightDtype::Q8_0, hub, ..Default::default() }).unwrap();
+    let e = Engine::load(&source, &LoadOptions { dtype: Some(WeightDtype::Q8_0), hub, ..Default::default() }).unwrap();
     assert_eq!(e.info().name, "ggml-org/tiny-gpt2-GGUF/tiny-gpt2-q8_0.gguf");
     assert_eq!(logits(&e), logits(&load(&ModelSource::Dir(gguf("q8_0")), WeightDtype::Q8_0)));
     // The repository alone: its one GGUF file.
     let opts = LoadOptions {
-        dtype: WeightDtype::Q8_0,
+        dtype: Some(WeightDtype::Q8_0),
         hub: steer_model::HubOptions { offline: true, cache_dir: Some(cache.path().into()), ..steer_model::HubOptions::from_env() },
         ..Default::default()
     };
@@ -97,7 +97,7 @@ fn an_untied_output_or_a_foreign_architecture_is_refused_by_name() {
     let mut untied = bytes.clone();
     untied[at + 2] ^= 0x55; // a weight of output.weight's first block
     std::fs::write(dir.path().join("untied.gguf"), &untied).unwrap();
-    let err = Engine::load(&ModelSource::Dir(dir.path().join("untied.gguf")), &LoadOptions { dtype: WeightDtype::Q8_0, ..Default::default() })
+    let err = Engine::load(&ModelSource::Dir(dir.path().join("untied.gguf")), &LoadOptions { dtype: Some(WeightDtype::Q8_0), ..Default::default() })
         .err()
         .unwrap()
         .to_string();
@@ -115,4 +115,29 @@ fn an_untied_output_or_a_foreign_architecture_is_refused_by_name() {
     std::fs::write(dir.path().join("short.gguf"), &bytes[..bytes.len() / 2]).unwrap();
     let err = Engine::load(&ModelSource::Dir(dir.path().join("short.gguf")), &LoadOptions::default()).err().unwrap().to_string();
     assert!(err.contains("runs past the end"), "{err}");
+}
+
+#[test]
+fn weights_keep_the_files_type_unless_a_dtype_is_asked_for() {
+    for (kind, dtype) in [("f32", WeightDtype::F32), ("f16", WeightDtype::F16), ("q8_0", WeightDtype::Q8_0)] {
+        let source = ModelSource::Dir(gguf(kind));
+        let stored = Engine::load(&source, &LoadOptions::default()).unwrap();
+        let i = stored.info();
+        assert_eq!((i.dtype, i.stored_dtype), (dtype, dtype), "{kind}");
+        assert_eq!(i.precision(), format!("{kind} (as stored)"));
+        // The same model as asking for the file's type by name, held in as few bytes.
+        let asked = load(&source, dtype);
+        assert_eq!(logits(&stored), logits(&asked), "{kind}");
+        assert_eq!(stored.weight_bytes(), asked.weight_bytes(), "{kind}");
+        // Converting is explicit, and said.
+        let widened = load(&source, WeightDtype::F32);
+        assert_eq!((widened.info().dtype, widened.info().stored_dtype), (WeightDtype::F32, dtype));
+        if kind != "f32" {
+            assert_eq!(widened.info().precision(), format!("f32 (converted from {kind})"));
+            assert!(widened.weight_bytes() > stored.weight_bytes(), "{kind}");
+        }
+    }
+    // The safetensors fixture stores f32.
+    let st = Engine::load(&ModelSource::Dir(fixtures().join("tiny-gpt2")), &LoadOptions::default()).unwrap();
+    assert_eq!(st.info().precision(), "f32 (as stored)");
 }

@@ -36,7 +36,7 @@ use crate::error::{ModelError, Result};
 use crate::gguf;
 use crate::gpt2::Gpt2;
 use crate::hooks::{Addition, Additions};
-use crate::source::{Format, HubOptions, ModelSource};
+use crate::source::{Format, HubOptions, ModelFiles, ModelSource};
 use crate::tokenizer::Gpt2Tokenizer;
 use crate::weights;
 use layout::BatchLayout;
@@ -51,15 +51,17 @@ pub use sequence::{advance_all, Sequence};
 /// How to load a model.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
-    /// f32 by default (the post's precision); f16 and bf16 selectable.
-    pub dtype: WeightDtype,
+    /// The type the weight matrices are held in: `None` (the default) keeps the type the
+    /// checkpoint stores them in (GPT-2-XL on the hub: f32, the post's precision; a q8_0 GGUF:
+    /// q8_0); `Some` converts at load. Off the host, f32 whatever the checkpoint.
+    pub dtype: Option<WeightDtype>,
     pub device: Device,
     pub hub: HubOptions,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { dtype: WeightDtype::F32, device: Device::Cpu, hub: HubOptions::from_env() }
+        Self { dtype: None, device: Device::Cpu, hub: HubOptions::from_env() }
     }
 }
 
@@ -74,10 +76,33 @@ pub struct ModelInfo {
     pub n_positions: usize,
     pub vocab_size: usize,
     pub dtype: WeightDtype,
+    /// The type the checkpoint stores them in (`dtype` differs when `--dtype` converted them).
+    pub stored_dtype: WeightDtype,
     /// The architecture's name, as vector files record it: `gpt2`.
     pub architecture: String,
     /// [`Gpt2::fingerprint`]: which weights these are, whatever file or dtype they came in.
     pub fingerprint: String,
+}
+
+/// The type a checkpoint's files store the weight matrices in (read from their headers): what
+/// [`Engine::load`] holds them in when [`LoadOptions::dtype`] is `None`.
+pub fn stored_dtype(files: &ModelFiles) -> Result<WeightDtype> {
+    match files.format {
+        Format::Safetensors => weights::stored_dtype(&files.weights),
+        Format::Gguf => gguf::stored(&files.config),
+    }
+}
+
+impl ModelInfo {
+    /// What the weights are held in and why: `q8_0 (as stored)`, or `f32 (converted from
+    /// q8_0)` when the load asked for another type.
+    pub fn precision(&self) -> String {
+        if self.dtype == self.stored_dtype {
+            format!("{} (as stored)", self.dtype)
+        } else {
+            format!("{} (converted from {})", self.dtype, self.stored_dtype)
+        }
+    }
 }
 
 /// A loaded GPT-2 and its tokenizer.
@@ -92,30 +117,34 @@ impl Engine {
     pub fn load(source: &ModelSource, opts: &LoadOptions) -> Result<Self> {
         let files = source.resolve(&opts.hub)?;
         let t0 = std::time::Instant::now();
-        let (cfg, tokenizer, mut params) = match files.format {
+        // Off the host only f32 runs: a checkpoint stored otherwise is widened there.
+        let asked = opts.dtype.or((!opts.device.is_cpu()).then_some(WeightDtype::F32));
+        let (cfg, tokenizer, mut params, stored) = match files.format {
             Format::Safetensors => {
                 let cfg = Config::from_file(&files.config)?;
                 let tokenizer = Gpt2Tokenizer::from_dir(&files.dir)?;
-                (cfg, tokenizer, weights::load(&files.weights, opts.dtype, &opts.device)?)
+                let stored = weights::stored_dtype(&files.weights)?;
+                (cfg, tokenizer, weights::load(&files.weights, asked.unwrap_or(stored), &opts.device)?, stored)
             }
             Format::Gguf => {
-                let g = gguf::load(&files.config, opts.dtype, &opts.device)?;
+                let g = gguf::load(&files.config, asked, &opts.device)?;
                 let tokenizer = match g.tokenizer {
                     Some(t) => t,
                     None => Gpt2Tokenizer::from_dir(&files.dir)?,
                 };
-                (g.config, tokenizer, g.params)
+                (g.config, tokenizer, g.params, g.stored)
             }
         };
+        let dtype = asked.unwrap_or(stored);
         let model = Gpt2::load(&mut params, &cfg, &opts.device).map_err(|e| match e {
             e @ ModelError::Weights { .. } => e,
             e => ModelError::Weights { path: files.weights[0].clone(), message: e.to_string() },
         })?;
-        tracing::info!(model = %source.name(), secs = t0.elapsed().as_secs_f64(), "weights loaded");
-        Ok(Self::new(model, tokenizer, source.name(), source.revision(), opts.dtype))
+        tracing::info!(model = %source.name(), secs = t0.elapsed().as_secs_f64(), %dtype, %stored, "weights loaded");
+        Ok(Self::new(model, tokenizer, source.name(), source.revision(), dtype, stored))
     }
 
-    fn new(model: Gpt2, tokenizer: Gpt2Tokenizer, name: String, revision: String, dtype: WeightDtype) -> Self {
+    fn new(model: Gpt2, tokenizer: Gpt2Tokenizer, name: String, revision: String, dtype: WeightDtype, stored_dtype: WeightDtype) -> Self {
         let cfg = model.config();
         let info = ModelInfo {
             name,
@@ -126,6 +155,7 @@ impl Engine {
             n_positions: cfg.n_positions,
             vocab_size: cfg.vocab_size,
             dtype,
+            stored_dtype,
             architecture: "gpt2".into(),
             fingerprint: model.fingerprint().to_string(),
         };
