@@ -13,7 +13,15 @@
 
     pip install gguf numpy
     python scripts/make_gguf.py
+
+Any other GPT-2 checkpoint directory in the same layout (config.json, model.safetensors in F32,
+tokenizer.json), e.g. the XL-shaped random weights `steer random-model --shape xl` writes, for
+the llama.cpp comparison (`scripts/bench_llamacpp.sh`), with `output.weight` in every file as
+llama.cpp's converter writes it:
+
+    python scripts/make_gguf.py --src bench-models/xl --out bench-models/xl-gguf --types f32,q8_0 --with-output
 """
+import argparse
 import json
 import pathlib
 import struct
@@ -31,16 +39,16 @@ PARTS = {"ln_1": "attn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_ou
 
 
 def read_safetensors(path):
-    raw = path.read_bytes()
+    raw = memoryview(path.read_bytes())
     (n,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + n])
+    header = json.loads(bytes(raw[8:8 + n]))
     out = {}
     for name, e in header.items():
         if name == "__metadata__":
             continue
         assert e["dtype"] == "F32", name
         s, t = e["data_offsets"]
-        out[name.removeprefix("transformer.")] = np.frombuffer(raw[8 + n + s:8 + n + t], dtype="<f4").reshape(e["shape"])
+        out[name.removeprefix("transformer.")] = np.frombuffer(raw[8 + n + s:8 + n + t], dtype="<f4").reshape(e["shape"])  # a view, no copy
     return out
 
 
@@ -53,8 +61,8 @@ def gguf_name(hf):
     return f"blk.{layer}.{PARTS[part]}.{kind}"
 
 
-def tokenizer():
-    tj = json.loads((SRC / "tokenizer.json").read_text())
+def tokenizer(src):
+    tj = json.loads((src / "tokenizer.json").read_text())
     vocab = tj["model"]["vocab"]
     tokens = [None] * len(vocab)
     for t, i in vocab.items():
@@ -63,12 +71,14 @@ def tokenizer():
     return tokens, merges
 
 
-def write(ftype_name, qtype, with_output):
-    cfg = json.loads((SRC / "config.json").read_text())
-    tensors = read_safetensors(SRC / "model.safetensors")
-    path = OUT / f"tiny-gpt2-{ftype_name}.gguf"
+def write(src, out, stem, ftype_name, with_output):
+    qtype = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
+             "q8_0": gguf.GGMLQuantizationType.Q8_0}[ftype_name]
+    cfg = json.loads((src / "config.json").read_text())
+    tensors = read_safetensors(src / "model.safetensors")
+    path = out / f"{stem}-{ftype_name}.gguf"
     w = gguf.GGUFWriter(str(path), "gpt2")
-    w.add_name("tiny-gpt2 (random weights, steer's test fixture)")
+    w.add_name(f"{stem} (random weights, steer's test fixture)" if stem == "tiny-gpt2" else stem)
     w.add_context_length(cfg["n_positions"])
     w.add_embedding_length(cfg["n_embd"])
     w.add_feed_forward_length(cfg.get("n_inner") or 4 * cfg["n_embd"])
@@ -77,7 +87,7 @@ def write(ftype_name, qtype, with_output):
     w.add_layer_norm_eps(cfg["layer_norm_epsilon"])
     w.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                      "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[ftype_name])
-    tokens, merges = tokenizer()
+    tokens, merges = tokenizer(src)
     w.add_tokenizer_model("gpt2")
     w.add_token_list(tokens)
     w.add_token_merges(merges)
@@ -104,11 +114,23 @@ def write(ftype_name, qtype, with_output):
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    print("wrote", path.relative_to(ROOT), path.stat().st_size, "bytes")
+    print("wrote", path, path.stat().st_size, "bytes")
 
 
 if __name__ == "__main__":
-    OUT.mkdir(parents=True, exist_ok=True)
-    write("f32", gguf.GGMLQuantizationType.F32, False)
-    write("f16", gguf.GGMLQuantizationType.F16, False)
-    write("q8_0", gguf.GGMLQuantizationType.Q8_0, True)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--src", type=pathlib.Path, help="checkpoint directory (default: the tiny fixture)")
+    ap.add_argument("--out", type=pathlib.Path, help="output directory (default: fixtures/tiny-gpt2-gguf)")
+    ap.add_argument("--types", default=None, help="comma-separated: f32,f16,q8_0")
+    ap.add_argument("--with-output", action="store_true", help="write output.weight (the tied copy) in every file")
+    a = ap.parse_args()
+    if a.src is None:
+        # The committed fixtures: output.weight only in the q8_0 file (to keep the others small).
+        OUT.mkdir(parents=True, exist_ok=True)
+        for t in ("f32", "f16", "q8_0"):
+            write(SRC, OUT, "tiny-gpt2", t, t == "q8_0")
+    else:
+        out = a.out or a.src.parent / (a.src.name + "-gguf")
+        out.mkdir(parents=True, exist_ok=True)
+        for t in (a.types or "f32,q8_0").split(","):
+            write(a.src, out, a.src.name, t, a.with_output)

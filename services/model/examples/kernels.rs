@@ -4,42 +4,6 @@ use std::time::Instant;
 
 use steer_model::kernels::{bf16_bits, f16_bits, matmul_panels, matmul_reference as matmul, pack_panels, rows_dot};
 
-/// This machine's f32 FMA rate with every core busy: 12 independent chains of 256-bit FMAs per
-/// thread, so the figure is the pipes' throughput, the ceiling for compute-bound steps (decode at
-/// 16+ rows, prefill).
-#[cfg(target_arch = "x86_64")]
-fn fma_peak() -> Option<f64> {
-    use std::arch::x86_64::*;
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn chains(n: usize) -> f32 {
-        let mut a = [_mm256_set1_ps(0.1); 12];
-        let (b, c) = (_mm256_set1_ps(0.9999), _mm256_set1_ps(1e-6));
-        for _ in 0..n {
-            for x in a.iter_mut() {
-                *x = _mm256_fmadd_ps(*x, b, c);
-            }
-        }
-        a.iter().map(|&x| _mm256_cvtss_f32(x)).sum()
-    }
-    if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
-        return None;
-    }
-    let (threads, n) = (std::thread::available_parallelism().map_or(1, |t| t.get()), 100_000_000usize);
-    let t = Instant::now();
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            // SAFETY: the features were just detected on this CPU.
-            s.spawn(|| std::hint::black_box(unsafe { chains(n) }));
-        }
-    });
-    Some((threads * n * 12 * 16) as f64 / t.elapsed().as_secs_f64() / 1e9)
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn fma_peak() -> Option<f64> {
-    None
-}
-
 /// Whether section `name` runs: all by default, or those named in `ONLY` (comma-separated:
 /// cached, uncached, many, lm_head); `M` picks the rows of the uncached section.
 fn wanted(name: &str) -> bool {
@@ -52,7 +16,7 @@ fn rows_or(default: &[usize]) -> Vec<usize> {
 }
 
 fn main() {
-    if let Some(peak) = fma_peak() {
+    if let Some(peak) = steer_model::kernels::fma_peak() {
         println!("f32 FMA peak, every core: {peak:.1} GFLOP/s");
     }
     for &(k, n) in if wanted("cached") { &[(1600usize, 6400usize), (6400, 1600), (1600, 4800), (1600, 1600)][..] } else { &[] } {

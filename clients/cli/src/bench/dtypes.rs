@@ -1,12 +1,11 @@
 //! `steer bench --dtypes f32,bf16,f16,q8_0`: the weights' dtypes side by side, in one run.
 //!
-//! Machines differ (read bandwidth 18 to 27 GB/s on the same kind), so the run first measures
-//! the read bandwidth and states each dtype's batch-1 limit: bandwidth / bytes of weights read
+//! Machines differ (read bandwidth 18 to 36 GB/s on the same kind), so the run first measures
+//! the read bandwidth ([`limits`]) and states each dtype's batch-1 limit: bandwidth / bytes of weights read
 //! per token. Each dtype is then measured in a process of its own (this binary, `--child`), so
 //! that its peak RSS is its own, and reported as a fraction of its limit and against f32.
 
 use std::process::Command;
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -28,25 +27,22 @@ pub struct Measured {
 /// Marks the line a child prints its measurement on.
 pub const LINE: &str = "BENCH-DTYPE ";
 
-/// Sequential read bandwidth of this machine, GB/s: all cores summing a 1 GiB buffer (larger
-/// than any cache), the access pattern of the decode kernels; the median of 9 passes (single
-/// passes on this shared machine ranged from 30 to 49 GB/s within a minute), with the range.
-pub fn read_bandwidth() -> (f64, f64, f64) {
-    let buf = vec![1f32; 1 << 28];
-    let mut rates: Vec<f64> = (0..9)
-        .map(|_| {
-            let t = Instant::now();
-            std::hint::black_box(steer_model::kernels::stream_sum(&buf));
-            (buf.len() * 4) as f64 / t.elapsed().as_secs_f64() / 1e9
-        })
-        .collect();
-    rates.sort_by(f64::total_cmp);
-    (rates[4], rates[0], rates[8])
+/// This machine's limits, printed: the read bandwidth (every pattern of
+/// [`steer_model::kernels::read_bandwidth`], the best kept: 7 alternated passes each, medians)
+/// and the FMA peak. Returns (bandwidth GB/s, FMA peak GFLOP/s).
+pub fn limits() -> (f64, Option<f64>) {
+    let bw = steer_model::kernels::read_bandwidth(7);
+    let each: Vec<String> = bw.patterns.iter().map(|(p, med, lo, hi)| format!("{} {med:.1} ({lo:.1}-{hi:.1})", p.name())).collect();
+    outln!("read bandwidth: {:.1} GB/s, the best of: {} (a 1 GiB buffer, median of 7 passes each)", bw.best, each.join("; "));
+    let peak = steer_model::kernels::fma_peak();
+    if let Some(p) = peak {
+        outln!("f32 FMA peak: {p:.1} GFLOP/s (every core, 12 chains each)");
+    }
+    (bw.best, peak)
 }
 
 pub fn compare(a: &BenchArgs) -> Result<()> {
-    let (bw, lo, hi) = read_bandwidth();
-    outln!("read bandwidth: {bw:.1} GB/s (a 1 GiB buffer read by every core: median of 9 passes, range {lo:.1}-{hi:.1})");
+    let (bw, _) = limits();
     let exe = std::env::current_exe().context("locating this binary")?;
     let mut all = vec![];
     for dtype in &a.dtypes {

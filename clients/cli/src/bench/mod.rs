@@ -79,7 +79,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if !a.dtypes.is_empty() {
         return dtypes::compare(&a);
     }
-    let bandwidth = (!a.child).then(dtypes::read_bandwidth);
+    let limits = (!a.child).then(dtypes::limits);
     let t = Instant::now();
     let engine = a.model.load()?;
     let weight_bytes = engine.weight_bytes() as u64;
@@ -87,12 +87,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "load: {:.1} s, peak RSS {:.2} GB; weights {} ({:.2} GB read per token)",
         t.elapsed().as_secs_f64(),
         peak_rss_gb(),
-        engine.info().dtype,
+        engine.info().precision(),
         weight_bytes as f64 / 1e9
     );
-    if let Some((bw, lo, hi)) = bandwidth {
-        outln!("read bandwidth {bw:.1} GB/s (median of 9, range {lo:.1}-{hi:.1}): batch-1 limit {:.2} tokens/s", bw * 1e9 / weight_bytes as f64);
+    if let Some((bw, _)) = limits {
+        outln!("batch-1 limit at {bw:.1} GB/s: {:.2} tokens/s", bw * 1e9 / weight_bytes as f64);
     }
+    let flops_per_row = flops_per_token(engine.info());
     // Prefill of the 9-token prompt: generate one token.
     let one = GenerateOptions { max_new_tokens: 1, stop_at_eos: false, ..Default::default() };
     engine.generate(&rows(&engine, 1)?, &one, |_| std::ops::ControlFlow::Continue(()))?; // warm-up
@@ -110,8 +111,17 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let o = &out[0];
         let steps = (o.tokens.len() - 1) as f64;
         let step_s = o.decode_secs / steps;
+        let gflops = flops_per_row * b as f64 / step_s / 1e9;
+        let of_limits = match limits {
+            Some((bw, peak)) => {
+                let bw_pct = 100.0 * weight_bytes as f64 / step_s / 1e9 / bw;
+                let peak_pct = peak.map_or(String::new(), |p| format!(", {:.0}% of the FMA peak", 100.0 * gflops / p));
+                format!("; weights streamed at {:.0}% of the read bandwidth{peak_pct}", bw_pct)
+            }
+            None => String::new(),
+        };
         outln!(
-            "decode batch {b}: {:.1} ms/step, {:.2} tokens/s per row, {:.2} tokens/s total (prefill {:.3} s)",
+            "decode batch {b}: {:.1} ms/step, {:.2} tokens/s per row, {:.2} tokens/s total, {gflops:.1} GFLOP/s (prefill {:.3} s){of_limits}",
             step_s * 1e3,
             1.0 / step_s,
             b as f64 / step_s,
@@ -141,6 +151,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
         crate::args::runtime()?.block_on(concurrency::run(engine, &a.concurrency, &a.prefill_tokens_per_step))?;
     }
     Ok(())
+}
+
+/// FLOPs of one decoded token's matrix products (2 per weight: the blocks' four matrices and
+/// the tied lm_head; attention over the cache and the vector work left out).
+fn flops_per_token(i: &steer_model::ModelInfo) -> f64 {
+    let (l, d, v) = (i.n_layer as f64, i.d_model as f64, i.vocab_size as f64);
+    2.0 * (12.0 * l * d * d + v * d)
 }
 
 /// The p-quantile (0..=1) of `v`, nearest rank; NaN when empty.

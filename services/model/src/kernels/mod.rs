@@ -15,7 +15,7 @@
 //! | [`reference`] | the row-major product ([`matmul_reference`]): what the panels are tested against |
 //! | [`dots`] | the tied lm_head: `h . w^T` by rows ([`rows_dot`]) |
 //! | [`attention`], [`gelu`] | one head attending over its cache; GPT-2's tanh GELU |
-//! | [`probe`] | a sequential read for measuring a machine's bandwidth |
+//! | [`probe`] | this machine's limits: read bandwidth (several patterns, the best kept) and FMA peak |
 //! | `x86/` | the SIMD micro-kernels by family and width |
 //!
 //! q8_0 has its own folder ([`crate::quant`]) and takes its instruction set from [`isa`] too.
@@ -32,13 +32,13 @@ mod split;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-pub use attention::attend_one;
+pub use attention::{attend_heads, attend_one};
 pub use dots::rows_dot;
 pub use elem::{bf16_bits, f16_bits, Bf16Bits, Elem, F16Bits};
 pub use gelu::gelu_tanh;
 pub use isa::{isa, Isa};
 pub use panels::{matmul_panels, pack_panels, unpack_panels, PANEL};
-pub use probe::stream_sum;
+pub use probe::{fma_peak, read_bandwidth, stream_sum, Bandwidth, Pattern};
 pub use reference::matmul_reference;
 pub use split::add_bias;
 

@@ -1,42 +1,214 @@
-//! The bandwidth probe: a sequential read of a buffer by every core.
+//! This machine's limits, measured: the read bandwidth that bounds memory-bound decode (batch 1)
+//! and the FMA rate that bounds compute-bound steps (16+ rows, prefill). `steer bench` states
+//! each dtype's figures against them.
+//!
+//! One access pattern is not the limit: on this project's 2-core hosts a single stream per core
+//! read 26-31 GB/s while llama.cpp drew ~31 GB/s streaming XL's f32 weights, so a "% of the
+//! limit" from it flattered every engine. [`read_bandwidth`] runs several patterns and thread
+//! layouts and keeps the best.
+
+use std::time::Instant;
 
 use rayon::prelude::*;
 
 use super::isa::isa;
 
 /// Sum of `buf`, read once front to back by every core (one contiguous part each): the
-/// sequential read that bounds the decode kernels, for measuring a machine's read bandwidth.
+/// sequential read that bounds the decode kernels.
 pub fn stream_sum(buf: &[f32]) -> f32 {
-    let threads = rayon::current_num_threads().max(1);
-    buf.par_chunks(buf.len().div_ceil(threads).max(1)).map(sum_part).sum()
+    sum_with(buf, Pattern::Halves)
 }
 
-fn sum_part(part: &[f32]) -> f32 {
+/// How a buffer is read by the threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pattern {
+    /// One contiguous part per thread, one stream each.
+    Halves,
+    /// Blocks of 64 KiB dealt to the threads in turn (neighbouring threads on neighbouring pages).
+    Interleaved,
+    /// One contiguous part per thread, read as 4 streams side by side (as the panel kernels read
+    /// 3-4 panels at once).
+    FourStreams,
+    /// One contiguous part per thread, one stream with software prefetch 2 KiB ahead.
+    Prefetched,
+    /// The calling thread alone, one stream.
+    OneThread,
+}
+
+impl Pattern {
+    pub const ALL: [Pattern; 5] = [Pattern::Halves, Pattern::Interleaved, Pattern::FourStreams, Pattern::Prefetched, Pattern::OneThread];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Pattern::Halves => "a part per core",
+            Pattern::Interleaved => "64 KiB blocks dealt round",
+            Pattern::FourStreams => "4 streams per core",
+            Pattern::Prefetched => "prefetched",
+            Pattern::OneThread => "one core",
+        }
+    }
+}
+
+/// What [`read_bandwidth`] found.
+#[derive(Debug, Clone)]
+pub struct Bandwidth {
+    /// GB/s of the best pattern (its median pass).
+    pub best: f64,
+    pub best_pattern: Pattern,
+    /// (pattern, median GB/s, min, max) of every pattern.
+    pub patterns: Vec<(Pattern, f64, f64, f64)>,
+}
+
+/// This machine's read bandwidth, GB/s: a 1 GiB buffer (larger than any cache) summed in each of
+/// [`Pattern::ALL`], `passes` times each with the patterns alternated (a shared host's
+/// bandwidth moves within a minute), the best pattern's median kept.
+pub fn read_bandwidth(passes: usize) -> Bandwidth {
+    let buf = vec![1f32; 1 << 28];
+    let mut rates: Vec<Vec<f64>> = vec![vec![]; Pattern::ALL.len()];
+    for _ in 0..passes.max(1) {
+        for (p, r) in Pattern::ALL.iter().zip(rates.iter_mut()) {
+            let t = Instant::now();
+            std::hint::black_box(sum_with(&buf, *p));
+            r.push((buf.len() * 4) as f64 / t.elapsed().as_secs_f64() / 1e9);
+        }
+    }
+    let patterns: Vec<(Pattern, f64, f64, f64)> = Pattern::ALL
+        .iter()
+        .zip(rates.iter_mut())
+        .map(|(&p, r)| {
+            r.sort_by(f64::total_cmp);
+            (p, r[r.len() / 2], r[0], r[r.len() - 1])
+        })
+        .collect();
+    let &(best_pattern, best, ..) = patterns.iter().max_by(|a, b| a.1.total_cmp(&b.1)).expect("patterns");
+    Bandwidth { best, best_pattern, patterns }
+}
+
+/// `buf` summed in `pattern`.
+pub fn sum_with(buf: &[f32], pattern: Pattern) -> f32 {
+    let threads = rayon::current_num_threads().max(1);
+    match pattern {
+        Pattern::Halves => buf.par_chunks(buf.len().div_ceil(threads).max(1)).map(|p| sum_part(p, 1, false)).sum(),
+        Pattern::FourStreams => buf.par_chunks(buf.len().div_ceil(threads).max(1)).map(|p| sum_part(p, 4, false)).sum(),
+        Pattern::Prefetched => buf.par_chunks(buf.len().div_ceil(threads).max(1)).map(|p| sum_part(p, 1, true)).sum(),
+        Pattern::Interleaved => {
+            const BLOCK: usize = 16 << 10; // floats: 64 KiB
+            let blocks = buf.len().div_ceil(BLOCK);
+            (0..threads)
+                .into_par_iter()
+                .map(|t| (t..blocks).step_by(threads).map(|b| sum_part(&buf[b * BLOCK..((b + 1) * BLOCK).min(buf.len())], 1, false)).sum::<f32>())
+                .sum()
+        }
+        Pattern::OneThread => sum_part(buf, 1, false),
+    }
+}
+
+fn sum_part(part: &[f32], streams: usize, prefetch: bool) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
         if isa().avx2 {
             // SAFETY: the dispatch found the features on this CPU.
-            return unsafe { sum_part_avx2(part) };
+            return unsafe { sum_part_avx2(part, streams, prefetch) };
         }
     }
-    sum_part_generic(part)
+    sum_part_generic(part, streams, prefetch)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn sum_part_avx2(part: &[f32]) -> f32 {
-    sum_part_generic(part)
+unsafe fn sum_part_avx2(part: &[f32], streams: usize, prefetch: bool) -> f32 {
+    sum_part_generic(part, streams, prefetch)
 }
 
 #[inline(always)]
-fn sum_part_generic(part: &[f32]) -> f32 {
-    // 64 independent lanes: the adds never wait on each other, only on memory.
-    let mut lanes = [0f32; 64];
-    let mut chunks = part.chunks_exact(64);
-    for c in &mut chunks {
-        for (l, v) in lanes.iter_mut().zip(c) {
-            *l += v;
+fn sum_part_generic(part: &[f32], streams: usize, prefetch: bool) -> f32 {
+    const LANES: usize = 64;
+    // `streams` equal runs read side by side, 64 independent lanes each: the adds never wait on
+    // each other, only on memory.
+    let run = part.len() / streams / LANES * LANES;
+    let mut lanes = [[0f32; LANES]; 4];
+    for i in (0..run).step_by(LANES) {
+        for (s, lane) in lanes.iter_mut().enumerate().take(streams) {
+            let at = s * run + i;
+            #[cfg(target_arch = "x86_64")]
+            if prefetch && at + 512 < part.len() {
+                // SAFETY: a hint only; the address is inside `part`.
+                unsafe { std::arch::x86_64::_mm_prefetch(part.as_ptr().add(at + 512) as *const i8, std::arch::x86_64::_MM_HINT_T0) };
+            }
+            for (l, v) in lane.iter_mut().zip(&part[at..at + LANES]) {
+                *l += v;
+            }
         }
     }
-    lanes.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
+    let _ = prefetch;
+    lanes.iter().flatten().sum::<f32>() + part[run * streams..].iter().sum::<f32>()
+}
+
+/// This machine's f32 FMA rate with every core busy, GFLOP/s: 12 independent chains of FMAs per
+/// thread in the widest vectors the kernels use (512-bit where they do), so the figure is the
+/// pipes' throughput, the ceiling for compute-bound steps. `None` without AVX2 and FMA.
+pub fn fma_peak() -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn chains256(n: usize) -> f32 {
+            let mut a = [_mm256_set1_ps(0.1); 12];
+            let (b, c) = (_mm256_set1_ps(0.9999), _mm256_set1_ps(1e-6));
+            for _ in 0..n {
+                for x in a.iter_mut() {
+                    *x = _mm256_fmadd_ps(*x, b, c);
+                }
+            }
+            a.iter().map(|&x| _mm256_cvtss_f32(x)).sum()
+        }
+        #[target_feature(enable = "avx512f")]
+        unsafe fn chains512(n: usize) -> f32 {
+            let mut a = [_mm512_set1_ps(0.1); 12];
+            let (b, c) = (_mm512_set1_ps(0.9999), _mm512_set1_ps(1e-6));
+            for _ in 0..n {
+                for x in a.iter_mut() {
+                    *x = _mm512_fmadd_ps(*x, b, c);
+                }
+            }
+            a.iter().map(|&x| _mm512_reduce_add_ps(x)).sum()
+        }
+        if !isa().avx2 {
+            return None;
+        }
+        let wide = isa().avx512;
+        let (threads, n) = (rayon::current_num_threads().max(1), 20_000_000usize);
+        let t = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                // SAFETY: the dispatch found the features on this CPU.
+                s.spawn(move || {
+                    std::hint::black_box(unsafe {
+                        if wide {
+                            chains512(n / 2)
+                        } else {
+                            chains256(n)
+                        }
+                    })
+                });
+            }
+        });
+        Some((threads * n * 12 * 16) as f64 / t.elapsed().as_secs_f64() / 1e9)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_pattern_reads_every_value_once() {
+        let buf: Vec<f32> = (0..(1 << 20) + 77).map(|i| (i % 5) as f32).collect();
+        let want: f64 = buf.iter().map(|&v| v as f64).sum();
+        for p in Pattern::ALL {
+            assert_eq!(sum_with(&buf, p) as f64, want, "{p:?}");
+        }
+    }
 }
