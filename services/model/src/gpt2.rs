@@ -107,10 +107,16 @@ impl Attention {
         let (h, hd) = (self.n_head, self.head_dim);
         let mut y = vec![0f32; m * d];
         let kv: &[&mut RowKv] = kv;
-        y.par_chunks_mut(hd).enumerate().for_each(|(i, out)| {
-            let (r, head) = (i / h, i % h);
+        // Tasks of a run of heads of one row (every head of a row when there are rows enough
+        // for the threads), each reading the row's cache position by position.
+        let per_row = (2 * rayon::current_num_threads()).div_ceil(m).clamp(1, h);
+        let heads = h.div_ceil(per_row);
+        y.par_chunks_mut(d).enumerate().for_each(|(r, row)| {
             let (keys, values) = kv[r].layer(layer);
-            kernels::attend_one(&qkv[r * 3 * d + head * hd..][..hd], keys, values, head * hd, d, out);
+            row.par_chunks_mut(heads * hd).enumerate().for_each(|(g, out)| {
+                let h0 = g * heads;
+                kernels::attend_heads(&qkv[r * 3 * d + h0 * hd..][..out.len()], keys, values, h0, hd, d, out);
+            });
         });
         Ok(Tensor::from_vec(y, (m, d), &device)?)
     }
@@ -383,7 +389,17 @@ impl Gpt2 {
     ///
     /// Returns, per part, the final hidden states after `ln_f` (`[B, T, d]` for a batch, `[m, d]`
     /// for rows), or the raw stream where its hooks stopped.
-    pub fn forward_parts(&self, mut parts: Vec<Part<'_>>) -> Result<Vec<Tensor>> {
+    pub fn forward_parts(&self, parts: Vec<Part<'_>>) -> Result<Vec<Tensor>> {
+        // On a worker of the compute pool, so that its ~300 parallel sections a step run partly
+        // on this thread and hand work to the other workers directly; called from outside the
+        // pool, each section would be injected into it and this thread put to sleep and woken.
+        match rayon::current_thread_index() {
+            Some(_) => self.forward_parts_in_pool(parts),
+            None => rayon::scope(|_| self.forward_parts_in_pool(parts)),
+        }
+    }
+
+    fn forward_parts_in_pool(&self, mut parts: Vec<Part<'_>>) -> Result<Vec<Tensor>> {
         let d = self.cfg.n_embd;
         let mut live = Vec::with_capacity(parts.len());
         let mut xs = Vec::with_capacity(parts.len());

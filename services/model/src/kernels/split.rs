@@ -31,11 +31,14 @@ pub(super) fn even_ranges(len: usize, parts: usize) -> Vec<Range<usize>> {
         .collect()
 }
 
-/// Runs `part(range)` for one contiguous range of `units` output units per thread (the
-/// threads of the current rayon pool); the split only decides who computes an output.
+/// Runs `part(range)` over contiguous ranges of `units` output units, about 4 per thread of the
+/// current rayon pool (each at least 4 units), which the threads take as they come free: a core
+/// slowed by the host or by other work no longer holds the other at the end of every product.
+/// The split only decides who computes an output.
 pub(super) fn by_outputs(units: usize, part: impl Fn(Range<usize>) + Sync + Send) {
-    let ranges = even_ranges(units, rayon::current_num_threads());
-    ranges.into_par_iter().for_each(part);
+    let threads = rayon::current_num_threads();
+    let ranges = even_ranges(units, (units / 4).clamp(threads, 4 * threads));
+    ranges.into_par_iter().with_max_len(1).for_each(part);
 }
 
 /// x (`[m, k]`) transposed, `[k, m]`: what the blocked kernels broadcast from. In parallel over

@@ -163,6 +163,29 @@ fn attention_of_one_head_matches_the_softmax_formula() {
 }
 
 #[test]
+fn attention_over_runs_of_heads_gives_each_head_the_bits_of_one_head_alone() {
+    let (hd, n_head) = (8, 5);
+    let d = hd * n_head;
+    for s in [1, 2, 7, 33] {
+        let q = data(d, 4);
+        let (keys, values) = (data(s * d, 5), data(s * d, 6));
+        let alone: Vec<f32> = (0..n_head)
+            .flat_map(|h| {
+                let mut out = vec![0f32; hd];
+                attend_one(&q[h * hd..(h + 1) * hd], &keys, &values, h * hd, d, &mut out);
+                out
+            })
+            .collect();
+        for (h0, heads) in [(0, n_head), (0, 1), (1, 3), (4, 1), (2, 3)] {
+            let mut out = vec![0f32; heads * hd];
+            attend_heads(&q[h0 * hd..(h0 + heads) * hd], &keys, &values, h0, hd, d, &mut out);
+            let want = &alone[h0 * hd..(h0 + heads) * hd];
+            assert!(out.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits()), "s={s} heads {h0}+{heads}");
+        }
+    }
+}
+
+#[test]
 fn gelu_matches_the_tanh_formula() {
     let x: Vec<f32> = (-20000..20000).map(|i| i as f32 * 1e-3).chain([-100.0, 100.0, 0.0]).collect();
     let y = gelu_tanh(&x);
