@@ -261,3 +261,17 @@ fn a_closed_pipe_ends_the_output_quietly() {
     assert_ne!(status.code(), Some(101), "{err}");
     assert!(err.is_empty(), "nothing on stderr: {err}");
 }
+
+#[test]
+fn a_quantized_checkpoint_serves_in_its_own_type_unless_converted_and_the_load_line_says_so() {
+    let q8 = "fixtures/tiny-gpt2-gguf/tiny-gpt2-q8_0.gguf";
+    let mut args = vec!["run", "--model", q8, "--add", "2:3:Love"];
+    args.extend(QUICK);
+    let out = steer(&args);
+    let (_, stderr) = text(&out);
+    assert!(out.status.success() && stderr.contains("weights q8_0 (as stored)"), "{stderr}");
+    args.extend(["--dtype", "f32"]);
+    let out = steer(&args);
+    let (_, stderr) = text(&out);
+    assert!(out.status.success() && stderr.contains("weights f32 (converted from q8_0) by --dtype"), "{stderr}");
+}
