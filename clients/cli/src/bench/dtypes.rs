@@ -28,12 +28,17 @@ pub struct Measured {
 pub const LINE: &str = "BENCH-DTYPE ";
 
 /// This machine's limits, printed: the read bandwidth (every pattern of
-/// [`steer_model::kernels::read_bandwidth`], the best kept: 7 alternated passes each, medians)
+/// [`steer_model::kernels::read_bandwidth`], 7 alternated passes each, the fastest pass kept)
 /// and the FMA peak. Returns (bandwidth GB/s, FMA peak GFLOP/s).
 pub fn limits() -> (f64, Option<f64>) {
     let bw = steer_model::kernels::read_bandwidth(7);
     let each: Vec<String> = bw.patterns.iter().map(|(p, med, lo, hi)| format!("{} {med:.1} ({lo:.1}-{hi:.1})", p.name())).collect();
-    outln!("read bandwidth: {:.1} GB/s, the best of: {} (a 1 GiB buffer, median of 7 passes each)", bw.best, each.join("; "));
+    outln!(
+        "read bandwidth: {:.1} GB/s ({}'s fastest pass); median (range) of 7 passes of a 1 GiB buffer: {}",
+        bw.best,
+        bw.best_pattern.name(),
+        each.join("; ")
+    );
     let peak = steer_model::kernels::fma_peak();
     if let Some(p) = peak {
         outln!("f32 FMA peak: {p:.1} GFLOP/s (every core, 12 chains each)");
