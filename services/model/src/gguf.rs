@@ -57,6 +57,11 @@ pub fn hf_name(gguf: &str) -> Option<String> {
     Some(format!("{hf}.{kind}"))
 }
 
+/// Bytes a tensor's data takes in the file.
+fn tensor_bytes(info: &candle_core::quantized::gguf_file::TensorInfo) -> usize {
+    info.shape.elem_count() / info.ggml_dtype.block_size() * info.ggml_dtype.type_size()
+}
+
 /// The type a GGUF file stores its large matrices in: the one that holds most of their bytes
 /// (llama.cpp keeps norms, biases and `position_embd` in F32 whatever the file's type). A type
 /// this loader does not read is an error naming it.
@@ -66,7 +71,7 @@ fn stored_dtype(content: &Content) -> std::result::Result<WeightDtype, String> {
         if info.shape.rank() != 2 || name == "position_embd.weight" || name == "output.weight" {
             continue;
         }
-        let size = info.shape.elem_count() / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
+        let size = tensor_bytes(info);
         match bytes.iter_mut().find(|(d, _)| *d == info.ggml_dtype) {
             Some((_, b)) => *b += size,
             None => bytes.push((info.ggml_dtype, size)),
@@ -173,7 +178,7 @@ fn u16s(raw: &[u8]) -> Vec<u16> {
 fn tied_copy(file: &mut File, content: &Content, path: &Path) -> Result<()> {
     let (out, embd) = (&content.tensor_infos["output.weight"], &content.tensor_infos["token_embd.weight"]);
     let same_kind = out.ggml_dtype == embd.ggml_dtype && out.shape == embd.shape;
-    let size = |i: &candle_core::quantized::gguf_file::TensorInfo| i.shape.elem_count() / i.ggml_dtype.block_size() * i.ggml_dtype.type_size();
+    let size = tensor_bytes;
     let file_len = file.metadata().map_err(|e| ModelError::io(path, e))?.len();
     let fits = |i: &candle_core::quantized::gguf_file::TensorInfo| {
         content.tensor_data_offset.saturating_add(i.offset).saturating_add(size(i) as u64) <= file_len

@@ -120,7 +120,8 @@ pub fn shards_of(index: &Path) -> Result<Vec<PathBuf>> {
 pub fn stored_dtype(files: &[PathBuf]) -> Result<WeightDtype> {
     let mut bytes: HashMap<WeightDtype, u64> = HashMap::new();
     for path in files {
-        for (name, e) in header(path)? {
+        let mut file = File::open(path).map_err(|e| ModelError::io(path, e))?;
+        for (name, e) in header(&mut file, path)?.0 {
             let Some(dtype) = WeightDtype::from_safetensors(&e.dtype) else { continue };
             if matrix_role(canonical(&name)).is_some() {
                 *bytes.entry(dtype).or_default() += e.data_offsets.1.saturating_sub(e.data_offsets.0);
@@ -130,10 +131,10 @@ pub fn stored_dtype(files: &[PathBuf]) -> Result<WeightDtype> {
     Ok(bytes.into_iter().max_by_key(|&(d, b)| (b, d == WeightDtype::F32)).map_or(WeightDtype::F32, |(d, _)| d))
 }
 
-/// A safetensors file's tensor entries (the header only).
-fn header(path: &Path) -> Result<Vec<(String, Entry)>> {
+/// A safetensors file's tensor entries and where its data starts (the header only, read from
+/// the start of `file`).
+fn header(file: &mut File, path: &Path) -> Result<(Vec<(String, Entry)>, u64)> {
     let bad = |message: String| ModelError::Weights { path: path.into(), message };
-    let mut file = File::open(path).map_err(|e| ModelError::io(path, e))?;
     let file_len = file.metadata().map_err(|e| ModelError::io(path, e))?.len();
     let mut len8 = [0u8; 8];
     file.read_exact(&mut len8).map_err(|e| ModelError::io(path, e))?;
@@ -144,14 +145,15 @@ fn header(path: &Path) -> Result<Vec<(String, Entry)>> {
     let mut header = vec![0u8; header_len as usize];
     file.read_exact(&mut header).map_err(|e| ModelError::io(path, e))?;
     let entries: HashMap<String, serde_json::Value> = serde_json::from_slice(&header).map_err(|e| bad(format!("header: {e}")))?;
-    entries
+    let named = entries
         .into_iter()
         .filter(|(name, _)| name != "__metadata__" && !ignored(canonical(name)))
         .map(|(name, v)| {
             let e: Entry = serde_json::from_value(v).map_err(|e| bad(format!("{name}: {e}")))?;
             Ok((name, e))
         })
-        .collect()
+        .collect::<Result<_>>()?;
+    Ok((named, 8 + header_len))
 }
 
 /// Loads every parameter of `files`: the large matrices as `dtype`, the rest as f32.
@@ -165,12 +167,9 @@ pub fn load(files: &[PathBuf], dtype: WeightDtype, device: &Device) -> Result<Pa
 
 fn load_file(path: &Path, dtype: WeightDtype, device: &Device, out: &mut Params) -> Result<()> {
     let bad = |message: String| ModelError::Weights { path: path.into(), message };
-    let mut named = header(path)?;
     let mut file = File::open(path).map_err(|e| ModelError::io(path, e))?;
     let file_len = file.metadata().map_err(|e| ModelError::io(path, e))?.len();
-    let mut len8 = [0u8; 8];
-    file.read_exact(&mut len8).map_err(|e| ModelError::io(path, e))?;
-    let data_start = 8 + u64::from_le_bytes(len8);
+    let (mut named, data_start) = header(&mut file, path)?;
     named.sort_by_key(|(_, e)| e.data_offsets.0);
     for (name, e) in named {
         let (s, t) = e.data_offsets;
