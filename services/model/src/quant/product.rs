@@ -76,6 +76,12 @@ fn quantize_x_with(x: &[f32], nb: usize, block: impl Fn(&[f32]) -> (f32, Q32)) -
 /// with the weights in L3, but -35% at m = 1 and 6 with k = 1600 streaming them from memory);
 /// the 6400-wide rows' 6 rows of x in two passes of 3, to keep x in L1 (-10-20%); prefetching
 /// the scales, or with other hints or distances (no change).
+///
+/// AVX2 without VNNI (2-core Zen 3), from many rows up: 6 rows a pass (was 4), pairs of weight
+/// rows from 12 rows at k = 6400 ([`Kernel::tiles`]), the tail blocks' dots in SIMD. XL q8_0,
+/// `steer bench --batches 1,6,16`, old and new binaries alternated, three rounds, medians:
+/// 16-row step 458.4 -> 394.1 ms (1.16x), 6 rows 180.1 -> 150.4 ms (1.20x), prefill of 9
+/// tokens 0.231 -> 0.197 s, batch 1 unchanged (84.0 against 81.2 ms).
 pub fn matmul_t(x: &[f32], w: &Q8Rows, bias: Option<&[f32]>, m: usize, k: usize, n: usize) -> Vec<f32> {
     assert_eq!(k % QK8_0, 0, "k is whole blocks");
     assert_eq!(k / QK8_0, w.row_blocks, "k matches the rows");
@@ -89,8 +95,10 @@ pub(super) fn matmul_with(kernel: Kernel, x: &[f32], w: &Q8Rows, bias: Option<&[
     let xq = quantize_x(x, nb);
     // Output rows per task: enough work to amortise the task, enough tasks to balance.
     const ROWS: usize = 64;
-    let most = kernel.max_rows();
-    let tiled = kernel.tiles(nb, m.min(most));
+    let tiled = kernel.tiles(nb, m);
+    let most = kernel.max_rows(tiled);
+    // Passes of `most` rows and the rest (16 rows at 6: 6 + 6 + 4; 6 + 5 + 5 measured 0.9x).
+    let passes: Vec<(usize, usize)> = (0..m).step_by(most.max(1)).map(|r| (r, (m - r).min(most))).collect();
     let task_rows = if tiled { TILE_ROWS } else { ROWS };
     let mut y = vec![0f32; m * n];
     let at = Shared(y.as_mut_ptr());
@@ -107,25 +115,19 @@ pub(super) fn matmul_with(kernel: Kernel, x: &[f32], w: &Q8Rows, bias: Option<&[
         };
         if tiled {
             let (qs, d) = (&w.qs[o0 * nb..(o0 + rows) * nb], &w.d[o0 * nb..(o0 + rows) * nb]);
-            let mut r = 0;
-            while r < m {
-                let g = (m - r).min(most);
+            for &(r, g) in &passes {
                 kernel.tile(qs, d, &xq, r, &mut out[..rows * g]);
                 for o in 0..rows {
                     put(r, o0 + o, &out[o * g..(o + 1) * g]);
                 }
-                r += g;
             }
             return;
         }
         for o in o0..o0 + rows {
             let (qs, d) = (&w.qs[o * nb..(o + 1) * nb], &w.d[o * nb..(o + 1) * nb]);
-            let mut r = 0;
-            while r < m {
-                let g = (m - r).min(most);
+            for &(r, g) in &passes {
                 kernel.rows(qs, d, &xq, r, &mut out[..g]);
                 put(r, o, &out[..g]);
-                r += g;
             }
         }
     });
@@ -176,24 +178,36 @@ impl Kernel {
         Kernel::Portable
     }
 
-    /// Rows of x that share each pass over a weight row, each with its sums in registers:
-    /// AVX-512 has 32 registers, AVX2 16 (two 8-lane sums and two dots per row).
-    fn max_rows(self) -> usize {
+    /// Rows of x that share each pass over a weight row (or, tiled, a pair of them), each with
+    /// its sums in registers: AVX-512 has 32 registers, AVX2 16. AVX2's dots of one weight row
+    /// take 6 rows (their f32 sums, touched once per 8 blocks, spill) and a pair's 4 (two dots
+    /// a row).
+    fn max_rows(self, tiled: bool) -> usize {
         match self {
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => X_ROWS / 2,
+            Kernel::Avx2 => match tiled {
+                true => X_ROWS / 2,
+                false => 6,
+            },
             _ => X_ROWS,
         }
     }
 
-    /// Whether rows of `nb` blocks against `g` rows of x at a time go through [`Kernel::tile`]:
-    /// with VNNI, from 2 rows of x and rows of 128 blocks (k = 4096) up.
-    fn tiles(self, nb: usize, g: usize) -> bool {
+    /// Whether rows of `nb` blocks against `m` rows of x go through [`Kernel::tile`]: from rows
+    /// of 128 blocks (k = 4096) up, where x no longer fits L1 and a pass that reads each x
+    /// vector once for a tile of (VNNI, from 2 rows of x) or two (AVX2, from 12) weight rows
+    /// pays. AVX2 on XL's `[6400 -> 1600]` x 12, in-process alternated, best of 8, G weights/s,
+    /// pairs against single rows: m = 12 6.75 against 5.88, m = 16 5.40-5.47 against 4.62-4.63;
+    /// below 12 rows pairs were slower (m = 9 6.93-7.02 against 7.44-7.72, m = 2 11.97 against
+    /// 13.37).
+    fn tiles(self, nb: usize, m: usize) -> bool {
         #[cfg(target_arch = "x86_64")]
-        if self == Kernel::Vnni {
-            return g >= 2 && nb >= TILE_FROM_BLOCKS;
+        match self {
+            Kernel::Vnni => return m >= 2 && nb >= TILE_FROM_BLOCKS,
+            Kernel::Avx2 => return m >= 12 && nb >= TILE_FROM_BLOCKS,
+            Kernel::Portable => {}
         }
-        let _ = (nb, g);
+        let _ = (nb, m);
         false
     }
 
@@ -214,8 +228,22 @@ impl Kernel {
             // SAFETY: the dispatch (`detect`) found the features on this CPU.
             return unsafe { fixed!(1 2 3 4 5 6 7 8) };
         }
+        #[cfg(target_arch = "x86_64")]
+        if self == Kernel::Avx2 {
+            let g = out.len() / (qs.len() / xq.nb);
+            // SAFETY: as above.
+            return unsafe {
+                match g {
+                    1 => x86::tile_avx2::<1>(qs, d, xq, r0, out),
+                    2 => x86::tile_avx2::<2>(qs, d, xq, r0, out),
+                    3 => x86::tile_avx2::<3>(qs, d, xq, r0, out),
+                    4 => x86::tile_avx2::<4>(qs, d, xq, r0, out),
+                    g => unreachable!("{g} rows"),
+                }
+            };
+        }
         let _ = (qs, d, xq, r0, out);
-        unreachable!("only VNNI tiles")
+        unreachable!("only VNNI and AVX2 tile")
     }
 
     /// Dots of one weight row (`qs`, `d`) with x rows `r0..r0 + out.len()` (at most

@@ -85,11 +85,12 @@ fn kernels() -> Vec<Kernel> {
 fn matmul_matches_the_dequantized_product_and_rows_are_independent() {
     // k: tail blocks only, an 8-block group alone or with a tail, 16-block groups alone, with
     // a tail (XL's 1600), with an 8-block group (XL's 6400) and with both, and tiled (k from
-    // 4096, m from 2: whole tiles and a partial one, group counts that are and are not a
+    // 4096, m from 2 with VNNI and from 12 with AVX2's pairs: whole tiles and a partial one, an
+    // odd weight row left after the pairs, a 1-row pass, group counts that are and are not a
     // multiple of the tile's); m: every fixed-size kernel, and more rows than one pass takes.
     #[rustfmt::skip]
     let shapes = [(1usize, 32usize, 5usize), (3, 64, 130), (5, 256, 31), (6, 320, 77), (7, 32, 9), (8, 512, 20), (9, 96, 200),
-        (16, 288, 40), (4, 800, 19), (2, 1600, 7), (8, 768, 5), (11, 6400, 3), (6, 4096, 37), (3, 5120, 21)];
+        (16, 288, 40), (4, 800, 19), (2, 1600, 7), (13, 1600, 6), (16, 6400, 5), (8, 768, 5), (11, 6400, 3), (6, 4096, 37), (3, 5120, 21), (13, 4096, 19)];
     for &(m, k, n) in &shapes {
         let x = data(m * k, 1);
         let bias = data(n, 3);
