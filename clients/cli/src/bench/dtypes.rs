@@ -28,9 +28,9 @@ pub struct Measured {
 pub const LINE: &str = "BENCH-DTYPE ";
 
 /// This machine's limits, printed: the read bandwidth (every pattern of
-/// [`steer_model::kernels::read_bandwidth`], 7 alternated passes each, the fastest pass kept)
-/// and the FMA peak. Returns (bandwidth GB/s, FMA peak GFLOP/s).
-pub fn limits() -> (f64, Option<f64>) {
+/// [`steer_model::kernels::read_bandwidth`], 7 alternated passes each, the fastest pass kept),
+/// the f32 FMA peak and the int8 dot products' peak (q8_0's many-row limit).
+pub fn limits() -> Limits {
     let bw = steer_model::kernels::read_bandwidth(7);
     let each: Vec<String> = bw.patterns.iter().map(|(p, med, lo, hi)| format!("{} {med:.1} ({lo:.1}-{hi:.1})", p.name())).collect();
     outln!(
@@ -39,15 +39,27 @@ pub fn limits() -> (f64, Option<f64>) {
         bw.best_pattern.name(),
         each.join("; ")
     );
-    let peak = steer_model::kernels::fma_peak();
-    if let Some(p) = peak {
+    let fma = steer_model::kernels::fma_peak();
+    if let Some(p) = fma {
         outln!("f32 FMA peak: {p:.1} GFLOP/s (every core, 12 chains each)");
     }
-    (bw.best, peak)
+    let int8 = steer_model::kernels::int8_dot_peak();
+    if let Some(p) = int8 {
+        outln!("int8 dot peak: {p:.1} GOP/s (q8_0's products' instructions, every core)");
+    }
+    Limits { bandwidth: bw.best, fma, int8 }
+}
+
+/// What [`limits`] measured: GB/s, GFLOP/s, GOP/s.
+#[derive(Clone, Copy)]
+pub struct Limits {
+    pub bandwidth: f64,
+    pub fma: Option<f64>,
+    pub int8: Option<f64>,
 }
 
 pub fn compare(a: &BenchArgs) -> Result<()> {
-    let (bw, _) = limits();
+    let bw = limits().bandwidth;
     let exe = std::env::current_exe().context("locating this binary")?;
     let mut all = vec![];
     for dtype in &a.dtypes {

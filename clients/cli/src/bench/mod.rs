@@ -90,8 +90,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
         engine.info().precision(),
         weight_bytes as f64 / 1e9
     );
-    if let Some((bw, _)) = limits {
-        outln!("batch-1 limit at {bw:.1} GB/s: {:.2} tokens/s", bw * 1e9 / weight_bytes as f64);
+    if let Some(l) = limits {
+        outln!("batch-1 limit at {:.1} GB/s: {:.2} tokens/s", l.bandwidth, l.bandwidth * 1e9 / weight_bytes as f64);
     }
     let flops_per_row = flops_per_token(engine.info());
     // Prefill of the 9-token prompt: generate one token.
@@ -113,9 +113,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let step_s = o.decode_secs / steps;
         let gflops = flops_per_row * b as f64 / step_s / 1e9;
         let of_limits = match limits {
-            Some((bw, peak)) => {
-                let bw_pct = 100.0 * weight_bytes as f64 / step_s / 1e9 / bw;
-                let peak_pct = peak.map_or(String::new(), |p| format!(", {:.0}% of the FMA peak", 100.0 * gflops / p));
+            Some(l) => {
+                let bw_pct = 100.0 * weight_bytes as f64 / step_s / 1e9 / l.bandwidth;
+                // q8_0's products run on int8 instructions: its compute limit is theirs.
+                let (peak, name) = match engine.info().dtype {
+                    steer_model::WeightDtype::Q8_0 => (l.int8, "int8 dot peak"),
+                    _ => (l.fma, "FMA peak"),
+                };
+                let peak_pct = peak.map_or(String::new(), |p| format!(", {:.0}% of the {name}", 100.0 * gflops / p));
                 format!("; weights streamed at {:.0}% of the read bandwidth{peak_pct}", bw_pct)
             }
             None => String::new(),

@@ -38,7 +38,7 @@ pub use elem::{bf16_bits, f16_bits, Bf16Bits, Elem, F16Bits};
 pub use gelu::gelu_tanh;
 pub use isa::{isa, Isa};
 pub use panels::{matmul_panels, pack_panels, unpack_panels, PANEL};
-pub use probe::{fma_peak, read_bandwidth, stream_sum, Bandwidth, Pattern};
+pub use probe::{fma_peak, int8_dot_peak, read_bandwidth, stream_sum, Bandwidth, Pattern};
 pub use reference::matmul_reference;
 pub use split::add_bias;
 
