@@ -314,6 +314,7 @@ fn memory_plan(model: &ModelArgs, cfg: &ServeConfig, role: Role) -> Result<serde
             revision: model.revision.clone().unwrap_or_default(),
             n_layer: shapes.n_layer,
             d_model: shapes.n_embd,
+            d_inner: shapes.inner_dim(),
             n_head: shapes.n_head,
             n_positions: shapes.n_positions,
             vocab_size: shapes.vocab_size,

@@ -156,6 +156,7 @@ mod tests {
             revision: String::new(),
             n_layer: 48,
             d_model: 1600,
+            d_inner: 6400,
             n_head: 25,
             n_positions: 1024,
             vocab_size: 50257,

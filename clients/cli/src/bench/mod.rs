@@ -160,9 +160,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
 
 /// FLOPs of one decoded token's matrix products (2 per weight: the blocks' four matrices and
 /// the tied lm_head; attention over the cache and the vector work left out).
+/// FLOPs of one row's decode step: every layer's attention (4 d x d) and MLP (2 d x inner)
+/// products, and the lm_head (v x d); 2 per multiply-add.
 fn flops_per_token(i: &steer_model::ModelInfo) -> f64 {
-    let (l, d, v) = (i.n_layer as f64, i.d_model as f64, i.vocab_size as f64);
-    2.0 * (12.0 * l * d * d + v * d)
+    let (l, d, inner, v) = (i.n_layer as f64, i.d_model as f64, i.d_inner as f64, i.vocab_size as f64);
+    2.0 * (l * (4.0 * d * d + 2.0 * d * inner) + v * d)
 }
 
 /// The p-quantile (0..=1) of `v`, nearest rank; NaN when empty.

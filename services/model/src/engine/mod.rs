@@ -72,6 +72,8 @@ pub struct ModelInfo {
     pub revision: String,
     pub n_layer: usize,
     pub d_model: usize,
+    /// The MLP's hidden width (`n_inner`, 4 x d_model unless the config says otherwise).
+    pub d_inner: usize,
     pub n_head: usize,
     pub n_positions: usize,
     pub vocab_size: usize,
@@ -151,6 +153,7 @@ impl Engine {
             revision,
             n_layer: cfg.n_layer,
             d_model: cfg.n_embd,
+            d_inner: cfg.inner_dim(),
             n_head: cfg.n_head,
             n_positions: cfg.n_positions,
             vocab_size: cfg.vocab_size,
